@@ -1,0 +1,176 @@
+"""The typed model configuration: one frozen dataclass, validated in one place.
+
+Names follow the paper's Table I where a symbol exists (h, a, L, s, b, v, t) and say so in comments;
+every per-GPU shape of Table II is derived here, so the layer, the profiler, the sweeps and the
+advisor all read the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+
+ACTIVATIONS = ("gelu", "swiglu")
+NORMS = ("layernorm", "rmsnorm")
+POSITIONALS = ("rotary", "learned", "none")
+RESIDUALS = ("parallel", "sequential")
+ATTENTIONS = ("eager", "sdpa", "flash")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config: the message is one line that names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    hidden_size: int  # h
+    num_attention_heads: int  # a
+    num_layers: int  # L
+    seq_length: int = 2048  # s
+    micro_batch_size: int = 1  # b
+    vocab_size: int = 50277  # v, as the tokenizer has it
+    padded_vocab_size: int | None = None  # embedding rows; default pads v as GPT-NeoX does
+    vocab_divisible_by: int = 128  # GPT-NeoX's make-vocab-size-divisible-by (times t)
+    intermediate_size: int | None = None  # MLP width; default 4h for gelu, required for swiglu
+    activation: str = "gelu"
+    norm: str = "layernorm"
+    norm_epsilon: float = 1e-5
+    positional: str = "rotary"
+    rotary_pct: float = 0.25
+    rotary_base: float = 10000.0
+    max_position_embeddings: int = 2048
+    residual: str = "parallel"  # parallel = GPT-J / GPT-NeoX, sequential = GPT-2
+    attention: str = "eager"
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    bias: bool = True
+    tie_word_embeddings: bool = False
+    dtype: str = "bfloat16"
+    tensor_parallel: int = 1  # t: shapes below are per GPU, as in Table II
+    description: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    # ---- derived sizes -------------------------------------------------------------------------
+    @property
+    def head_dim(self) -> int:  # h/a
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def ffn_size(self) -> int:
+        return self.intermediate_size if self.intermediate_size is not None else 4 * self.hidden_size
+
+    @property
+    def embedding_rows(self) -> int:
+        if self.padded_vocab_size is not None:
+            return self.padded_vocab_size
+        multiple = self.vocab_divisible_by * self.tensor_parallel
+        return math.ceil(self.vocab_size / multiple) * multiple
+
+    @property
+    def rotary_dims(self) -> int:
+        if self.positional != "rotary":
+            return 0
+        return int(self.head_dim * self.rotary_pct)
+
+    @property
+    def tokens(self) -> int:  # b*s, the GEMMs' row count
+        return self.micro_batch_size * self.seq_length
+
+    # per-GPU shapes under t-way tensor parallelism (paper Table II)
+    @property
+    def heads_per_gpu(self) -> int:  # a/t
+        return self.num_attention_heads // self.tensor_parallel
+
+    @property
+    def hidden_per_gpu(self) -> int:  # h/t
+        return self.hidden_size // self.tensor_parallel
+
+    @property
+    def ffn_per_gpu(self) -> int:  # 4h/t (or intermediate/t)
+        return self.ffn_size // self.tensor_parallel
+
+    @property
+    def vocab_per_gpu(self) -> int:  # v/t: Megatron splits the logit layer over the vocabulary
+        return self.embedding_rows // self.tensor_parallel
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELD_NAMES = tuple(f.name for f in fields(ModelConfig))
+
+
+def _require(condition: bool, field_name: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{field_name}: {message}")
+
+
+def _choice(value: str, field_name: str, allowed: tuple[str, ...]) -> None:
+    import difflib
+
+    if value not in allowed:
+        near = difflib.get_close_matches(str(value), allowed, n=1)
+        hint = f" (did you mean '{near[0]}'?)" if near else ""
+        raise ConfigError(f"{field_name}: '{value}' is not one of {', '.join(allowed)}{hint}")
+
+
+def validate(cfg: ModelConfig) -> None:
+    """All the rules in one place; each failure names the field and says what would be valid."""
+    for name in ("hidden_size", "num_attention_heads", "num_layers", "seq_length", "micro_batch_size",
+                 "vocab_size", "vocab_divisible_by", "max_position_embeddings", "tensor_parallel"):
+        value = getattr(cfg, name)
+        _require(isinstance(value, int) and not isinstance(value, bool), name,
+                 f"must be a whole number, got {value!r}")
+        _require(value > 0, name, f"must be positive, got {value}")
+    for name in ("padded_vocab_size", "intermediate_size"):
+        value = getattr(cfg, name)
+        if value is not None:
+            _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, name,
+                     f"must be a positive whole number, got {value!r}")
+    _choice(cfg.activation, "activation", ACTIVATIONS)
+    _choice(cfg.norm, "norm", NORMS)
+    _choice(cfg.positional, "positional", POSITIONALS)
+    _choice(cfg.residual, "residual", RESIDUALS)
+    _choice(cfg.attention, "attention", ATTENTIONS)
+    _choice(cfg.dtype, "dtype", DTYPES)
+    h, a, t = cfg.hidden_size, cfg.num_attention_heads, cfg.tensor_parallel
+    _require(h % a == 0, "num_attention_heads",
+             f"hidden_size {h} is not divisible by {a} heads; pick a that divides h (e.g. {_nearest_divisor(h, a)})")
+    _require(a % t == 0, "tensor_parallel", f"{a} heads cannot be split over t={t} GPUs; t must divide a")
+    _require(h % t == 0, "tensor_parallel", f"hidden_size {h} cannot be split over t={t} GPUs")
+    if cfg.activation == "swiglu":
+        _require(cfg.intermediate_size is not None, "intermediate_size",
+                 "swiglu needs an explicit intermediate_size (e.g. 11008 for h=4096, as Llama-2-7B)")
+    _require(cfg.ffn_size % t == 0, "intermediate_size", f"{cfg.ffn_size} cannot be split over t={t} GPUs")
+    if cfg.padded_vocab_size is not None:
+        _require(cfg.padded_vocab_size >= cfg.vocab_size, "padded_vocab_size",
+                 f"{cfg.padded_vocab_size} is smaller than vocab_size {cfg.vocab_size}")
+        _require(cfg.padded_vocab_size % t == 0, "padded_vocab_size", f"cannot be split over t={t} GPUs")
+    _require(0 < cfg.norm_epsilon < 1, "norm_epsilon", f"must be in (0, 1), got {cfg.norm_epsilon}")
+    for name in ("attention_dropout", "hidden_dropout"):
+        p = getattr(cfg, name)
+        _require(0.0 <= p < 1.0, name, f"must be in [0, 1), got {p}")
+    if cfg.positional == "rotary":
+        _require(0.0 < cfg.rotary_pct <= 1.0, "rotary_pct", f"must be in (0, 1], got {cfg.rotary_pct}")
+        rd = cfg.head_dim * cfg.rotary_pct
+        _require(rd == int(rd) and int(rd) % 2 == 0 and rd > 0, "rotary_pct",
+                 f"rotary_pct {cfg.rotary_pct} of head dim {cfg.head_dim} gives {rd} rotary dims; "
+                 "it must be a positive even whole number")
+        _require(cfg.rotary_base > 0, "rotary_base", f"must be positive, got {cfg.rotary_base}")
+    if cfg.positional == "learned":
+        _require(cfg.seq_length <= cfg.max_position_embeddings, "seq_length",
+                 f"{cfg.seq_length} exceeds max_position_embeddings {cfg.max_position_embeddings} "
+                 "of the learned position table")
+
+
+def _nearest_divisor(n: int, near: int) -> int:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return min(divisors, key=lambda d: (abs(d - near), d))
