@@ -88,13 +88,14 @@ class Attention(nn.Module):
         cos, sin, causal = self._rotary(s, x.device, x.dtype)
         with region("qkv_transform"):
             qkv = self.qkv_transform(x)
-        # GPT-NeoX packs [q, k, v] per head: (b, s, heads, 3, d); these are views, no kernels
-        qkv = qkv.view(b, s, heads, 3, d)
-        qk = qkv[..., :2, :]
+        with region("layout"):  # GPT-NeoX packs [q, k, v] per head: (b, s, heads, 3, d); views, no kernels
+            qkv = qkv.view(b, s, heads, 3, d)
+            qk = qkv[..., :2, :]
         if cfg.rotary_dims:
             with region("rotary"):
                 qk = apply_rotary(qk, cos, sin)
-        q, k, v = (t.transpose(1, 2) for t in (qk[..., 0, :], qk[..., 1, :], qkv[..., 2, :]))  # (b, heads, s, d)
+        with region("layout"):
+            q, k, v = (t.transpose(1, 2) for t in (qk[..., 0, :], qk[..., 1, :], qkv[..., 2, :]))  # (b, heads, s, d)
         dropout_p = cfg.attention_dropout if self.training else 0.0
         if cfg.attention == "eager":
             context = self._eager(q, k, v, causal, dropout_p)
@@ -109,17 +110,19 @@ class Attention(nn.Module):
         b, heads, s, d = q.shape
         with region("layout"):  # BMMs need one batch stride: the head split costs a copy
             q, k, v = (t.reshape(b * heads, s, d) for t in (q, k, v))
+            k = k.transpose(1, 2)
         with region("attention_score"):
-            scores = torch.baddbmm(q.new_empty(b * heads, s, s), q, k.transpose(1, 2), beta=0.0, alpha=self.scale)
+            scores = torch.baddbmm(q.new_empty(b * heads, s, s), q, k, beta=0.0, alpha=self.scale)
         with region("softmax"):  # the scale rode on the GEMM's alpha, as in Megatron
-            scores = scores.view(b, heads, s, s).masked_fill_(causal, torch.finfo(scores.dtype).min)
+            scores = scores.view(b, heads, s, s).masked_fill(causal, torch.finfo(scores.dtype).min)
             probs = torch.softmax(scores, dim=-1)
         if dropout_p > 0:
             with region("dropout"):
                 probs = F.dropout(probs, dropout_p, training=True)
         with region("attention_over_values"):
             context = torch.bmm(probs.view(b * heads, s, s), v)
-        return context.view(b, heads, s, d)
+        with region("layout"):
+            return context.view(b, heads, s, d)
 
     def _fused(self, q, k, v, dropout_p):
         from torch.nn.attention import SDPBackend, sdpa_kernel

@@ -1,0 +1,46 @@
+"""`python -m profiler SUBCOMMAND ...`: a thin shell over the library; each subcommand is one module
+with `add_args(parser)` and `run(args) -> int`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import USER_ERRORS
+
+SUBCOMMANDS = {
+    "layer": ("profiler.commands.layer", "profile full transformer layers: GEMM vs non-GEMM attribution, HTML report"),
+    "sweep": ("profiler.commands.sweep", "GEMM / attention micro-benchmark sweeps (paper Sections V, VI-A)"),
+    "configs": ("profiler.commands.configs", "list the bundled model configs with their shapes and parameter counts"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m profiler", description=(
+        "Does this model shape run efficiently on this GPU, and where does the time go? "
+        "After Anthony et al., 'The Case for Co-Designing Model Architectures with Hardware'."))
+    subparsers = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        module = importlib.import_module(module_name)
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.add_args(sub)
+        sub.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return args._run(args)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: results measured so far are saved; run the same command again to resume",
+              file=sys.stderr)
+        return 130

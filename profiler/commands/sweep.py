@@ -1,0 +1,119 @@
+"""`python -m profiler sweep KIND ...`: time one transformer GEMM (or mm/bmm/flash) over a range of shapes,
+resumably, and write results.jsonl, results.csv and report.html in --out.
+`python -m profiler sweep report DIR [DIR ...] --out DIR`: one combined report from several sweeps."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..sweeps.spec import KINDS, Budget, SweepSpec, parse_values
+
+EXAMPLES = """examples:
+  python -m profiler sweep score --heads 32 --h 32:32768:32 --b 4 --s 2048      # Fig. 7a
+  python -m profiler sweep aov --heads 96 --h 96:32736:96                       # Fig. 7b
+  python -m profiler sweep mlp-up --heads 128 --h 1024:32768:1024               # Fig. 10a
+  python -m profiler sweep logits --h 2560 --v 50176:50432:1                    # Fig. 20
+  python -m profiler sweep mm --m 27648 --n 64:6144:32 --k 4096                 # Fig. 5b
+  python -m profiler sweep flash --heads 128 --h 1024:32768:1024                # Fig. 12 (CUDA only)
+  python -m profiler sweep swiglu --h 4096 --ffn 10880:11264:64                 # Sec. VII-B
+  python -m profiler sweep report out/score out/aov --out out/combined          # one page from several
+ranges: a value, a list 1024,2048, or START:STOP:STEP with STOP included; lists and ranges mix."""
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = EXAMPLES
+    parser.add_argument("kind", help=f"one of {', '.join(KINDS)}, or 'report' to combine results directories")
+    parser.add_argument("inputs", nargs="*", help="(report only) results directories or results.jsonl files")
+    shape = parser.add_argument_group("shape (each takes a value, a list or a START:STOP:STEP range)")
+    shape.add_argument("--h", help="hidden size h (transformer kinds, flash; the fixed h of logits and swiglu)")
+    shape.add_argument("--heads", "--a", dest="heads", help="attention heads a held fixed (default 128, as Figs. 16-20)")
+    shape.add_argument("--head-dim", help="h/a held fixed instead of a (a = h / head-dim)")
+    shape.add_argument("--t", default="1", help="tensor-parallel degree t (default 1)")
+    shape.add_argument("--b", default="4", help="micro-batch size b (default 4)")
+    shape.add_argument("--s", default="2048", help="sequence length s (default 2048)")
+    shape.add_argument("--v", help="vocabulary size v (logits)")
+    shape.add_argument("--ffn", help="SwiGLU intermediate size (swiglu)")
+    shape.add_argument("--m", help="rows of the left operand (mm, bmm)")
+    shape.add_argument("--n", help="columns of the right operand (mm, bmm)")
+    shape.add_argument("--k", help="inner dimension (mm, bmm)")
+    shape.add_argument("--batch", default="1", help="batch count (bmm)")
+    shape.add_argument("--causal", action="store_true", help="flash: causal mask (FLOPs counted as half the square)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--dtype", help="bfloat16 | float16 | float32 (default bfloat16 on a GPU, float32 on CPU)")
+    run.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda if available)")
+    run.add_argument("--out", help="output directory (default sweeps/KIND[-TAG]); re-running resumes there")
+    run.add_argument("--tag", default="", help="label kept with every point (part of its identity)")
+    run.add_argument("--sms", type=int, help="SM count for the wave predictions (default: the GPU's own)")
+    run.add_argument("--warmup-ms", type=float, default=Budget.warmup_ms, help="per-point warm-up budget")
+    run.add_argument("--rep-ms", type=float, default=Budget.rep_ms, help="per-point measuring budget")
+    run.add_argument("--min-reps", type=int, default=Budget.min_reps)
+    run.add_argument("--max-reps", type=int, default=Budget.max_reps)
+    run.add_argument("--retry-failed", action="store_true", help="re-measure points recorded as oom or error")
+    run.add_argument("--no-report", action="store_true", help="only append to results.jsonl (no CSV or HTML)")
+    run.add_argument("--no-peak", action="store_true", help="skip the GEMM-ceiling measurement on CUDA")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _values(text: str | None, flag: str) -> tuple[int, ...]:
+    return parse_values(text, flag) if text else ()
+
+
+def _device(args) -> torch.device:
+    if args.device:
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            raise UserError(f"--device: '{args.device}' is not a device (use cuda, cuda:N or cpu)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device: CUDA is not available on this machine; use --device cpu")
+        return device
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def spec_from_args(args, device: torch.device) -> SweepSpec:
+    dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    return SweepSpec(
+        kind=args.kind, h=_values(args.h, "--h"), heads=_values(args.heads, "--heads"),
+        head_dim=_values(args.head_dim, "--head-dim"), t=_values(args.t, "--t"), b=_values(args.b, "--b"),
+        s=_values(args.s, "--s"), v=_values(args.v, "--v"), ffn=_values(args.ffn, "--ffn"),
+        m=_values(args.m, "--m"), n=_values(args.n, "--n"), k=_values(args.k, "--k"),
+        batch=_values(args.batch, "--batch"), causal=args.causal, dtype=dtype, tag=args.tag,
+        budget=Budget(args.warmup_ms, args.rep_ms, args.min_reps, args.max_reps))
+
+
+def run(args) -> int:
+    from reports.sweep_report import write_outputs
+
+    if args.kind == "report":
+        if not args.inputs:
+            raise UserError("report: name one or more results directories (e.g. sweep report out/score out/aov --out out/all)")
+        missing = [p for p in args.inputs if not (Path(p).is_file() or (Path(p) / "results.jsonl").is_file())]
+        if missing:
+            raise UserError(f"report: no results.jsonl in {missing[0]}")
+        csv_path, html_path = write_outputs(args.inputs, args.out or "sweeps/combined")
+        print(f"wrote {html_path} and {csv_path}")
+        return 0
+    if args.inputs:
+        raise UserError(f"{args.kind}: unexpected positional argument(s) {' '.join(args.inputs)}; "
+                        "shapes go in flags such as --h 1024:8192:1024")
+    if args.sms is not None and args.sms <= 0:
+        raise UserError(f"--sms: must be positive, got {args.sms}")
+    from ..sweeps.runner import run_sweep
+
+    device = _device(args)
+    spec = spec_from_args(args, device)
+    out = Path(args.out or f"sweeps/{args.kind}{'-' + args.tag if args.tag else ''}")
+    summary = run_sweep(spec, out, device=device, sms=args.sms, progress=not args.no_progress,
+                        retry_failed=args.retry_failed, measure_peak=not args.no_peak)
+    print(f"{spec.kind}: {summary.planned} points, {summary.measured} measured now, {summary.skipped} already in "
+          f"{summary.results_path}; {summary.oom} out of memory, {summary.errors} failed", file=sys.stderr)
+    if not args.no_report:
+        csv_path, html_path = write_outputs([out], out)
+        print(f"wrote {html_path} and {csv_path}")
+    return 0
