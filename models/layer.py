@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .kernels import apply_rotary_in_place, causal_softmax
 
 REGION_PREFIX = "layer/"
 
@@ -49,20 +50,6 @@ def rotary_tables(seq_length: int, rotary_dims: int, base: float, device=None) -
     return angles.cos(), angles.sin()
 
 
-def apply_rotary(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the first rotary_dims of each head of q and k together (qk: b, s, heads, 2, d).
-
-    q and k go through one set of kernels (they share a tensor) to halve the launches, and addcmul
-    merges the multiply-add: the rotary step is pure memory traffic, so fewer passes is faster."""
-    rotary_dims = cos.shape[-1]
-    rot, passthrough = qk[..., :rotary_dims], qk[..., rotary_dims:]
-    half = rotary_dims // 2
-    rotated_half = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
-    shape = (1, cos.shape[0], 1, 1, rotary_dims)
-    out = torch.addcmul(rot * cos.view(shape), rotated_half, sin.view(shape))
-    return torch.cat((out, passthrough), dim=-1) if passthrough.shape[-1] else out
-
-
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, device=None, dtype=None):
         super().__init__()
@@ -77,28 +64,25 @@ class Attention(nn.Module):
         key = (seq_length, device, dtype)
         if key not in self._tables:  # built once per shape, outside the timed steps
             cos, sin = rotary_tables(seq_length, self.cfg.rotary_dims, self.cfg.rotary_base, device)
-            causal = torch.ones(seq_length, seq_length, dtype=torch.bool, device=device).triu(1)
-            self._tables[key] = (cos.to(dtype), sin.to(dtype), causal)
+            self._tables[key] = (cos.to(dtype).contiguous(), sin.to(dtype).contiguous())
         return self._tables[key]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
         b, s, _ = x.shape
         heads, d = cfg.heads_per_gpu, cfg.head_dim
-        cos, sin, causal = self._rotary(s, x.device, x.dtype)
-        with region("qkv_transform"):
-            qkv = self.qkv_transform(x)
+        with region("qkv_transform"):  # 2-D, so its output is a tensor of its own (rotary writes into it)
+            qkv = self.qkv_transform(x.reshape(b * s, -1))
+        if cfg.rotary_dims:
+            cos, sin = self._rotary(s, x.device, x.dtype)
+            with region("rotary"):  # in place: only the rotated dims of q and k move
+                qkv = apply_rotary_in_place(qkv, cos, sin, heads)
         with region("layout"):  # GPT-NeoX packs [q, k, v] per head: (b, s, heads, 3, d); views, no kernels
             qkv = qkv.view(b, s, heads, 3, d)
-            qk = qkv[..., :2, :]
-        if cfg.rotary_dims:
-            with region("rotary"):
-                qk = apply_rotary(qk, cos, sin)
-        with region("layout"):
-            q, k, v = (t.transpose(1, 2) for t in (qk[..., 0, :], qk[..., 1, :], qkv[..., 2, :]))  # (b, heads, s, d)
+            q, k, v = (qkv[..., i, :].transpose(1, 2) for i in range(3))  # (b, heads, s, d) views
         dropout_p = cfg.attention_dropout if self.training else 0.0
         if cfg.attention == "eager":
-            context = self._eager(q, k, v, causal, dropout_p)
+            context = self._eager(q, k, v, dropout_p)
         else:
             context = self._fused(q, k, v, dropout_p)
         with region("layout"):
@@ -106,16 +90,15 @@ class Attention(nn.Module):
         with region("out_projection"):
             return self.out_projection(context)
 
-    def _eager(self, q, k, v, causal, dropout_p):
+    def _eager(self, q, k, v, dropout_p):
         b, heads, s, d = q.shape
         with region("layout"):  # BMMs need one batch stride: the head split costs a copy
             q, k, v = (t.reshape(b * heads, s, d) for t in (q, k, v))
             k = k.transpose(1, 2)
         with region("attention_score"):
             scores = torch.baddbmm(q.new_empty(b * heads, s, s), q, k, beta=0.0, alpha=self.scale)
-        with region("softmax"):  # the scale rode on the GEMM's alpha, as in Megatron
-            scores = scores.view(b, heads, s, s).masked_fill(causal, torch.finfo(scores.dtype).min)
-            probs = torch.softmax(scores, dim=-1)
+        with region("softmax"):  # the scale rode on the GEMM's alpha; mask + softmax is one fused pass
+            probs = causal_softmax(scores)
         if dropout_p > 0:
             with region("dropout"):
                 probs = F.dropout(probs, dropout_p, training=True)

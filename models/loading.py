@@ -51,7 +51,7 @@ def config_from_mapping(raw: dict, *, source: str = "<dict>", default_name: str 
         raise ConfigError(f"config: {source} does not hold a mapping of keys to values")
     if "model_type" in raw or "architectures" in raw:
         values = _from_transformers(raw, source)
-    elif any(k.replace("_", "-") in _NEOX_KEYS for k in raw) and not set(raw) & {"hidden_size", "num_layers"}:
+    elif any(str(k).replace("_", "-") in _NEOX_KEYS and k not in FIELD_NAMES for k in raw):
         values = _from_gpt_neox(raw, source)
     else:
         values = dict(raw)

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from models import ModelConfig, layer_gemms
 from models.gemms import Gemm
 
-from .timing import TimingStats, bench, summarize
+from .timing import TimingStats, summarize
+from .timing import bench as _bench
 
 
 def _randn(*shape, device, dtype, requires_grad=False):
@@ -64,19 +65,26 @@ def _flash_calls(cfg: ModelConfig, device, dtype, dropout_p: float) -> tuple[Cal
 
 
 def floor_times(cfg: ModelConfig, *, include_logits: bool, backward: bool, device, dtype,
-                dropout: bool = True, warmup_ms: float = 25, rep_ms: float = 100) -> dict[tuple[str, str], TimingStats]:
-    """(pass, component) -> timing of that GEMM (or the fused attention) alone, L2 flushed before each."""
+                dropout: bool = True, warmup_ms: float = 25, rep_ms: float = 100,
+                idle_ratio: float = 0.0) -> dict[tuple[str, str], TimingStats]:
+    """(pass, component) -> timing of that GEMM (or the fused attention) alone, L2 flushed before each.
+
+    `idle_ratio` gives the GPU the same duty cycle as inside the layer (see timing.bench)."""
     times: dict[tuple[str, str], TimingStats] = {}
+
+    def bench(fn):
+        return summarize(_bench(fn, warmup_ms=warmup_ms, rep_ms=rep_ms, idle_ratio=idle_ratio, device=device))
+
     with torch.no_grad():
         for gemm in layer_gemms(cfg, include_logits=include_logits):
             forward, backward_fn = _gemm_calls(gemm, cfg, device, dtype)
-            times[("forward", gemm.component)] = summarize(bench(forward, warmup_ms=warmup_ms, rep_ms=rep_ms, device=device))
+            times[("forward", gemm.component)] = bench(forward)
             if backward:
-                times[("backward", gemm.component)] = summarize(bench(backward_fn, warmup_ms=warmup_ms, rep_ms=rep_ms, device=device))
+                times[("backward", gemm.component)] = bench(backward_fn)
     if cfg.attention != "eager":
         forward, backward_fn = _flash_calls(cfg, device, dtype, cfg.attention_dropout if dropout else 0.0)
         with torch.no_grad():
-            times[("forward", "flash_attention")] = summarize(bench(forward, warmup_ms=warmup_ms, rep_ms=rep_ms, device=device))
+            times[("forward", "flash_attention")] = bench(forward)
         if backward:
-            times[("backward", "flash_attention")] = summarize(bench(backward_fn, warmup_ms=warmup_ms, rep_ms=rep_ms, device=device))
+            times[("backward", "flash_attention")] = bench(backward_fn)
     return times

@@ -77,6 +77,29 @@ def make_step(model: torch.nn.Module, x: torch.Tensor, backward: bool):
     return step
 
 
+def cuda_graph_latency(step, options: ProfileOptions, device: torch.device) -> dict | None:
+    """The forward step replayed from a CUDA graph: GPU time without the host's launch overhead.
+
+    A small layer can be launch-bound (the GPU waits for Python); the gap between this and the eager
+    latency is that overhead. Returns None with no error if the step cannot be captured."""
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        stats = summarize(bench(graph.replay, warmup_ms=options.bench_warmup_ms, rep_ms=options.bench_rep_ms,
+                                flush_l2=options.flush_l2, device=device))
+        return {"median": stats.median_ms * 1e3, "p10": stats.p10_ms * 1e3, "p90": stats.p90_ms * 1e3,
+                "repeats": stats.repeats}
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:  # capture is best effort
+        return {"error": str(exc).splitlines()[0][:200]}
+
+
 def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, device: torch.device,
                   peak_tflops: float | None = None, progress=None) -> LayerProfile:
     def note(message: str) -> None:
@@ -92,6 +115,8 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
     note("timing without the profiler")
     latency = summarize(bench(step, warmup_ms=options.bench_warmup_ms, rep_ms=options.bench_rep_ms,
                               flush_l2=options.flush_l2, device=device))
+
+    graph_latency = cuda_graph_latency(step, options, device) if device.type == "cuda" and not options.backward else None
 
     note("tracing")
     trace_path = record_trace(step, trace_dir=out_dir / "tb", worker_name=cfg.name, warmup_steps=options.warmup_steps,
@@ -110,10 +135,14 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
         summary["pct_of_peak"] = 100 * summary["tflops"] / peak_tflops
 
     floor_total_us = None
+    heavy = summary["kind"].eq("gemm") | summary["component"].eq("flash_attention")
+    heavy_share = float(summary.loc[heavy, "share"].sum())
+    idle_ratio = min(3.0, (1 - heavy_share) / heavy_share) if heavy_share > 0 else 0.0
     if options.measure_floor:
         note("timing the floor (GEMMs and attention alone)")
         alone = floor_times(cfg, include_logits=options.include_logits, backward=options.backward, device=device,
-                            dtype=dtype, warmup_ms=min(options.bench_warmup_ms, 25), rep_ms=min(options.bench_rep_ms, 100))
+                            dtype=dtype, warmup_ms=min(options.bench_warmup_ms, 25), rep_ms=min(options.bench_rep_ms, 100),
+                            idle_ratio=idle_ratio if device.type == "cuda" else 0.0)
         summary["alone_us"] = [alone[(p, c)].median_ms * 1e3 if (p, c) in alone else float("nan")
                                for p, c in zip(summary["pass"], summary["component"])]
         summary["vs_alone_pct"] = 100 * (summary["time_us"] / summary["alone_us"] - 1)
@@ -128,6 +157,7 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
         "mode": options.mode,
         "latency_us": {"median": latency_us, "p10": latency.p10_ms * 1e3, "p90": latency.p90_ms * 1e3,
                        "repeats": latency.repeats, "outliers": latency.outliers},
+        "latency_graph_us": graph_latency,
         "latency_profiled_us": float(totals["span_us"].median()),
         "busy_us": float(totals["busy_us"].median()),
         "profiler_overhead_pct": 100 * (float(totals["span_us"].median()) / latency_us - 1),
@@ -136,6 +166,7 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
         "layer_flops": model_flops,
         "layer_tflops": model_flops / (latency_us * 1e-6) / 1e12,
         "floor_us": floor_total_us,
+        "floor_idle_ratio": idle_ratio if device.type == "cuda" else 0.0,
         "floor_ratio": latency_us / floor_total_us if floor_total_us else None,
         "steps_traced": int(len(totals)),
         "trace": str(trace_path.relative_to(out_dir)) if trace_path.is_relative_to(out_dir) else str(trace_path),

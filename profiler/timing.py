@@ -43,6 +43,9 @@ def summarize(samples_ms: list[float]) -> TimingStats:
     return TimingStats(statistics.median(ordered), q(0.10), q(0.90), ordered[0], ordered[-1], n, outliers)
 
 
+_SLEEP_CYCLES_PER_S = 1.7e9  # torch.cuda._sleep spins on the SM clock; ~1.7 GHz is close enough for an idle gap
+
+
 class L2Flusher:
     """Writes a buffer larger than L2 between repetitions so each one starts with a cold cache."""
 
@@ -56,13 +59,17 @@ class L2Flusher:
 
 
 def bench(fn: Callable[[], object], *, warmup_ms: float = 25.0, rep_ms: float = 100.0,
-          min_reps: int = 5, max_reps: int = 1000, flush_l2: bool = True,
+          min_reps: int = 5, max_reps: int = 1000, flush_l2: bool = True, idle_ratio: float = 0.0,
           device: torch.device | str | None = None) -> list[float]:
     """Time `fn` repeatedly; returns one sample (ms) per repetition.
 
     Like triton.testing.do_bench: estimate one call's cost, then spend `warmup_ms` warming up and
     `rep_ms` measuring. Each repetition is bracketed by its own pair of CUDA events, with an L2 flush
-    before it (outside the events), and there is one synchronisation at the end."""
+    before it (outside the events), and there is one synchronisation at the end.
+
+    `idle_ratio` > 0 leaves the GPU idle for that multiple of one call's time after each repetition: a
+    tight loop of large GEMMs hits the power limit and clocks down, while inside a layer the same GEMM
+    alternates with memory-bound kernels; matching the duty cycle compares like with like."""
     device = torch.device(device) if device is not None else (
         torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
     if device.type != "cuda":
@@ -84,11 +91,14 @@ def bench(fn: Callable[[], object], *, warmup_ms: float = 25.0, rep_ms: float = 
         fn()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n_reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n_reps)]
+    idle_cycles = int(idle_ratio * estimate_ms * 1e-3 * _SLEEP_CYCLES_PER_S)
     for i in range(n_reps):
         flush()
         starts[i].record()
         fn()
         ends[i].record()
+        if idle_cycles > 0:
+            torch.cuda._sleep(idle_cycles)
     torch.cuda.synchronize(device)
     return [s.elapsed_time(e) for s, e in zip(starts, ends)]
 
