@@ -13,10 +13,9 @@ from pathlib import Path
 import pandas as pd
 
 from profiler.sweeps import analysis
-from profiler.sweeps.spec import SWEPT
 from profiler.sweeps.store import ResultStore
 
-from .html import COLORS, Section, render_page, table_html
+from .html import Section, render_page, table_html
 
 # Figure 7's classes: the largest power of two dividing h/a, one colour each (the paper's legend order)
 POW2_COLORS = {1: "#1f77b4", 2: "#ff7f0e", 4: "#2ca02c", 8: "#d62728", 16: "#9467bd", 32: "#8c564b",
@@ -29,8 +28,8 @@ TITLES = {
     "mlp-down": "MLP 4h -> h (Fig. 10b)", "logits": "Logit layer, vocabulary sweep (Fig. 20)",
     "flash": "FlashAttention over hidden size (Fig. 12)", "swiglu": "SwiGLU MLP, intermediate-size sweep (Sec. VII-B)",
 }
-AXIS = {"h": "hidden size h", "v": "vocabulary size v", "ffn": "intermediate size", "k": "k", "m": "m"}
-POINT_TABLE = ["kind", "component", "series", "x", "batch", "m", "n", "k", "h", "a", "head_dim", "head_dim_pow2",
+AXIS = {"h": "hidden size h", "v": "vocabulary size v", "ffn": "intermediate size", "batch": "batch count"}
+POINT_TABLE = ["kind", "component", "series", "x_name", "x", "batch", "m", "n", "k", "h", "a", "head_dim", "head_dim_pow2",
                "t", "b", "s", "v", "ffn", "dtype", "status", "median_ms", "p10_ms", "p90_ms", "repeats", "tflops",
                "tiles_128x256", "waves_128x256", "last_wave_fill_128x256", "tiles_256x128", "waves_256x128",
                "last_wave_fill_256x128", "error"]
@@ -80,6 +79,7 @@ def _layout(title: str, x_name: str, *, waves_axis: bool = False) -> dict:
               "yaxis": {"title": {"text": "throughput (TFLOP/s)"}, "rangemode": "tozero"},
               "hovermode": "closest", "legend": {"orientation": "v"}}
     if waves_axis:
+        layout["legend"] = {"x": 1.08, "xanchor": "left"}
         layout["yaxis2"] = {"title": {"text": "predicted waves (128x256 tiles)"}, "overlaying": "y", "side": "right",
                             "showgrid": False, "rangemode": "tozero"}
     return layout
@@ -98,9 +98,9 @@ def pow2_figure(rows: pd.DataFrame, title: str) -> dict:
     """Figures 7a/7b: one series split into lines by the largest power of two dividing h/a."""
     data = []
     for p2, part in rows.groupby("head_dim_pow2", sort=True):
-        data.append(_trace(part, f"h/a divisible by {int(p2)}", POW2_COLORS.get(int(p2), "#333333"),
+        data.append(_trace(part, str(int(p2)), POW2_COLORS.get(int(p2), "#333333"),
                            mode="markers+lines"))
-    return {"data": data, "layout": {**_layout(title, "h"), "legend": {"title": {"text": "largest 2^k | h/a"}}}}
+    return {"data": data, "layout": {**_layout(title, "h"), "legend": {"title": {"text": "largest power of 2 dividing h/a"}}}}
 
 
 def lines_figure(rows: pd.DataFrame, title: str, x_name: str) -> dict:
@@ -141,10 +141,10 @@ def kind_section(kind: str, df: pd.DataFrame, runs: list[dict]) -> Section:
     figures, notes = [], []
     if not bad.empty:
         notes.append(f"{len(bad)} point(s) not measured: " + ", ".join(
-            f"{SWEPT[kind]}={int(x)} ({status})" for x, status in zip(bad["x"].head(12), bad["status"].head(12))))
+            f"{x_name}={int(x)} ({status})" for x_name, x, status in zip(bad["x_name"].head(12), bad["x"].head(12), bad["status"].head(12))))
     if rows.empty:
         return Section(TITLES[kind], "No measured points.", notes=notes)
-    x_name = SWEPT[kind]
+    x_name = rows["x_name"].iloc[0]
     if kind in ("score", "aov"):
         for series, part in rows.groupby("series", sort=True):
             if part["held"].iloc[0] == "a":

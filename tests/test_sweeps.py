@@ -3,7 +3,6 @@ wave predictions, one-line errors, the report."""
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -218,7 +217,7 @@ def test_record_carries_head_dim_power_of_two_and_predictions(tmp_path):
 
 def test_dips_are_explained_by_a_new_wave():
     recs = [{"record": "point", "kind": "mm", "component": "mm", "batch": 1, "m": 27648, "n": n, "k": 4096,
-             "dtype": "bfloat16", "gpu": "H100", "tag": "", "x": n, "status": "ok", "tflops": tf,
+             "dtype": "bfloat16", "gpu": "H100", "tag": "", "x_name": "n", "x": n, "status": "ok", "tflops": tf,
              "waves_128x256": w, "last_wave_fill_128x256": f}
             for n, tf, w, f in [(3840, 600.0, 25, 0.55), (4096, 640.0, 27, 0.18), (4352, 560.0, 29, 0.82)]]
     dips = analysis.dips(analysis.points_frame(recs))
@@ -252,10 +251,20 @@ def test_report_renders_plots_for_each_kind_and_combines_directories(tmp_path):
     assert sweep(score, "score", "--heads", "4", "--h", "4:64:4", "--b", "1", "--s", "16", "--sms", "132") == 0
     assert sweep(logits, "logits", "--h", "32", "--v", "60:132:4", "--b", "1", "--s", "16") == 0
     page = (score / "report.html").read_text()
-    assert 'id="fig-1-0"' in page and "largest 2^k | h/a" in page and "waves on 132 SMs" in page
+    assert 'id="fig-1-0"' in page and "largest power of 2 dividing h/a" in page and "waves on 132 SMs" in page
     assert main(["sweep", "report", str(score), str(logits), "--out", str(tmp_path / "all")]) == 0
     page = (tmp_path / "all" / "report.html").read_text()
     assert "Attention key-query score" in page and "v multiple of 64" in page and 'id="fig-2-0"' in page
     import pandas as pd
     df = pd.read_csv(tmp_path / "all" / "results.csv")
     assert len(df) == 16 + 19 and set(df["status"]) == {"ok"}
+
+
+def test_library_api_runs_a_sweep_without_the_cli(tmp_path):
+    from profiler.sweeps import Budget
+    spec = SweepSpec(kind="out-proj", h=(32, 64), heads=(4,), b=(1,), s=(8,), dtype="float32",
+                     budget=Budget(0, 1, 1, 3))
+    first = run_sweep(spec, tmp_path, device="cpu", progress=False)
+    again = run_sweep(spec, tmp_path, device="cpu", progress=False)
+    assert (first.planned, first.measured, again.measured, again.skipped) == (2, 2, 0, 2)
+    assert all(p["status"] == "ok" and p["tflops"] > 0 for p in ResultStore(tmp_path).points())

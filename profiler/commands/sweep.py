@@ -107,6 +107,9 @@ def run(args) -> int:
     from ..sweeps.runner import run_sweep
 
     device = _device(args)
+    if args.kind == "flash" and device.type != "cuda":  # before the dtype check: CPU is the real obstacle
+        raise UserError("flash: the flash-attention backend of torch SDPA needs a CUDA GPU; run this sweep "
+                        "on the GPU machine (or use score/aov for the unfused attention GEMMs)")
     spec = spec_from_args(args, device)
     out = Path(args.out or f"sweeps/{args.kind}{'-' + args.tag if args.tag else ''}")
     summary = run_sweep(spec, out, device=device, sms=args.sms, progress=not args.no_progress,

@@ -15,7 +15,7 @@ from .spec import IDENTITY_FIELDS, SWEPT
 TIMING_COLUMNS = ("median_ms", "p10_ms", "p90_ms", "min_ms", "max_ms", "repeats", "outliers")
 PREDICTION_COLUMNS = tuple(f"{what}_{t1}x{t2}" for t1, t2 in TILE_SIZES
                            for what in ("tiles", "waves", "last_wave_fill")) + ("wave_efficiency_128x256",)
-COLUMNS = (*IDENTITY_FIELDS, "x", "held", "head_dim", "head_dim_pow2", "flops", "status", "error", *TIMING_COLUMNS,
+COLUMNS = (*IDENTITY_FIELDS, "x_name", "x", "held", "head_dim", "head_dim_pow2", "flops", "status", "error", *TIMING_COLUMNS,
            "tflops", "sms", *PREDICTION_COLUMNS, "measured_at")
 GROUP = ["kind", "component", "t", "b", "s", "dtype", "gpu", "tag"]  # what one plotted family shares
 
@@ -28,8 +28,18 @@ def points_frame(records: list[dict]) -> pd.DataFrame:
         if column not in df.columns:
             df[column] = None
     df = df[list(COLUMNS)].copy()
+    df["x_name"] = [x if isinstance(x, str) and x else SWEPT[kind] for x, kind in zip(df["x_name"], df["kind"])]
     df["series"] = [series_label(row) for row in df.to_dict("records")]
+    df["line"] = [line_label(row) for row in df.to_dict("records")]
     return df.sort_values(["kind", "series", "x"], kind="stable").reset_index(drop=True)
+
+
+def line_label(row: dict) -> str:
+    """One plotted line: the series, split for the attention BMMs at fixed a by the largest power of two
+    dividing h/a (Fig. 7), since neighbouring h then differ in alignment, not only in size."""
+    if row["kind"] in ("score", "aov") and row.get("held") == "a" and not pd.isna(row.get("head_dim_pow2")):
+        return f"{row['series']}, 2^k={int(row['head_dim_pow2'])}"
+    return row["series"]
 
 
 def _int(value) -> str:
@@ -38,10 +48,10 @@ def _int(value) -> str:
 
 def series_label(row: dict) -> str:
     kind = row["kind"]
-    if kind == "mm":
-        return f"m={_int(row['m'])}, n={_int(row['n'])}"
-    if kind == "bmm":
-        return f"batch={_int(row['batch'])}, n={_int(row['n'])}, k={_int(row['k'])}"
+    if kind in ("mm", "bmm"):
+        dims = ("batch", "m", "n", "k") if kind == "bmm" else ("m", "n", "k")
+        swept = row.get("x_name") or SWEPT[kind]
+        return ", ".join(f"{d}={_int(row[d])}" for d in dims if d != swept)
     common = f"t={_int(row['t'])}, b={_int(row['b'])}, s={_int(row['s'])}"
     if kind in ("logits", "swiglu"):
         return f"h={_int(row['h'])}, {common}"
@@ -72,18 +82,18 @@ def swiglu_block(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def dips(df: pd.DataFrame, *, drop: float = 0.05, tile: str = "128x256") -> pd.DataFrame:
-    """Points whose throughput falls by more than `drop` from the previous point of the same line, with the
-    predicted explanation: a new wave started (waves went up, the last wave nearly empty), the power of two
-    dividing h/a fell (Fig. 7), or a misaligned swept size (not a multiple of 64)."""
+    """Points whose throughput falls by more than `drop` from the previous point of the same plotted line,
+    with the predicted explanation: a new wave started (waves went up, the last wave nearly empty), the
+    power of two dividing h/a fell (Fig. 7, held-h/a lines), or a misaligned swept size (not a multiple of 64)."""
     out = []
-    rows = ok(df).sort_values(["kind", "component", "series", "x"])
-    for (_, _, _), line in rows.groupby(["kind", "component", "series"], sort=False):
+    rows = ok(df).sort_values(["kind", "component", "line", "x"])
+    for (_, _, _), line in rows.groupby(["kind", "component", "line"], sort=False):
         prev = None
         for row in line.to_dict("records"):
             if prev is not None and row["tflops"] < prev["tflops"] * (1 - drop):
                 out.append({
-                    "kind": row["kind"], "component": row["component"], "series": row["series"],
-                    "x_name": SWEPT[row["kind"]], "x_before": prev["x"], "x": row["x"],
+                    "kind": row["kind"], "component": row["component"], "series": row["line"],
+                    "x_name": row["x_name"], "x_before": prev["x"], "x": row["x"],
                     "tflops_before": prev["tflops"], "tflops": row["tflops"],
                     "drop_pct": 100 * (1 - row["tflops"] / prev["tflops"]),
                     f"waves_{tile}": row.get(f"waves_{tile}"), f"last_wave_fill_{tile}": row.get(f"last_wave_fill_{tile}"),
@@ -101,11 +111,13 @@ def explain(prev: dict, row: dict, tile: str = "128x256") -> str:
         fill = row.get(f"last_wave_fill_{tile}")
         reasons.append(f"new wave: {int(w0)} -> {int(w1)} waves of {tile} tiles, last wave {fill:.0%} full")
     p0, p1 = prev.get("head_dim_pow2"), row.get("head_dim_pow2")
+    if row["component"] not in ("attention_score", "attention_over_values", "flash_attention"):
+        p0 = p1 = None  # h/a is in no dimension of the other GEMMs
     if p0 is not None and p1 is not None and not pd.isna(p0) and not pd.isna(p1) and p1 < min(p0, 64):
         reasons.append(f"h/a={int(row['head_dim'])}: largest power of two dividing it fell {int(p0)} -> {int(p1)}")
     x = row["x"]
     if not reasons and x % 64 and not prev["x"] % 64:
-        reasons.append(f"{SWEPT[row['kind']]}={int(x)} is not a multiple of 64 (tensor-core alignment)")
+        reasons.append(f"{row['x_name']}={int(x)} is not a multiple of 64 (tensor-core alignment)")
     return "; ".join(reasons) or "not predicted by waves or alignment"
 
 

@@ -95,7 +95,7 @@ def point_record(point: SweepPoint, spec: SweepSpec, gpu: str, sms: int | None, 
     head_dim = point.head_dim
     return {
         "record": "point", **point.identity(dtype=spec.dtype, gpu=gpu, tag=spec.tag),
-        "x": point.x, "held": "head_dim" if spec.head_dim else ("a" if point.a else None), "head_dim": head_dim,
+        "x_name": point.x_name, "x": point.x, "held": "head_dim" if spec.head_dim else ("a" if point.a else None), "head_dim": head_dim,
         "head_dim_pow2": largest_power_of_two_dividing(head_dim) if head_dim else None,  # Fig. 7 line class
         "flops": point.flops, **measured, **quantization_fields(point, sms),
         "measured_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

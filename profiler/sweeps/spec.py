@@ -149,6 +149,7 @@ class SweepPoint:
     v: int | None = None
     ffn: int | None = None
     causal: bool | None = None
+    swept: str = field(default="", compare=False)  # the x axis; for mm/bmm, the dimension that varies
 
     @property
     def head_dim(self) -> int | None:  # h/a
@@ -156,10 +157,14 @@ class SweepPoint:
 
     @property
     def x(self) -> int:
-        return getattr(self, SWEPT[self.kind])
+        return getattr(self, self.x_name)
+
+    @property
+    def x_name(self) -> str:
+        return self.swept or SWEPT[self.kind]
 
     def identity(self, *, dtype: str, gpu: str, tag: str) -> dict:
-        fields = {k: v for k, v in asdict(self).items() if v is not None and k != "flops"}
+        fields = {k: v for k, v in asdict(self).items() if v is not None and k not in ("flops", "swept")}
         return {**fields, "dtype": dtype, "gpu": gpu, "tag": tag}
 
     def key(self, *, dtype: str, gpu: str, tag: str) -> str:
@@ -204,14 +209,21 @@ def _gemm(cfg: ModelConfig, component: str):
     return next(g for g in layer_gemms(cfg, include_logits=True) if g.component == component)
 
 
+def _innermost_varying(spec: SweepSpec, order: tuple[str, ...]) -> str:
+    """The plotted dimension of a GEMM grid: the first of `order` given more than one value."""
+    return next((name for name in order if len(getattr(spec, name)) > 1), order[0])
+
+
 def expand(spec: SweepSpec) -> list[SweepPoint]:
     """All points of a sweep, in the order they are measured (parameter lists' order, swept value last)."""
     kind = spec.kind
     if kind == "mm":
-        return [SweepPoint(kind, "mm", 1, m, n, k, 2 * m * n * k)
+        swept = _innermost_varying(spec, ("k", "n", "m"))
+        return [SweepPoint(kind, "mm", 1, m, n, k, 2 * m * n * k, swept=swept)
                 for m, n, k in itertools.product(spec.m, spec.n, spec.k)]
     if kind == "bmm":
-        return [SweepPoint(kind, "bmm", bt, m, n, k, 2 * bt * m * n * k)
+        swept = _innermost_varying(spec, ("m", "k", "n", "batch"))
+        return [SweepPoint(kind, "bmm", bt, m, n, k, 2 * bt * m * n * k, swept=swept)
                 for bt, n, k, m in itertools.product(spec.batch, spec.n, spec.k, spec.m)]
     points: list[SweepPoint] = []
     if kind == "logits":
