@@ -19,7 +19,7 @@ want() { [[ " $runs " == *" $1 "* ]]; }
 bundle() { tar czf "$OUT/$1.tgz" -C "$2" . && du -h "$OUT/$1.tgz"; }
 
 if want tests; then
-  python3 -m pytest -q -x tests 2>&1 | tail -n 25 | tee "$OUT/tests.txt"
+  python3 -m pytest -q tests 2>&1 | tail -n 25 | tee "$OUT/tests.txt"
 fi
 if want layer; then
   R=/tmp/layer; rm -rf $R
@@ -33,6 +33,9 @@ if want layer; then
   # pythia-1b, forward and forward+backward
   python3 -m profiler layer --config pythia-1b --attention flash --out $R/pythia-1b
   python3 -m profiler layer --config pythia-1b --attention flash --mode forward+backward --out $R/pythia-1b-train
+  # the Pythia suite's layers (forward, b=1, s=2048): the training-shape side of the inference comparison
+  python3 -m profiler layer --config pythia-70m --config pythia-160m --config pythia-410m --config pythia-1b \
+    --config pythia-1.4b --config pythia-2.8b --config pythia-6.9b --config pythia-12b --attention flash --out $R/pythia-suite
   bundle layer $R
 fi
 if want sweeps && [ -f scripts/gpu_sweeps.sh ]; then
