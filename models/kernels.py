@@ -23,20 +23,23 @@ def _use_triton(t: torch.Tensor) -> bool:
 
 if triton is not None:
     @triton.jit
-    def _rotary_kernel(qkv_ptr, cos_ptr, sin_ptr, heads, seq, head_dim, rotary_dims, sign,
-                       HALF: tl.constexpr, BLOCK: tl.constexpr):
-        row = tl.program_id(0)  # one (token, head); rotates its q and k in place
-        pos = (row // heads) % seq
+    def _rotary_kernel(qkv_ptr, cos_ptr, sin_ptr, n_rows, heads, seq, head_dim, rotary_dims, sign,
+                       HALF: tl.constexpr, BLOCK: tl.constexpr, ROWS: tl.constexpr):
+        # ROWS (token, head) pairs per program; rotates each one's q and k in place
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         cols = tl.arange(0, BLOCK)
-        mask = cols < HALF
-        c = tl.load(cos_ptr + pos * rotary_dims + cols, mask=mask, other=0.0).to(tl.float32)
-        s = tl.load(sin_ptr + pos * rotary_dims + cols, mask=mask, other=0.0).to(tl.float32) * sign
+        row_ok = rows < n_rows
+        mask = row_ok[:, None] & (cols[None, :] < HALF)
+        pos = (rows // heads) % seq
+        table = pos[:, None] * rotary_dims + cols[None, :]
+        c = tl.load(cos_ptr + table, mask=mask, other=0.0).to(tl.float32)
+        s = tl.load(sin_ptr + table, mask=mask, other=0.0).to(tl.float32) * sign
         for which in tl.static_range(2):
-            base = qkv_ptr + row.to(tl.int64) * 3 * head_dim + which * head_dim
-            x1 = tl.load(base + cols, mask=mask, other=0.0).to(tl.float32)
-            x2 = tl.load(base + HALF + cols, mask=mask, other=0.0).to(tl.float32)
-            tl.store(base + cols, (x1 * c - x2 * s).to(qkv_ptr.dtype.element_ty), mask=mask)
-            tl.store(base + HALF + cols, (x2 * c + x1 * s).to(qkv_ptr.dtype.element_ty), mask=mask)
+            base = qkv_ptr + (rows.to(tl.int64) * 3 * head_dim + which * head_dim)[:, None] + cols[None, :]
+            x1 = tl.load(base, mask=mask, other=0.0).to(tl.float32)
+            x2 = tl.load(base + HALF, mask=mask, other=0.0).to(tl.float32)
+            tl.store(base, (x1 * c - x2 * s).to(qkv_ptr.dtype.element_ty), mask=mask)
+            tl.store(base + HALF, (x2 * c + x1 * s).to(qkv_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _causal_softmax_kernel(x_ptr, y_ptr, n_cols, seq, BLOCK: tl.constexpr):
@@ -59,8 +62,11 @@ def _rotate(packed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: i
     seq = cos.shape[0]
     d = packed.shape[-1] // (3 * heads)
     if _use_triton(packed) and packed.is_contiguous():
-        _rotary_kernel[(packed.shape[0] * heads,)](packed, cos, sin, heads, seq, d, rotary_dims, sign,
-                                                  HALF=half, BLOCK=triton.next_power_of_2(half))
+        n_rows, block = packed.shape[0] * heads, triton.next_power_of_2(half)
+        rows_per_program = max(1, 2048 // block)  # small heads: many rows per program, not many programs
+        _rotary_kernel[(triton.cdiv(n_rows, rows_per_program),)](
+            packed, cos, sin, n_rows, heads, seq, d, rotary_dims, float(sign),
+            HALF=half, BLOCK=block, ROWS=rows_per_program)
         return
     qkv = packed.view(-1, seq, heads, 3, d)
     rot = qkv[..., :2, :rotary_dims]

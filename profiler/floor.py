@@ -67,13 +67,15 @@ def _flash_calls(cfg: ModelConfig, device, dtype, dropout_p: float) -> tuple[Cal
 def floor_times(cfg: ModelConfig, *, include_logits: bool, backward: bool, device, dtype,
                 dropout: bool = True, warmup_ms: float = 25, rep_ms: float = 100,
                 idle_ratio: float = 0.0) -> dict[tuple[str, str], TimingStats]:
-    """(pass, component) -> timing of that GEMM (or the fused attention) alone, L2 flushed before each.
+    """(pass, component) -> timing of that GEMM (or the fused attention) alone, back to back.
 
     `idle_ratio` gives the GPU the same duty cycle as inside the layer (see timing.bench)."""
     times: dict[tuple[str, str], TimingStats] = {}
 
     def bench(fn):
-        return summarize(_bench(fn, warmup_ms=warmup_ms, rep_ms=rep_ms, idle_ratio=idle_ratio, device=device))
+        # no L2 flush: inside the layer the activation input was just written by the previous kernel
+        return summarize(_bench(fn, warmup_ms=warmup_ms, rep_ms=rep_ms, idle_ratio=idle_ratio, flush_l2=False,
+                                device=device))
 
     with torch.no_grad():
         for gemm in layer_gemms(cfg, include_logits=include_logits):
