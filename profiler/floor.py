@@ -7,6 +7,8 @@ times check the profiler: a GEMM's time inside the layer should be within a few 
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -15,8 +17,10 @@ import torch.nn.functional as F
 from models import ModelConfig, layer_gemms
 from models.gemms import Gemm
 
-from .timing import TimingStats, summarize
+from .attribution import attribute
+from .timing import SLEEP_CYCLES_PER_S, TimingStats, summarize
 from .timing import bench as _bench
+from .trace import load_trace, record_trace
 
 
 def _randn(*shape, device, dtype, requires_grad=False):
@@ -64,18 +68,35 @@ def _flash_calls(cfg: ModelConfig, device, dtype, dropout_p: float) -> tuple[Cal
     return forward, backward
 
 
+def kernel_time_alone(fn: Callable, device: torch.device, *, idle_ratio: float = 0.0, warmup_steps: int = 3,
+                      steps: int = 15) -> TimingStats:
+    """Median over calls of the summed duration of the kernels one call of `fn` launches (CUPTI)."""
+    estimate_ms = summarize(_bench(fn, warmup_ms=5, rep_ms=20, flush_l2=False, device=device)).median_ms
+    idle_cycles = int(idle_ratio * estimate_ms * 1e-3 * SLEEP_CYCLES_PER_S)
+    idle = (lambda: torch.cuda._sleep(idle_cycles)) if idle_cycles > 0 else None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = record_trace(fn, trace_dir=Path(tmp), worker_name="alone", warmup_steps=warmup_steps,
+                            active_steps=steps, device=device, flush=idle)  # the idle gap is left out like a flush
+        activities = attribute(load_trace(path))
+    per_call_ms = (activities.groupby("step")["dur_us"].sum() / 1e3).tolist()
+    return summarize(per_call_ms)
+
+
 def floor_times(cfg: ModelConfig, *, include_logits: bool, backward: bool, device, dtype,
                 dropout: bool = True, warmup_ms: float = 25, rep_ms: float = 100,
                 idle_ratio: float = 0.0) -> dict[tuple[str, str], TimingStats]:
     """(pass, component) -> timing of that GEMM (or the fused attention) alone, back to back.
 
-    `idle_ratio` gives the GPU the same duty cycle as inside the layer (see timing.bench)."""
+    On a GPU the time is the kernels' own duration read from a torch.profiler trace, the instrument that
+    measures them inside the layer, so launch overhead and event granularity cancel out of the
+    comparison. `idle_ratio` gives the GPU the same duty cycle as inside the layer (see timing.bench).
+    No L2 flush: inside the layer the activation input was just written by the previous kernel."""
     times: dict[tuple[str, str], TimingStats] = {}
 
     def bench(fn):
-        # no L2 flush: inside the layer the activation input was just written by the previous kernel
-        return summarize(_bench(fn, warmup_ms=warmup_ms, rep_ms=rep_ms, idle_ratio=idle_ratio, flush_l2=False,
-                                device=device))
+        if torch.device(device).type != "cuda":
+            return summarize(_bench(fn, warmup_ms=warmup_ms, rep_ms=rep_ms, flush_l2=False, device=device))
+        return kernel_time_alone(fn, torch.device(device), idle_ratio=idle_ratio)
 
     with torch.no_grad():
         for gemm in layer_gemms(cfg, include_logits=include_logits):

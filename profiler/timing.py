@@ -43,7 +43,7 @@ def summarize(samples_ms: list[float]) -> TimingStats:
     return TimingStats(statistics.median(ordered), q(0.10), q(0.90), ordered[0], ordered[-1], n, outliers)
 
 
-_SLEEP_CYCLES_PER_S = 1.7e9  # torch.cuda._sleep spins on the SM clock; ~1.7 GHz is close enough for an idle gap
+SLEEP_CYCLES_PER_S = 1.7e9  # torch.cuda._sleep spins on the SM clock; ~1.7 GHz is close enough for an idle gap
 
 
 class L2Flusher:
@@ -91,7 +91,7 @@ def bench(fn: Callable[[], object], *, warmup_ms: float = 25.0, rep_ms: float = 
         fn()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n_reps)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n_reps)]
-    idle_cycles = int(idle_ratio * estimate_ms * 1e-3 * _SLEEP_CYCLES_PER_S)
+    idle_cycles = int(idle_ratio * estimate_ms * 1e-3 * SLEEP_CYCLES_PER_S)
     for i in range(n_reps):
         flush()
         starts[i].record()

@@ -134,8 +134,8 @@ def layer_report_sections(run: dict, components: pd.DataFrame) -> list[Section]:
         intro=("Each config is one transformer layer (random weights) built from its config. <b>Latency</b> is measured "
                "with CUDA events without the profiler (median over repeats, L2 flushed before each); the breakdown comes "
                "from a torch.profiler trace in which every kernel is linked to the layer step that launched it through "
-               "the profiler's correlation ids. <b>Floor</b>: the layer's GEMMs and fused attention timed alone, back to "
-               "back; <b>x_floor</b> = latency / floor. <b>Coverage</b>: attributed kernel time / all kernel time."),
+               "the profiler's correlation ids. <b>Floor</b>: the layer's GEMMs and fused attention run alone "
+               "(their kernel time in a trace of each alone, at the layer's duty cycle), back to back; <b>x_floor</b> = latency / floor. <b>Coverage</b>: attributed kernel time / all kernel time."),
         tables=[table_html(latency_table(entries))])]
     if not components.empty:
         sections.append(Section("Where the time goes", figures=[figure2(components), figure11(components)]))
