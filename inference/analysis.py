@@ -1,0 +1,129 @@
+"""Bench rows -> DataFrames: off-trend points (Figure 13), speed-ups, the 410M-vs-1B ordering, and the
+join with the layer profiler's training-shape throughput. Pure functions: no I/O but reading a profile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from profiler.errors import UserError
+
+MEASURED = ("ok", "mismatch", "unchecked")  # rows with latencies (only "ok" ones are checked results)
+GROUP = ["engine", "batch", "tensor_parallel", "dtype", "prompt_len", "new_tokens"]
+# the paper's Figure 13 (DeepSpeed-MII, Pythia), latency in seconds as read off the plot; its prompt and
+# generation lengths and GPU are not stated, so it compares in shape, not in absolute value
+PAPER_FIGURE13_S = {"pythia-160m": 0.3, "pythia-410m": 1.25, "pythia-1b": 0.9, "pythia-1.4b": 1.3, "pythia-2.8b": 1.9}
+COLUMNS = ["model", "engine", "batch", "tensor_parallel", "status", "reason", "params_total", "params_non_embedding",
+           "hidden_size", "num_layers", "num_attention_heads", "head_dim", "prompt_len", "new_tokens", "dtype",
+           "compute_dtype", "e2e_ms", "e2e_p10_ms", "e2e_p90_ms", "ttft_ms", "ttft_p10_ms", "ttft_p90_ms",
+           "decode_p50_ms", "decode_p90_ms", "decode_floor_ms", "decode_vs_floor", "tokens_per_s",
+           "tokens_generated", "repeats", "peak_allocated_gb", "device_used_gb", "weight_bytes", "bandwidth_tbps",
+           "logits_check", "logits_check_method", "logits_max_abs_diff", "logits_mean_abs_diff",
+           "logits_ref_max_abs", "logits_top1_agreement", "logits_first_token_agreement", "device",
+           "timing_method", "config_hash", "source", "checkpoint", "timestamp"]
+
+
+def results_frame(rows: list[dict]) -> pd.DataFrame:
+    """One row per model x engine x batch (raw samples left out; they stay in results.jsonl)."""
+    df = pd.DataFrame([{k: v for k, v in r.items() if k not in ("samples", "record")} for r in rows])
+    for column in COLUMNS:
+        if column not in df.columns:
+            df[column] = None
+    extra = [c for c in df.columns if c not in COLUMNS]
+    df = df[COLUMNS + extra]
+    return df.sort_values(["params_total", "model", "engine", "batch"], kind="stable").reset_index(drop=True)
+
+
+def measured(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"].isin(MEASURED) & df["e2e_ms"].notna()].copy()
+
+
+def mark_off_trend(df: pd.DataFrame, value: str = "e2e_ms", tolerance: float = 0.03) -> pd.DataFrame:
+    """A point is off-trend when a larger model is faster than a smaller one (by more than `tolerance`,
+    so that noise does not mark points): both the slow smaller and the fast larger model are marked."""
+    out = measured(df)
+    out["off_trend"] = False
+    out["off_trend_with"] = ""
+    for _, group in out.groupby(GROUP, dropna=False):
+        ordered = group.sort_values("params_total")
+        idx, params, values = list(ordered.index), list(ordered["params_total"]), list(ordered[value])
+        for i in range(len(idx)):
+            for j in range(i + 1, len(idx)):
+                if params[j] > params[i] and values[j] < values[i] * (1 - tolerance):
+                    for a, b in ((idx[i], idx[j]), (idx[j], idx[i])):
+                        out.at[a, "off_trend"] = True
+                        names = [n for n in out.at[a, "off_trend_with"].split(",") if n]
+                        out.at[a, "off_trend_with"] = ",".join(dict.fromkeys(names + [out.at[b, "model"]]))
+    return out
+
+
+def speedups(df: pd.DataFrame, base: str = "hf", test: str = "mii") -> pd.DataFrame:
+    """test-engine speed-up over the base engine per model and batch (base latency / test latency)."""
+    m = measured(df)
+    keys = ["model", "params_total", "batch", "dtype", "prompt_len", "new_tokens"]
+    metrics = ["e2e_ms", "ttft_ms", "decode_p50_ms"]
+    left = m[m["engine"] == base][keys + metrics]
+    right = m[m["engine"] == test][keys + metrics + ["tensor_parallel", "status"]]
+    joined = left.merge(right, on=keys, suffixes=(f"_{base}", f"_{test}"))
+    for metric in metrics:
+        name = metric.removesuffix("_ms").removesuffix("_p50")
+        joined[f"{name}_speedup"] = joined[f"{metric}_{base}"] / joined[f"{metric}_{test}"]
+    return joined.sort_values(["batch", "params_total"]).reset_index(drop=True)
+
+
+def ordering(df: pd.DataFrame, smaller: str = "pythia-410m", larger: str = "pythia-1b") -> list[str]:
+    """The paper's claim in one line per engine and batch: is the larger model faster?"""
+    m = measured(df)
+    lines = []
+    for (engine, batch, tp), group in m.groupby(["engine", "batch", "tensor_parallel"]):
+        by_model = group.set_index("model")
+        if smaller not in by_model.index or larger not in by_model.index:
+            continue
+        a, b = by_model.loc[smaller], by_model.loc[larger]
+        faster = b["e2e_ms"] < a["e2e_ms"]
+        checked = all(x == "ok" for x in (a["status"], b["status"]))
+        lines.append(
+            f"{engine} b={batch}" + (f" tp={tp}" if tp > 1 else "") + f": {larger} {b['e2e_ms']:.0f} ms vs {smaller} "
+            f"{a['e2e_ms']:.0f} ms: {larger} is {'faster' if faster else 'slower'} "
+            f"({a['e2e_ms'] / b['e2e_ms']:.2f}x), so the paper's ordering is "
+            f"{'reproduced' if faster else 'not reproduced'}" + ("" if checked else " (logits check did not pass)"))
+    return lines
+
+
+def load_layer_profile(path: str | Path) -> pd.DataFrame:
+    """The layer profiler's run.json -> one row per config: name, layer_tflops, layer_latency_us."""
+    path = Path(path)
+    try:
+        run = json.loads(path.read_text())
+    except OSError as exc:
+        raise UserError(f"--layer-profile: cannot read {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--layer-profile: {path} is not JSON (line {exc.lineno}: {exc.msg})") from exc
+    configs = run.get("configs") if isinstance(run, dict) else None
+    if not isinstance(configs, list):
+        raise UserError(f"--layer-profile: {path} has no 'configs' list; give the run.json of `python -m profiler layer`")
+    rows = []
+    for entry in configs:
+        latency = entry.get("latency_us") or {}
+        rows.append({"model": entry.get("name"), "layer_tflops": entry.get("layer_tflops"),
+                     "layer_latency_us": latency.get("median") if isinstance(latency, dict) else latency,
+                     "layer_gemm_share": entry.get("gemm_share")})
+    return pd.DataFrame(rows, columns=["model", "layer_tflops", "layer_latency_us", "layer_gemm_share"])
+
+
+def layer_link(df: pd.DataFrame, profile: pd.DataFrame, batch: int = 1) -> pd.DataFrame:
+    """Per model: the training-shape layer throughput next to its inference latency at `batch`."""
+    m = measured(df)
+    m = m[(m["batch"] == batch)]
+    wide = m.pivot_table(index=["model", "params_total"], columns="engine",
+                         values=["e2e_ms", "decode_p50_ms"], aggfunc="first")
+    wide.columns = [f"{engine}_{metric}" for metric, engine in wide.columns]
+    wide = wide.reset_index()
+    joined = wide.merge(profile, on="model", how="inner")
+    joined["params_b"] = joined["params_total"] / 1e9
+    for engine in m["engine"].unique():
+        if f"{engine}_decode_p50_ms" in joined:
+            joined[f"{engine}_decode_ms_per_b_params"] = joined[f"{engine}_decode_p50_ms"] / joined["params_b"]
+    return joined.sort_values("params_total").reset_index(drop=True)
