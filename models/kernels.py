@@ -55,6 +55,38 @@ if triton is not None:
         tl.store(y_ptr + offset + cols, y.to(y_ptr.dtype.element_ty), mask=cols < n_cols)
 
 
+if triton is not None:
+    @triton.jit
+    def _add3_kernel(a_ptr, b_ptr, c_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offsets < n
+        total = tl.load(a_ptr + offsets, mask=mask).to(tl.float32) + tl.load(b_ptr + offsets, mask=mask).to(tl.float32)
+        total += tl.load(c_ptr + offsets, mask=mask).to(tl.float32)
+        tl.store(out_ptr + offsets, total.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+class ResidualAdd(torch.autograd.Function):
+    """a + b + c in one pass (Megatron's bias-dropout-add, with the bias on the GEMM and no dropout):
+    the parallel residual's two adds read and write the hidden state once instead of twice."""
+
+    @staticmethod
+    def forward(ctx, a, b, c):
+        if _use_triton(a) and a.shape == b.shape == c.shape and a.dtype == b.dtype == c.dtype and \
+                a.is_contiguous() and b.is_contiguous() and c.is_contiguous():
+            out = torch.empty_like(a)
+            _add3_kernel[(triton.cdiv(a.numel(), 4096),)](a, b, c, out, a.numel(), BLOCK=4096)
+            return out
+        return a + b + c
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, grad, grad
+
+
+def residual_add(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return ResidualAdd.apply(a, b, c)
+
+
 def _rotate(packed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, sign: float) -> None:
     """Rotate q and k of a packed (b*s, heads*3*d) QKV tensor in place by +angle (sign=1) or -angle (-1)."""
     rotary_dims = cos.shape[-1]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .kernels import apply_rotary_in_place, causal_softmax
+from .kernels import apply_rotary_in_place, causal_softmax, residual_add
 
 REGION_PREFIX = "layer/"
 
@@ -165,7 +165,7 @@ class TransformerLayer(nn.Module):
                 mlp_in = self.post_attention_norm(x)
             mlp_out = self._dropout(self.mlp(mlp_in))
             with region("residual"):
-                return mlp_out + attention_out + x
+                return residual_add(mlp_out, attention_out, x)
         with region("residual"):
             hidden = attention_out + x
         with region("norm"):

@@ -329,3 +329,11 @@ def test_bad_input_is_one_line_and_exit_2(args, field, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and field in err[0]
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_arch_list_is_made_plain_for_deepspeeds_builder():
+    from inference.engines.mii import plain_arch_list
+
+    assert plain_arch_list("9.0a") == "9.0"
+    assert plain_arch_list("8.0;9.0a") == "8.0;9.0"
+    assert plain_arch_list("8.6 9.0+PTX") == "8.6;9.0+PTX"

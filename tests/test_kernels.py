@@ -103,3 +103,9 @@ def test_layer_on_cuda_matches_the_layer_on_cpu(attention):
     assert (xg.grad.cpu() - x.grad).abs().max().item() < 1e-3
     w_cpu = cpu.layer.attention.qkv_transform.weight.grad
     assert (gpu.layer.attention.qkv_transform.weight.grad.cpu() - w_cpu).abs().max().item() < 1e-3
+
+
+def test_residual_add_is_a_plus_b_plus_c_with_identity_gradients():
+    a, b, c = (torch.randn(4, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    assert torch.equal(kernels.residual_add(a, b, c), a + b + c)
+    assert torch.autograd.gradcheck(kernels.residual_add, (a, b, c))

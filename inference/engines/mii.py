@@ -41,11 +41,24 @@ def worker_command(job_path: Path, tensor_parallel: int) -> list[str]:
             *worker]
 
 
+def plain_arch_list(arch_list: str) -> str:
+    """DeepSpeed's JIT builder parses TORCH_CUDA_ARCH_LIST as numbers and fails on entries such as '9.0a'
+    (what some CUDA images set): keep the numeric part, or the visible GPUs' capabilities when unset."""
+    entries = [re.match(r"\d+\.\d+(\+PTX)?", e.strip()) for e in arch_list.replace(" ", ";").split(";") if e.strip()]
+    plain = list(dict.fromkeys(m.group(0) for m in entries if m))
+    if not plain and torch.cuda.is_available():
+        plain = list(dict.fromkeys("%d.%d" % torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())))
+    return ";".join(plain)
+
+
 def failure_reason(log_text: str, returncode: int) -> str:
     """The last line of the worker's log that looks like an error, or the exit code."""
     for line in reversed(log_text.strip().splitlines()):
         line = line.strip()
-        if re.search(r"(Error|Exception|error:|Traceback|out of memory|Killed)", line) and "Traceback" not in line:
+        if re.search(r"(Error|Exception|error:|Traceback|out of memory|Killed|Assertion)", line) and "Traceback" not in line:
+            if "Assertion" in line:  # a CUDA kernel's assert: keep the kernel file and the condition
+                where = re.search(r"([\w.]+\.cu):\d+", line)
+                line = f"{where.group(0) if where else 'kernel'}: {line[line.index('Assertion'):]}"
             return line[:300]
     return f"worker exited with status {returncode}"
 
@@ -76,6 +89,7 @@ class MIIEngine:
         # once; the workers then load the cached extension in about a second
         from deepspeed.ops.op_builder import InferenceBuilder
 
+        os.environ["TORCH_CUDA_ARCH_LIST"] = plain_arch_list(os.environ.get("TORCH_CUDA_ARCH_LIST", ""))
         InferenceBuilder().load()
 
     def run(self, job: GenerationJob, on_result: OnResult) -> EngineRun:
