@@ -7,6 +7,7 @@ live profiler, so a number in a report can be followed back to the events in the
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Callable
@@ -47,7 +48,8 @@ def record_trace(step_fn: Callable[[], object], *, trace_dir: Path, worker_name:
 
 def load_trace(path: Path) -> pd.DataFrame:
     """One row per complete ('X') event: host events with their ids, device events with correlation."""
-    with open(path) as fh:
+    opener = gzip.open if str(path).endswith(".gz") else open  # committed traces are gzipped
+    with opener(path, "rt") as fh:
         raw = json.load(fh)
     rows = []
     for e in raw.get("traceEvents", []):
