@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from profiler.errors import USER_ERRORS, UserError
+from profiler.errors import UserError, run_parsed
 
 from .checkpoints import DEFAULT_ROOT
 from .engines.base import ENGINES
@@ -110,17 +110,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "_run", None):
-        parser.print_help()
-        return 2
-    try:
-        return args._run(args)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: rows measured so far are saved in results.jsonl; run the same command again to resume",
-              file=sys.stderr)
-        return 130
+    return run_parsed(build_parser(), argv,
+                      "rows measured so far are saved in results.jsonl; run the same command again to resume")

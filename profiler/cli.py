@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
-from .errors import USER_ERRORS
+from .errors import run_parsed
 
 SUBCOMMANDS = {
     "layer": ("profiler.commands.layer", "profile full transformer layers: GEMM vs non-GEMM attribution, HTML report"),
@@ -30,17 +29,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "_run", None):
-        parser.print_help()
-        return 2
-    try:
-        return args._run(args)
-    except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: results measured so far are saved; run the same command again to resume",
-              file=sys.stderr)
-        return 130
+    return run_parsed(build_parser(), argv,
+                      "results measured so far are saved; run the same command again to resume")

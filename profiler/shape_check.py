@@ -10,7 +10,6 @@ from __future__ import annotations
 import pandas as pd
 
 from models import ModelConfig, layer_gemms
-from models.gemms import Gemm
 
 TRACE_DTYPE = {"float32": "float", "bfloat16": "c10::BFloat16", "float16": "c10::Half"}
 
