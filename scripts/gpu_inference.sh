@@ -34,7 +34,8 @@ fi
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(0))"
 
 # 2. DeepSpeed's inference kernels, built once, outside any timed region
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+# DeepSpeed parses the arch list itself and rejects suffixed entries such as 9.0a: set it plainly
+export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16}
 start=$SECONDS
 python3 -c "from deepspeed.ops.op_builder import InferenceBuilder; InferenceBuilder().load()" > "$DEST/inference-builder.log" 2>&1 \
   && echo "InferenceBuilder ready in $((SECONDS - start)) s" \
