@@ -115,7 +115,9 @@ def latency_table(entries: list[dict]) -> pd.DataFrame:
             "h": c["hidden_size"], "a": c["num_attention_heads"], "t": c["tensor_parallel"],
             "attention": c["attention"], "dtype": c["dtype"],
             "latency_us": e["latency_us"]["median"], "p10_us": e["latency_us"]["p10"], "p90_us": e["latency_us"]["p90"],
-            "repeats": e["latency_us"]["repeats"], "profiled_us": e["latency_profiled_us"],
+            "repeats": e["latency_us"]["repeats"],
+            "graph_us": (e.get("latency_graph_us") or {}).get("median"),
+            "profiled_us": e["latency_profiled_us"], "busy_us": e.get("busy_us"),
             "profiler_overhead_pct": e["profiler_overhead_pct"], "coverage_pct": 100 * e["coverage"],
             "gemm_share_pct": 100 * e["gemm_share"], "layer_tflops": e["layer_tflops"],
             "pct_of_peak": e.get("layer_pct_of_peak"), "floor_us": e.get("floor_us"), "x_floor": e.get("floor_ratio"),
@@ -132,7 +134,9 @@ def layer_report_sections(run: dict, components: pd.DataFrame) -> list[Section]:
     sections = [Section(
         "Summary",
         intro=("Each config is one transformer layer (random weights) built from its config. <b>Latency</b> is measured "
-               "with CUDA events without the profiler (median over repeats, L2 flushed before each); the breakdown comes "
+               "with CUDA events without the profiler (median over repeats, L2 flushed before each); <b>graph_us</b>: the
+               forward replayed from a CUDA graph (no launch overhead); <b>busy_us</b>: summed kernel time of a traced
+               step; the breakdown comes "
                "from a torch.profiler trace in which every kernel is linked to the layer step that launched it through "
                "the profiler's correlation ids. <b>Floor</b>: the layer's GEMMs and fused attention run alone "
                "(their kernel time in a trace of each alone, at the layer's duty cycle), back to back; <b>x_floor</b> = latency / floor. <b>Coverage</b>: attributed kernel time / all kernel time."),
