@@ -134,9 +134,9 @@ def layer_report_sections(run: dict, components: pd.DataFrame) -> list[Section]:
     sections = [Section(
         "Summary",
         intro=("Each config is one transformer layer (random weights) built from its config. <b>Latency</b> is measured "
-               "with CUDA events without the profiler (median over repeats, L2 flushed before each); <b>graph_us</b>: the
-               forward replayed from a CUDA graph (no launch overhead); <b>busy_us</b>: summed kernel time of a traced
-               step; the breakdown comes "
+               "with CUDA events without the profiler (median over repeats, L2 flushed before each); <b>graph_us</b>: the "
+               "forward replayed from a CUDA graph (no launch overhead); <b>busy_us</b>: summed kernel time of a traced "
+               "step; the breakdown comes "
                "from a torch.profiler trace in which every kernel is linked to the layer step that launched it through "
                "the profiler's correlation ids. <b>Floor</b>: the layer's GEMMs and fused attention run alone "
                "(their kernel time in a trace of each alone, at the layer's duty cycle), back to back; <b>x_floor</b> = latency / floor. <b>Coverage</b>: attributed kernel time / all kernel time."),
