@@ -21,7 +21,7 @@ COLORS = {
     "norm": "#e6c229", "other": "#9467bd", "rotary": "#17becf", "activation": "#8c564b",
     "residual": "#e377c2", "layout": "#bcbd22", "unattributed": "#d62728",
     "qkv_transform": "#1f77b4", "attention_score": "#ff7f0e", "attention_over_values": "#2ca02c",
-    "out_projection": "#e6c229", "mlp_up": "#9467bd", "mlp_gate": "#c5b0d5", "mlp_down": "#7f7f7f",
+    "out_projection": "#e6c229", "mlp_up": "#9467bd", "mlp_gate": "#c5b0d5", "mlp_down": "#8fbc8f",
     "logits": "#393b79", "non_gemm": "#d62728",
 }
 
