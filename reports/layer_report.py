@@ -34,42 +34,35 @@ def _shares(components: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def figure2(components: pd.DataFrame) -> dict:
+def _stacked_shares(components: pd.DataFrame, series: list[tuple[str, tuple, str]], title: str,
+                    text_digits: int, text_min: float) -> dict:
+    """One stacked bar per config (and pass): each series' share of that bar's kernel time."""
     df = _shares(components)
     passes = set(df["pass"])
     groups = list(dict.fromkeys(zip(df["config"], df["pass"])))
     labels = [_bar_label(c, p, passes) for c, p in groups]
     data = []
-    for category, members in FIGURE2.items():
-        ys = [100 * df[(df["config"] == c) & (df["pass"] == p) & df["component"].isin(members)]["pass_share"].sum()
-              for c, p in groups]
-        if any(ys):
-            data.append({"type": "bar", "name": category, "x": labels, "y": ys, "marker": {"color": FIGURE2_COLORS[category]},
-                         "text": [f"{y:.1f}%" if y >= 3 else "" for y in ys], "textposition": "inside",
-                         "hovertemplate": f"{category}: %{{y:.1f}}%<extra>%{{x}}</extra>"})
-    return {"data": data, "layout": {"barmode": "stack", "title": {"text": "Share of layer latency (paper Figure 2)"},
-                                     "yaxis": {"title": {"text": "% of kernel time"}, "range": [0, 100]}}}
-
-
-def figure11(components: pd.DataFrame) -> dict:
-    df = _shares(components)
-    passes = set(df["pass"])
-    groups = list(dict.fromkeys(zip(df["config"], df["pass"])))
-    labels = [_bar_label(c, p, passes) for c, p in groups]
-    data = []
-    series = [(GEMM_LABELS[g], (g,), COLORS[g]) for g in GEMMS] + [
-        ("Flash", ("flash_attention",), COLORS["flash_attention"]),
-        ("Non-GEMM", tuple(c for c in df["component"].unique() if c not in GEMMS and c != "flash_attention"),
-         COLORS["non_gemm"])]
     for label, members, color in series:
         ys = [100 * df[(df["config"] == c) & (df["pass"] == p) & df["component"].isin(members)]["pass_share"].sum()
               for c, p in groups]
         if any(ys):
             data.append({"type": "bar", "name": label, "x": labels, "y": ys, "marker": {"color": color},
-                         "text": [f"{y:.0f}%" if y >= 4 else "" for y in ys], "textposition": "inside",
+                         "text": [f"{y:.{text_digits}f}%" if y >= text_min else "" for y in ys], "textposition": "inside",
                          "hovertemplate": f"{label}: %{{y:.1f}}%<extra>%{{x}}</extra>"})
-    return {"data": data, "layout": {"barmode": "stack", "title": {"text": "Per-GEMM share of latency (paper Figure 11)"},
+    return {"data": data, "layout": {"barmode": "stack", "title": {"text": title},
                                      "yaxis": {"title": {"text": "% of kernel time"}, "range": [0, 100]}}}
+
+
+def figure2(components: pd.DataFrame) -> dict:
+    series = [(category, members, FIGURE2_COLORS[category]) for category, members in FIGURE2.items()]
+    return _stacked_shares(components, series, "Share of layer latency (paper Figure 2)", text_digits=1, text_min=3)
+
+
+def figure11(components: pd.DataFrame) -> dict:
+    non_gemm = tuple(c for c in components["component"].unique() if c not in GEMMS and c != "flash_attention")
+    series = [(GEMM_LABELS[g], (g,), COLORS[g]) for g in GEMMS] + [
+        ("Flash", ("flash_attention",), COLORS["flash_attention"]), ("Non-GEMM", non_gemm, COLORS["non_gemm"])]
+    return _stacked_shares(components, series, "Per-GEMM share of latency (paper Figure 11)", text_digits=0, text_min=4)
 
 
 def gemm_throughput_figure(components: pd.DataFrame, peak: float | None) -> dict:
