@@ -121,7 +121,6 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, device: torch.device | st
     gpu = gpu_label(env)
     sms = sms if sms is not None else env.get("sm_count")
     store = ResultStore(out_dir)
-    store.repair()
     done = store.keys(("ok",) if retry_failed else ("ok", "oom", "error"))
     todo = [p for p in points if p.key(dtype=spec.dtype, gpu=gpu, tag=spec.tag) not in done]
     counts = {"oom": 0, "error": 0}
