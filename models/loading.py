@@ -70,9 +70,15 @@ def config_from_mapping(raw: dict, *, source: str = "<dict>", default_name: str 
 
 def _read_file(path: Path) -> dict:
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"config: cannot read {path}: {exc.strerror}") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config: {path} is not a text file (not UTF-8); give a YAML or JSON config") from None
+    if "\x00" in text:
+        raise ConfigError(f"config: {path} is a binary file; give a YAML or JSON config") from None
     if path.suffix == ".json":
         try:
             return json.loads(text)
@@ -114,8 +120,10 @@ _NEOX_KEYS = {
     "make-vocab-size-divisible-by": "vocab_divisible_by", "intermediate-size": "intermediate_size",
     "layernorm-epsilon": "norm_epsilon", "rms-norm-epsilon": "norm_epsilon", "pos-emb": None,
     "norm": None, "gpt-j-residual": None, "activation": None, "precision": None,
-    "attention-config": None, "use-bias-in-attn-linear": None,
+    "attention-config": None, "use-bias-in-attn-linear": None, "fp16": None, "bf16": None,
 }
+NEOX_PRECISION = {"fp16": "float16", "float16": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16",
+                  "fp32": "float32", "float32": "float32"}
 
 
 def _from_gpt_neox(raw: dict, source: str) -> dict:
@@ -132,9 +140,15 @@ def _from_gpt_neox(raw: dict, source: str) -> dict:
         values["residual"] = "parallel" if neox["gpt-j-residual"] else "sequential"
     if neox.get("activation") is not None:
         values["activation"] = "swiglu" if neox["activation"] in ("swiglu", "swish_glu") else neox["activation"]
+    # GPT-NeoX states precision as `precision: fp16|bfloat16|fp32` or, as Pythia's configs do, as a DeepSpeed
+    # block `fp16: {enabled: true, ...}` / `bf16: {enabled: true}`; an enabled block wins
     precision = neox.get("precision")
     if precision is not None:
-        values["dtype"] = {"fp16": "float16", "bfloat16": "bfloat16", "fp32": "float32"}.get(precision, precision)
+        values["dtype"] = NEOX_PRECISION.get(str(precision), precision)
+    for block, dtype in (("fp16", "float16"), ("bf16", "bfloat16")):
+        settings = neox.get(block)
+        if isinstance(settings, dict) and settings.get("enabled") is True:
+            values["dtype"] = dtype
     attention_config = neox.get("attention-config")
     if isinstance(attention_config, list) and attention_config and "flash" in json.dumps(attention_config):
         values["attention"] = "flash"

@@ -3,6 +3,12 @@
 A layer cannot run faster than its GEMMs and attention kernel back to back; measured / floor is how much
 the rest of the layer (norms, rotary, activation, residuals, launch gaps) costs on top. The same per-GEMM
 times check the profiler: a GEMM's time inside the layer should be within a few percent of it alone.
+
+Like for like: each call alone is built as the layer issues it (profiler.gemm_calls, shared with the
+sweeps), traced under the same policy as the layer (L2 flushed before each step, warm-up until stable, the
+layer's duty cycle), and attributed by the same attribution: the "alone" time of (pass, component, role)
+sums exactly the kernels the layer would attribute to it. The kernels that scatter dq/dk/dv into the packed
+QKV gradient land in `other` here as they do in the layer, not in the attention's time.
 """
 
 from __future__ import annotations
@@ -12,102 +18,73 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from models import ModelConfig, layer_gemms
-from models.gemms import Gemm
 
 from .attribution import attribute
-from .timing import SLEEP_CYCLES_PER_S, TimingStats, summarize
+from .gemm_calls import Call, fused_attention_call, gemm_call
+from .timing import SLEEP_CYCLES_PER_S, L2Flusher, TimingStats, summarize
 from .timing import bench as _bench
 from .trace import load_trace, record_trace
 
-
-def _randn(*shape, device, dtype, requires_grad=False):
-    return torch.randn(*shape, device=device, dtype=dtype).requires_grad_(requires_grad)
+Key = tuple[str, str, str]  # (pass, component, role)
 
 
-def _gemm_calls(gemm: Gemm, cfg: ModelConfig, device, dtype) -> tuple[Callable, Callable | None]:
-    """Forward call as the layer issues it, and the backward's two GEMMs (input and weight gradients)."""
-    m, n, k, batch = gemm.m, gemm.n, gemm.k, gemm.batch
-    if batch == 1:  # a linear layer: x (m, k) @ W^T (k, n) (+ bias)
-        x, w = _randn(m, k, device=device, dtype=dtype), _randn(n, k, device=device, dtype=dtype)
-        bias = _randn(n, device=device, dtype=dtype) if cfg.bias and gemm.component != "logits" else None
-        grad = _randn(m, n, device=device, dtype=dtype)
-        return (lambda: F.linear(x, w, bias)), (lambda: (torch.mm(grad, w), torch.mm(grad.t(), x)))
-    a, b = _randn(batch, m, k, device=device, dtype=dtype), _randn(batch, k, n, device=device, dtype=dtype)
-    grad = _randn(batch, m, n, device=device, dtype=dtype)
-    if gemm.component == "attention_score":
-        out = torch.empty(batch, m, n, device=device, dtype=dtype)
-        forward = lambda: torch.baddbmm(out, a, b, beta=0.0, alpha=0.1)  # noqa: E731
-    else:
-        forward = lambda: torch.bmm(a, b)  # noqa: E731
-    return forward, (lambda: (torch.bmm(grad, b.transpose(1, 2)), torch.bmm(a.transpose(1, 2), grad)))
+def floor_calls(cfg: ModelConfig, *, include_logits: bool, backward: bool, device, dtype,
+                dropout: bool = True) -> dict[str, Call]:
+    """component -> the call that runs it alone (forward, or forward + backward)."""
+    calls: dict[str, Call] = {}
+    for gemm in layer_gemms(cfg, include_logits=include_logits):
+        bias = cfg.bias and gemm.component != "logits"  # the logit layer has no bias (models/layer.py)
+        calls[gemm.component] = gemm_call(gemm.component, gemm.batch, gemm.m, gemm.n, gemm.k, dtype=dtype,
+                                          device=device, bias=bias, backward=backward)
+    if cfg.attention != "eager":
+        calls[f"{cfg.attention}_attention"] = fused_attention_call(
+            cfg.micro_batch_size, cfg.seq_length, cfg.heads_per_gpu, cfg.head_dim, attention=cfg.attention,
+            dtype=dtype, device=device, dropout_p=cfg.attention_dropout if dropout else 0.0, backward=backward)
+    return calls
 
 
-def _flash_calls(cfg: ModelConfig, device, dtype, dropout_p: float) -> tuple[Callable, Callable]:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+def kernel_times_alone(step: Callable[[], object], component: str, device: torch.device, *,
+                       idle_ratio: float = 0.0, steps: int = 15) -> tuple[dict[Key, TimingStats], dict]:
+    """(pass, component, role) -> the summed duration per step of the kernels attributed to it (CUPTI),
+    with L2 flushed before each step and an idle gap after it; plus the trace's warm-up record."""
+    on_gpu = device.type == "cuda"
+    flusher = L2Flusher(device) if on_gpu else None
+    estimate_ms = summarize(_bench(step, warmup_ms=5, rep_ms=20, flush_l2=on_gpu, device=device,
+                                   max_warmup_ms=None if on_gpu else 20)).median_ms
+    idle_cycles = int(idle_ratio * estimate_ms * 1e-3 * SLEEP_CYCLES_PER_S) if on_gpu else 0
 
-    b, s, heads, d = cfg.micro_batch_size, cfg.seq_length, cfg.heads_per_gpu, cfg.head_dim
-    qkv = _randn(b, s, heads, 3, d, device=device, dtype=dtype, requires_grad=True)
-    backends = [SDPBackend.FLASH_ATTENTION] if cfg.attention == "flash" else \
-        [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH]
+    def before_step():  # recorded in the flush region, so attribution leaves both out
+        flusher()
+        if idle_cycles > 0:
+            torch.cuda._sleep(idle_cycles)
 
-    def forward():
-        q, k, v = (qkv[..., i, :].transpose(1, 2) for i in range(3))
-        with sdpa_kernel(backends):
-            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-
-    out = forward()
-    grad = torch.randn_like(out)
-
-    def backward():
-        qkv.grad = None
-        torch.autograd.grad(out, qkv, grad, retain_graph=True)
-
-    return forward, backward
-
-
-def kernel_time_alone(fn: Callable, device: torch.device, *, idle_ratio: float = 0.0, warmup_steps: int = 3,
-                      steps: int = 15) -> TimingStats:
-    """Median over calls of the summed duration of the kernels one call of `fn` launches (CUPTI)."""
-    estimate_ms = summarize(_bench(fn, warmup_ms=5, rep_ms=20, flush_l2=False, device=device)).median_ms
-    idle_cycles = int(idle_ratio * estimate_ms * 1e-3 * SLEEP_CYCLES_PER_S)
-    idle = (lambda: torch.cuda._sleep(idle_cycles)) if idle_cycles > 0 else None
     with tempfile.TemporaryDirectory() as tmp:
-        path = record_trace(fn, trace_dir=Path(tmp), worker_name="alone", warmup_steps=warmup_steps,
-                            active_steps=steps, device=device, flush=idle)  # the idle gap is left out like a flush
+        path, schedule = record_trace(step, trace_dir=Path(tmp), worker_name="alone", active_steps=steps,
+                                      device=device, flush=before_step if on_gpu else None)
         activities = attribute(load_trace(path))
-    per_call_ms = (activities.groupby("step")["dur_us"].sum() / 1e3).tolist()
-    return summarize(per_call_ms)
+    mine = activities[activities["component"] == component]
+    per_step = mine.groupby(["pass", "role", "step"])["dur_us"].sum().unstack("step", fill_value=0.0)
+    per_step = per_step.reindex(columns=sorted(activities["step"].unique()), fill_value=0.0)
+    times = {(p, component, r): summarize((row / 1e3).tolist()) for (p, r), row in per_step.iterrows()}
+    return times, schedule.to_dict()
 
 
 def floor_times(cfg: ModelConfig, *, include_logits: bool, backward: bool, device, dtype,
-                dropout: bool = True, warmup_ms: float = 25, rep_ms: float = 100,
-                idle_ratio: float = 0.0) -> dict[tuple[str, str], TimingStats]:
-    """(pass, component) -> timing of that GEMM (or the fused attention) alone, back to back.
+                dropout: bool = True, idle_ratio: float = 0.0, steps: int = 15) -> tuple[dict[Key, TimingStats], dict]:
+    """(pass, component, role) -> timing of that GEMM (or the fused attention) alone, and the warm-ups.
 
-    On a GPU the time is the kernels' own duration read from a torch.profiler trace, the instrument that
-    measures them inside the layer, so launch overhead and event granularity cancel out of the
-    comparison. `idle_ratio` gives the GPU the same duty cycle as inside the layer (see timing.bench).
-    No L2 flush: inside the layer the activation input was just written by the previous kernel."""
-    times: dict[tuple[str, str], TimingStats] = {}
-
-    def bench(fn):
-        if torch.device(device).type != "cuda":
-            return summarize(_bench(fn, warmup_ms=warmup_ms, rep_ms=rep_ms, flush_l2=False, device=device))
-        return kernel_time_alone(fn, torch.device(device), idle_ratio=idle_ratio)
-
-    with torch.no_grad():
-        for gemm in layer_gemms(cfg, include_logits=include_logits):
-            forward, backward_fn = _gemm_calls(gemm, cfg, device, dtype)
-            times[("forward", gemm.component)] = bench(forward)
-            if backward:
-                times[("backward", gemm.component)] = bench(backward_fn)
-    if cfg.attention != "eager":
-        forward, backward_fn = _flash_calls(cfg, device, dtype, cfg.attention_dropout if dropout else 0.0)
-        with torch.no_grad():
-            times[("forward", "flash_attention")] = bench(forward)
-        if backward:
-            times[("backward", "flash_attention")] = bench(backward_fn)
-    return times
+    The time is the kernels' own duration read from a torch.profiler trace, the instrument that measures
+    them inside the layer, so launch overhead and event granularity cancel out of the comparison (on a CPU,
+    where a trace holds ops, not kernels, the same code proves the wiring)."""
+    device = torch.device(device)
+    times: dict[Key, TimingStats] = {}
+    warmups: dict = {}
+    calls = floor_calls(cfg, include_logits=include_logits, backward=backward, device=device, dtype=dtype,
+                        dropout=dropout)
+    for component in list(calls):
+        found, warmups[component] = kernel_times_alone(calls.pop(component).step, component, device,
+                                                       idle_ratio=idle_ratio, steps=steps)
+        times.update(found)
+    return times, warmups

@@ -7,6 +7,7 @@ percent-of-peak columns use the ceiling measured on the same GPU in the same run
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -32,10 +33,20 @@ def datasheet_for(gpu_name: str) -> dict:
 
 
 def _git_sha() -> str | None:
+    """The code's commit: CODESIGN_GIT_SHA when set (the GPU machine gets a copy of the tree without .git),
+    else git, with "-dirty" when the tree has uncommitted changes (the numbers may not match any commit)."""
+    if os.environ.get("CODESIGN_GIT_SHA"):
+        return os.environ["CODESIGN_GIT_SHA"]
     try:
         root = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=5)
+        sha = out.stdout.strip()
+        if not sha:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -99,5 +110,5 @@ def measure_copy_bandwidth(device, gigabytes: float = 2.0) -> dict:
     numel = int(gigabytes * 2**30 / 4)
     src = torch.randn(numel, device=device)
     dst = torch.empty_like(src)
-    stats = summarize(bench(lambda: dst.copy_(src), warmup_ms=50, rep_ms=200, flush_l2=False))
+    stats = summarize(bench(lambda: dst.copy_(src), warmup_ms=50, rep_ms=200, flush_l2=False, device=device))
     return {"bytes_moved": 2 * numel * 4, "tbps": 2 * numel * 4 / (stats.median_ms * 1e-3) / 1e12, **stats.to_dict()}

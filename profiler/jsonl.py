@@ -2,8 +2,9 @@
 
 Shared by the sweep results and the inference bench's results. Each record is one line, written, flushed
 and fsynced before the next measurement starts. A torn last line (a write killed mid-line) is cut before
-the next append, so every record starts on a line of its own; on load, any line that is not valid JSON is
-skipped and counted. Records carry a "record" type; for a given key the last record wins, so a retried
+the next append, so every record starts on a line of its own; on load, any line that is not a JSON record
+is skipped, counted and named by line number (`notice()`), never silently; a file with no record at all
+is refused (it is not a results file). Records carry a "record" type; for a given key the last record wins, so a retried
 measurement replaces the earlier one.
 """
 
@@ -22,25 +23,43 @@ class JsonLinesFile:
         self.path = Path(path)
 
     def read(self) -> tuple[list[dict], int]:
-        """All well-formed records and the number of lines skipped as torn or corrupt."""
+        """All well-formed records and the number of lines skipped as torn or corrupt (their line numbers are
+        in `self.problems` after the call; `notice()` says it in one line)."""
+        self.problems: list[tuple[int, str]] = []
         if not self.path.exists():
             return [], 0
-        records, skipped = [], 0
+        records = []
         with self.path.open("rb") as f:
-            for raw in f:
+            for number, raw in enumerate(f, 1):
                 line = raw.strip()
                 if not line:
                     continue
                 try:
                     record = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    skipped += 1
+                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                    self.problems.append((number, "torn or not JSON" if isinstance(exc, json.JSONDecodeError)
+                                          else "not UTF-8 text"))
                     continue
                 if isinstance(record, dict):
                     records.append(record)
                 else:
-                    skipped += 1
-        return records, skipped
+                    self.problems.append((number, f"a JSON {type(record).__name__}, not a record"))
+        if not records and self.problems:
+            from .errors import UserError
+
+            raise UserError(f"{self.path}: none of its {len(self.problems)} line(s) is a results record (line "
+                            f"{self.problems[0][0]}: {self.problems[0][1]}); is it the right file? move it away "
+                            "or choose another --out")
+        return records, len(self.problems)
+
+    def notice(self) -> str | None:
+        """One line naming the malformed lines of the last read, or None when every line was a record."""
+        problems = getattr(self, "problems", [])
+        if not problems:
+            return None
+        shown = ", ".join(str(n) for n, _ in problems[:10]) + (", ..." if len(problems) > 10 else "")
+        return (f"{self.path}: {len(problems)} malformed line(s) skipped (line {shown}: {problems[0][1]}); "
+                "a line torn by a killed run is expected at the end, anything else is damage")
 
     def latest(self, record_type: str, key: Callable[[dict], Hashable]) -> list[dict]:
         """Records of one type, one per key: a later record replaces an earlier one (and moves to the end)."""

@@ -2,7 +2,7 @@
 
 The paper's own scripts once dropped their sequence-length and tensor-parallel options while still dividing
 FLOPs by them; here each run reads the shapes the GEMM ops actually received (record_shapes) and compares
-them with Table II for the config (b*s, h/t, 3h/t, h/a, ...). A mismatch is an error, not a warning.
+them with Table II for the config (b*s, h/t, 3h/t, h/a, ...). A mismatch fails the run's shape check.
 """
 
 from __future__ import annotations
@@ -12,10 +12,6 @@ import pandas as pd
 from models import ModelConfig, layer_gemms
 
 TRACE_DTYPE = {"float32": "float", "bfloat16": "c10::BFloat16", "float16": "c10::Half"}
-
-
-class ShapeMismatch(RuntimeError):
-    pass
 
 
 def _operands(op: str, dims: list) -> tuple[int, int, int, int] | None:
@@ -39,7 +35,8 @@ def _operands(op: str, dims: list) -> tuple[int, int, int, int] | None:
 
 
 def check_shapes(host: pd.DataFrame, cfg: ModelConfig, *, include_logits: bool, dtype: str) -> list[dict]:
-    """Compare the first measured step's forward ops with the config; raise ShapeMismatch on any difference."""
+    """Compare the first measured step's forward ops with the config: one row per quantity, `ok` False on
+    any difference (profiler.checks.shapes_check turns the rows into a check that fails)."""
     fwd = host[(host["cat"] == "cpu_op") & host["region"].notna() & host["bwd_seq"].isna() & (host["step"] >= 0)]
     first_step = fwd[fwd["step"] == fwd["step"].min()]
     checks: list[dict] = []
@@ -61,15 +58,19 @@ def check_shapes(host: pd.DataFrame, cfg: ModelConfig, *, include_logits: bool, 
     if len(norms):
         record("layer input (b, s, h)", [cfg.micro_batch_size, cfg.seq_length, cfg.hidden_size], norms["input_dims"].iloc[0][0])
     if cfg.attention != "eager":
-        sdpa = first_step[(first_step["region"] == "flash_attention") & (first_step["name"] == "aten::scaled_dot_product_attention")]
+        region = f"{cfg.attention}_attention"
+        sdpa = first_step[(first_step["region"] == region) & (first_step["name"] == "aten::scaled_dot_product_attention")]
         record("attention q (b, a/t, s, h/a)", [cfg.micro_batch_size, cfg.heads_per_gpu, cfg.seq_length, cfg.head_dim],
                sdpa["input_dims"].iloc[0][0] if len(sdpa) else None)
         if cfg.attention == "flash" and len(sdpa):
-            kernels = set(first_step.loc[first_step["region"] == "flash_attention", "name"])
-            record("flash backend used", True, any("flash" in k for k in kernels))
-    bad = [c for c in checks if not c["ok"]]
-    if bad:
-        c = bad[0]
-        raise ShapeMismatch(f"{cfg.name}: {c['what']} expected {c['expected']} but the trace shows {c['observed']} "
-                            f"({len(bad)} mismatch(es)); an option did not reach the kernels")
+            ops = set(first_step.loc[first_step["region"] == region, "name"])
+            record("flash backend used", True, any("flash" in k for k in ops))
     return checks
+
+
+def attention_ops(host: pd.DataFrame, cfg: ModelConfig) -> list[str]:
+    """The aten ops that ran inside the fused attention's region: which SDPA backend PyTorch chose."""
+    if cfg.attention == "eager":
+        return []
+    ops = host[(host["cat"] == "cpu_op") & (host["region"] == f"{cfg.attention}_attention") & host["bwd_seq"].isna()]
+    return sorted({n for n in ops["name"] if n.startswith("aten::_") or "attention" in n})

@@ -1,17 +1,38 @@
-"""The one timing primitive: do_bench-style warm-up and repetition budgets, L2 flush, CUDA events.
+"""The one timing primitive: do_bench-style repetition budgets, warm-up until stable, L2 flush, CUDA events.
 
 Returns raw samples in milliseconds; statistics live in `summarize` and never drop a sample. On a machine
 without CUDA it falls back to the host clock (for wiring and tests, not for numbers anyone should quote).
+
+The cache and clock policy is one for everything this project times (layer latency, CUDA-graph replay,
+traced steps, the floor's GEMMs alone, sweep points) and is written into every run.json: see POLICY.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import torch
+
+# Warm-up ends when two consecutive warm-up windows have medians within this fraction of each other
+# (a GPU coming out of idle ramps its clock over hundreds of ms; a fixed count of steps does not see that).
+STABLE_TOLERANCE = 0.02
+MIN_WINDOW_CALLS = 3
+
+POLICY = {
+    "l2": "flushed at the start of every timed unit (a layer step, a CUDA-graph replay, one GEMM or attention "
+          "call of the floor, one repetition of a sweep point) by writing a buffer of twice the L2 size; "
+          "never flushed inside a unit, so a kernel reads what the previous kernel of the same unit left in L2",
+    "clock": "the GPU is measured as found (clocks, power limit untouched), busy and back to back: no rests "
+             "between measurements; the floor's GEMMs keep the layer's duty cycle (an idle gap after each call "
+             "in proportion to the layer's non-GEMM time); SM clock and power are sampled through NVML in "
+             "every phase and compared",
+    "warmup": f"until stable: windows of at least {MIN_WINDOW_CALLS} calls until two consecutive window medians "
+              f"agree within {STABLE_TOLERANCE:.0%} (capped; a cap reached is reported as not stable)",
+    "statistic": "median over repetitions, with p10/p90; outliers counted, never dropped",
+}
 
 
 @dataclass(frozen=True)
@@ -26,6 +47,11 @@ class TimingStats:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def spread(self) -> float:
+        """(p90 - p10) / median: the relative noise of this measurement."""
+        return (self.p90_ms - self.p10_ms) / self.median_ms if self.median_ms else 0.0
 
 
 def summarize(samples_ms: list[float]) -> TimingStats:
@@ -43,6 +69,32 @@ def summarize(samples_ms: list[float]) -> TimingStats:
     return TimingStats(statistics.median(ordered), q(0.10), q(0.90), ordered[0], ordered[-1], n, outliers)
 
 
+@dataclass
+class Warmup:
+    """What the warm-up did: how long, how many windows, and whether it reached a stable time."""
+    spent_ms: float = 0.0
+    window_medians_ms: list[float] = field(default_factory=list)
+    stable: bool = False
+
+    def to_dict(self) -> dict:
+        return {"spent_ms": round(self.spent_ms, 3), "windows": len(self.window_medians_ms),
+                "window_medians_ms": [round(x, 5) for x in self.window_medians_ms], "stable": self.stable}
+
+
+def is_stable(window_medians: list[float], tolerance: float = STABLE_TOLERANCE) -> bool:
+    """Two consecutive windows agree: the time is no longer drifting (clock ramp, caches, autotuning)."""
+    if len(window_medians) < 2:
+        return False
+    a, b = window_medians[-2], window_medians[-1]
+    return abs(b - a) <= tolerance * max(a, b)
+
+
+@dataclass
+class BenchResult:
+    samples_ms: list[float]
+    warmup: Warmup
+
+
 SLEEP_CYCLES_PER_S = 1.7e9  # torch.cuda._sleep spins on the SM clock; ~1.7 GHz is close enough for an idle gap
 
 
@@ -58,22 +110,35 @@ class L2Flusher:
         self.buffer.zero_()
 
 
-def bench(fn: Callable[[], object], *, warmup_ms: float = 25.0, rep_ms: float = 100.0,
-          min_reps: int = 5, max_reps: int = 1000, flush_l2: bool = True, idle_ratio: float = 0.0,
-          device: torch.device | str | None = None) -> list[float]:
-    """Time `fn` repeatedly; returns one sample (ms) per repetition.
+def _resolve(device) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
-    Like triton.testing.do_bench: estimate one call's cost, then spend `warmup_ms` warming up and
-    `rep_ms` measuring. Each repetition is bracketed by its own pair of CUDA events, with an L2 flush
-    before it (outside the events), and there is one synchronisation at the end.
+
+def bench(fn: Callable[[], object], **kwargs) -> list[float]:
+    """Time `fn` repeatedly; returns one sample (ms) per repetition. See `bench_detailed`."""
+    return bench_detailed(fn, **kwargs).samples_ms
+
+
+def bench_detailed(fn: Callable[[], object], *, warmup_ms: float = 25.0, rep_ms: float = 100.0,
+                   min_reps: int = 5, max_reps: int = 1000, flush_l2: bool = True, idle_ratio: float = 0.0,
+                   device: torch.device | str | None = None, max_warmup_ms: float | None = None) -> BenchResult:
+    """Like triton.testing.do_bench: estimate one call's cost, warm up, then spend `rep_ms` measuring.
+
+    Warm-up runs windows of calls, timed exactly like the measurement, until two consecutive window
+    medians agree (STABLE_TOLERANCE) and at least `warmup_ms` has passed, or until `max_warmup_ms`
+    (default max(20 x warmup_ms, 100 ms)). Each repetition is bracketed by its own pair of CUDA events,
+    with an L2 flush before it (outside the events), and one synchronisation at the end.
 
     `idle_ratio` > 0 leaves the GPU idle for that multiple of one call's time after each repetition: a
     tight loop of large GEMMs hits the power limit and clocks down, while inside a layer the same GEMM
     alternates with memory-bound kernels; matching the duty cycle compares like with like."""
-    device = torch.device(device) if device is not None else (
-        torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
+    device = _resolve(device)
+    cap_ms = max_warmup_ms if max_warmup_ms is not None else max(20 * warmup_ms, 100.0)
     if device.type != "cuda":
-        return _bench_host(fn, warmup_ms=warmup_ms, rep_ms=rep_ms, min_reps=min_reps, max_reps=max_reps)
+        return _bench_host(fn, warmup_ms=warmup_ms, rep_ms=rep_ms, min_reps=min_reps, max_reps=max_reps,
+                           cap_ms=cap_ms)
     flush = L2Flusher(device) if flush_l2 else (lambda: None)
     fn()
     torch.cuda.synchronize(device)
@@ -85,33 +150,52 @@ def bench(fn: Callable[[], object], *, warmup_ms: float = 25.0, rep_ms: float = 
     end.record()
     torch.cuda.synchronize(device)
     estimate_ms = max(start.elapsed_time(end) / 3, 1e-3)
-    n_warmup = max(1, int(warmup_ms / estimate_ms))
-    n_reps = max(min_reps, min(max_reps, int(rep_ms / estimate_ms)))
-    for _ in range(n_warmup):
-        fn()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n_reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n_reps)]
     idle_cycles = int(idle_ratio * estimate_ms * 1e-3 * SLEEP_CYCLES_PER_S)
-    for i in range(n_reps):
-        flush()
-        starts[i].record()
-        fn()
-        ends[i].record()
-        if idle_cycles > 0:
-            torch.cuda._sleep(idle_cycles)
-    torch.cuda.synchronize(device)
-    return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+
+    def timed(n: int) -> list[float]:
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+        for i in range(n):
+            flush()
+            starts[i].record()
+            fn()
+            ends[i].record()
+            if idle_cycles > 0:
+                torch.cuda._sleep(idle_cycles)
+        torch.cuda.synchronize(device)
+        return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+
+    warmup = _warm_up(timed, estimate_ms, warmup_ms, cap_ms, clock=lambda: time.perf_counter() * 1e3)
+    n_reps = max(min_reps, min(max_reps, int(rep_ms / estimate_ms)))
+    return BenchResult(timed(n_reps), warmup)
 
 
-def _bench_host(fn, *, warmup_ms, rep_ms, min_reps, max_reps) -> list[float]:
+def _warm_up(timed: Callable[[int], list[float]], estimate_ms: float, warmup_ms: float, cap_ms: float,
+             clock: Callable[[], float]) -> Warmup:
+    """Run windows until the time stops moving; each window is about half the warm-up budget."""
+    per_window = max(MIN_WINDOW_CALLS, int(warmup_ms / 2 / estimate_ms))
+    warmup = Warmup()
+    t0 = clock()
+    while True:
+        warmup.window_medians_ms.append(statistics.median(timed(per_window)))
+        warmup.spent_ms = clock() - t0
+        warmup.stable = is_stable(warmup.window_medians_ms)
+        if (warmup.stable and warmup.spent_ms >= warmup_ms) or warmup.spent_ms >= cap_ms:
+            return warmup
+
+
+def _bench_host(fn, *, warmup_ms, rep_ms, min_reps, max_reps, cap_ms) -> BenchResult:
     t0 = time.perf_counter()
     fn()
     estimate_ms = max((time.perf_counter() - t0) * 1e3, 1e-3)
-    for _ in range(max(1, int(warmup_ms / estimate_ms))):
-        fn()
-    samples = []
-    for _ in range(max(min_reps, min(max_reps, int(rep_ms / estimate_ms)))):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return samples
+
+    def timed(n: int) -> list[float]:
+        samples = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t) * 1e3)
+        return samples
+
+    warmup = _warm_up(timed, estimate_ms, warmup_ms, cap_ms, clock=lambda: time.perf_counter() * 1e3)
+    return BenchResult(timed(max(min_reps, min(max_reps, int(rep_ms / estimate_ms)))), warmup)

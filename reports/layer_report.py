@@ -1,7 +1,7 @@
 """The layer profiler's HTML report: paper Figures 1, 2 and 11 for the profiled configs, side by side.
 
 `layer_report_sections` is pure (run.json dict + components DataFrame -> sections); `write_layer_report`
-renders and writes the file.
+renders and writes the file. Component names in legends are the components table's own names.
 """
 
 from __future__ import annotations
@@ -10,34 +10,34 @@ from pathlib import Path
 
 import pandas as pd
 
-from .html import COLORS, Section, render_page, table_html
+from .html import COLORS, Section, axis, layout, render_page, table_html
 
 GEMMS = ("qkv_transform", "attention_score", "attention_over_values", "out_projection", "mlp_up", "mlp_gate",
          "mlp_down", "logits")
-GEMM_LABELS = {"qkv_transform": "QKV", "attention_score": "Score", "attention_over_values": "AOV",
-               "out_projection": "Linproj", "mlp_up": "MLP h→4h", "mlp_gate": "MLP gate", "mlp_down": "MLP 4h→h",
-               "logits": "Logits"}
-# the paper's Figure 2 categories
-FIGURE2 = {"GEMMs": GEMMS, "Flash": ("flash_attention",), "Softmax": ("softmax",), "Dropout": ("dropout",),
-           "Norm": ("norm",), "Other": ("rotary", "activation", "residual_bias", "other", "unattributed")}
-FIGURE2_COLORS = {"GEMMs": COLORS["gemm"], "Flash": COLORS["flash_attention"], "Softmax": COLORS["softmax"],
-                  "Dropout": COLORS["dropout"], "Norm": COLORS["norm"], "Other": COLORS["other"]}
+FUSED = ("flash_attention", "sdpa_attention")
+IDLE = "idle / launch gaps"
+# the paper's Figure 2 categories; unattributed and idle time are segments of their own, never folded away
+FIGURE2 = {"GEMMs": GEMMS, "fused attention": FUSED, "softmax": ("softmax",), "dropout": ("dropout",),
+           "norm": ("norm",), "other non-GEMM": ("rotary", "activation", "residual_bias", "grad_accumulation", "other"),
+           "communication": ("communication",), "unattributed": ("unattributed",)}
+FIGURE2_COLORS = {"GEMMs": COLORS["gemm"], "fused attention": COLORS["flash_attention"], "softmax": COLORS["softmax"],
+                  "dropout": COLORS["dropout"], "norm": COLORS["norm"], "other non-GEMM": COLORS["other"],
+                  "communication": "#ff9896", "unattributed": COLORS["unattributed"], IDLE: "#d9d9d9"}
+
+
+def _on_cpu(run: dict) -> bool:
+    return not (run.get("environment") or {}).get("gpu_name")
 
 
 def _bar_label(config: str, passname: str, passes: set) -> str:
     return config if len(passes) == 1 else f"{config} ({'fwd' if passname == 'forward' else 'bwd'})"
 
 
-def _shares(components: pd.DataFrame) -> pd.DataFrame:
+def _stacked_shares(components: pd.DataFrame, series: list[tuple[str, tuple, str]], title: str,
+                    text_min: float) -> dict:
+    """One stacked bar per config (and pass): each series' share of that bar's summed kernel time."""
     df = components.copy()
     df["pass_share"] = df["time_us"] / df.groupby(["config", "pass"])["time_us"].transform("sum")
-    return df
-
-
-def _stacked_shares(components: pd.DataFrame, series: list[tuple[str, tuple, str]], title: str,
-                    text_digits: int, text_min: float) -> dict:
-    """One stacked bar per config (and pass): each series' share of that bar's kernel time."""
-    df = _shares(components)
     passes = set(df["pass"])
     groups = list(dict.fromkeys(zip(df["config"], df["pass"])))
     labels = [_bar_label(c, p, passes) for c, p in groups]
@@ -47,57 +47,106 @@ def _stacked_shares(components: pd.DataFrame, series: list[tuple[str, tuple, str
               for c, p in groups]
         if any(ys):
             data.append({"type": "bar", "name": label, "x": labels, "y": ys, "marker": {"color": color},
-                         "text": [f"{y:.{text_digits}f}%" if y >= text_min else "" for y in ys], "textposition": "inside",
+                         "text": [f"{y:.1f}%" if y >= text_min else "" for y in ys], "textposition": "inside",
                          "hovertemplate": f"{label}: %{{y:.1f}}%<extra>%{{x}}</extra>"})
-    return {"data": data, "layout": {"barmode": "stack", "title": {"text": title},
-                                     "yaxis": {"title": {"text": "% of kernel time"}, "range": [0, 100]}}}
+    return {"data": data, "layout": layout(title, "config", axis("% of summed kernel time", range=[0, 100]),
+                                           barmode="stack")}
+
+
+def _latency_shares(components: pd.DataFrame, entries: list[dict], series: list[tuple[str, tuple, str]],
+                    title: str, text_min: float) -> dict:
+    """One stacked bar per config: each series' time (both passes) over the measured latency, plus the GPU's
+    idle and launch-gap time (latency - summed kernel time): the denominator a user waits for."""
+    latency = {e["name"]: e["latency_us"]["median"] for e in entries if e.get("status") == "ok"}
+    configs = [c for c in dict.fromkeys(components["config"]) if c in latency]
+    data = []
+    for label, members, color in series + [(IDLE, (), FIGURE2_COLORS[IDLE])]:
+        ys = []
+        for c in configs:
+            rows = components[components["config"] == c]
+            part = rows["time_us"].sum() if label == IDLE else rows[rows["component"].isin(members)]["time_us"].sum()
+            ys.append(100 * (max(0.0, latency[c] - part) if label == IDLE else part) / latency[c])
+        if any(ys):
+            data.append({"type": "bar", "name": label, "x": configs, "y": ys, "marker": {"color": color},
+                         "text": [f"{y:.1f}%" if y >= text_min else "" for y in ys], "textposition": "inside",
+                         "hovertemplate": f"{label}: %{{y:.1f}}% of latency<extra>%{{x}}</extra>"})
+    return {"data": data, "layout": layout(title, "config", axis("% of measured layer latency", range=[0, 105]),
+                                           barmode="stack")}
+
+
+def _figure2_series() -> list[tuple[str, tuple, str]]:
+    return [(category, members, FIGURE2_COLORS[category]) for category, members in FIGURE2.items()]
+
+
+def _figure11_series(components: pd.DataFrame) -> list[tuple[str, tuple, str]]:
+    non_gemm = tuple(c for c in components["component"].unique()
+                     if c not in GEMMS + FUSED + ("unattributed", "communication"))
+    return [(g, (g,), COLORS[g]) for g in GEMMS] + [
+        ("fused attention", FUSED, COLORS["flash_attention"]), ("non-GEMM", non_gemm, COLORS["non_gemm"]),
+        ("communication", ("communication",), FIGURE2_COLORS["communication"]),
+        ("unattributed", ("unattributed",), "#7f0000")]
 
 
 def figure2(components: pd.DataFrame) -> dict:
-    series = [(category, members, FIGURE2_COLORS[category]) for category, members in FIGURE2.items()]
-    return _stacked_shares(components, series, "Share of layer latency (paper Figure 2)", text_digits=1, text_min=3)
+    return _stacked_shares(components, _figure2_series(), "Share of summed kernel time (paper Figure 2)", 3)
+
+
+def figure2_latency(components: pd.DataFrame, entries: list[dict]) -> dict:
+    return _latency_shares(components, entries, _figure2_series(),
+                           "Share of layer latency, idle and launch gaps included (paper Figure 2)", 3)
 
 
 def figure11(components: pd.DataFrame) -> dict:
-    non_gemm = tuple(c for c in components["component"].unique() if c not in GEMMS and c != "flash_attention")
-    series = [(GEMM_LABELS[g], (g,), COLORS[g]) for g in GEMMS] + [
-        ("Flash", ("flash_attention",), COLORS["flash_attention"]), ("Non-GEMM", non_gemm, COLORS["non_gemm"])]
-    return _stacked_shares(components, series, "Per-GEMM share of latency (paper Figure 11)", text_digits=0, text_min=4)
+    return _stacked_shares(components, _figure11_series(components),
+                           "Per-GEMM share of summed kernel time (paper Figure 11)", 4)
 
 
-def gemm_throughput_figure(components: pd.DataFrame, peak: float | None) -> dict:
+def figure11_latency(components: pd.DataFrame, entries: list[dict]) -> dict:
+    return _latency_shares(components, entries, _figure11_series(components),
+                           "Per-GEMM share of layer latency, idle and launch gaps included (paper Figure 11)", 4)
+
+
+def gemm_throughput_figure(components: pd.DataFrame, peak: float | None, scale: float, unit: str) -> dict:
     df = components[components["kind"] == "gemm"]
     data = []
-    for config, group in df.groupby("config", sort=False):
-        for passname, part in group.groupby("pass", sort=False):
-            name = config if df["pass"].nunique() == 1 else f"{config} ({passname})"
-            data.append({"type": "bar", "name": name, "x": [GEMM_LABELS.get(c, c) for c in part["component"]],
-                         "y": part["tflops"].round(1).tolist(),
-                         "customdata": part["time_us"].round(1).tolist(),
-                         "hovertemplate": "%{x}: %{y:.0f} TFLOP/s in %{customdata} us<extra>" + name + "</extra>"})
-    layout = {"barmode": "group", "title": {"text": "GEMM throughput inside the layer"},
-              "yaxis": {"title": {"text": "TFLOP/s"}}}
+    for (config, passname), part in df.groupby(["config", "pass"], sort=False):
+        name = config if df["pass"].nunique() == 1 else f"{config} ({passname})"
+        labels = [c if r in ("fprop", "") else f"{c}.{r}" for c, r in zip(part["component"], part["role"])]
+        data.append({"type": "bar", "name": name, "x": labels, "y": (part["tflops"] * scale).round(2).tolist(),
+                     "customdata": part["time_us"].round(1).tolist(),
+                     "hovertemplate": "%{x}: %{y:.1f} " + unit + " in %{customdata} us<extra>" + name + "</extra>"})
+    lay = layout(f"GEMM throughput inside the layer ({unit}, executed FLOPs)", "GEMM (component.role)",
+                 f"throughput ({unit})", barmode="group")
     if peak:
-        layout["shapes"] = [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": peak, "y1": peak,
-                             "line": {"dash": "dash", "color": "#d62728"}}]
-        layout["annotations"] = [{"xref": "paper", "x": 1, "y": peak, "text": f"measured peak {peak:.0f}",
-                                  "showarrow": False, "yanchor": "bottom", "xanchor": "right"}]
-    return {"data": data, "layout": layout}
+        lay["shapes"] = [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": peak, "y1": peak,
+                          "line": {"dash": "dash", "color": "#d62728"}}]
+        lay["annotations"] = [{"xref": "paper", "x": 1, "y": peak, "text": f"measured peak {peak:.0f}",
+                               "showarrow": False, "yanchor": "bottom", "xanchor": "right"}]
+    return {"data": data, "layout": lay}
 
 
-def throughput_figure(entries: list[dict]) -> dict:
+def throughput_figure(entries: list[dict], scale: float, unit: str) -> dict:
     ok = [e for e in entries if e.get("status") == "ok"]
-    return {"data": [{"type": "bar", "x": [e["name"] for e in ok], "y": [round(e["layer_tflops"], 1) for e in ok],
-                      "text": [f"{e['layer_tflops']:.0f}" for e in ok], "textposition": "outside",
+    return {"data": [{"type": "bar", "name": "layer", "x": [e["name"] for e in ok],
+                      "y": [round(e["layer_tflops"] * scale, 2) for e in ok],
+                      "text": [f"{e['layer_tflops'] * scale:.0f}" for e in ok], "textposition": "outside",
                       "marker": {"color": COLORS["gemm"]},
                       "customdata": [round(e["latency_us"]["median"], 1) for e in ok],
-                      "hovertemplate": "%{x}: %{y} TFLOP/s, %{customdata} us<extra></extra>"}],
-            "layout": {"title": {"text": "Single-layer throughput (paper Figure 1)"},
-                       "yaxis": {"title": {"text": "TFLOP/s (model FLOPs / measured latency)"}}}}
+                      "hovertemplate": "%{x}: %{y} " + unit + ", %{customdata} us<extra></extra>"}],
+            "layout": layout("Single-layer throughput (paper Figure 1)", "config",
+                             f"{unit} (model FLOPs / measured latency)")}
 
 
-def latency_table(entries: list[dict]) -> pd.DataFrame:
+def _check_cell(e: dict) -> str:
+    summary = e.get("checks_summary") or {}
+    if not summary:
+        return ""
+    return "all passed" if summary.get("all_passed") else "FAILED: " + ", ".join(summary.get("failed", []))
+
+
+def latency_table(entries: list[dict], scale: float, unit: str) -> pd.DataFrame:
     rows = []
+    throughput = unit.replace("/s", "_per_s").replace("FLOP", "flop").lower()  # tflop_per_s | gflop_per_s
     for e in entries:
         if e.get("status") != "ok":
             rows.append({"config": e["name"], "status": e.get("status"), "error": e.get("error", "")})
@@ -110,65 +159,127 @@ def latency_table(entries: list[dict]) -> pd.DataFrame:
             "latency_us": e["latency_us"]["median"], "p10_us": e["latency_us"]["p10"], "p90_us": e["latency_us"]["p90"],
             "repeats": e["latency_us"]["repeats"],
             "graph_us": (e.get("latency_graph_us") or {}).get("median"),
-            "profiled_us": e["latency_profiled_us"], "busy_us": e.get("busy_us"),
-            "profiler_overhead_pct": e["profiler_overhead_pct"], "coverage_pct": 100 * e["coverage"],
-            "gemm_share_pct": 100 * e["gemm_share"], "layer_tflops": e["layer_tflops"],
+            "kernel_us": e.get("busy_us"), "idle_us": e.get("idle_us"),
+            "launch_bound": "yes" if e.get("launch_bound") else "no",
+            "trace_vs_events_pct": e.get("trace_vs_events_pct"), "coverage_pct": 100 * e["coverage"],
+            "gemm_pct_of_kernels": 100 * e["gemm_share"],
+            "gemm_pct_of_latency": 100 * e.get("gemm_share_of_latency", float("nan")),
+            f"layer_{throughput}": e["layer_tflops"] * scale,
             "pct_of_peak": e.get("layer_pct_of_peak"), "floor_us": e.get("floor_us"), "x_floor": e.get("floor_ratio"),
-            "flops_check": "match" if e["flops_check"]["all_match"] else "MISMATCH",
-            "shape_checks": f"{sum(c['ok'] for c in e['shape_checks'])}/{len(e['shape_checks'])} ok",
+            "checks": _check_cell(e),
         })
     return pd.DataFrame(rows)
+
+
+def checks_table(entries: list[dict]) -> pd.DataFrame:
+    rows = [{"config": e["name"], "check": c["name"], "status": c["status"].upper() if c["status"] == "fail" else c["status"],
+             "observed": c["observed"], "tolerance": c["tolerance"]}
+            for e in entries if e.get("status") == "ok" for c in e.get("checks", [])]
+    return pd.DataFrame(rows, columns=["config", "check", "status", "observed", "tolerance"])
+
+
+def _summary_intro(run: dict) -> str:
+    if _on_cpu(run):
+        timing = ("<b>Latency</b> is the host clock around each step on this CPU (median over repeats): CPU numbers "
+                  "prove the wiring, not GPU performance, and timing-fidelity checks are skipped on a CPU.")
+    else:
+        timing = ("<b>Latency</b> is measured with CUDA events without the profiler (median over repeats, L2 flushed "
+                  "before each step, warm-up until stable); <b>graph_us</b>: the forward replayed from a CUDA graph "
+                  "(no launch overhead).")
+    return (f"Each config is one transformer layer (random weights) built from its config. {timing} "
+            "<b>kernel_us</b>: summed kernel time of a traced step; <b>idle_us</b> = latency - kernel_us (the GPU "
+            "waiting for launches). The breakdown comes from a torch.profiler trace in which every kernel is "
+            "linked to the layer step that launched it through the profiler's correlation ids. <b>Floor</b>: the "
+            "layer's GEMMs and fused attention alone (the kernels the layer attributes to them, in a trace of "
+            "each alone, same policy), back to back; <b>x_floor</b> = latency / floor. <b>Coverage</b>: "
+            "attributed kernel time / all kernel time. <b>checks</b>: the profiler's self-checks (table below).")
+
+
+HOW_TO_READ = [
+    "Start with the summary: latency, how far it is from the floor (x_floor), and whether every check passed.",
+    "'Where the time goes' shows each figure twice: as a share of summed kernel time (the paper's view) and as "
+    "a share of the measured latency, where the grey 'idle / launch gaps' part is time the GPU waited on the host.",
+    "Throughput: the layer in model FLOPs per second (the paper's Figure 1); each GEMM in executed FLOPs per second "
+    "against the measured peak; backward GEMMs are labelled dgrad (input gradient) and wgrad (weight gradient).",
+    "Components: one row per pass x component x role with its time inside the layer, alone, and the difference.",
+]
 
 
 def layer_report_sections(run: dict, components: pd.DataFrame) -> list[Section]:
     entries = run.get("configs", [])
     env = run.get("environment", {})
     peak = env.get("measured_peak_tflops")
-    sections = [Section(
-        "Summary",
-        intro=("Each config is one transformer layer (random weights) built from its config. <b>Latency</b> is measured "
-               "with CUDA events without the profiler (median over repeats, L2 flushed before each); <b>graph_us</b>: the "
-               "forward replayed from a CUDA graph (no launch overhead); <b>busy_us</b>: summed kernel time of a traced "
-               "step; the breakdown comes "
-               "from a torch.profiler trace in which every kernel is linked to the layer step that launched it through "
-               "the profiler's correlation ids. <b>Floor</b>: the layer's GEMMs and fused attention run alone "
-               "(their kernel time in a trace of each alone, at the layer's duty cycle), back to back; <b>x_floor</b> = latency / floor. <b>Coverage</b>: attributed kernel time / all kernel time."),
-        tables=[table_html(latency_table(entries))])]
+    scale, unit = (1e3, "GFLOP/s") if _on_cpu(run) else (1.0, "TFLOP/s")
+    sections = [Section("Summary", intro=_summary_intro(run), tables=[table_html(latency_table(entries, scale, unit))])]
+    failed = [f"{e['name']}: {c['name']}: {c['observed']} (tolerance: {c['tolerance']})"
+              for e in entries if e.get("status") == "ok" for c in e.get("checks", []) if c["status"] == "fail"]
+    launch = [f"{e['name']} is launch-bound: {e['launch_bound_evidence']}" for e in entries if e.get("launch_bound")]
+    sections.append(Section("Checks", notes=(["FAILED " + f for f in failed] or ["Every check passed or was skipped."]) + launch,
+                            intro="Each check has its tolerance stated in profiler/checks.py and a test that shows it "
+                                  "failing; a failed check makes the command exit non-zero.",
+                            tables=[table_html(checks_table(entries))]))
     if not components.empty:
-        sections.append(Section("Where the time goes", figures=[figure2(components), figure11(components)]))
-        sections.append(Section("Throughput", figures=[throughput_figure(entries), gemm_throughput_figure(components, peak)],
-                                intro="Layer TFLOP/s counts the model FLOPs of Table II (24bsh² + 4bs²h for a "
-                                      "GPT-NeoX layer with f=4h) over the measured latency; GEMM TFLOP/s divides each "
-                                      "GEMM's FLOPs by its kernel time inside the layer." +
-                                      (f" The dashed line is this GPU's measured peak ({peak:.0f} TFLOP/s)." if peak else "")))
-        cols = [c for c in ("config", "pass", "component", "kind", "time_us", "p10_us", "p90_us", "share", "flops", "tflops",
-                            "pct_of_peak", "alone_us", "vs_alone_pct", "kernels_per_step") if c in components]
+        sections.append(Section("Where the time goes", figures=[
+            figure2(components), figure2_latency(components, entries),
+            figure11(components), figure11_latency(components, entries)]))
+        sections.append(Section("Throughput", figures=[throughput_figure(entries, scale, unit),
+                                                       gemm_throughput_figure(components, None if _on_cpu(run) else peak,
+                                                                              scale, unit)],
+                                intro="Layer throughput counts the model FLOPs of Table II (24bsh² + 4bs²h for a "
+                                      "GPT-NeoX layer with f=4h; attention over the full square) over the measured "
+                                      "latency. GEMM throughput divides each GEMM's executed FLOPs by its kernel time "
+                                      "inside the layer; a fused causal attention executes half the square "
+                                      "(its backward recomputes the scores: 2.5x its forward)." +
+                                      (f" The dashed line is this GPU's measured peak ({peak:.0f} TFLOP/s, "
+                                       f"{env.get('measured_peak', '')})." if peak else "")))
+        cols = [c for c in ("config", "pass", "component", "role", "kind", "time_us", "p10_us", "p90_us",
+                            "share_of_kernel_time", "share_of_latency", "flops", "tflops", "pct_of_peak", "alone_us",
+                            "alone_p10_us", "alone_p90_us", "vs_alone_pct", "vs_alone_allowed_pct", "vs_alone_check",
+                            "kernels_per_step") if c in components]
         table = components[cols].copy()
-        table["share"] = 100 * table["share"]
-        table = table.rename(columns={"share": "share_pct"})
+        for c in ("share_of_kernel_time", "share_of_latency"):
+            if c in table:
+                table[c] = 100 * table[c]
+        table = table.rename(columns={"share_of_kernel_time": "pct_of_kernel_time", "share_of_latency": "pct_of_latency"})
+        if _on_cpu(run) and "tflops" in table:
+            table["tflops"] = table["tflops"] * 1e3
+            table = table.rename(columns={"tflops": "gflops"})
         sections.append(Section("Components", tables=[table_html(table)],
                                 intro="time_us: median over profiled steps; p10/p90 its spread. alone_us: the same "
-                                      "GEMM (or attention) timed alone with the same shapes; vs_alone_pct is the "
-                                      "in-layer time relative to it."))
+                                      "kernels (those the layer attributes to this component and role) timed alone; "
+                                      "vs_alone_pct is the in-layer time relative to it, checked against "
+                                      "vs_alone_allowed_pct (tolerance plus both sides' spread). flops: executed FLOPs."))
     for e in entries:
-        findings = e.get("sizing_findings") or []
-        checks = e.get("shape_checks") or []
         if e.get("status") != "ok":
             continue
+        findings = e.get("sizing_findings") or []
         notes = [f"[{f['paper']}] {f['message']}" for f in findings] or ["No sizing rule of the paper is violated."]
-        shape_df = pd.DataFrame(checks)
-        flops_df = pd.DataFrame(e["flops_check"]["rows"])
-        sections.append(Section(f"{e['name']}: sizing rules and checks", notes=notes,
-                                intro=f"{e['config'].get('description') or ''} Trace: <code>{e.get('trace', '')}</code>",
-                                tables=[table_html(shape_df), table_html(flops_df, float_format="{:,.0f}")]))
+        notes += [f"{s['field']}: {s['from']} -> {s['to']} on this device ({s['why']})" for s in e.get("switches", [])]
+        check = {c["name"]: c for c in e.get("checks", [])}
+        tables = [table_html(pd.DataFrame(check[n]["details"]), float_format="{:,.0f}")
+                  for n in ("shapes", "flops") if n in check and check[n]["details"]]
+        unattributed = e.get("unattributed_kernels") or []
+        if unattributed:
+            tables.append(table_html(pd.DataFrame(unattributed)))
+        left = e.get("left_out_of_window") or {}
+        if left.get("edge_kernels"):
+            notes.append(f"{left['edge_kernels']} kernel(s) ({left['edge_us']:.1f} us) ran at the trace window's edges, "
+                         "outside every measured step, and are left out of both sides.")
+        sections.append(Section(f"{e['name']}: sizing rules, shapes, FLOPs", notes=notes,
+                                intro=f"{e['config'].get('description') or ''} Attention ops that ran: "
+                                      f"{', '.join(e.get('attention_ops') or []) or 'eager BMMs'}. "
+                                      f"Trace: <code>{e.get('trace', '')}</code>",
+                                tables=tables))
     return sections
 
 
-def write_layer_report(run: dict, components: pd.DataFrame, path: Path) -> Path:
+def write_layer_report(run: dict, components: pd.DataFrame, path: Path, *, plotly_src: str | None = None) -> Path:
+    from profiler.outputs import write_atomic
+
     env = run.get("environment", {})
     device = env.get("gpu_name") or f"CPU ({env.get('cpu', '')})"
     html = render_page("Transformer layer profile", layer_report_sections(run, components), environment=env,
                        subtitle=f"{', '.join(e['name'] for e in run.get('configs', []))} on {device}, "
-                            f"torch {env.get('torch')}, CUDA {env.get('cuda')}")
-    path.write_text(html)
-    return path
+                                f"torch {env.get('torch')}, CUDA {env.get('cuda')}",
+                       how_to_read=HOW_TO_READ, plotly_src=plotly_src)
+    return write_atomic(Path(path), html)

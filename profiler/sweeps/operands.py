@@ -1,59 +1,31 @@
-"""The tensors and the call each point times: random inputs (zeros let the tensor cores skip work and read
-optimistically), allocated once per shape, and the same torch call the layer makes for that GEMM."""
+"""The call each sweep point times: profiler.gemm_calls, the builder the layer's floor uses too, so a sweep
+point and the floor's GEMM of the same shape run the same kernel. Sweeps time the bare GEMM (no bias: a bias
+is no GEMM FLOP) and the fused attention on q, k, v as views of one packed QKV tensor, as the layer has them."""
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import UserError
+from ..gemm_calls import LINEAR_COMPONENTS, fused_attention_call, gemm_call
 from .spec import SweepPoint
 
-LINEAR_COMPONENTS = ("qkv_transform", "out_projection", "mlp_up", "mlp_gate", "mlp_down", "logits")
+__all__ = ["build", "LINEAR_COMPONENTS"]
 
 
 def build(point: SweepPoint, dtype: torch.dtype, device: torch.device) -> Callable[[], torch.Tensor]:
     """A zero-argument callable running the point's operation once, its inputs already on the device."""
-    randn = lambda *shape: torch.randn(*shape, dtype=dtype, device=device)  # noqa: E731
-    bt, m, n, k = point.batch, point.m, point.n, point.k
-    if point.component in LINEAR_COMPONENTS:
-        # nn.Linear as the layer runs it: x (b*s, k) times weight (n, k) transposed; no bias (not a GEMM FLOP)
-        x, weight = randn(m, k), randn(n, k)
-        return lambda: F.linear(x, weight)
-    if point.component == "attention_score":
-        # as the layer's eager path: baddbmm(q, k^T) with the 1/sqrt(d) scale on alpha
-        q, key = randn(bt, m, k), randn(bt, n, k)
-        empty, scale = torch.empty(bt, m, n, dtype=dtype, device=device), 1 / math.sqrt(k)
-        return lambda: torch.baddbmm(empty, q, key.transpose(1, 2), beta=0.0, alpha=scale)
-    if point.component == "attention_over_values":
-        probs, values = randn(bt, m, k), randn(bt, k, n)
-        return lambda: torch.bmm(probs, values)
-    if point.component == "mm":
-        lhs, rhs = randn(m, k), randn(k, n)
-        return lambda: torch.mm(lhs, rhs)
-    if point.component == "bmm":
-        lhs, rhs = randn(bt, m, k), randn(bt, k, n)
-        return lambda: torch.bmm(lhs, rhs)
     if point.component == "flash_attention":
-        return _flash(point, randn, device)
-    raise ValueError(f"no operands for component {point.component!r}")
-
-
-def _flash(point: SweepPoint, randn, device: torch.device) -> Callable[[], torch.Tensor]:
-    if device.type != "cuda":
-        raise UserError("flash: the flash-attention backend of torch SDPA needs a CUDA GPU; run this sweep "
-                        "on the GPU machine (or use score/aov for the unfused attention GEMMs)")
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    heads = point.batch // point.b
-    q, key, value = (randn(point.b, heads, point.s, point.k) for _ in range(3))  # (b, a/t, s, h/a)
-    causal = bool(point.causal)
-
-    def call() -> torch.Tensor:
-        # pinned to the flash kernel: a silent fallback to the math path would plot the wrong kernel
-        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            return F.scaled_dot_product_attention(q, key, value, is_causal=causal)
-    return call
+        if device.type != "cuda":
+            raise UserError("flash: the flash-attention backend of torch SDPA needs a CUDA GPU; run this sweep "
+                            "on the GPU machine (or use score/aov for the unfused attention GEMMs)")
+        heads = point.batch // point.b
+        return fused_attention_call(point.b, point.s, heads, point.k, attention="flash", dtype=dtype, device=device,
+                                    causal=bool(point.causal)).step
+    try:
+        return gemm_call(point.component, point.batch, point.m, point.n, point.k, dtype=dtype, device=device,
+                         bias=False).step
+    except ValueError:
+        raise ValueError(f"no operands for component {point.component!r}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from models.layer import torch_dtype
 
 from ..errors import UserError
 from ..hardware import environment, measure_matmul_peak
+from ..outputs import prepare_out_dir
 from ..quantization import TILE_SIZES, last_wave_fill, tiles, wave_efficiency, waves
 from ..sizing import largest_power_of_two_dividing
 from ..timing import bench, summarize
@@ -91,10 +93,11 @@ def measure(point: SweepPoint, spec: SweepSpec, device: torch.device) -> dict:
             "tflops": point.flops / (stats.median_ms * 1e-3) / 1e12}
 
 
-def point_record(point: SweepPoint, spec: SweepSpec, gpu: str, sms: int | None, measured: dict) -> dict:
+def point_record(point: SweepPoint, spec: SweepSpec, gpu: str, sms: int | None, measured: dict,
+                 git_sha: str | None = None) -> dict:
     head_dim = point.head_dim
     return {
-        "record": "point", **point.identity(dtype=spec.dtype, gpu=gpu, tag=spec.tag),
+        "record": "point", **point.identity(dtype=spec.dtype, gpu=gpu, tag=spec.tag), "git_sha": git_sha,
         "x_name": point.x_name, "x": point.x, "held": "head_dim" if spec.head_dim else ("a" if point.a else None), "head_dim": head_dim,
         "head_dim_pow2": largest_power_of_two_dividing(head_dim) if head_dim else None,  # Fig. 7 line class
         "flops": point.flops, **measured, **quantization_fields(point, sms),
@@ -117,11 +120,14 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, device: torch.device | st
         raise UserError("flash: the flash-attention backend of torch SDPA needs a CUDA GPU; run this sweep "
                         "on the GPU machine (or use score/aov for the unfused attention GEMMs)")
     points = expand(spec)
+    out_dir = prepare_out_dir(out_dir)  # before anything is measured or written
     env = environment(device)
     gpu = gpu_label(env)
     sms = sms if sms is not None else env.get("sm_count")
     store = ResultStore(out_dir)
     done = store.keys(("ok",) if retry_failed else ("ok", "oom", "error"))
+    if store.notice():
+        print(f"notice: {store.notice()}", file=sys.stderr)
     todo = [p for p in points if p.key(dtype=spec.dtype, gpu=gpu, tag=spec.tag) not in done]
     counts = {"oom": 0, "error": 0}
     if todo:
@@ -135,7 +141,7 @@ def run_sweep(spec: SweepSpec, out_dir: str | Path, *, device: torch.device | st
             measured = measure(point, spec, device)
             if measured["status"] != "ok":
                 counts[measured["status"]] += 1
-            store.append(point_record(point, spec, gpu, sms, measured))
+            store.append(point_record(point, spec, gpu, sms, measured, env.get("git_sha")))
             if progress and measured["tflops"] is not None:
                 bar.set_postfix_str(f"{spec.kind} x={point.x} {measured['tflops']:.1f} TFLOP/s", refresh=False)
     return SweepSummary(len(points), len(todo), len(points) - len(todo), counts["oom"], counts["error"],

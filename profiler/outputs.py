@@ -1,0 +1,42 @@
+"""Where results go: an output directory checked before anything is measured, and files written atomically
+(a temporary sibling renamed into place), so an interrupted run never leaves a half-written file behind."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import UserError
+
+
+def prepare_out_dir(path: Path | str, flag: str = "--out") -> Path:
+    """Create `path` (and its parents) if needed; refuse, in one line, anything that is not a writable directory."""
+    path = Path(path).expanduser()
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == path else f"has a file in its path: {parent}"
+            raise UserError(f"{flag}: {path} {where}; give a directory (it is created if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{flag}: cannot create {path}: {exc.strerror}; choose a directory you can write to") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{flag}: {path} is not writable; choose a directory you can write to")
+    return path
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write `text` to `path` through a temporary file in the same directory and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,154 @@
+"""Every self-check of the profiler can fail: each is shown failing on a doctored input, and passing on a
+sound one. The tolerances live in profiler/checks.py; a failed check reaches the CLI, run.json and the report."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from models import load_config
+from profiler import checks as C
+from profiler.flops import check_rows, component_flops, counted_flops
+from profiler.telemetry import Sample, compare_phases, summarize_phases
+from profiler.timing import STABLE_TOLERANCE, bench_detailed, is_stable
+from profiler.trace import StableSchedule
+from torch.profiler import ProfilerAction
+
+
+def test_shapes_check_fails_on_a_mismatch():
+    rows = [{"what": "qkv (batch, m, k, n)", "expected": "(1, 8192, 2560, 7680)", "observed": "(1, 8192, 2560, 7680)", "ok": True},
+            {"what": "seq", "expected": "2048", "observed": "1024", "ok": False}]
+    assert C.shapes_check(rows[:1]).status == "pass"
+    failed = C.shapes_check(rows)
+    assert failed.status == "fail" and "seq expected 2048, traced 1024" in failed.observed
+
+
+def test_flops_check_fails_when_the_formula_ignores_the_fused_backwards_recompute():
+    """The profiler's old formula (flash backward = 2x its forward) against torch's count of the op that ran."""
+    cfg = load_config("pythia-70m", seq_length=32, micro_batch_size=2, attention="sdpa", dtype="float32")
+    counted = counted_flops(cfg, include_logits=False, backward=True)
+    assert C.flops_check(check_rows(cfg, counted, include_logits=False, backward=True)).status == "pass"
+    old = component_flops(cfg, include_logits=False, backward=True, convention="counted", fused_backward=False)
+    rows = [{"what": "backward total", "formula": sum(f for (p, _, _), f in old.items() if p == "backward"),
+             "counted": counted["backward_total"]}]
+    failed = C.flops_check(rows)
+    assert failed.status == "fail" and "backward total" in failed.observed
+
+
+def test_coverage_check_fails_below_its_tolerance():
+    assert C.coverage_check(1.0, []).status == "pass"
+    assert C.coverage_check(1 - C.COVERAGE_TOLERANCE / 2, []).status == "pass"
+    assert C.coverage_check(1 - 2 * C.COVERAGE_TOLERANCE, [{"name": "k"}]).status == "fail"
+
+
+def test_trace_drift_check_fails_on_a_trace_that_was_still_warming_up():
+    # the paper-large-flash trace of the last evidence drifted 22.8 -> 19.5 ms across its 10 steps
+    drifting = [22800, 22400, 21900, 21300, 20800, 20400, 20000, 19800, 19600, 19500]
+    assert C.trace_drift_check(drifting).status == "fail"
+    assert C.trace_drift_check([19500 + (i % 3) for i in range(10)]).status == "pass"
+    assert C.trace_drift_check([1.0, 1.0]).status == "skipped"
+
+
+def test_warmup_check_fails_when_a_phase_never_settled():
+    assert C.warmup_check({"latency": {"stable": True}, "trace": {"stable": True}}).status == "pass"
+    failed = C.warmup_check({"latency": {"stable": True}, "floor:mlp_up": {"stable": False}})
+    assert failed.status == "fail" and "floor:mlp_up" in failed.observed
+
+
+def test_trace_vs_events_check_fails_when_the_instruments_disagree_unless_launch_bound():
+    assert C.trace_vs_events_check(102.0, 100.0, launch_bound=False).status == "pass"
+    assert C.trace_vs_events_check(112.0, 100.0, launch_bound=False).status == "fail"
+    assert C.trace_vs_events_check(300.0, 100.0, launch_bound=True).status == "skipped"
+
+
+def _phase(clock: float, spread: float = 0.0, n: int = 20) -> list[float]:
+    return [clock - spread / 2 + spread * i / (n - 1) for i in range(n)]
+
+
+def test_clock_check_fails_when_a_phase_ran_at_another_clock():
+    samples = [Sample("latency", i, c, 500.0) for i, c in enumerate(_phase(1980, 15))] + \
+              [Sample("floor", i, c, 690.0) for i, c in enumerate(_phase(1755, 15))]
+    phases = summarize_phases(samples)
+    assert phases["floor"]["samples"] == 20 and phases["floor"]["power_w"] == 690.0
+    failed = C.clock_check(compare_phases(phases))
+    assert failed.status == "fail" and "floor vs latency" in failed.observed
+    same = [Sample("latency", i, c, 500.0) for i, c in enumerate(_phase(1980, 30))] + \
+           [Sample("floor", i, c, 600.0) for i, c in enumerate(_phase(1965, 30))]
+    assert C.clock_check(compare_phases(summarize_phases(same))).status == "pass"
+    assert C.clock_check(None, "NVML unavailable").status == "skipped"
+
+
+def _components(in_layer: float, alone: float, *, spread: float = 0.01) -> pd.DataFrame:
+    return pd.DataFrame([{"pass": "forward", "component": "mlp_up", "role": "fprop", "time_us": in_layer,
+                          "p10_us": in_layer * (1 - spread), "p90_us": in_layer * (1 + spread), "alone_us": alone,
+                          "alone_p10_us": alone * (1 - spread), "alone_p90_us": alone * (1 + spread)}])
+
+
+def test_in_layer_vs_alone_fails_beyond_tolerance_plus_both_spreads():
+    assert C.vs_alone_check(C.vs_alone_rows(_components(104.0, 100.0))).status == "pass"
+    failed = C.vs_alone_check(C.vs_alone_rows(_components(129.0, 100.0)))  # the +29% that used to pass silently
+    assert failed.status == "fail" and "mlp_up" in failed.observed and "+29.0%" in failed.observed
+    # a noisy measurement earns a wider allowance: 20% each side's spread covers the same +29%
+    assert C.vs_alone_check(C.vs_alone_rows(_components(129.0, 100.0, spread=0.1))).status == "pass"
+    short = C.vs_alone_rows(_components(9.0, 5.0))
+    assert short["vs_alone_check"].item() == "too short"
+    assert C.vs_alone_check(short).status == "pass"
+
+
+def test_summarize_checks_names_the_failures():
+    checks = [C.Check("a", "pass", "", ""), C.Check("b", "fail", "", ""), C.Check("c", "skipped", "", "")]
+    assert C.summarize_checks(checks) == {"passed": 1, "failed": ["b"], "skipped": ["c"], "all_passed": False}
+
+
+def test_stability_needs_two_windows_that_agree():
+    assert not is_stable([1.0])
+    assert not is_stable([1.0, 1.0 + 3 * STABLE_TOLERANCE])
+    assert is_stable([1.3, 1.0, 1.0 + STABLE_TOLERANCE / 2])
+
+
+def test_warm_up_reports_a_time_that_never_settles():
+    calls = []
+
+    def drifting():  # each call slower than the last: no two windows agree
+        calls.append(1)
+        sum(range(2000 * len(calls)))
+
+    result = bench_detailed(drifting, warmup_ms=1, rep_ms=1, max_warmup_ms=30, device="cpu")
+    assert not result.warmup.stable and result.warmup.spent_ms >= 30
+    steady = bench_detailed(lambda: sum(range(20000)), warmup_ms=5, rep_ms=5, device="cpu")
+    assert len(steady.samples_ms) >= 5 and steady.warmup.window_medians_ms
+
+
+def test_the_trace_schedule_warms_up_until_stable_then_records():
+    schedule = StableSchedule(active=3, min_warmup=2, max_warmup=10)
+    actions = [schedule(0)]
+    for step, ms in enumerate([30.0, 25.0, 21.0, 20.0, 20.1, 20.05], start=1):
+        schedule.observe(ms)
+        actions.append(schedule(step))
+    assert actions[:6] == [ProfilerAction.WARMUP] * 6  # 21.0, 20.0, 20.1 are not within 2% of each other
+    assert schedule.recording_from == 6  # 20.0, 20.1, 20.05 are: the next step is recorded
+    assert actions[6] == ProfilerAction.RECORD and schedule(8) == ProfilerAction.RECORD_AND_SAVE
+    assert schedule(9) == ProfilerAction.NONE
+    never = StableSchedule(active=2, min_warmup=1, max_warmup=4)
+    for step, ms in enumerate([10.0, 20.0, 10.0, 20.0], start=1):
+        never.observe(ms)
+        never(step)
+    assert never.recording_from == 4 and not never.stable
+
+
+def test_a_failed_check_reaches_the_cli_run_json_and_report_and_sets_the_exit_code(tmp_path, monkeypatch, capsys):
+    """Doctor the FLOP formula back to the old 2x for a fused backward: the check must fail everywhere."""
+    from profiler import flops
+    from profiler.cli import main
+
+    monkeypatch.setattr(flops, "FUSED_BACKWARD_FACTOR", 2)
+    out = tmp_path / "run"
+    argv = ["layer", "--config", "pythia-70m", "--seq-len", "32", "--attention", "sdpa", "--mode", "forward+backward",
+            "--iters", "2", "--no-floor", "--out", str(out)]
+    assert main(argv) == 3
+    captured = capsys.readouterr()
+    assert "[FAIL] flops" in captured.out and "CHECKS FAILED (1): pythia-70m: flops" in captured.err
+    entry = json.loads((out / "run.json").read_text())["configs"][0]
+    assert entry["checks_summary"]["failed"] == ["flops"]
+    assert "FAILED pythia-70m: flops" in (out / "report.html").read_text()
+    assert main(argv + ["--allow-failed-checks", "--force"]) == 0
