@@ -1,49 +1,75 @@
 #!/usr/bin/env bash
-# One device call does a whole GPU run: install the carried wheels (if any), run the GPU tests, then the
-# requested evidence runs, leaving a small bundle of files under $OUT (at most 8 files come back).
-# Usage (from the repository root on the GPU machine):  bash scripts/gpu_run.sh [tests] [layer] [sweeps] [inference]
+# One device call does a whole GPU run: install the carried wheels (if any), then the requested parts, leaving
+# one archive per part under $OUT (at most 8 files come back from the device machine).
+#
+# Usage (repository root on the GPU machine):
+#   CODESIGN_GIT_SHA=$(git rev-parse --short=12 HEAD) bash scripts/gpu_run.sh PART [PART ...]
+# Parts:
+#   tests      the GPU-only tests (pytest -m gpu)                                              ~1 min
+#   layer      the layer evidence: Figures 1, 2, 11, pythia-1b fwd and fwd+bwd, the Pythia suite  ~3 min
+#   speed      the sweep speed/accuracy benchmark (120 mixed points vs do_bench)                  ~1 min
+#   sweeps     the full evidence sweeps (scripts/gpu_sweeps.sh)                                   ~4 min
+#   advise     the sizing advisor with --measure (scripts/gpu_advise.sh)                           ~4 min
+#   invariance batch-invariance kernels, layer and engines (scripts/gpu_invariance.sh)           ~3 min
+#   inference  the inference carry-over bench (scripts/gpu_inference.sh)                          ~8 min
+#   distributed tensor-parallel layer on 2 GPUs (scripts/gpu_distributed.sh; nvidia-h200-x2)   ~3 min
+# The git SHA of the code is passed in because the GPU machine's copy of the tree has no .git.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export CODESIGN_GIT_SHA=${CODESIGN_GIT_SHA:-unknown}
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1 && [ ! -d /tmp/site ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 fi
 [ -d /tmp/site ] && export PYTHONPATH="/tmp/site:$PYTHONPATH"
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'python', sys.version.split()[0])" | tee -a "$OUT/gpu.txt"
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv
+  python3 -c "import torch, sys; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'python', sys.version.split()[0])"
+  echo "git ${CODESIGN_GIT_SHA}"
+} 2>&1 | tee "$OUT/gpu.txt"
 
-runs="$*"
-want() { [[ " $runs " == *" $1 "* ]]; }
+parts="$*"
+want() { [[ " $parts " == *" $1 "* ]]; }
 bundle() { tar czf "$OUT/$1.tgz" -C "$2" . && du -h "$OUT/$1.tgz"; }
+elapsed() { echo "== $1 done at ${SECONDS}s"; }
 
 if want tests; then
-  python3 -m pytest -q tests 2>&1 | tail -n 25 | tee "$OUT/tests.txt"
+  python3 -m pytest -q -m gpu tests 2>&1 | tail -n 30 | tee "$OUT/tests.txt"
+  elapsed tests
 fi
 if want layer; then
   R=/tmp/layer; rm -rf $R
+  L="python3 -m profiler layer --allow-failed-checks"
   # paper Figure 2 / 11: small, large, large + flash (forward, bf16, s=2048)
-  python3 -m profiler layer --config paper-small --config paper-large --config paper-large-flash --out $R/figure2
+  $L --config paper-small --config paper-large --config paper-large-flash --out $R/figure2
   # paper Figure 1: GPT-3 2.7B and its head-count variants, b=4, flash (the production setting) and eager
-  python3 -m profiler layer --config gpt3-2.7b-c1 --config gpt3-2.7b-c2 --config gpt3-2.7b --config gpt3-2.7b-a20 \
-    --attention flash --out $R/figure1-flash
-  python3 -m profiler layer --config gpt3-2.7b-c1 --config gpt3-2.7b-c2 --config gpt3-2.7b --config gpt3-2.7b-a20 \
-    --attention eager --out $R/figure1-eager
-  # pythia-1b, forward and forward+backward
-  python3 -m profiler layer --config pythia-1b --attention flash --out $R/pythia-1b
-  python3 -m profiler layer --config pythia-1b --attention flash --mode forward+backward --out $R/pythia-1b-train
+  $L --config gpt3-2.7b-c1 --config gpt3-2.7b-c2 --config gpt3-2.7b --config gpt3-2.7b-a20 --attention flash --out $R/figure1-flash
+  $L --config gpt3-2.7b-c1 --config gpt3-2.7b-c2 --config gpt3-2.7b --config gpt3-2.7b-a20 --attention eager --out $R/figure1-eager
+  # pythia-1b, forward and forward+backward (the floor ratio of issue 8)
+  $L --config pythia-1b --attention flash --out $R/pythia-1b
+  $L --config pythia-1b --attention flash --mode forward+backward --out $R/pythia-1b-train
   # the Pythia suite's layers (forward, b=1, s=2048): the training-shape side of the inference comparison
-  python3 -m profiler layer --config pythia-70m --config pythia-160m --config pythia-410m --config pythia-1b \
-    --config pythia-1.4b --config pythia-2.8b --config pythia-6.9b --config pythia-12b --attention flash --out $R/pythia-suite
+  $L --config pythia-70m --config pythia-160m --config pythia-410m --config pythia-1b --config pythia-1.4b \
+     --config pythia-2.8b --config pythia-6.9b --config pythia-12b --attention flash --out $R/pythia-suite
   bundle layer $R
+  elapsed layer
+fi
+if want speed; then
+  python3 scripts/bench_sweep_speed.py --points 120 --out /tmp/speed 2>&1 | tail -n 20
+  bundle speed /tmp/speed
+  elapsed speed
 fi
 if want sweeps && [ -f scripts/gpu_sweeps.sh ]; then
   bash scripts/gpu_sweeps.sh /tmp/sweeps 2>&1 | tail -n 60
   bundle sweeps /tmp/sweeps
+  elapsed sweeps
 fi
-if want inference && [ -f scripts/gpu_inference.sh ]; then
-  bash scripts/gpu_inference.sh /tmp/inference 2>&1 | tail -n 80
-  bundle inference /tmp/inference
-fi
+for part in advise invariance inference distributed; do
+  if want $part && [ -f scripts/gpu_$part.sh ]; then
+    bash scripts/gpu_$part.sh /tmp/$part 2>&1 | tail -n 80
+    bundle $part /tmp/$part
+    elapsed $part
+  fi
+done
 ls -la "$OUT"

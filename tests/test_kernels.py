@@ -49,8 +49,12 @@ def test_causal_softmax_masks_the_future_and_matches_softmax():
     assert torch.autograd.gradcheck(kernels.causal_softmax, (scores.requires_grad_(True),))
 
 
-cuda_triton = pytest.mark.skipif(not torch.cuda.is_available() or kernels.triton is None,
-                                 reason="Triton kernels run on CUDA only")
+_skip_without_cuda = pytest.mark.skipif(not torch.cuda.is_available() or kernels.triton is None,
+                                        reason="Triton kernels run on CUDA only")
+
+
+def cuda_triton(test):
+    return pytest.mark.gpu(_skip_without_cuda(test))
 
 
 @cuda_triton

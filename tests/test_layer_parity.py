@@ -101,6 +101,7 @@ def test_eager_and_sdpa_agree_on_cpu(activation):
         assert (eager(x) - sdpa(x)).abs().max().item() <= TOLERANCE
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="flash attention runs on CUDA only")
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_flash_agrees_with_eager_within_dtype_tolerance(dtype):
