@@ -228,7 +228,10 @@ def attribute_detailed(events: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     flush = acts[acts["in_flush"]]
     left_out = {"edge_kernels": int(len(edge)), "edge_us": float(edge["dur"].sum()),
                 "edge_names": sorted(set(edge["name"]))[:20],
-                "flush_kernels": int(len(flush)), "flush_us": float(flush["dur"].sum())}
+                "flush_kernels": int(len(flush)), "flush_us": float(flush["dur"].sum()),
+                # where each step's flush region ends on the GPU: the floor runs a layer step inside that
+                # region before each call alone, and cuts everything before this point
+                "flush_end_by_step": {int(k): float(v) for k, v in flush.groupby("step")["end"].max().items() if k >= 0}}
     acts = acts[(acts["step"] >= 0) & ~acts["in_flush"] & ~acts["edge"]].copy()
     fwd_ops = forward_ops_by_sequence(host)
     backward = acts["bwd_node"].notna()

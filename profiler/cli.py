@@ -12,6 +12,10 @@ SUBCOMMANDS = {
     "layer": ("profiler.commands.layer", "profile full transformer layers: GEMM vs non-GEMM attribution, HTML report"),
     "sweep": ("profiler.commands.sweep", "GEMM / attention micro-benchmark sweeps (paper Sections V, VI-A)"),
     "configs": ("profiler.commands.configs", "list the bundled model configs with their shapes and parameter counts"),
+    "invariance": ("profiler.commands.invariance", "batch invariance: invariant GEMM vs cuBLAS over tokens, and where "
+                                                   "the layer breaks it (issue 11)"),
+    "advise": ("profiler.commands.advise", "sizing advisor: what is wrong with this shape on this GPU, and which shape "
+                                           "of the same size is faster (modelled; --measure times them)"),
 }
 
 

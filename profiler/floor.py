@@ -5,10 +5,15 @@ the rest of the layer (norms, rotary, activation, residuals, launch gaps) costs 
 times check the profiler: a GEMM's time inside the layer should be within a few percent of it alone.
 
 Like for like: each call alone is built as the layer issues it (profiler.gemm_calls, shared with the
-sweeps), traced under the same policy as the layer (L2 flushed before each step, warm-up until stable, the
-layer's duty cycle), and attributed by the same attribution: the "alone" time of (pass, component, role)
-sums exactly the kernels the layer would attribute to it. The kernels that scatter dq/dk/dv into the packed
-QKV gradient land in `other` here as they do in the layer, not in the attention's time.
+sweeps), traced under the same policy as the layer (L2 flushed before each step, warm-up until stable), and
+attributed by the same attribution: the "alone" time of (pass, component, role) sums exactly the kernels the
+layer would attribute to it. The kernels that scatter dq/dk/dv into the packed QKV gradient land in `other`
+here as they do in the layer, not in the attention's time.
+
+Same power state: before each call alone a full layer step runs (the "conditioner"), then the L2 flush. A
+large layer is power-capped (on the H100, pythia-12b's layer runs at 1575 MHz) while a GEMM alone with idle
+gaps boosts to 1980 MHz; timed that way the floor was 20-30% too fast. The conditioner's kernels are cut
+from the trace by where the flush ends on the GPU timeline.
 """
 
 from __future__ import annotations
@@ -21,10 +26,9 @@ import torch
 
 from models import ModelConfig, layer_gemms
 
-from .attribution import attribute
+from .attribution import attribute_detailed
 from .gemm_calls import Call, fused_attention_call, gemm_call
-from .timing import SLEEP_CYCLES_PER_S, L2Flusher, TimingStats, summarize
-from .timing import bench as _bench
+from .timing import L2Flusher, TimingStats, summarize
 from .trace import load_trace, record_trace
 
 Key = tuple[str, str, str]  # (pass, component, role)
@@ -46,24 +50,25 @@ def floor_calls(cfg: ModelConfig, *, include_logits: bool, backward: bool, devic
 
 
 def kernel_times_alone(step: Callable[[], object], component: str, device: torch.device, *,
-                       idle_ratio: float = 0.0, steps: int = 15) -> tuple[dict[Key, TimingStats], dict]:
+                       conditioner: Callable[[], object] | None = None, steps: int = 15,
+                       ) -> tuple[dict[Key, TimingStats], dict]:
     """(pass, component, role) -> the summed duration per step of the kernels attributed to it (CUPTI),
-    with L2 flushed before each step and an idle gap after it; plus the trace's warm-up record."""
+    each step preceded by `conditioner` (a layer step) and an L2 flush; plus the trace's warm-up record."""
     on_gpu = device.type == "cuda"
     flusher = L2Flusher(device) if on_gpu else None
-    estimate_ms = summarize(_bench(step, warmup_ms=5, rep_ms=20, flush_l2=on_gpu, device=device,
-                                   max_warmup_ms=None if on_gpu else 20)).median_ms
-    idle_cycles = int(idle_ratio * estimate_ms * 1e-3 * SLEEP_CYCLES_PER_S) if on_gpu else 0
 
-    def before_step():  # recorded in the flush region, so attribution leaves both out
-        flusher()
-        if idle_cycles > 0:
-            torch.cuda._sleep(idle_cycles)
+    def before_step():  # in the flush region: attribution leaves it out, and the cut below its GPU end
+        if conditioner is not None:
+            conditioner()
+        if flusher is not None:
+            flusher()
 
     with tempfile.TemporaryDirectory() as tmp:
         path, schedule = record_trace(step, trace_dir=Path(tmp), worker_name="alone", active_steps=steps,
-                                      device=device, flush=before_step if on_gpu else None)
-        activities = attribute(load_trace(path))
+                                      device=device, flush=before_step if (on_gpu or conditioner) else None)
+        activities, left_out = attribute_detailed(load_trace(path))
+    cut = activities["step"].map(left_out["flush_end_by_step"])
+    activities = activities[cut.isna() | (activities["ts"] >= cut)]  # the conditioner's backward, too
     mine = activities[activities["component"] == component]
     per_step = mine.groupby(["pass", "role", "step"])["dur_us"].sum().unstack("step", fill_value=0.0)
     per_step = per_step.reindex(columns=sorted(activities["step"].unique()), fill_value=0.0)
@@ -72,12 +77,14 @@ def kernel_times_alone(step: Callable[[], object], component: str, device: torch
 
 
 def floor_times(cfg: ModelConfig, *, include_logits: bool, backward: bool, device, dtype,
-                dropout: bool = True, idle_ratio: float = 0.0, steps: int = 15) -> tuple[dict[Key, TimingStats], dict]:
+                dropout: bool = True, conditioner: Callable[[], object] | None = None,
+                steps: int = 15) -> tuple[dict[Key, TimingStats], dict]:
     """(pass, component, role) -> timing of that GEMM (or the fused attention) alone, and the warm-ups.
 
     The time is the kernels' own duration read from a torch.profiler trace, the instrument that measures
     them inside the layer, so launch overhead and event granularity cancel out of the comparison (on a CPU,
-    where a trace holds ops, not kernels, the same code proves the wiring)."""
+    where a trace holds ops, not kernels, the same code proves the wiring). `conditioner`: the layer's own
+    step, run before each call alone so that the GPU is in the layer's power state."""
     device = torch.device(device)
     times: dict[Key, TimingStats] = {}
     warmups: dict = {}
@@ -85,6 +92,6 @@ def floor_times(cfg: ModelConfig, *, include_logits: bool, backward: bool, devic
                         dropout=dropout)
     for component in list(calls):
         found, warmups[component] = kernel_times_alone(calls.pop(component).step, component, device,
-                                                       idle_ratio=idle_ratio, steps=steps)
+                                                       conditioner=conditioner, steps=steps)
         times.update(found)
     return times, warmups

@@ -118,8 +118,10 @@ def counted_flops(cfg: ModelConfig, *, include_logits: bool, backward: bool, dev
 
     model = build_layer(cfg, include_logits=include_logits, device=device, dtype=dtype).train()
     x = random_input(cfg, device=device, dtype=dtype, requires_grad=backward)
-    pinned = sdpa_kernel(SDPBackend.FLASH_ATTENTION) if cfg.attention == "flash" else nullcontext()
-    with pinned, FlopCounterMode(display=False, custom_mapping=_cpu_sdpa_mapping()) as forward_counter:
+    def pinned():
+        return sdpa_kernel(SDPBackend.FLASH_ATTENTION) if cfg.attention == "flash" else nullcontext()
+
+    with pinned(), FlopCounterMode(display=False, custom_mapping=_cpu_sdpa_mapping()) as forward_counter:
         out = model(x)
     by_module = forward_counter.get_flop_counts()
     counted = {comp: sum(by_module.get(f"LayerStack.{path}", {}).values())
@@ -129,7 +131,7 @@ def counted_flops(cfg: ModelConfig, *, include_logits: bool, backward: bool, dev
     counted["forward_total"] = sum(by_module.get("Global", {}).values())
     ops = [str(op) for op in by_module.get("Global", {})]
     if backward:
-        with pinned, FlopCounterMode(display=False, custom_mapping=_cpu_sdpa_mapping()) as backward_counter:
+        with pinned(), FlopCounterMode(display=False, custom_mapping=_cpu_sdpa_mapping()) as backward_counter:
             out.backward(torch.randn_like(out))
         global_backward = backward_counter.get_flop_counts().get("Global", {})
         counted["backward_total"] = sum(global_backward.values())

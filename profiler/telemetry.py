@@ -82,6 +82,10 @@ class Telemetry:
             self._thread.join(timeout=1.0)
             self._thread = None
 
+    def set_phase(self, name: str | None) -> None:
+        """Tag the samples from now on (inside a `phase` block, e.g. when its warm-up ends)."""
+        self._phase = name
+
     @contextmanager
     def phase(self, name: str):
         previous, self._phase = self._phase, name

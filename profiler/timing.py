@@ -19,6 +19,7 @@ import torch
 # Warm-up ends when two consecutive warm-up windows have medians within this fraction of each other
 # (a GPU coming out of idle ramps its clock over hundreds of ms; a fixed count of steps does not see that).
 STABLE_TOLERANCE = 0.02
+STABLE_ABS_MS = 0.002  # ... or within 2 us: below that, event resolution and launch jitter, not drift
 MIN_WINDOW_CALLS = 3
 
 POLICY = {
@@ -26,11 +27,12 @@ POLICY = {
           "call of the floor, one repetition of a sweep point) by writing a buffer of twice the L2 size; "
           "never flushed inside a unit, so a kernel reads what the previous kernel of the same unit left in L2",
     "clock": "the GPU is measured as found (clocks, power limit untouched), busy and back to back: no rests "
-             "between measurements; the floor's GEMMs keep the layer's duty cycle (an idle gap after each call "
-             "in proportion to the layer's non-GEMM time); SM clock and power are sampled through NVML in "
-             "every phase and compared",
+             "between measurements; each of the floor's calls alone runs right after a full layer step, so it "
+             "sees the layer's power state and clock (a large layer is power-capped well below the clock a GEMM "
+             "alone reaches); SM clock and power are sampled through NVML in every measured phase and compared",
     "warmup": f"until stable: windows of at least {MIN_WINDOW_CALLS} calls until two consecutive window medians "
-              f"agree within {STABLE_TOLERANCE:.0%} (capped; a cap reached is reported as not stable)",
+              f"agree within {STABLE_TOLERANCE:.0%} (or {STABLE_ABS_MS * 1e3:.0f} us), capped; a cap reached is "
+              "reported as not stable. Traced warm-up keeps the GPU busy (no synchronisation between steps)",
     "statistic": "median over repetitions, with p10/p90; outliers counted, never dropped",
 }
 
@@ -86,7 +88,7 @@ def is_stable(window_medians: list[float], tolerance: float = STABLE_TOLERANCE) 
     if len(window_medians) < 2:
         return False
     a, b = window_medians[-2], window_medians[-1]
-    return abs(b - a) <= tolerance * max(a, b)
+    return abs(b - a) <= max(tolerance * max(a, b), STABLE_ABS_MS)
 
 
 @dataclass
@@ -123,7 +125,8 @@ def bench(fn: Callable[[], object], **kwargs) -> list[float]:
 
 def bench_detailed(fn: Callable[[], object], *, warmup_ms: float = 25.0, rep_ms: float = 100.0,
                    min_reps: int = 5, max_reps: int = 1000, flush_l2: bool = True, idle_ratio: float = 0.0,
-                   device: torch.device | str | None = None, max_warmup_ms: float | None = None) -> BenchResult:
+                   device: torch.device | str | None = None, max_warmup_ms: float | None = None,
+                   on_measure: Callable[[], object] | None = None) -> BenchResult:
     """Like triton.testing.do_bench: estimate one call's cost, warm up, then spend `rep_ms` measuring.
 
     Warm-up runs windows of calls, timed exactly like the measurement, until two consecutive window
@@ -167,6 +170,8 @@ def bench_detailed(fn: Callable[[], object], *, warmup_ms: float = 25.0, rep_ms:
 
     warmup = _warm_up(timed, estimate_ms, warmup_ms, cap_ms, clock=lambda: time.perf_counter() * 1e3)
     n_reps = max(min_reps, min(max_reps, int(rep_ms / estimate_ms)))
+    if on_measure is not None:  # e.g. tag the telemetry: the samples from here on are the measurement
+        on_measure()
     return BenchResult(timed(n_reps), warmup)
 
 

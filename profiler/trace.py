@@ -14,6 +14,7 @@ import gzip
 import json
 import os
 import re
+import statistics
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ import pandas as pd
 import torch
 from torch.profiler import ProfilerAction, ProfilerActivity, profile, record_function, tensorboard_trace_handler
 
-from .timing import STABLE_TOLERANCE
+from .timing import is_stable
 
 FLUSH_REGION = "flush_l2"
 HOST_CATEGORIES = ("user_annotation", "cpu_op", "cuda_runtime", "cuda_driver")
@@ -62,22 +63,27 @@ def quiet_kineto():
 
 @dataclass
 class StableSchedule:
-    """A torch.profiler schedule that keeps warming up until the last steps' times agree.
+    """A torch.profiler schedule that keeps warming up until the step time has settled.
 
-    The loop reports each warm-up step's time (`observe`); once `window` consecutive steps lie within
-    STABLE_TOLERANCE of each other (or `max_warmup` steps have run) the next `active` steps are recorded."""
+    The loop reports warm-up steps' times (`observe`); once the medians of the last two windows of `window`
+    steps agree (profiler.timing.is_stable) and at least `min_warmup_ms` of steps have run (a power-capped
+    GPU keeps clocking down for a while after a fast first few steps), or `max_warmup` steps have run, the
+    next `active` steps are recorded."""
 
     active: int
     min_warmup: int = 2
     max_warmup: int = 40
     window: int = 3
+    min_warmup_ms: float = 0.0
     times_ms: list[float] = field(default_factory=list)
     recording_from: int | None = None
 
     @property
     def stable(self) -> bool:
-        last = self.times_ms[-self.window:]
-        return len(last) == self.window and max(last) - min(last) <= STABLE_TOLERANCE * max(last)
+        w = self.window
+        if len(self.times_ms) < 2 * w:
+            return False
+        return is_stable([statistics.median(self.times_ms[-2 * w:-w]), statistics.median(self.times_ms[-w:])])
 
     @property
     def warming_up(self) -> bool:
@@ -88,7 +94,8 @@ class StableSchedule:
 
     def __call__(self, step: int) -> ProfilerAction:
         if self.recording_from is None:
-            if step >= self.min_warmup and (self.stable or step >= self.max_warmup):
+            settled = self.stable and sum(self.times_ms) >= self.min_warmup_ms
+            if step >= self.min_warmup and (settled or step >= self.max_warmup):
                 self.recording_from = step
             else:
                 return ProfilerAction.WARMUP
@@ -105,39 +112,49 @@ class StableSchedule:
 
 
 class _StepClock:
+    """Times steps without stopping the GPU: a step's time is read once the next step is queued behind it,
+    so warm-up runs back to back like the measurement (a synchronisation per step lets the GPU cool)."""
+
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
-        self.device = device
+        self.pending = None
 
-    def time(self, fn: Callable[[], object]) -> float:
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+    def run(self, fn: Callable[[], object]) -> float | None:
+        """Run one step; return the previous step's time (ms) once known, or None."""
+        if not self.cuda:
+            import time
+
+            t0 = time.perf_counter()
             fn()
-            end.record()
-            torch.cuda.synchronize(self.device)
-            return start.elapsed_time(end)
-        import time
-
-        t0 = time.perf_counter()
+            return (time.perf_counter() - t0) * 1e3
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         fn()
-        return (time.perf_counter() - t0) * 1e3
+        end.record()
+        previous, self.pending = self.pending, (start, end)
+        if previous is None:
+            return None
+        previous[1].synchronize()  # the step just queued keeps the GPU busy meanwhile
+        return previous[0].elapsed_time(previous[1])
 
 
 def record_trace(step_fn: Callable[[], object], *, trace_dir: Path, worker_name: str, active_steps: int,
                  device: torch.device, flush: Callable[[], object] | None = None, min_warmup: int = 2,
-                 max_warmup: int = 40) -> tuple[Path, StableSchedule]:
+                 max_warmup: int = 40, min_warmup_ms: float = 0.0,
+                 on_recording: Callable[[], object] | None = None) -> tuple[Path, StableSchedule]:
     """Run `step_fn` under the profiler: warm-up steps until stable, then `active_steps` recorded ones.
 
-    The L2 flush runs before each step in its own region, so attribution can leave it out. Returns the trace
-    file and the schedule (how many warm-up steps it took and whether they reached a stable time)."""
+    `flush` runs before each step in its own region, so attribution can leave it out. `on_recording` is
+    called when recording starts (to tag telemetry). Returns the trace file and the schedule (how many
+    warm-up steps it took and whether they reached a stable time)."""
     trace_dir.mkdir(parents=True, exist_ok=True)
     before = set(trace_dir.glob("*.pt.trace.json"))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     if device.type != "cuda":
         max_warmup = min(max_warmup, CPU_MAX_WARMUP_STEPS)
         min_warmup = min(min_warmup, max_warmup)
-    schedule = StableSchedule(active=active_steps, min_warmup=min_warmup, max_warmup=max_warmup)
+    schedule = StableSchedule(active=active_steps, min_warmup=min_warmup, max_warmup=max_warmup,
+                              min_warmup_ms=min_warmup_ms if device.type == "cuda" else 0.0)
     clock = _StepClock(device)
     with quiet_kineto(), profile(activities=activities, record_shapes=True, schedule=schedule,
                                  on_trace_ready=tensorboard_trace_handler(str(trace_dir), worker_name=worker_name)) as prof:
@@ -146,10 +163,15 @@ def record_trace(step_fn: Callable[[], object], *, trace_dir: Path, worker_name:
                 with record_function(FLUSH_REGION):
                     flush()
             if schedule.warming_up:
-                schedule.observe(clock.time(step_fn))
+                ms = clock.run(step_fn)
+                if ms is not None:
+                    schedule.observe(ms)
             else:
                 step_fn()
+            was_warming = schedule.warming_up
             prof.step()
+            if was_warming and not schedule.warming_up and on_recording is not None:
+                on_recording()
             if schedule.recording_from is not None and prof.step_num >= schedule.recording_from + active_steps:
                 break
     if device.type == "cuda":

@@ -206,6 +206,13 @@ HOW_TO_READ = [
 
 
 def layer_report_sections(run: dict, components: pd.DataFrame) -> list[Section]:
+    if not components.empty:  # runs written before backward GEMMs had roles and shares two denominators
+        components = components.copy()
+        if "role" not in components:
+            components["role"] = ""
+        components["role"] = components["role"].fillna("")
+        if "share_of_kernel_time" not in components and "share" in components:
+            components = components.rename(columns={"share": "share_of_kernel_time"})
     entries = run.get("configs", [])
     env = run.get("environment", {})
     peak = env.get("measured_peak_tflops")

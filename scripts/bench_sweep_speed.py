@@ -45,10 +45,15 @@ def draw_specs(n: int, seed: int, cpu: bool, dtype: str) -> list[SweepSpec]:
     rng = random.Random(seed)
     kinds = ["mm", "qkv", "score", "aov", "logits"] + ([] if cpu else ["flash"])
     # a CPU run checks the wiring on small shapes; the GPU ranges are a layer's (b=4, s=2048)
-    heads, dims = ([2, 4], [16, 32]) if cpu else ([16, 32, 64], [64, 80, 96, 128, 160])
+    # head dims: every multiple of 8 from 32 to 256 (flash's range), so the attention kinds have 3 x 29
+    # distinct shapes each, more than any run asks for
+    heads, dims = ([2, 4], list(range(8, 65, 8))) if cpu else ([16, 32, 64], list(range(32, 257, 8)))
     b, s, lo, hi = (1, 128, 64, 1024) if cpu else (4, 2048, 512, 8192)
-    seen, specs = set(), []
+    seen, specs, attempts = set(), [], 0
     while len(specs) < n:
+        attempts += 1
+        if attempts > 100 * n:
+            raise RuntimeError(f"could not draw {n} distinct points; widen the shape ranges")
         kind = kinds[len(specs) % len(kinds)]
         a, d = rng.choice(heads), rng.choice(dims)
         if kind == "mm":

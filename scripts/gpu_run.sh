@@ -31,7 +31,7 @@ fi
 
 parts="$*"
 want() { [[ " $parts " == *" $1 "* ]]; }
-bundle() { tar czf "$OUT/$1.tgz" -C "$2" . && du -h "$OUT/$1.tgz"; }
+bundle() { tar czf "$OUT/$1.tgz" ${3:+--exclude=$3} -C "$2" . && du -h "$OUT/$1.tgz"; }
 elapsed() { echo "== $1 done at ${SECONDS}s"; }
 
 if want tests; then
@@ -56,7 +56,7 @@ if want layer; then
   elapsed layer
 fi
 if want speed; then
-  python3 scripts/bench_sweep_speed.py --points 120 --out /tmp/speed 2>&1 | tail -n 20
+  python3 scripts/bench_sweep_speed.py --points ${SPEED_POINTS:-100} --out /tmp/speed 2>&1 | tail -n 20
   bundle speed /tmp/speed
   elapsed speed
 fi
@@ -68,7 +68,7 @@ fi
 for part in advise invariance inference distributed; do
   if want $part && [ -f scripts/gpu_$part.sh ]; then
     bash scripts/gpu_$part.sh /tmp/$part 2>&1 | tail -n 80
-    bundle $part /tmp/$part
+    bundle $part /tmp/$part tb  # results and reports; raw traces stay behind (the layer part keeps its own)
     elapsed $part
   fi
 done

@@ -25,39 +25,108 @@ EXAMPLES = """examples:
 ranges: a value, a list 1024,2048, or START:STOP:STEP with STOP included; lists and ranges mix."""
 
 
+TRANSFORMER = ("qkv", "score", "aov", "out-proj", "mlp-up", "mlp-down")
+LAYER_SHAPE = (*TRANSFORMER, "flash", "logits", "swiglu")  # kinds built from a layer's b, s, h, t
+KIND_HELP = {
+    "mm": "time torch.mm (m,k)x(k,n) over a grid of m, n, k; the x axis is the one given a range (Fig. 5)",
+    "bmm": "time torch.bmm batch x (m,k)x(k,n) over a grid (Fig. 6)",
+    "qkv": "time the QKV transform GEMM of Table II (qkv_transform) over h (Fig. 16)",
+    "score": "time the attention key-query score BMM (attention_score) over h (Figs. 7a, 8, 17)",
+    "aov": "time the attention-over-values BMM (attention_over_values) over h (Figs. 7b, 9, 18)",
+    "out-proj": "time the attention output projection GEMM (out_projection) over h (Fig. 19)",
+    "mlp-up": "time the MLP h -> 4h GEMM (mlp_up) over h (Fig. 10a)",
+    "mlp-down": "time the MLP 4h -> h GEMM (mlp_down) over h (Fig. 10b)",
+    "logits": "time the logit-layer GEMM over the vocabulary size v at a fixed h (Fig. 20)",
+    "flash": "time fused flash attention (torch SDPA's flash backend) over h; CUDA only (Fig. 12)",
+    "swiglu": "time a SwiGLU MLP's GEMMs over the intermediate size at a fixed h (Sec. VII-B)",
+    "report": "one combined report (results.csv, report.html) from several sweeps' results",
+}
+# (flags, add_argument keywords, the kinds they apply to): every kind accepts every flag, as it always
+# has; `sweep KIND --help` lists only the ones that KIND uses
+SHAPE_FLAGS = [
+    (("--h",), {"help": "hidden size h (transformer kinds, flash; the fixed h of logits and swiglu)"}, LAYER_SHAPE),
+    (("--heads", "--a"), {"dest": "heads", "help": "attention heads a held fixed (default 128, as Figs. 16-20)"},
+     (*TRANSFORMER, "flash")),
+    (("--head-dim",), {"help": "h/a held fixed instead of a (a = h / head-dim)"}, (*TRANSFORMER, "flash")),
+    (("--t",), {"default": "1", "help": "tensor-parallel degree t (default 1)"}, LAYER_SHAPE),
+    (("--b",), {"default": "4", "help": "micro-batch size b (default 4)"}, LAYER_SHAPE),
+    (("--s",), {"default": "2048", "help": "sequence length s (default 2048)"}, LAYER_SHAPE),
+    (("--v",), {"help": "vocabulary size v (logits)"}, ("logits",)),
+    (("--ffn",), {"help": "SwiGLU intermediate size (swiglu)"}, ("swiglu",)),
+    (("--m",), {"help": "rows of the left operand (mm, bmm)"}, ("mm", "bmm")),
+    (("--n",), {"help": "columns of the right operand (mm, bmm)"}, ("mm", "bmm")),
+    (("--k",), {"help": "inner dimension (mm, bmm)"}, ("mm", "bmm")),
+    (("--batch",), {"default": "1", "help": "batch count (bmm)"}, ("bmm",)),
+    (("--causal",), {"action": "store_true", "help": "flash: causal mask (FLOPs counted as half the square)"},
+     ("flash",)),
+]
+RUN_FLAGS = [
+    (("--dtype",), {"help": "bfloat16 | float16 | float32 (default bfloat16 on a GPU, float32 on CPU)"}),
+    (("--device",), {"help": "cuda, cuda:1 or cpu (default: cuda if available)"}),
+    (("--out",), {"help": "output directory (default sweeps/KIND[-TAG]); re-running resumes there"}),
+    (("--tag",), {"default": "", "help": "label kept with every point (part of its identity)"}),
+    (("--sms",), {"type": int, "help": "SM count for the wave predictions (default: the GPU's own)"}),
+    (("--warmup-ms",), {"type": float, "default": Budget.warmup_ms, "help": "per-point warm-up budget"}),
+    (("--rep-ms",), {"type": float, "default": Budget.rep_ms, "help": "per-point measuring budget"}),
+    (("--min-reps",), {"type": int, "default": Budget.min_reps}),
+    (("--max-reps",), {"type": int, "default": Budget.max_reps}),
+    (("--retry-failed",), {"action": "store_true", "help": "re-measure points recorded as oom or error"}),
+    (("--no-report",), {"action": "store_true", "help": "only append to results.jsonl (no CSV or HTML)"}),
+    (("--no-peak",), {"action": "store_true", "help": "skip the GEMM-ceiling measurement on CUDA"}),
+    (("--no-progress",), {"action": "store_true", "help": "no progress bar"}),
+]
+SHAPE_GROUP = "shape (each takes a value, a list or a START:STOP:STEP range)"
+REPORT_OUT = "output directory for results.csv and report.html (default sweeps/combined)"
+
+
+def kind_parser(kind: str, prog: str) -> argparse.ArgumentParser:
+    """The options of one kind only, for `sweep KIND --help` (parsing itself uses the full parser)."""
+    examples = [line for line in EXAMPLES.splitlines() if f" sweep {kind} " in line]
+    ranges = [] if kind == "report" else EXAMPLES.splitlines()[-1:]
+    parser = argparse.ArgumentParser(prog=f"{prog} {kind}", description=KIND_HELP[kind],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(["examples:", *examples, *ranges]) if examples else None)
+    if kind == "report":
+        parser.add_argument("inputs", nargs="+", help="results directories or results.jsonl files")
+        parser.add_argument("--out", help=REPORT_OUT)
+        return parser
+    shape = parser.add_argument_group(SHAPE_GROUP)
+    for flags, options, kinds in SHAPE_FLAGS:
+        if kind in kinds:
+            shape.add_argument(*flags, **options)
+    run = parser.add_argument_group("run")
+    for flags, options in RUN_FLAGS:
+        run.add_argument(*flags, **options)
+    return parser
+
+
+class _Kind(argparse.Action):
+    """The kind positional; remembered on the parser, so that a -h/--help after it shows its options only."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        parser.chosen_kind = values
+
+
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EXAMPLES
-    parser.add_argument("kind", help=f"one of {', '.join(KINDS)}, or 'report' to combine results directories")
+    every_option = parser.print_help
+
+    def print_help(file=None):  # what argparse's -h/--help calls
+        kind = getattr(parser, "chosen_kind", None)
+        (kind_parser(kind, parser.prog).print_help if kind in KIND_HELP else every_option)(file)
+
+    parser.print_help = print_help
+    parser.add_argument("kind", action=_Kind, help=f"one of {', '.join(KINDS)}, or 'report' to combine results "
+                                                   "directories; `sweep KIND --help` lists KIND's options only")
     parser.add_argument("inputs", nargs="*", help="(report only) results directories or results.jsonl files")
-    shape = parser.add_argument_group("shape (each takes a value, a list or a START:STOP:STEP range)")
-    shape.add_argument("--h", help="hidden size h (transformer kinds, flash; the fixed h of logits and swiglu)")
-    shape.add_argument("--heads", "--a", dest="heads", help="attention heads a held fixed (default 128, as Figs. 16-20)")
-    shape.add_argument("--head-dim", help="h/a held fixed instead of a (a = h / head-dim)")
-    shape.add_argument("--t", default="1", help="tensor-parallel degree t (default 1)")
-    shape.add_argument("--b", default="4", help="micro-batch size b (default 4)")
-    shape.add_argument("--s", default="2048", help="sequence length s (default 2048)")
-    shape.add_argument("--v", help="vocabulary size v (logits)")
-    shape.add_argument("--ffn", help="SwiGLU intermediate size (swiglu)")
-    shape.add_argument("--m", help="rows of the left operand (mm, bmm)")
-    shape.add_argument("--n", help="columns of the right operand (mm, bmm)")
-    shape.add_argument("--k", help="inner dimension (mm, bmm)")
-    shape.add_argument("--batch", default="1", help="batch count (bmm)")
-    shape.add_argument("--causal", action="store_true", help="flash: causal mask (FLOPs counted as half the square)")
+    shape = parser.add_argument_group(SHAPE_GROUP)
+    for flags, options, _ in SHAPE_FLAGS:
+        shape.add_argument(*flags, **options)
     run = parser.add_argument_group("run")
-    run.add_argument("--dtype", help="bfloat16 | float16 | float32 (default bfloat16 on a GPU, float32 on CPU)")
-    run.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda if available)")
-    run.add_argument("--out", help="output directory (default sweeps/KIND[-TAG]); re-running resumes there")
-    run.add_argument("--tag", default="", help="label kept with every point (part of its identity)")
-    run.add_argument("--sms", type=int, help="SM count for the wave predictions (default: the GPU's own)")
-    run.add_argument("--warmup-ms", type=float, default=Budget.warmup_ms, help="per-point warm-up budget")
-    run.add_argument("--rep-ms", type=float, default=Budget.rep_ms, help="per-point measuring budget")
-    run.add_argument("--min-reps", type=int, default=Budget.min_reps)
-    run.add_argument("--max-reps", type=int, default=Budget.max_reps)
-    run.add_argument("--retry-failed", action="store_true", help="re-measure points recorded as oom or error")
-    run.add_argument("--no-report", action="store_true", help="only append to results.jsonl (no CSV or HTML)")
-    run.add_argument("--no-peak", action="store_true", help="skip the GEMM-ceiling measurement on CUDA")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for flags, options in RUN_FLAGS:
+        run.add_argument(*flags, **options)
 
 
 def _values(text: str | None, flag: str) -> tuple[int, ...]:

@@ -1,0 +1,107 @@
+"""The layer switch: `make_batch_invariant(stack)` runs the same LayerStack on batch-invariant kernels.
+
+models/layer.py is not edited: each module is re-classed to a subclass that keeps its parameters, names and
+state_dict and overrides only `forward` (nn.Linear -> InvariantLinear, the norms -> InvariantLayerNorm /
+InvariantRMSNorm, Attention -> InvariantAttention). The layer's named regions stay where they were, so the
+profiler attributes the invariant kernels to the same Table II steps. Elementwise steps (rotary, GeLU /
+SwiGLU, residual adds) and the causal softmax are left alone: each output element depends on its own
+inputs only (the softmax: one program per row, shaped by the row's length), so they are invariant as they are.
+
+The kernels are forward-only (inference): a call that would need gradients is refused, not silently wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .. import layer as _layer
+from .attention import invariant_attention
+from .matmul import invariant_bmm, invariant_linear
+from .norms import invariant_layer_norm, invariant_rms_norm
+
+
+def _forward_only(*tensors: torch.Tensor | None) -> None:
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise RuntimeError("batch-invariant kernels are forward-only: run the layer under torch.no_grad() "
+                           "or torch.inference_mode()")
+
+
+class InvariantLinear(nn.Linear):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _forward_only(x, self.weight, self.bias)
+        return invariant_linear(x, self.weight, self.bias)
+
+
+class InvariantLayerNorm(nn.LayerNorm):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _forward_only(x, self.weight, self.bias)
+        return invariant_layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class InvariantRMSNorm(nn.RMSNorm):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _forward_only(x, self.weight)
+        eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps  # nn.RMSNorm's default
+        return invariant_rms_norm(x, self.weight, eps)
+
+
+class InvariantAttention(_layer.Attention):
+    """Attention with the score and over-values BMMs (eager) or the fused attention (sdpa / flash) on
+    batch-invariant kernels; projections and rotary are untouched here (the Linears are swapped apart)."""
+
+    def _eager(self, q, k, v, dropout_p):
+        _refuse_dropout(dropout_p)
+        b, heads, s, d = q.shape
+        with _layer.region("layout"):
+            q, k, v = (t.reshape(b * heads, s, d) for t in (q, k, v))
+            k = k.transpose(1, 2)
+        with _layer.region("attention_score"):
+            scores = invariant_bmm(q, k, alpha=self.scale)
+        with _layer.region("softmax"):  # one program per row, shaped by s: invariant as it is
+            probs = _layer.causal_softmax(scores)
+        with _layer.region("attention_over_values"):
+            context = invariant_bmm(probs, v)
+        with _layer.region("layout"):
+            return context.view(b, heads, s, d)
+
+    def _fused(self, q, k, v, dropout_p):
+        _refuse_dropout(dropout_p)
+        _forward_only(q)
+        with _layer.region(f"{self.cfg.attention}_attention"):  # the default layer's region, so steps line up
+            return invariant_attention(q, k, v, self.scale)
+
+
+def _refuse_dropout(p: float) -> None:
+    if p > 0:
+        raise RuntimeError("batch-invariant kernels are for inference: put the layer in eval() (dropout off)")
+
+
+SWAPS = ((nn.Linear, InvariantLinear), (nn.LayerNorm, InvariantLayerNorm), (nn.RMSNorm, InvariantRMSNorm),
+         (_layer.Attention, InvariantAttention))
+
+
+def make_batch_invariant(stack: nn.Module, *, norms: bool = True, inplace: bool = False) -> nn.Module:
+    """The same stack (a copy unless `inplace`) on batch-invariant kernels: every nn.Linear (QKV, output
+    projection, MLP up/gate/down, logits; biases on the GEMM epilogue), the attention, and (with `norms`)
+    LayerNorm / RMSNorm. Returns it in eval mode; weights are shared with nothing (a deep copy)."""
+    target = stack if inplace else copy.deepcopy(stack)
+    for module in target.modules():
+        for base, invariant in SWAPS:
+            if type(module) is base and (norms or base not in (nn.LayerNorm, nn.RMSNorm)):
+                _check_swappable(module)
+                module.__class__ = invariant
+    return target.eval()
+
+
+def is_batch_invariant(module: nn.Module) -> bool:
+    return any(isinstance(m, (InvariantLinear, InvariantAttention)) for m in module.modules())
+
+
+def _check_swappable(module: nn.Module) -> None:
+    if isinstance(module, nn.LayerNorm) and (len(module.normalized_shape) != 1 or not module.elementwise_affine):
+        raise ValueError("make_batch_invariant: only LayerNorm over the last dim with weights is supported")
+    if isinstance(module, nn.RMSNorm) and (len(module.normalized_shape) != 1 or module.weight is None):
+        raise ValueError("make_batch_invariant: only RMSNorm over the last dim with weights is supported")

@@ -1,0 +1,187 @@
+"""`python -m profiler advise --config X`: what is wrong with this shape on this GPU, and which shape of the
+same size is faster (modelled; measured with --measure). `--swiglu` searches SwiGLU widths instead."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from models import count_parameters, load_config
+
+from ..advisor import AdviceOptions, SearchSpace, SwigluSearch, advise, document, resolve_gpu
+from ..advisor.gpus import local_gpu_properties, names_same_gpu, with_measured_ceilings
+from ..errors import UserError
+from ..hardware import environment
+
+CPU_MAX_PARAMS = 100_000_000  # --measure --device cpu proves the wiring on tiny configs only
+CPU_SEQ_LENGTH = 128
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, metavar="NAME_OR_PATH",
+                   help="bundled name (gpt3-2.7b, pythia-410m, llama-2-7b-like, ...), a YAML file, a GPT-NeoX YAML or a "
+                        "transformers config.json")
+    p.add_argument("--budget", default="5%", help="parameter budget around the given total, e.g. 5%% or 0.05 (default 5%%)")
+    p.add_argument("--tensor-parallel", type=int, help="t: advise on the per-GPU shapes h/t, a/t, f/t, v/t")
+    p.add_argument("--batch", type=int, help="micro-batch size b (default: the config's)")
+    p.add_argument("--seq-len", type=int, help="sequence length s (default: the config's; 128 when timing on a CPU)")
+    p.add_argument("--attention", choices=["eager", "sdpa", "flash"], help="default: the config's")
+    p.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default: the config's (float32 on a CPU)")
+    p.add_argument("--gpu", help="the GPU to advise for: h100, h200, a100, v100 (default: the local GPU)")
+    p.add_argument("--measure", action="store_true", help="time the given shape and the proposals on the GPU")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
+                   help="where --measure times (cpu only when named, for tiny configs: it proves the wiring)")
+    p.add_argument("--top", type=int, default=4, help="best modelled candidates to measure (default 4), plus the "
+                                                      "paper's head-count fixes when h/a is misaligned")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
+    p.add_argument("--min-gain", default="2%", help="a measured speed-up below this is 'no gain' (default 2%%)")
+    p.add_argument("--h-window", default="25%", help="hidden sizes searched around the given h (default 25%%)")
+    p.add_argument("--ffn-window", default="5%", help="MLP widths searched around the given f/h x h (default 5%%)")
+    p.add_argument("--swiglu", action="store_true", help="search SwiGLU MLP widths near the config's (paper VII-B) "
+                                                         "instead of whole shapes")
+    p.add_argument("--ffn-step", type=int, default=64, help="--swiglu: widths are multiples of this x t (default 64)")
+    p.add_argument("--no-profile", action="store_true", help="skip the per-component profile of the given shape "
+                                                             "and the best proposal")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffled order of each round")
+    p.add_argument("--out", type=Path, default=Path("runs/advise"), help="output directory (default runs/advise)")
+
+
+def fraction(text: str, flag: str) -> float:
+    """'5%' -> 0.05, '0.05' -> 0.05; anything else is the user's to fix."""
+    raw = str(text).strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise UserError(f"{flag}: '{text}' is not a percentage; write e.g. 5% or 0.05") from None
+    if not raw.endswith("%") and value > 1:
+        raise UserError(f"{flag}: {raw} is ambiguous; write {raw}% or {value / 100:g}")
+    if not 0 <= value < 1:
+        raise UserError(f"{flag}: must be between 0% and 100%, got {raw}")
+    return value
+
+
+def _device(args) -> torch.device | None:
+    """The measuring device (None without --measure)."""
+    if not args.measure:
+        return None
+    if args.device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError("--measure: no CUDA device is visible; run on the GPU machine, or add --device cpu to time a "
+                        "tiny config on the CPU (proves the wiring, not GPU performance)")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _config(args, device: torch.device | None):
+    on_cpu = device is not None and device.type == "cpu"
+    base = load_config(args.config)
+    overrides = {"micro_batch_size": args.batch, "seq_length": args.seq_len, "attention": args.attention,
+                 "tensor_parallel": args.tensor_parallel, "dtype": args.dtype}
+    if on_cpu:
+        overrides["dtype"] = args.dtype or "float32"
+        if args.seq_len is None:
+            overrides["seq_length"] = min(base.seq_length, CPU_SEQ_LENGTH)
+        if (args.attention or base.attention) == "flash":
+            overrides["attention"] = "sdpa"  # the flash backend is CUDA-only
+    cfg = load_config(args.config, **overrides)
+    if on_cpu and count_parameters(cfg).total > CPU_MAX_PARAMS:
+        raise UserError(f"--device: {cfg.name} has {count_parameters(cfg).total / 1e6:.0f}M parameters; timing on "
+                        f"the CPU is for tiny configs (<= {CPU_MAX_PARAMS // 10**6}M) that prove the wiring; "
+                        "drop --device cpu and run on the GPU")
+    return cfg
+
+
+def run(args) -> int:
+    for name in ("batch", "seq_len", "tensor_parallel", "top", "rounds", "ffn_step"):
+        value = getattr(args, name)
+        if value is not None and value <= 0 and not (name == "top" and value == 0):
+            raise UserError(f"--{name.replace('_', '-')}: must be positive, got {value}")
+    space = SearchSpace(budget=fraction(args.budget, "--budget"), h_window=fraction(args.h_window, "--h-window"),
+                        ffn_window=fraction(args.ffn_window, "--ffn-window"))
+    swiglu = SwigluSearch(window=space.ffn_window, step=args.ffn_step) if args.swiglu else None
+    options = AdviceOptions(space=space, top=args.top, measure=args.measure, rounds=args.rounds,
+                            min_gain=fraction(args.min_gain, "--min-gain"), seed=args.seed,
+                            profile=not args.no_profile, swiglu=swiglu)
+    device = _device(args)
+    local = local_gpu_properties()
+    gpu = resolve_gpu(args.gpu, local=local)
+    if device is not None and device.type == "cuda" and args.gpu and not names_same_gpu(args.gpu, local[0]):
+        raise UserError(f"--gpu: {args.gpu} was named but this machine's GPU is '{local[0]}'; drop --gpu to measure "
+                        "on the local GPU, or drop --measure to model the named one")
+    cfg = _config(args, device)
+    env = environment(device if device is not None else (torch.device("cuda", 0) if local else None))
+    if device is not None and device.type == "cuda":
+        from ..advisor.measure import device_ceilings
+
+        print("measuring this GPU's GEMM ceiling and copy bandwidth", flush=True)
+        peak, bandwidth = device_ceilings(device, cfg.dtype)
+        gpu = with_measured_ceilings(gpu, matmul_tflops=peak, bandwidth_tbps=bandwidth)
+        env.update(measured_peak_tflops=round(peak, 1), measured_copy_tbps=round(bandwidth, 2))
+    if device is not None and device.type == "cpu":
+        print("notice: timing on the CPU (float32, s<=128): this proves the wiring, not GPU performance; the cost "
+              f"model still describes {gpu.name}", file=sys.stderr)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{cfg.name}: h={cfg.hidden_size} a={cfg.num_attention_heads} (h/a={cfg.head_dim}) L={cfg.num_layers} "
+          f"f={cfg.ffn_size} v={cfg.embedding_rows} b={cfg.micro_batch_size} s={cfg.seq_length} t={cfg.tensor_parallel} "
+          f"attention={cfg.attention} {cfg.dtype}; {count_parameters(cfg).total:,} parameters; GPU model: {gpu.name}, "
+          f"{gpu.sms} SMs", flush=True)
+    try:
+        advice = advise(cfg, gpu, options, device=device, out_dir=out,
+                        progress=lambda m: print(f"  {m}", flush=True))
+    except torch.cuda.OutOfMemoryError:
+        raise UserError(f"--top: out of GPU memory timing the shapes at b={cfg.micro_batch_size}, "
+                        f"s={cfg.seq_length}; lower --top or --batch") from None
+    doc = document(advice, env)
+    _write(out, advice, doc)
+    _print(advice)
+    return 0
+
+
+def _write(out: Path, advice, doc: dict) -> None:
+    from reports.advisor_report import write_advisor_report
+
+    (out / "advice.json").write_text(json.dumps(doc, indent=2, default=str))
+    written = ["advice.json"]
+    for name, frame in (("checks", advice.checks), ("candidates", advice.candidates), ("measured", advice.measured),
+                        ("rounds", advice.rounds), ("components_diff", advice.component_difference),
+                        ("swiglu", advice.swiglu)):
+        if frame is not None:
+            frame.to_csv(out / f"{name}.csv", index=False)
+            written.append(f"{name}.csv")
+    write_advisor_report(doc, out / "report.html")
+    print(f"wrote {out / 'report.html'} and {', '.join(written)} in {out}")
+
+
+def _print(advice) -> None:
+    def show(title: str, df: pd.DataFrame, cols: list[str], rows: int = 40) -> None:
+        print(f"\n{title}")
+        print(df[[c for c in cols if c in df]].head(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}",
+                                                                     max_colwidth=90))
+
+    checks = advice.checks
+    show("checks (cost: modelled ms per training step of the whole model)", checks,
+         ["status", "rule", "subject", "value", "cost_ms", "measured_cost_ms", "paper", "finding"])
+    if "measured_note" in checks:
+        for _, row in checks[checks["measured_note"] != ""].iterrows():
+            print(f"  measured cost of {row['rule']}: {row['measured_note']}")
+    if advice.swiglu is not None:
+        show("SwiGLU widths", advice.swiglu, ["rank", "ffn", "ratio", "largest_pow2_per_gpu", "fwd_bwd_ms", "tflops",
+                                              "vs_reference", "vs_reference_p10", "vs_reference_p90", "verdict",
+                                              "modelled_tflops", "modelled_rank"])
+    elif advice.measured is not None:
+        show("measured (ranked by training tokens/s; speed-up: per-round ratios vs the given shape)", advice.measured,
+             ["name", "changes", "params", "params_delta_pct", "tokens_per_s", "speedup", "speedup_p10",
+              "speedup_p90", "verdict", "modelled_speedup", "leaves_flat_region", "inference_kernels"])
+    elif advice.candidates is not None:
+        show(f"candidates (modelled; {len(advice.candidates) - 1} in the budget, best 10)", advice.candidates,
+             ["name", "changes", "params_delta_pct", "modelled_speedup", "loss_delta_pct", "rank_score",
+              "leaves_flat_region"], rows=11)
+        print(f"would measure: {', '.join(advice.selected) or 'none'}")
+    for note in advice.notes:
+        print(f"* {note}")

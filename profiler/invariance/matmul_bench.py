@@ -1,0 +1,152 @@
+"""Two measurements of the layer's weight GEMMs over the number of tokens M, for torch (cuBLAS) and the
+batch-invariant Triton kernel:
+
+- `throughput`: TFLOP/s at each M (profiler.timing.bench: CUDA events, L2 flushed, medians and p10/p90),
+  with the invariant kernel's largest difference from torch at that M (a correctness check, not a timing);
+- `invariance`: for each M, is every row the same as when computed alone (M = 1) and as the same row inside
+  the largest M? Rows are compared bitwise (torch.equal) and by their largest absolute difference.
+
+Operands are random normals (never zeros: a GEMM on zeros runs faster and rounds nothing).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from ..timing import bench, summarize
+from .shapes import GemmShape
+
+KERNELS = ("torch", "invariant")
+KERNEL_LABELS = {"torch": "Non-batch-invariant (cuBLAS)", "invariant": "Batch-invariant (Triton)"}
+ALONE_SAMPLE_ROWS = 64  # rows 0..63 alone, plus the last row of every M checked, plus random ones
+
+
+@dataclass(frozen=True)
+class Budget:
+    warmup_ms: float = 25.0
+    rep_ms: float = 100.0
+    min_reps: int = 5
+
+
+@dataclass(frozen=True)
+class Operands:
+    x: torch.Tensor  # (max tokens, K) activations
+    weight: torch.Tensor  # (N, K), as nn.Linear holds it
+    bias: torch.Tensor | None
+
+
+def make_operands(shape: GemmShape, max_tokens: int, *, dtype: torch.dtype, device: torch.device,
+                  seed: int = 0) -> Operands:
+    gen = torch.Generator(device="cpu").manual_seed(seed + shape.n * 7919 + shape.k)
+    x = torch.randn(max_tokens, shape.k, generator=gen).to(device=device, dtype=dtype)
+    weight = (torch.randn(shape.n, shape.k, generator=gen) * 0.02).to(device=device, dtype=dtype)
+    bias = (torch.randn(shape.n, generator=gen) * 0.02).to(device=device, dtype=dtype) if shape.bias else None
+    return Operands(x, weight, bias)
+
+
+def kernel_fn(kernel: str, ops: Operands) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x (M, K) -> x W^T + b, as nn.Linear runs it (the bias on the GEMM epilogue) through `kernel`."""
+    if kernel == "torch":
+        return lambda a: F.linear(a, ops.weight, ops.bias)
+    if kernel == "invariant":
+        from models.invariant import invariant_linear
+
+        return lambda a: invariant_linear(a, ops.weight, ops.bias)
+    raise ValueError(f"unknown kernel '{kernel}'; one of {', '.join(KERNELS)}")
+
+
+def tile_label(shape: GemmShape, dtype: torch.dtype, device: torch.device) -> str:
+    from models.invariant import config_for
+
+    return config_for(shape.n, shape.k, dtype, device).label
+
+
+@torch.inference_mode()
+def throughput(shapes: list[GemmShape], tokens: Iterable[int], *, dtype: torch.dtype, device: torch.device,
+               budget: Budget = Budget(), kernels: tuple[str, ...] = KERNELS, progress: bool = False,
+               config_name: str = "") -> pd.DataFrame:
+    """One row per shape x kernel x M: median/p10/p90 time, TFLOP/s, and (invariant rows) the largest
+    absolute difference from torch's result for the same operands."""
+    from tqdm import tqdm
+
+    tokens = tuple(tokens)
+    points = [(s, m) for s in shapes for m in tokens]
+    bar = tqdm(total=len(points) * len(kernels), desc="invariance matmul: TFLOP/s", unit="pt", disable=not progress,
+               dynamic_ncols=True)
+    rows = []
+    for shape in shapes:
+        ops = make_operands(shape, max(tokens), dtype=dtype, device=device)
+        fns = {k: kernel_fn(k, ops) for k in kernels}
+        for m in tokens:
+            a = ops.x[:m]
+            reference = fns["torch"](a) if "torch" in fns else None
+            for kernel, fn in fns.items():
+                out = fn(a)
+                diff = (out.float() - reference.float()).abs().max().item() if reference is not None else None
+                stats = summarize(bench(lambda fn=fn, a=a: fn(a), warmup_ms=budget.warmup_ms, rep_ms=budget.rep_ms,
+                                        min_reps=budget.min_reps, device=device))
+                flops = 2 * m * shape.n * shape.k
+                rows.append({"config": config_name, "component": shape.component, "n": shape.n, "k": shape.k,
+                             "bias": shape.bias, "m": m, "kernel": kernel, "dtype": str(dtype).removeprefix("torch."),
+                             "median_us": stats.median_ms * 1e3, "p10_us": stats.p10_ms * 1e3,
+                             "p90_us": stats.p90_ms * 1e3, "repeats": stats.repeats, "flops": flops,
+                             "tflops": flops / (stats.median_ms * 1e-3) / 1e12,
+                             "max_abs_diff_vs_torch": diff if kernel != "torch" else 0.0,
+                             "tile": tile_label(shape, dtype, device) if kernel == "invariant" else ""})
+                bar.update()
+    bar.close()
+    return pd.DataFrame(rows)
+
+
+def _alone_rows(max_tokens: int, tokens: tuple[int, ...], seed: int = 0) -> list[int]:
+    gen = torch.Generator().manual_seed(seed)
+    picked = set(range(min(ALONE_SAMPLE_ROWS, max_tokens))) | {m - 1 for m in tokens}
+    picked |= set(torch.randint(0, max_tokens, (32,), generator=gen).tolist())
+    return sorted(picked)
+
+
+@torch.inference_mode()
+def invariance(shapes: list[GemmShape], tokens: Iterable[int], *, dtype: torch.dtype, device: torch.device,
+               kernels: tuple[str, ...] = KERNELS, progress: bool = False, config_name: str = "") -> pd.DataFrame:
+    """One row per shape x kernel x M. `alone_*`: sampled rows (0..63, each M's last row, 32 random ones)
+    computed alone (M = 1) vs the same rows inside the M-row product; `invariant` is that comparison bitwise
+    equal: the M-row product gives each row exactly what the one-row product gives it. `prefix_*` (context):
+    all M rows vs the first M rows of the largest product."""
+    from tqdm import tqdm
+
+    tokens = tuple(sorted(set(tokens)))
+    max_tokens = tokens[-1]
+    rows_alone = _alone_rows(max_tokens, tokens)
+    bar = tqdm(total=len(shapes) * len(kernels) * (len(tokens) + len(rows_alone)), unit="gemm", dynamic_ncols=True,
+               desc="invariance matmul: rows alone vs inside M", disable=not progress)
+    rows = []
+    for shape in shapes:
+        ops = make_operands(shape, max_tokens, dtype=dtype, device=device, seed=1)
+        for kernel in kernels:
+            fn = kernel_fn(kernel, ops)
+            full = fn(ops.x)
+            index = torch.tensor(rows_alone, device=device)
+            alone = torch.cat([fn(ops.x[r:r + 1]) for r in rows_alone])  # each a product of one row
+            bar.update(len(rows_alone))
+            for m in tokens:
+                out = fn(ops.x[:m])
+                prefix_diff = (out.float() - full[:m].float()).abs()
+                keep = index < m
+                alone_diff = (out[index[keep]].float() - alone[keep].float()).abs()
+                rows_differing = int((alone_diff.amax(dim=1) > 0).sum().item()) if alone_diff.numel() else 0
+                prefix_equal = bool(torch.equal(out, full[:m]))
+                alone_equal = bool(torch.equal(out[index[keep]], alone[keep]))
+                rows.append({"config": config_name, "component": shape.component, "n": shape.n, "k": shape.k,
+                             "bias": shape.bias, "m": m, "kernel": kernel, "dtype": str(dtype).removeprefix("torch."),
+                             "invariant": alone_equal, "prefix_equal": prefix_equal,
+                             "prefix_max_abs_diff": prefix_diff.max().item(), "alone_equal": alone_equal,
+                             "alone_rows": int(keep.sum().item()), "alone_rows_differing": rows_differing,
+                             "alone_max_abs_diff": alone_diff.max().item() if alone_diff.numel() else 0.0})
+                bar.update()
+    bar.close()
+    return pd.DataFrame(rows)

@@ -1,0 +1,269 @@
+"""The batch-invariance report (issue 11): result directories -> DataFrames (profiler.invariance.analysis) ->
+plotly figure dicts and tables -> one HTML page, plus the short summary table the GPU script prints.
+
+Sections, each present when its results are: GEMM throughput vs tokens (the seed chart: TFLOP/s vs number of
+tokens, log x, one line per kernel), the invariant / cuBLAS ratio, where cuBLAS was not invariant (M and K
+searches), the layer's logits / tokens / first differing step and its latency cost, and the engines.
+"""
+
+from __future__ import annotations
+
+import html as _html
+from pathlib import Path
+
+import pandas as pd
+
+from profiler.invariance import analysis, files
+from profiler.invariance.matmul_bench import KERNEL_LABELS
+
+from .html import Section, axis, layout, render_page, table_html
+
+KERNEL_COLORS = {"torch": "#1f77b4", "invariant": "#d62728"}  # the seed chart: blue cuBLAS, red Triton
+SET_COLORS = {"default": "#1f77b4", "invariant": "#d62728"}
+LINE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+TOKENS_AXIS = axis("number of tokens M (rows of the GEMM)", type="log")
+
+
+def _shape_title(row) -> str:
+    return f"{row['config']} {row['component']} (M,{int(row['k'])})x({int(row['k'])},{int(row['n'])})"
+
+
+CPU_LABELS = {"torch": "torch (CPU BLAS)", "invariant": "Batch-invariant (Triton interpreter)"}
+
+
+def kernel_labels(runs: dict[str, dict]) -> dict[str, str]:
+    """The seed chart's names on a GPU; on a CPU torch is not cuBLAS and Triton is its interpreter."""
+    env = (runs.get("matmul") or {}).get("environment") or {}
+    return CPU_LABELS if env.get("device") == "cpu" else KERNEL_LABELS
+
+
+def throughput_figures(throughput: pd.DataFrame, labels: dict[str, str] = KERNEL_LABELS) -> list[dict]:
+    """One chart per config x shape: TFLOP/s vs tokens, both kernels (the seed chart, per Table II GEMM)."""
+    figures = []
+    for _, group in throughput.groupby(["config", "component", "n", "k"], sort=False):
+        first = group.iloc[0]
+        data = []
+        for kernel, rows in group.groupby("kernel", sort=False):
+            rows = rows.sort_values("m")
+            data.append({"type": "scatter", "mode": "lines+markers", "name": labels.get(kernel, kernel),
+                         "x": rows["m"].tolist(), "y": rows["tflops"].tolist(),
+                         "error_y": {"type": "data", "symmetric": False, "visible": True,
+                                     "array": (rows["tflops"] * (rows["median_us"] / rows["p10_us"] - 1)).tolist(),
+                                     "arrayminus": (rows["tflops"] * (1 - rows["median_us"] / rows["p90_us"])).tolist()},
+                         "text": [f"{m} tokens: {t:.1f} TFLOP/s, median {u:.1f} us (p10 {a:.1f}, p90 {b:.1f})"
+                                  + (f", tile {tile}" if tile else "")
+                                  for m, t, u, a, b, tile in zip(rows["m"], rows["tflops"], rows["median_us"],
+                                                                 rows["p10_us"], rows["p90_us"], rows["tile"])],
+                         "hovertemplate": "%{text}<extra></extra>",
+                         "line": {"color": KERNEL_COLORS.get(kernel)}, "marker": {"color": KERNEL_COLORS.get(kernel)}})
+        figures.append({"data": data, "layout": layout(f"{_shape_title(first)}: TFLOP/s vs number of tokens",
+                                                       TOKENS_AXIS, axis("throughput (TFLOP/s)", type="log"))})
+    return figures
+
+
+def ratio_figure(throughput: pd.DataFrame) -> dict:
+    ratio = analysis.throughput_ratio(throughput)
+    layer = analysis.layer_gemm_ratio(throughput, tokens=tuple(sorted(throughput["m"].unique())))
+    data = []
+    for i, ((config, component, n, k), rows) in enumerate(ratio.groupby(["config", "component", "n", "k"], sort=False)):
+        rows = rows.sort_values("m")
+        data.append({"type": "scatter", "mode": "lines+markers", "name": f"{config} {component} N={n} K={k}",
+                     "x": rows["m"].tolist(), "y": rows["ratio"].tolist(),
+                     "line": {"color": LINE_COLORS[i % len(LINE_COLORS)], "width": 1.2}})
+    for config, rows in layer.groupby("config", sort=False):
+        data.append({"type": "scatter", "mode": "lines+markers", "name": f"{config}: all weight GEMMs of the layer",
+                     "x": rows["m"].tolist(), "y": rows["ratio"].tolist(), "line": {"color": "#000", "width": 3}})
+    return {"data": data, "layout": layout("Invariant / cuBLAS throughput vs number of tokens", TOKENS_AXIS,
+                                           axis("throughput ratio (invariant / cuBLAS)", rangemode="tozero"))}
+
+
+def check_figures(check: pd.DataFrame, labels: dict[str, str] = KERNEL_LABELS) -> list[dict]:
+    """Largest |row alone - the same row inside M rows| per M: zero where a kernel is invariant."""
+    figures = []
+    layer_shapes = check[check["component"] != "k-search"]
+    for kernel, rows in layer_shapes.groupby("kernel", sort=False):
+        data = []
+        for i, ((config, component, n, k), g) in enumerate(rows.groupby(["config", "component", "n", "k"], sort=False)):
+            g = g.sort_values("m")
+            data.append({"type": "scatter", "mode": "markers", "name": f"{config} {component} N={n} K={k}",
+                         "x": g["m"].tolist(), "y": g["alone_max_abs_diff"].tolist(),
+                         "marker": {"size": 4, "color": LINE_COLORS[i % len(LINE_COLORS)]}})
+        figures.append({"data": data, "layout": layout(
+            f"{labels.get(kernel, kernel)}: a row alone vs inside M rows", TOKENS_AXIS,
+            axis("max |difference| (0 = bitwise invariant)"))})
+    k_rows = check[check["component"] == "k-search"]
+    for kernel, rows in k_rows.groupby("kernel", sort=False):
+        bad = rows[~rows["invariant"].astype(bool)]
+        good = rows[rows["invariant"].astype(bool)]
+        data = [{"type": "scatter", "mode": "markers", "name": "invariant", "x": good["m"].tolist(), "y": good["k"].tolist(),
+                 "marker": {"size": 5, "color": "#2ca02c", "symbol": "circle-open"}},
+                {"type": "scatter", "mode": "markers", "name": "not invariant", "x": bad["m"].tolist(), "y": bad["k"].tolist(),
+                 "text": [f"M={m} K={k}: max |diff| {d:.3g}" for m, k, d in
+                          zip(bad["m"], bad["k"], bad["alone_max_abs_diff"])],
+                 "hovertemplate": "%{text}<extra></extra>", "marker": {"size": 7, "color": "#d62728", "symbol": "x"}}]
+        n = int(rows["n"].iloc[0]) if len(rows) else 0
+        figures.append({"data": data, "layout": layout(
+            f"{labels.get(kernel, kernel)}: where invariance breaks over M and K (N={n})", TOKENS_AXIS,
+            axis("inner dimension K", type="log"))})
+    return figures
+
+
+def layer_figures(steps: pd.DataFrame, latency: pd.DataFrame) -> list[dict]:
+    figures = []
+    breaks = analysis.step_breaks(steps)
+    for config, rows in (breaks.groupby("config", sort=False) if not breaks.empty else []):
+        data = []
+        for kernels, g in rows.groupby("kernels", sort=False):
+            labels = [f"{i}: {s}" for i, s in zip(g["index"], g["step"])]
+            data.append({"type": "bar", "name": f"{kernels} kernels", "x": labels, "y": g["runs_differing"].tolist(),
+                         "text": [f"{n} of {r} runs differ here, first to differ in {f}" for n, r, f in
+                                  zip(g["runs_differing"], g["runs"], g["runs_first"])],
+                         "hovertemplate": "%{x}: %{text}<extra></extra>", "marker": {"color": SET_COLORS.get(kernels)}})
+        figures.append({"data": data, "layout": layout(
+            f"{config}: steps whose output differs alone vs in a batch (forward order)",
+            axis("step of the forward (regions of models/layer.py)", automargin=True, tickangle=-35),
+            axis("runs where the step differed", rangemode="tozero"), barmode="group")})
+    if latency.empty:
+        return figures
+    cost = analysis.latency_cost(latency)
+    for config, rows in latency.groupby("config", sort=False):
+        data = []
+        for kernels, g in rows.groupby("kernels", sort=False):
+            g = g.sort_values("tokens_in_flight")
+            data.append({"type": "scatter", "mode": "lines+markers", "name": f"{kernels} kernels",
+                         "x": g["tokens_in_flight"].tolist(), "y": (g["median_us"] / 1e3).tolist(),
+                         "line": {"color": SET_COLORS.get(kernels)}})
+        c = cost[cost["config"] == config].sort_values("tokens_in_flight")
+        if "slowdown" in c:
+            data.append({"type": "scatter", "mode": "lines", "name": "invariant / default (right axis)",
+                         "x": c["tokens_in_flight"].tolist(), "y": c["slowdown"].tolist(), "yaxis": "y2",
+                         "line": {"color": "#555", "dash": "dot"}})
+        figures.append({"data": data, "layout": layout(
+            f"{config}: forward latency, default vs batch-invariant kernels",
+            axis("tokens in flight (batch x prompt length)", type="log"), axis("latency (ms)", type="log"),
+            yaxis2=axis("slowdown (invariant / default)", overlaying="y", side="right", rangemode="tozero"),
+            legend={"orientation": "h", "y": -0.3}, margin={"r": 72, "b": 96})})
+    return figures
+
+
+def build_sections(frames: dict[str, pd.DataFrame], runs: dict[str, dict]) -> list[Section]:
+    sections = []
+    labels = kernel_labels(runs)
+    throughput = frames.get("throughput")
+    if throughput is not None:
+        at = analysis.layer_gemm_ratio(throughput)
+        sections.append(Section(
+            "Batch-invariant GEMM: throughput vs number of tokens",
+            "TFLOP/s of each weight GEMM of the layer (Table II) as the number of tokens M grows, for torch "
+            "(cuBLAS picks a kernel per shape) and the batch-invariant Triton kernel (one tile per (N, K), no split-K, "
+            "one reduction order). Error bars: p10-p90. The ratio chart puts all of them on one axis; the thick "
+            "line weighs every GEMM of the layer by its time.",
+            figures=throughput_figures(throughput, labels) + [ratio_figure(throughput)],
+            tables=[table_html(at, float_format="{:,.3f}")] if not at.empty else [],
+            notes=[f"the invariant kernel differs from torch by at most {throughput['max_abs_diff_vs_torch'].max():.3g} "
+                   "(different reduction order, same math)"]))
+    check = frames.get("check")
+    if check is not None:
+        table = analysis.non_invariant_tokens(check)
+        sections.append(Section(
+            "Which M break invariance",
+            "For every M, rows of the M-row product are compared with the same rows computed alone (M = 1): rows "
+            "0-63, the last row, and 32 random ones. A kernel is invariant at M when they are bitwise equal. "
+            "cuBLAS's choice of kernel changes with M and with K, so the search covers M densely and a range of "
+            "inner dimensions at N = h. prefix_m_differing: at how many M all rows were compared with the largest "
+            "product instead (context).",
+            figures=check_figures(check, labels), tables=[table_html(table, float_format="{:,.4g}")]))
+    outputs = frames.get("outputs")
+    if outputs is not None:
+        steps = frames.get("steps", pd.DataFrame())
+        latency = frames.get("latency", pd.DataFrame())
+        ops = frames.get("ops", pd.DataFrame())
+        notes = (runs.get("layer") or {}).get("notes", [])
+        sections.append(Section(
+            "The layer: one prompt alone and inside batches",
+            "The profiler's layer (transformer layer + logit layer) on its default kernels and with "
+            "<code>models.invariant.make_batch_invariant</code>. Each step of the forward (the regions of "
+            "models/layer.py) is compared for the prompt alone vs inside the batch; the first step that differs "
+            "is where invariance breaks, everything after inherits it. To tell which ops are invariant as they "
+            "are, each op is also run on its own with the same input rows alone and inside the batch (last table).",
+            figures=layer_figures(steps, latency),
+            tables=[table_html(analysis.layer_findings(outputs), float_format="{:,.4g}"),
+                    table_html(analysis.step_breaks(steps), float_format="{:,.4g}")]
+            + ([table_html(analysis.op_findings(ops), float_format="{:,.4g}")] if not ops.empty else [])
+            + ([table_html(analysis.latency_cost(latency), float_format="{:,.3f}")] if not latency.empty else []),
+            notes=notes))
+    engines = frames.get("engines")
+    if engines is not None:
+        detail = [c for c in ("model", "engine", "batch", "position", "status", "logits_equal", "logits_max_abs_diff",
+                              "last_logits_equal", "tokens_equal", "first_token_difference", "first_differing_step",
+                              "first_differing_max_abs_diff", "reason") if c in engines.columns]
+        sections.append(Section(
+            "Engines: transformers and DeepSpeed-MII",
+            "The same prompt alone and inside batches of other prompts (all of one length, so nothing is padded) "
+            "through each engine: logits at every prompt position from one forward, and greedy tokens from "
+            "generate (MII: its query handle). The first differing module is the earliest module output "
+            "(or leaf-module input) of the forward that is not bitwise the same.",
+            tables=[table_html(analysis.engine_findings(engines), float_format="{:,.4g}"),
+                    table_html(engines[detail], float_format="{:,.4g}")]))
+    return sections
+
+
+def summary_tables(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The closing numbers: throughput ratio at 1/64/1024/8192 tokens, where cuBLAS was not invariant, the
+    layer's findings and cost, and the engines' findings."""
+    out = {}
+    if "throughput" in frames:
+        ratio = analysis.throughput_ratio(frames["throughput"])
+        ratio = ratio[ratio["m"].isin(analysis.SUMMARY_TOKENS)] if "ratio" in ratio else ratio.iloc[0:0]
+        if not ratio.empty:
+            per_shape = ratio.pivot_table(index=["config", "component"], columns="m", values="ratio", sort=False)
+            per_shape.columns = [f"M={m}" for m in per_shape.columns]
+            layer = analysis.layer_gemm_ratio(frames["throughput"])
+            if not layer.empty:
+                whole = layer.pivot_table(index="config", columns="m", values="ratio", sort=False)
+                whole.columns = [f"M={m}" for m in whole.columns]
+                whole.index = pd.MultiIndex.from_tuples([(c, "all weight GEMMs") for c in whole.index],
+                                                        names=["config", "component"])
+                per_shape = pd.concat([per_shape, whole])
+            out["throughput ratio invariant/cuBLAS"] = per_shape.reset_index()
+    if "check" in frames:
+        out["where each kernel was not invariant (M)"] = analysis.non_invariant_tokens(frames["check"])[
+            ["config", "kernel", "component", "n", "k", "m_checked", "m_not_invariant", "not_invariant_at", "max_abs_diff"]]
+    if "outputs" in frames:
+        out["layer: prompt alone vs in a batch"] = analysis.layer_findings(frames["outputs"])
+    if "ops" in frames and not frames["ops"].empty:
+        found = analysis.op_findings(frames["ops"])
+        found["verdict"] = ["invariant" if ok else f"NOT at b={b} (max {d:.3g})"
+                            for ok, b, d in zip(found["invariant"], found["batches_differing"], found["max_abs_diff"])]
+        table = found.pivot_table(index=["config", "op"], columns="kernels", values="verdict", aggfunc="first", sort=False)
+        out["layer: each op on the same input, alone vs in a batch"] = table.reset_index()
+    if "latency" in frames and not frames["latency"].empty:
+        out["layer: forward latency (us)"] = analysis.latency_cost(frames["latency"])
+    if "engines" in frames:
+        out["engines: prompt alone vs in a batch"] = analysis.engine_findings(frames["engines"])
+    return out
+
+
+def summary_text(frames: dict[str, pd.DataFrame]) -> str:
+    parts = []
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 60,
+                           "display.float_format", "{:,.4g}".format):
+        for title, table in summary_tables(frames).items():
+            parts.append(f"== {title}\n{table.to_string(index=False)}")
+    return "\n".join(parts)
+
+
+def write_report(dirs: list[str | Path], out: str | Path) -> Path:
+    frames, runs = files.load([Path(d) for d in dirs])
+    env = next((r.get("environment") for r in runs.values() if r.get("environment")), {})
+    sections = build_sections(frames, runs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "report.html"
+    sources = ", ".join(_html.escape(str(d)) for d in dirs)
+    path.write_text(render_page("Batch invariance: what deterministic kernels cost, and which engines break it",
+                                sections, environment=env, subtitle=f"results from {sources}",
+                                how_to_read=["Invariant means bitwise equal: torch.equal, not a tolerance.",
+                                             "cuBLAS = torch.nn.functional.linear on CUDA; the invariant kernels "
+                                             "are models/invariant (Triton)."]))
+    return path

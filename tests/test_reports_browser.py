@@ -1,0 +1,498 @@
+"""Reports as a reader sees them (issue 13, items 4 and 5): every page the committed evidence produces,
+re-rendered from its data as scripts/render_evidence.py does (plotly.js linked from one shared copy), and a
+self-contained page, opened in headless Chromium with the network off. Each must draw with no console
+error and no request leaving the machine; every chart must carry a title and a title on each axis in its
+rendered SVG, clear of plotly's toolbar, its legend and the chart's edges; tables stay inside their cards.
+
+Chromium is driven over the DevTools protocol on a pipe (--remote-debugging-pipe): no port, no extra
+package. Without Chromium these tests skip (CI: apt-get install -y chromium).
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import os
+import pkgutil
+import re
+import select
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import reports
+from reports.html import FigureError, Section, layout, linked_plotly, no_axes, render_page, table_html
+
+ROOT = Path(__file__).resolve().parent.parent
+# committed GPU evidence (reports/h100 ... until it moves to evidence/), and CPU fixtures of the report kinds
+# that have none yet (tests/fixtures/reports/README.md)
+EVIDENCE_ROOTS = [p for p in (ROOT / "evidence", ROOT / "reports", ROOT / "tests" / "fixtures" / "reports") if p.is_dir()]
+CHROMIUM = next((p for p in (os.environ.get("CHROMIUM"), shutil.which("chromium"), shutil.which("chromium-browser"),
+                             shutil.which("google-chrome")) if p), None)
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-extensions", "--remote-debugging-pipe",
+         "--host-resolver-rules=MAP * ~NOTFOUND"]  # a request for any host fails, and is seen
+VIEWPORT = (1280, 900)
+OFF_MACHINE = ("http:", "https:", "ws:", "wss:", "ftp:")
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+render_evidence = _load_script("render_evidence")
+
+
+# ---- render_page: an unreadable chart is refused before any browser sees it -----------------------------
+def _render(figure: dict) -> str:
+    return render_page("t", [Section("s", figures=[figure])])
+
+
+def test_render_page_refuses_a_chart_without_an_axis_title():
+    fig = {"data": [{"type": "bar", "x": ["a"], "y": [1]}], "layout": layout("latency by config", None, "latency (ms)")}
+    with pytest.raises(FigureError, match="'latency by config': no xaxis title"):
+        _render(fig)
+
+
+def test_render_page_refuses_a_plain_string_title_that_plotly_would_drop():
+    fig = {"data": [{"type": "scatter", "x": [1], "y": [1]}],
+           "layout": {"title": "latency", "xaxis": {"title": "n"}, "yaxis": {"title": {"text": "ms"}}}}
+    with pytest.raises(FigureError) as info:
+        _render(fig)
+    assert "the title is a plain string" in str(info.value) and "xaxis's title is a plain string" in str(info.value)
+
+
+def test_render_page_checks_the_axes_a_trace_draws_on():
+    fig = {"data": [{"type": "scatter", "x": [1], "y": [1]}, {"type": "scatter", "x": [1], "y": [2], "yaxis": "y2"}],
+           "layout": layout("two axes", "n", "TFLOP/s", yaxis2={"overlaying": "y", "side": "right"})}
+    with pytest.raises(FigureError, match="no yaxis2 title"):
+        _render(fig)
+
+
+def test_a_chart_without_axes_is_exempt_only_when_marked():
+    pie = {"data": [{"type": "pie", "labels": ["gemm", "other"], "values": [3, 1]}], "layout": layout("share")}
+    with pytest.raises(FigureError, match=r"draws no x/y axes \(pie\): say so with no_axes"):
+        _render(pie)
+    assert 'data-no-axes="a pie"' in _render(no_axes(pie, "a pie"))
+    bars = {"data": [{"type": "bar", "x": ["a"], "y": [1]}], "layout": layout("bars")}
+    with pytest.raises(FigureError, match="marked no_axes .* but draws bar traces"):
+        _render(no_axes(bars, "not really"))
+
+
+def test_tables_print_whole_numbers_as_whole_numbers():
+    df = pd.DataFrame({"h": [4096, 8192], "flops": [2.0e12, 4.0e12], "ms": [1.5, 2.25], "gap": [3.0, None]})
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", table_html(df))
+    assert cells == ["4,096", "2,000,000,000,000", "1.50", "3", "8,192", "4,000,000,000,000", "2.25", ""]
+
+
+def test_self_contained_by_default_linked_on_request():
+    fig = {"data": [{"type": "bar", "x": ["a"], "y": [1]}], "layout": layout("t", "config", "TFLOP/s")}
+    inline = _render(fig)
+    assert len(inline) > 1_000_000 and "<script src=" not in inline
+    linked = render_page("t", [Section("s", figures=[fig])], plotly_src="../assets/plotly-basic.min.js")
+    assert len(linked) < 20_000 and '<script src="../assets/plotly-basic.min.js"></script>' in linked
+    with linked_plotly("../../assets/plotly-basic.min.js"):  # for writers that do not pass plotly_src
+        assert '<script src="../../assets/plotly-basic.min.js"></script>' in _render(fig)
+    assert len(_render(fig)) > 1_000_000
+
+
+def test_how_to_read_comes_first():
+    page = render_page("t", [Section("first section")], how_to_read=["one", "two"])
+    assert page.index("How to read this report") < page.index("first section")
+    assert "<li>one</li><li>two</li>" in page
+    assert "How to read" not in render_page("t", [Section("s")])
+
+
+# ---- scripts/render_evidence.py ------------------------------------------------------------------------
+def test_render_evidence_links_every_page_to_one_shared_plotly(tmp_path):
+    copy = tmp_path / "evidence"  # the committed data only: no traces, no pages
+    for _, folder, kind in EVIDENCE:
+        _copy_data(folder, copy / folder.relative_to(ROOT), kind)
+    assert render_evidence.main([str(copy)]) == 0, "see the errors printed above"
+    pages = sorted(p for p in copy.rglob("*.html"))
+    assert len(pages) == len(EVIDENCE)
+    for page in pages:
+        depth = len(page.relative_to(copy).parts) - 1
+        text = page.read_text()
+        assert f'<script src="{"../" * depth}assets/plotly-basic.min.js"></script>' in text
+        assert len(text) < 2_500_000 and "Copyright 2012" not in text  # the bundle is not inlined
+    assert (copy / "assets" / "plotly-basic.min.js").read_bytes() == (ROOT / "reports" / "assets" / "plotly-basic.min.js").read_bytes()
+
+
+def test_render_evidence_fails_on_a_page_it_cannot_rebuild(tmp_path, capsys):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "report.html").write_text("<html></html>")
+    assert render_evidence.main([str(tmp_path)]) == 1
+    assert "old/report.html was not re-rendered (no report data beside it)" in capsys.readouterr().err
+
+
+# ---- a browser -----------------------------------------------------------------------------------------
+# Measured in the page once its charts are drawn: every chart's title and axis titles as plotly wrote them
+# into the SVG (class gtitle, xtitle, ytitle, y2title, ...), their boxes, the toolbar's and the legend's;
+# how far each table's box and the page run past their container.
+PROBE = """(async () => {
+  const figs = Array.from(document.querySelectorAll(".fig"));
+  for (let i = 0; i < 100 && typeof Plotly !== "undefined" && figs.some(f => !f.querySelector(".main-svg")); i++)
+    await new Promise(r => setTimeout(r, 50));
+  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+  const box = el => { if (!el) return null; const r = el.getBoundingClientRect();
+                      return r.width || r.height ? [r.left, r.top, r.right, r.bottom] : null; };
+  const text = el => el ? el.textContent.trim() : "";
+  return {
+    figures: figs.map(div => {
+      const sub = (div._fullLayout && div._fullLayout._subplots) || {};
+      const axes = [...(sub.xaxis || []), ...(sub.yaxis || [])].map(id => {
+        const t = div.querySelector("." + id + "title");
+        return {axis: id, text: text(t), box: box(t)};
+      });
+      const title = div.querySelector(".gtitle");
+      return {id: div.id, drawn: !!div.querySelector(".main-svg"), no_axes: div.dataset.noAxes || null,
+              box: box(div), title: text(title), title_box: box(title), axes: axes,
+              modebar: box(div.querySelector(".modebar")), legend: box(div.querySelector(".legend .bg"))};
+    }),
+    tables: Array.from(document.querySelectorAll("table")).map((t, i) => {
+      const card = t.closest("section") || document.body;
+      let right = t.getBoundingClientRect().right;  // what shows: clipped by a scrolling wrapper, if any
+      for (let el = t.parentElement; el && el !== card; el = el.parentElement)
+        if (getComputedStyle(el).overflowX !== "visible") right = Math.min(right, el.getBoundingClientRect().right);
+      return {index: i, card: text(card.querySelector("h2")), overflow: right - card.getBoundingClientRect().right};
+    }),
+    page_overflow: document.documentElement.scrollWidth - window.innerWidth,
+  };
+})()"""
+
+
+@dataclass
+class Visit:
+    url: str
+    errors: list[str] = field(default_factory=list)  # console errors and warnings, exceptions, failed loads
+    requests: list[str] = field(default_factory=list)  # every URL the page asked for
+    probe: dict = field(default_factory=dict)
+
+    @property
+    def off_machine(self) -> list[str]:
+        return [u for u in self.requests if u.startswith(OFF_MACHINE)]
+
+
+class Chromium:
+    """Headless Chromium over the DevTools protocol: JSON messages, NUL-terminated, on fds 3 (in) and 4 (out)."""
+
+    def __init__(self, executable: str, profile: Path):
+        to_child, self._out = os.pipe()
+        self._in, from_child = os.pipe()
+
+        def wire():  # runs in the child before exec: the protocol pipes become fds 3 and 4
+            os.dup2(to_child, 3)
+            os.dup2(from_child, 4)
+
+        self.proc = subprocess.Popen([executable, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     preexec_fn=wire, pass_fds=(3, 4))
+        os.close(to_child)
+        os.close(from_child)
+        self._buffer, self._id, self._events = b"", 0, []
+
+    def _read(self, deadline: float) -> dict:
+        while b"\0" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._in], [], [], left)[0]:
+                raise TimeoutError("Chromium did not answer in time")
+            chunk = os.read(self._in, 1 << 20)
+            if not chunk:
+                raise RuntimeError(f"Chromium exited (code {self.proc.poll()})")
+            self._buffer += chunk
+        message, self._buffer = self._buffer.split(b"\0", 1)
+        return json.loads(message)
+
+    def send(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 30) -> dict:
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params or {}, **({"sessionId": session} if session else {})}
+        os.write(self._out, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._read(deadline)
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error'].get('message')}")
+                return reply.get("result", {})
+            self._events.append(reply)
+
+    def visit(self, page: Path, timeout: float = 30) -> Visit:
+        target = self.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+        try:
+            for domain in ("Runtime", "Log", "Network", "Page"):
+                self.send(f"{domain}.enable", session=session)
+            self.send("Emulation.setDeviceMetricsOverride", {"width": VIEWPORT[0], "height": VIEWPORT[1],
+                                                             "deviceScaleFactor": 1, "mobile": False}, session=session)
+            self._events.clear()
+            self.send("Page.navigate", {"url": page.resolve().as_uri()}, session=session)
+            deadline = time.monotonic() + timeout
+            while not any(e.get("method") == "Page.loadEventFired" and e.get("sessionId") == session
+                          for e in self._events):
+                self._events.append(self._read(deadline))
+            probe = self.send("Runtime.evaluate", {"expression": PROBE, "awaitPromise": True, "returnByValue": True},
+                              session=session, timeout=timeout)
+            visit = Visit(page.resolve().as_uri(), probe=probe.get("result", {}).get("value") or {})
+            if "exceptionDetails" in probe:
+                visit.errors.append(f"probe failed: {probe['exceptionDetails'].get('text')}")
+            for event in (e for e in self._events if e.get("sessionId") == session):
+                method, params = event.get("method"), event.get("params", {})
+                if method == "Runtime.consoleAPICalled" and params["type"] in ("error", "warning", "assert"):
+                    visit.errors.append(f"console.{params['type']}: " + " ".join(
+                        str(a.get("value", a.get("description", ""))) for a in params.get("args", [])))
+                elif method == "Runtime.exceptionThrown":
+                    details = params["exceptionDetails"]
+                    visit.errors.append(f"uncaught: {details.get('exception', {}).get('description') or details.get('text')}")
+                elif method == "Log.entryAdded" and params["entry"]["level"] in ("error", "warning"):
+                    entry = params["entry"]
+                    visit.errors.append(f"{entry['source']} {entry['level']}: {entry['text']} {entry.get('url', '')}".strip())
+                elif method == "Network.requestWillBeSent":
+                    visit.requests.append(params["request"]["url"])
+            return visit
+        finally:
+            self.send("Target.closeTarget", {"targetId": target})
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close", timeout=5)
+            self.proc.wait(timeout=5)
+        except Exception:  # already gone, or stuck: make sure it is gone
+            self.proc.kill()
+            self.proc.wait()
+        finally:
+            os.close(self._in)
+            os.close(self._out)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (apt-get install -y chromium); the browser checks need it")
+    chromium = Chromium(CHROMIUM, tmp_path_factory.mktemp("chromium-profile"))
+    yield chromium
+    chromium.close()
+
+
+# ---- what a reader must be able to read ----------------------------------------------------------------
+def _overlap(a, b, slack: float = 1.0) -> bool:
+    return bool(a and b) and a[0] < b[2] - slack and b[0] < a[2] - slack and a[1] < b[3] - slack and b[1] < a[3] - slack
+
+
+def _inside(inner, outer, slack: float = 1.0) -> bool:
+    return bool(inner and outer) and inner[0] >= outer[0] - slack and inner[1] >= outer[1] - slack and \
+        inner[2] <= outer[2] + slack and inner[3] <= outer[3] + slack
+
+
+def figure_problems(fig: dict) -> list[str]:
+    """A drawn chart's title and axis titles in its SVG: present, inside the chart, clear of the toolbar
+    and the legend."""
+    name = f"{fig['id']} ({fig['title'] or 'untitled'})"
+    if not fig["drawn"]:
+        return [f"{name}: not drawn"]
+    problems = []
+    if not fig["title"]:
+        problems.append(f"{name}: no title in the SVG")
+    elif not _inside(fig["title_box"], fig["box"]):
+        problems.append(f"{name}: title cut off by the chart's edge")
+    if _overlap(fig["modebar"], fig["title_box"]):
+        problems.append(f"{name}: the plotly toolbar covers the title")
+    if not fig["axes"] and not fig["no_axes"]:
+        problems.append(f"{name}: no axes drawn, and not marked as a chart without axes")
+    for ax in fig["axes"]:
+        if not ax["text"]:
+            problems.append(f"{name}: no {ax['axis']} axis title in the SVG")
+        elif not _inside(ax["box"], fig["box"]):
+            problems.append(f"{name}: {ax['axis']} axis title '{ax['text']}' cut off by the chart's edge")
+        elif _overlap(fig["legend"], ax["box"]):
+            problems.append(f"{name}: the legend covers the {ax['axis']} axis title '{ax['text']}'")
+    if _overlap(fig["legend"], fig["title_box"]):
+        problems.append(f"{name}: the legend covers the title")
+    return problems
+
+
+def page_problems(visit: Visit) -> list[str]:
+    probe = visit.probe
+    problems = [f"error: {e}" for e in visit.errors]
+    problems += [f"request off the machine: {u}" for u in visit.off_machine]
+    if not probe:
+        return problems + ["the page could not be measured"]
+    for fig in probe["figures"]:
+        problems += figure_problems(fig)
+    problems += [f"table {t['index']} in '{t['card']}' runs {t['overflow']:.0f} px past its card"
+                 for t in probe["tables"] if t["overflow"] > 1]
+    if probe["page_overflow"] > 1:
+        problems.append(f"the page is {probe['page_overflow']} px wider than the window")
+    return problems
+
+
+# ---- the pages -----------------------------------------------------------------------------------------
+EVIDENCE = [(root, folder, kind) for root in EVIDENCE_ROOTS for folder, kind in render_evidence.find_pages(root)]
+LEFT_BEHIND = shutil.ignore_patterns("*.html", "tb", "logs", "*.trace.json*")  # pages and traces: not data
+MODULE_OF_KIND = {"layer": "layer_report", "sweeps": "sweep_report", "inference": "inference_report",
+                  "distributed": "distributed_report", "advisor": "advisor_report", "carryover": "carryover_report",
+                  "invariance": "invariance_report"}
+
+
+def _copy_data(folder: Path, to: Path, kind: str) -> None:
+    """The data a page is rendered from: the folder's files (a carryover's whole tree), no pages, no traces."""
+    if kind == "carryover":
+        shutil.copytree(folder, to, ignore=LEFT_BEHIND, dirs_exist_ok=True)
+        return
+    to.mkdir(parents=True, exist_ok=True)
+    for path in folder.iterdir():
+        if path.is_file() and not LEFT_BEHIND(str(folder), [path.name]):
+            shutil.copyfile(path, to / path.name)
+
+
+@pytest.fixture(scope="module")
+def evidence_copy(tmp_path_factory):
+    """A copy of the evidence's data (no traces, no pages), with the shared plotly.js installed."""
+    copy = tmp_path_factory.mktemp("evidence")
+    for _, folder, kind in EVIDENCE:
+        _copy_data(folder, copy / folder.relative_to(ROOT), kind)
+    render_evidence.install_assets(copy)
+    return copy
+
+
+@pytest.mark.parametrize("root, folder, kind", EVIDENCE,
+                         ids=[f"{f.relative_to(ROOT).as_posix()}" for _, f, _ in EVIDENCE])
+def test_evidence_page_reads_offline_with_titled_charts(browser, evidence_copy, root, folder, kind):
+    here = evidence_copy / folder.relative_to(ROOT)
+    page = render_evidence.render(here, kind, evidence_copy / "assets" / "plotly-basic.min.js")
+    visit = browser.visit(page)
+    assert page_problems(visit) == []
+    assert any(u.endswith("/assets/plotly-basic.min.js") for u in visit.requests)  # linked, and it loaded
+    assert visit.probe["figures"], "a report page without a single chart"
+
+
+def test_every_report_module_is_opened_in_the_browser():
+    modules = {m.name for m in pkgutil.iter_modules(reports.__path__) if m.name.endswith("_report")}
+    covered = {MODULE_OF_KIND[kind] for _, _, kind in EVIDENCE}
+    assert modules - covered == set(), ("report modules with no page in this test: add committed data, or a "
+                                        "fixture under tests/fixtures/reports and its kind to render_evidence")
+
+
+def _sweep_fixture(out: Path) -> Path:
+    """A self-contained sweep page from part of the committed sweeps: two kinds, one with Figure 7's colouring."""
+    from reports.sweep_report import write_outputs
+    source = next((folder / "results.jsonl.gz" for _, folder, kind in EVIDENCE if kind == "sweeps"), None)
+    if source is None or not source.is_file():
+        pytest.skip("no committed sweep results (results.jsonl.gz) to build the page from")
+    lines = [line for line in gzip.open(source, "rt") if (r := json.loads(line)).get("record") == "run"
+             or (r.get("kind") in ("mm", "score") and r.get("x", 0) <= 4096)]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.jsonl").write_text("".join(lines))
+    return write_outputs([out], out)[1]
+
+
+def test_self_contained_page_reads_offline_with_titled_charts(browser, tmp_path):
+    page = _sweep_fixture(tmp_path / "sweep")
+    visit = browser.visit(page)
+    assert page_problems(visit) == []
+    assert [u for u in visit.requests if not u.startswith("data:")] == [page.resolve().as_uri()]  # nothing else
+    assert visit.probe["figures"]
+
+
+# ---- the checks fail on doctored pages -----------------------------------------------------------------
+def _page(tmp_path: Path, figure: dict, **render) -> Path:
+    page = tmp_path / "report.html"
+    page.write_text(render_page("doctored", [Section("s", figures=[figure], tables=[])], **render))
+    return page
+
+
+GOOD = {"data": [{"type": "bar", "x": ["a", "b"], "y": [1, 2]}],
+        "layout": layout("throughput by config", "config", "throughput (TFLOP/s)")}
+
+
+def test_a_good_page_passes(browser, tmp_path):
+    assert page_problems(browser.visit(_page(tmp_path, GOOD))) == []
+
+
+def test_a_console_error_fails(browser, tmp_path):
+    page = _page(tmp_path, GOOD)
+    page.write_text(page.read_text().replace("</body>", "<script>console.error('deliberate')</script></body>"))
+    assert page_problems(browser.visit(page)) == ["error: console.error: deliberate"]
+
+
+def test_a_script_exception_fails(browser, tmp_path):
+    page = _page(tmp_path, GOOD)
+    page.write_text(page.read_text().replace("</body>", "<script>undefinedFunction()</script></body>"))
+    (problem,) = page_problems(browser.visit(page))
+    assert problem.startswith("error: uncaught: ReferenceError: undefinedFunction is not defined")
+
+
+def test_a_request_off_the_machine_fails(browser, tmp_path):
+    page = _page(tmp_path, GOOD)
+    page.write_text(page.read_text().replace("</body>", '<img src="https://cdn.example.org/x.png"></body>'))
+    problems = page_problems(browser.visit(page))
+    assert "request off the machine: https://cdn.example.org/x.png" in problems
+
+
+def test_a_linked_plotly_that_is_not_there_fails(browser, tmp_path):
+    problems = page_problems(browser.visit(_page(tmp_path, GOOD, plotly_src="../assets/plotly-basic.min.js")))
+    assert any("net::ERR_FILE_NOT_FOUND" in p for p in problems)
+    assert any("Plotly is not defined" in p for p in problems)
+
+
+def _doctor(page: Path, old: str, new: str) -> Path:
+    """Edit a rendered page's figure JSON: what render_page would refuse to write."""
+    text = page.read_text()
+    assert old in text
+    page.write_text(text.replace(old, new))
+    return page
+
+
+def test_a_chart_without_an_axis_title_fails(browser, tmp_path):
+    page = _doctor(_page(tmp_path, GOOD), '"yaxis":{"title":{"text":"throughput (TFLOP/s)"}}', '"yaxis":{}')
+    assert page_problems(browser.visit(page)) == ["fig-0-0 (throughput by config): no y axis title in the SVG"]
+
+
+def test_a_chart_without_a_title_fails(browser, tmp_path):
+    page = _doctor(_page(tmp_path, GOOD), '"text":"throughput by config"', '"text":""')
+    assert page_problems(browser.visit(page)) == ["fig-0-0 (untitled): no title in the SVG"]
+
+
+def test_a_title_under_the_toolbar_fails(browser, tmp_path):
+    # plotly's own placement (centred, in the middle of a thin top margin) puts a long title under the toolbar
+    long = "a long title that runs on to the right, under the toolbar that plotly draws at the top right of every chart"
+    fig = {**GOOD, "layout": layout(long, "config", "throughput (TFLOP/s)")}
+    page = _doctor(_page(tmp_path, fig), '"t":72', '"t":40')
+    page = _doctor(page, '"title":{"y":1,"yref":"paper","yanchor":"bottom","pad":{"b":12},', '"title":{')
+    assert page_problems(browser.visit(page)) == [f"fig-0-0 ({long}): the plotly toolbar covers the title"]
+
+
+def test_a_table_wider_than_its_card_fails(browser, tmp_path):
+    wide = pd.DataFrame([{f"a_rather_long_column_name_{i}": i for i in range(40)}])
+    page = tmp_path / "report.html"
+    from reports.html import table_html
+    page.write_text(render_page("doctored", [Section("wide", tables=[table_html(wide)])]))
+    assert page_problems(browser.visit(page)) == []  # scrolls inside its card
+    _doctor(page, "max-width: 100%; overflow: auto;", "overflow: visible;")
+    problems = page_problems(browser.visit(page))
+    assert any(p.startswith("table 0 in 'wide' runs") for p in problems)
+
+
+def test_a_legend_over_an_axis_title_fails(browser, tmp_path):
+    # a horizontal legend under the chart, wide enough to reach the centred axis title
+    fig = {"data": [{"type": "bar", "name": f"a legend entry long enough, number {i}", "x": ["a", "b"], "y": [1, 2]}
+                    for i in range(4)],
+           "layout": layout("throughput by config", "config", "throughput (TFLOP/s)",
+                            legend={"orientation": "h", "y": -0.12})}
+    problems = page_problems(browser.visit(_page(tmp_path, fig)))
+    assert problems == ["fig-0-0 (throughput by config): the legend covers the x axis title 'config'"]
+
+
+def test_a_title_cut_off_by_the_chart_edge_fails(browser, tmp_path):
+    page = _doctor(_page(tmp_path, GOOD), '"yref":"paper","yanchor":"bottom"', '"yref":"container","yanchor":"middle"')
+    assert page_problems(browser.visit(page)) == ["fig-0-0 (throughput by config): title cut off by the chart's edge"]
