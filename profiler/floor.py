@@ -51,7 +51,8 @@ def floor_calls(cfg: ModelConfig, *, include_logits: bool, backward: bool, devic
 
 def kernel_times_alone(step: Callable[[], object], component: str, device: torch.device, *,
                        conditioner: Callable[[], object] | None = None, steps: int = 15,
-                       ) -> tuple[dict[Key, TimingStats], dict]:
+                       on_recording: Callable[[], object] | None = None,
+                       on_recorded: Callable[[], object] | None = None) -> tuple[dict[Key, TimingStats], dict]:
     """(pass, component, role) -> the summed duration per step of the kernels attributed to it (CUPTI),
     each step preceded by `conditioner` (a layer step) and an L2 flush; plus the trace's warm-up record."""
     on_gpu = device.type == "cuda"
@@ -65,7 +66,8 @@ def kernel_times_alone(step: Callable[[], object], component: str, device: torch
 
     with tempfile.TemporaryDirectory() as tmp:
         path, schedule = record_trace(step, trace_dir=Path(tmp), worker_name="alone", active_steps=steps,
-                                      device=device, flush=before_step if (on_gpu or conditioner) else None)
+                                      device=device, flush=before_step if (on_gpu or conditioner) else None,
+                                      on_recording=on_recording, on_recorded=on_recorded)
         activities, left_out = attribute_detailed(load_trace(path))
     cut = activities["step"].map(left_out["flush_end_by_step"])
     activities = activities[cut.isna() | (activities["ts"] >= cut)]  # the conditioner's backward, too
@@ -78,7 +80,8 @@ def kernel_times_alone(step: Callable[[], object], component: str, device: torch
 
 def floor_times(cfg: ModelConfig, *, include_logits: bool, backward: bool, device, dtype,
                 dropout: bool = True, conditioner: Callable[[], object] | None = None,
-                steps: int = 15) -> tuple[dict[Key, TimingStats], dict]:
+                steps: int = 15, on_recording: Callable[[], object] | None = None,
+                on_recorded: Callable[[], object] | None = None) -> tuple[dict[Key, TimingStats], dict]:
     """(pass, component, role) -> timing of that GEMM (or the fused attention) alone, and the warm-ups.
 
     The time is the kernels' own duration read from a torch.profiler trace, the instrument that measures
@@ -92,6 +95,7 @@ def floor_times(cfg: ModelConfig, *, include_logits: bool, backward: bool, devic
                         dropout=dropout)
     for component in list(calls):
         found, warmups[component] = kernel_times_alone(calls.pop(component).step, component, device,
-                                                       conditioner=conditioner, steps=steps)
+                                                       conditioner=conditioner, steps=steps,
+                                                       on_recording=on_recording, on_recorded=on_recorded)
         times.update(found)
     return times, warmups

@@ -188,7 +188,8 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
                                             active_steps=options.active_steps, device=device, flush=flush,
                                             min_warmup=options.min_trace_warmup_steps,
                                             max_warmup=options.max_trace_warmup_steps,
-                                            min_warmup_ms=TRACE_MIN_WARMUP_MS, on_recording=measuring("trace"))
+                                            min_warmup_ms=TRACE_MIN_WARMUP_MS, on_recording=measuring("trace"),
+                                            on_recorded=measuring("trace-export"))
     warmups["trace"] = {"stable": schedule.stable, "steps": schedule.recording_from}
     events = load_trace(trace_path)
     activities, left_out = attribute_detailed(events)
@@ -203,10 +204,11 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
     floor_total_us = None
     if options.measure_floor:
         note("timing the floor (GEMMs and attention alone, each after a layer step: like for like)")
-        with phase("floor"):
+        with phase("floor-warmup"):  # only each call alone's recorded steps are tagged "floor"
             alone, floor_warmups = floor_times(cfg, include_logits=options.include_logits, backward=options.backward,
                                                device=device, dtype=dtype, conditioner=step if on_gpu else None,
-                                               steps=options.active_steps)
+                                               steps=options.active_steps, on_recording=measuring("floor"),
+                                               on_recorded=measuring("floor-warmup"))
         summary = join_floor(summary, alone)
         if not on_gpu:  # reported, not judged: see the skipped check below
             summary["vs_alone_check"] = None

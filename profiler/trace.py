@@ -141,11 +141,13 @@ class _StepClock:
 def record_trace(step_fn: Callable[[], object], *, trace_dir: Path, worker_name: str, active_steps: int,
                  device: torch.device, flush: Callable[[], object] | None = None, min_warmup: int = 2,
                  max_warmup: int = 40, min_warmup_ms: float = 0.0,
-                 on_recording: Callable[[], object] | None = None) -> tuple[Path, StableSchedule]:
+                 on_recording: Callable[[], object] | None = None,
+                 on_recorded: Callable[[], object] | None = None) -> tuple[Path, StableSchedule]:
     """Run `step_fn` under the profiler: warm-up steps until stable, then `active_steps` recorded ones.
 
     `flush` runs before each step in its own region, so attribution can leave it out. `on_recording` is
-    called when recording starts (to tag telemetry). Returns the trace file and the schedule (how many
+    called when recording starts and `on_recorded` once the last recorded step has finished on the GPU,
+    before the trace is exported (the GPU idles then): together they tag telemetry. Returns the trace file and the schedule (how many
     warm-up steps it took and whether they reached a stable time)."""
     trace_dir.mkdir(parents=True, exist_ok=True)
     before = set(trace_dir.glob("*.pt.trace.json"))
@@ -168,6 +170,11 @@ def record_trace(step_fn: Callable[[], object], *, trace_dir: Path, worker_name:
                     schedule.observe(ms)
             else:
                 step_fn()
+                if prof.step_num >= schedule.recording_from + active_steps - 1:  # the last recorded step
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    if on_recorded is not None:
+                        on_recorded()
             was_warming = schedule.warming_up
             prof.step()
             if was_warming and not schedule.warming_up and on_recording is not None:

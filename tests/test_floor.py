@@ -46,3 +46,23 @@ def test_floor_covers_the_logits_gemm_without_a_bias():
     times, _ = floor_times(cfg, include_logits=True, backward=False, device="cpu", dtype=torch.float32, steps=2)
     assert {c for _, c, _ in times} == {"qkv_transform", "attention_score", "attention_over_values", "out_projection",
                                         "mlp_up", "mlp_down", "logits"}
+
+
+def test_a_conditioner_step_before_each_call_alone_is_cut_from_its_time():
+    """The floor runs a layer step before each call alone (same power state as the layer); none of the
+    conditioner's work may land in the call's time, forward or backward."""
+    from models.layer import build_layer, random_input
+    from profiler.layer_profile import make_step
+
+    cfg = load_config("pythia-70m", seq_length=16, micro_batch_size=1, attention="eager", dtype="float32")
+    layer = build_layer(cfg)
+    conditioner = make_step(layer, random_input(cfg, requires_grad=True), True)  # forward + backward
+    call = gemm_call("mlp_up", 1, 16, 2048, 512, dtype=torch.float32, device=torch.device("cpu"), bias=True,
+                     backward=True)
+    seen = []
+    times, _ = kernel_times_alone(call.step, "mlp_up", torch.device("cpu"), conditioner=conditioner, steps=3,
+                                  on_recording=lambda: seen.append("recording"), on_recorded=lambda: seen.append("done"))
+    assert seen == ["recording", "done"]
+    # the conditioner's own mlp_up (same region name) ran in every step: only the call alone is counted
+    assert {k[0] for k in times} == {"forward", "backward"}
+    assert all(t.repeats == 3 for t in times.values())
