@@ -38,7 +38,7 @@ step() {  # run one advisor command; a failure is reported and the rest still ru
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$DEST/gpu.txt"
 step gpt3-2.7b-eager --config gpt3-2.7b --attention eager --measure --rounds 3
-step gpt3-2.7b-flash --config gpt3-2.7b --attention flash --measure --rounds 3
+# skipped in the 2026-11-23 run for device time: step gpt3-2.7b-flash --config gpt3-2.7b --attention flash --measure --rounds 3
 step pythia-410m     --config pythia-410m --attention flash --measure --no-profile --rounds 3
 step pythia-2.8b     --config pythia-2.8b --attention flash --measure --rounds 3
 step swiglu-llama2   --config llama-2-7b-like --attention flash --swiglu --measure --rounds 3

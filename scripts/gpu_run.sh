@@ -46,8 +46,7 @@ if want layer; then
   # paper Figure 1: GPT-3 2.7B and its head-count variants, b=4, flash (the production setting) and eager
   $L --config gpt3-2.7b-c1 --config gpt3-2.7b-c2 --config gpt3-2.7b --config gpt3-2.7b-a20 --attention flash --out $R/figure1-flash
   $L --config gpt3-2.7b-c1 --config gpt3-2.7b-c2 --config gpt3-2.7b --config gpt3-2.7b-a20 --attention eager --out $R/figure1-eager
-  # pythia-1b, forward and forward+backward (the floor ratio of issue 8)
-  $L --config pythia-1b --attention flash --out $R/pythia-1b
+  # pythia-1b forward and backward (the floor ratio of issue 8; its forward alone is in the suite below)
   $L --config pythia-1b --attention flash --mode forward+backward --out $R/pythia-1b-train
   # the Pythia suite's layers (forward, b=1, s=2048): the training-shape side of the inference comparison
   $L --config pythia-70m --config pythia-160m --config pythia-410m --config pythia-1b --config pythia-1.4b \
