@@ -1,17 +1,19 @@
 """The inference bench as a library: `run_bench(BenchSpec(models=("pythia-410m", "pythia-1b")))`.
 
-For each model: build (or reuse) its checkpoint, make prompts of exactly `prompt_len` tokens, run every
-engine over every batch size, and append one row per model x engine x batch to results.jsonl as soon as it
-is measured. transformers runs first: its logits are the reference the other engines are checked against
-before their latencies count. A failing engine or model becomes a row with its status and a one-line
-reason, and the bench goes on; a rerun skips rows already measured.
+For each model: build (or reuse) its checkpoint and prompts of exactly each prompt length; compute
+transformers' reference (logits and greedy tokens) in an untimed pass; then time every engine over every
+(prompt length, batch) row, engines and rows in a random order drawn from a recorded seed (so no row is
+always the first on a cold GPU), each row warmed up by time. One row per model x engine x prompt length x
+batch is appended to results.jsonl as soon as it is measured. A shape an engine cannot run (a kernel that
+would assert) is refused before launching, with the reason, and gets a row from the engine's fallback
+variant instead. A failing engine or model becomes rows with a status and a one-line reason, and the bench
+goes on; a rerun skips rows already measured.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
 import importlib.metadata
+import random
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -20,72 +22,19 @@ from typing import Callable
 
 import torch
 
-from models import count_parameters
 from profiler.errors import UserError
-from profiler.hardware import environment, measure_copy_bandwidth
+from profiler.hardware import environment, measure_copy_bandwidth, measure_matmul_peak
 
-from .checkpoints import DEFAULT_ROOT, BenchModel, ensure_checkpoint, model_key, resolve_model
-from .engines.base import ENGINES, BatchResult, Engine, GenerationJob, get_engine, is_oom, one_line
-from .engines.hf import load_model, reference_logits, release
-from .metrics import DTYPE_BYTES, decode_floor_ms, summarize_generation, weight_bytes_per_decode_step
+from .checkpoints import BenchModel, ensure_checkpoint, resolve_model
+from .engines.base import FALLBACK, BatchResult, Engine, GenerationJob, get_engine, is_oom, one_line
+from .engines.hf import dtype_on, release
+from .reference import Reference, build_reference
 from .results import ResultsFile, row_key
+from .rows import base_row, describe, measured_row, refused_row, tensor_parallel_of
+from .spec import BenchSpec, fit_model
 from .tokenizer import load_tokenizer, make_prompts
 
-
-@dataclass(frozen=True)
-class BenchSpec:
-    models: tuple[str, ...]
-    engines: tuple[str, ...] = ("hf", "mii")
-    batches: tuple[int, ...] = (1, 8)
-    prompt_len: int = 128
-    new_tokens: int = 64
-    repeats: int = 5
-    warmup: int = 1
-    dtype: str = "float16"
-    out: Path = Path("runs/inference")
-    checkpoints: Path = DEFAULT_ROOT
-    tensor_parallel: int = 1  # MII only; the transformers baseline runs on one GPU
-    max_params: float | None = None  # models above this many parameters are left out
-    seed: int = 0
-    device: str | None = None
-
-    def __post_init__(self) -> None:
-        validate(self)
-
-    def to_dict(self) -> dict:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
-
-
-def validate(spec: BenchSpec) -> None:
-    if not spec.models:
-        raise UserError("--models: give at least one model (a bundled name, a config file or a checkpoint directory)")
-    for name in spec.engines:
-        if name not in ENGINES:
-            get_engine(name)  # raises with the did-you-mean
-    if not spec.engines:
-        raise UserError(f"--engines: give at least one of {', '.join(ENGINES)}")
-    if not spec.batches or any(not isinstance(b, int) or b < 1 for b in spec.batches):
-        raise UserError(f"--batch: batch sizes must be whole numbers >= 1, got {','.join(map(str, spec.batches))}")
-    checks = [("--prompt-len", spec.prompt_len, 1), ("--new-tokens", spec.new_tokens, 2),
-              ("--repeats", spec.repeats, 1), ("--warmup", spec.warmup, 0), ("--tensor-parallel", spec.tensor_parallel, 1)]
-    for flag, value, low in checks:
-        if not isinstance(value, int) or value < low:
-            why = " (decode latency needs at least two new tokens)" if flag == "--new-tokens" else ""
-            raise UserError(f"{flag}: must be a whole number >= {low}, got {value}{why}")
-    if spec.dtype not in DTYPE_BYTES:
-        raise UserError(f"--dtype: '{spec.dtype}' is not one of {', '.join(DTYPE_BYTES)}")
-    if spec.max_params is not None and spec.max_params <= 0:
-        raise UserError(f"--max-params: must be positive, got {spec.max_params}")
-
-
-def check_model(model: BenchModel, spec: BenchSpec) -> None:
-    cfg = model.config
-    if spec.prompt_len + spec.new_tokens > cfg.max_position_embeddings:
-        raise UserError(f"--prompt-len/--new-tokens: {spec.prompt_len}+{spec.new_tokens} tokens exceed "
-                        f"{model.name}'s max_position_embeddings {cfg.max_position_embeddings}")
-    if "mii" in spec.engines and cfg.num_attention_heads % spec.tensor_parallel:
-        raise UserError(f"--tensor-parallel: {model.name}'s {cfg.num_attention_heads} heads cannot be split "
-                        f"over {spec.tensor_parallel} GPUs")
+__all__ = ["BenchOutcome", "BenchSpec", "run_bench"]
 
 
 @dataclass
@@ -95,6 +44,15 @@ class BenchOutcome:
     report: Path | None
     measured: int
     skipped_done: int
+
+
+@dataclass(frozen=True)
+class Planned:
+    model: BenchModel
+    engine: Engine
+    prompt_len: int
+    batch: int
+    fallback_for: str | None = None  # set on a row that stands in for a refused engine's
 
 
 def versions() -> dict:
@@ -107,71 +65,6 @@ def versions() -> dict:
     return found
 
 
-def _tp(engine: Engine, spec: BenchSpec) -> int:
-    return 1 if engine.is_reference else spec.tensor_parallel
-
-
-def base_row(model: BenchModel, engine: Engine, batch: int, spec: BenchSpec) -> dict:
-    cfg, count = model.config, count_parameters(model.config)
-    return {
-        "record": "row", "model": model.name, "config_hash": model_key(model), "engine": engine.name,
-        "batch": batch, "prompt_len": spec.prompt_len, "new_tokens": spec.new_tokens, "dtype": spec.dtype,
-        "tensor_parallel": _tp(engine, spec), "status": None, "reason": "",
-        "params_total": count.total, "params_non_embedding": count.non_embedding, "hidden_size": cfg.hidden_size,
-        "num_layers": cfg.num_layers, "num_attention_heads": cfg.num_attention_heads, "head_dim": cfg.head_dim,
-        "ffn_size": cfg.ffn_size, "source": model.source,
-    }
-
-
-def measured_row(row: dict, model: BenchModel, engine: Engine, result: BatchResult, *, bandwidth_tbps,
-                 device_name: str, checkpoint: Path) -> dict:
-    row = {**row, "status": result.status, "reason": result.reason, "compute_dtype": result.dtype or row["dtype"],
-           "device": device_name, "timing_method": engine.timing_method, "checkpoint": str(checkpoint),
-           "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    if result.status != "ok":
-        return row
-    row.update(summarize_generation(result.samples, batch=row["batch"], new_tokens=row["new_tokens"]))
-    weight_bytes = weight_bytes_per_decode_step(model.config, row["compute_dtype"], row["tensor_parallel"])
-    floor = decode_floor_ms(weight_bytes, bandwidth_tbps)
-    row.update({"weight_bytes": weight_bytes, "bandwidth_tbps": bandwidth_tbps, "decode_floor_ms": floor,
-                "decode_vs_floor": row["decode_p50_ms"] / floor if floor and row["decode_p50_ms"] else None,
-                "peak_allocated_gb": result.memory.peak_allocated_gb, "device_used_gb": result.memory.device_used_gb,
-                "samples": [s.to_dict() for s in result.samples]})
-    if not row["tokens_ok"]:
-        row["status"], row["reason"] = "error", (f"generated {row['tokens_generated']} tokens per row, "
-                                                 f"not the {row['new_tokens']} asked for")
-        return row
-    if engine.is_reference:
-        row["logits_check"] = "reference"
-        return row
-    check = result.check
-    if check is None:
-        row.update(status="unchecked", logits_check="not run",
-                   reason=f"logits not checked against transformers: {result.check_error or 'no reference'}")
-        return row
-    row.update({"logits_check": "pass" if check.passed else "fail", "logits_check_method": check.method,
-                "logits_max_abs_diff": check.max_abs_diff, "logits_mean_abs_diff": check.mean_abs_diff,
-                "logits_ref_max_abs": check.ref_max_abs, "logits_top1_agreement": check.top1_agreement,
-                "logits_first_token_agreement": check.first_token_agreement})
-    if not check.passed:
-        row.update(status="mismatch", reason=(
-            f"logits differ from transformers': max |diff| {check.max_abs_diff:.3g} (largest logit "
-            f"{check.ref_max_abs:.3g}), top-1 agreement {check.top1_agreement:.0%}"))
-    return row
-
-
-def describe(row: dict) -> str:
-    head = f"{row['model']} {row['engine']} b={row['batch']}" + (f" tp={row['tensor_parallel']}" if row["tensor_parallel"] > 1 else "")
-    if row["status"] not in ("ok", "mismatch", "unchecked"):
-        return f"{head}: {row['status']}: {row['reason']}"
-    floor = f" (floor {row['decode_floor_ms']:.2f})" if row.get("decode_floor_ms") else ""
-    text = (f"{head}: e2e {row['e2e_ms']:.1f} ms, ttft {row['ttft_ms']:.1f} ms, decode p50 "
-            f"{row['decode_p50_ms']:.2f} ms{floor}, {row['tokens_per_s']:.0f} tok/s")
-    if row.get("logits_check") == "pass":
-        text += f", logits max |diff| {row['logits_max_abs_diff']:.3g} (pass)"
-    return text + (f"  [{row['status']}: {row['reason']}]" if row["status"] != "ok" else "")
-
-
 def measure_bandwidth(device: torch.device) -> float | None:
     # 2 GB on a GPU (well beyond L2); a small buffer on a CPU, where the floor only proves the wiring
     try:
@@ -182,41 +75,118 @@ def measure_bandwidth(device: torch.device) -> float | None:
         release(device)  # the 4 GB of copy buffers would otherwise stay cached while MII's worker runs
 
 
+def measure_peak(device: torch.device, dtype: str) -> float | None:
+    """The fp16 matmul ceiling on a GPU (the decode compute floor); none on a CPU, where it would take minutes."""
+    if device.type != "cuda":
+        return None
+    try:
+        return measure_matmul_peak(device, dtype=getattr(torch, dtype))["tflops"]
+    except Exception:  # noqa: BLE001
+        return None
+    finally:
+        release(device)
+
+
+class Plan:
+    """Which rows to run: every model x engine x prompt length x batch, minus those already measured,
+    with the shapes an engine refuses replaced by its fallback variant's rows."""
+
+    def __init__(self, models: list[BenchModel], engines: list[Engine], spec: BenchSpec, provenance: dict):
+        self.spec, self.provenance = spec, provenance
+        self.rows: list[Planned] = []
+        names = {e.name for e in engines}
+        self.refused: dict[tuple[str, str], object] = {}  # (model, engine) -> KernelSupport
+        for model in models:
+            for engine in engines:
+                support = engine.shape_support(model.config, dtype=spec.dtype,
+                                               tensor_parallel=tensor_parallel_of(engine, spec),
+                                               max_context=spec.max_context)
+                self.rows += self._rows(model, engine)
+                if not support.ok:
+                    self.refused[(model.name, engine.name)] = support
+                    fallback = FALLBACK.get(engine.name)
+                    if fallback and fallback not in names:
+                        self.rows += self._rows(model, get_engine(fallback), fallback_for=engine.name)
+
+    def _rows(self, model, engine, fallback_for=None) -> list[Planned]:
+        return [Planned(model, engine, p, b, fallback_for) for p in self.spec.prompt_lens for b in self.spec.batches]
+
+    def row(self, planned: Planned) -> dict:
+        extra = {"fallback_for": planned.fallback_for} if planned.fallback_for else {}
+        return {**base_row(planned.model, planned.engine, planned.prompt_len, planned.batch, self.spec,
+                           provenance=self.provenance), **extra}
+
+    def refusal(self, planned: Planned):
+        return self.refused.get((planned.model.name, planned.engine.name))
+
+
 def run_bench(spec: BenchSpec, *, log: Callable[[str], None] = print, progress: bool = True,
               layer_profile: Path | None = None, write_report: bool = True) -> BenchOutcome:
     from tqdm import tqdm
 
     models = []
     for ref in dict.fromkeys(spec.models):
-        model = resolve_model(ref)
-        check_model(model, spec)
+        given = resolve_model(ref)
+        model = fit_model(given, spec)
         if spec.max_params is not None and model.params > spec.max_params:
             log(f"{model.name}: left out, {model.params / 1e9:.2f}B parameters > --max-params {spec.max_params:.3g}")
             continue
+        if model.config.max_position_embeddings != given.config.max_position_embeddings:
+            log(f"{model.name}: built with max_position_embeddings {model.config.max_position_embeddings} (was "
+                f"{given.config.max_position_embeddings}) for {max(spec.max_context, spec.reserve_context)} tokens "
+                "(random weights; rotary positions have no learned table)")
         models.append(model)
-    # the reference engine runs first for each model: the others are checked against its logits
-    engines = sorted((get_engine(n) for n in dict.fromkeys(spec.engines)), key=lambda e: not e.is_reference)
+    engines = [get_engine(n) for n in dict.fromkeys(spec.engines)]
     device = torch.device(spec.device) if spec.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device: CUDA is not available on this machine; use --device cpu")
+    order_seed = spec.order_seed if spec.order_seed is not None else random.SystemRandom().randrange(2**31)
+    env = {**environment(device), "versions": versions()}
+    provenance = {"git_sha": env.get("git_sha"), "order_seed": order_seed, "warmup_s": spec.warmup_s}
+    plan = Plan(models, engines, spec, provenance)
     results = ResultsFile(spec.out)
     done = results.done_keys()
-    plan = [(m, e, b) for m in models for e in engines for b in spec.batches]
-    pending = [(m, e, b) for m, e, b in plan if row_key(base_row(m, e, b, spec)) not in done]
-    if len(pending) < len(plan):
-        log(f"{len(plan) - len(pending)} of {len(plan)} rows already in {results.path}: skipping them")
+    pending = [p for p in plan.rows if row_key(plan.row(p)) not in done]
+    if len(pending) < len(plan.rows):
+        log(f"{len(plan.rows) - len(pending)} of {len(plan.rows)} rows already in {results.path}: skipping them")
     measured = 0
     if pending:
-        env = {**environment(device), "versions": versions()}
-        bandwidth = measure_bandwidth(device)
-        env["copy_bandwidth_tbps"] = bandwidth
-        results.append({"record": "run", "environment": env, "spec": spec.to_dict()})
+        bandwidth, peak = measure_bandwidth(device), measure_peak(device, spec.dtype)
+        env.update({"copy_bandwidth_tbps": bandwidth, "matmul_peak_tflops": peak})
+        results.append({"record": "run", "environment": env, "spec": {**spec.to_dict(), "order_seed": order_seed}})
         device_name = env.get("gpu_name") or f"cpu ({env.get('cpu')})"
-        available = {}
-        for engine in engines:
-            if not any(e is engine for _, e, _ in pending):
-                continue
-            reason = engine.unavailable_reason(tensor_parallel=_tp(engine, spec))
+        todo = _refuse_what_cannot_run(plan, pending, results, log)
+        bar = tqdm(total=len(todo), unit="row", disable=not progress, leave=False)
+        say = (lambda text: bar.write(text)) if progress else log
+        context = RunContext(spec, plan, results, device, device_name, bandwidth, peak, order_seed, say, bar)
+        try:
+            for model in models:
+                work = [p for p in todo if p.model is model]
+                if work:
+                    measured += bench_model(model, work, context)
+        finally:
+            bar.close()
+    outcome = BenchOutcome(results.rows(), results.path, None, measured, len(plan.rows) - len(pending))
+    if write_report:
+        from reports.inference_report import write_report as write_html
+
+        outcome.report = write_html(spec.out, layer_profile=layer_profile)
+    return outcome
+
+
+def _refuse_what_cannot_run(plan: Plan, pending: list[Planned], results: ResultsFile, log) -> list[Planned]:
+    """Rows of unavailable engines and refused shapes are recorded now, with the reason; the rest run."""
+    available: dict[str, str | None] = {}
+    todo = []
+    for planned in pending:
+        engine = planned.engine
+        if plan.refusal(planned) is not None:  # a property of the shape, known without the engine
+            row = refused_row(plan.row(planned), plan.refusal(planned))
+            results.append(row)
+            log(describe(row))
+            continue
+        if engine.name not in available:
+            reason = engine.unavailable_reason(tensor_parallel=tensor_parallel_of(engine, plan.spec))
             if reason is None:
                 try:
                     engine.prepare()
@@ -225,103 +195,114 @@ def run_bench(spec: BenchSpec, *, log: Callable[[str], None] = print, progress: 
             available[engine.name] = reason
             if reason:
                 log(f"{engine.name}: unavailable: {reason}; its rows are recorded as unavailable, the bench goes on")
-                for m, e, b in pending:
-                    if e is engine:
-                        results.append({**base_row(m, e, b, spec), "status": "unavailable", "reason": reason})
-        todo = [(m, e, b) for m, e, b in pending if available.get(e.name) is None]
-        bar = tqdm(total=len(todo), unit="row", disable=not progress, leave=False)
-        say = (lambda text: bar.write(text)) if progress else log
-        try:
-            for model in models:
-                work = {e.name: [b for m, e2, b in todo if m is model and e2 is e] for e in engines}
-                if any(work.values()):
-                    measured += _bench_model(model, engines, work, spec, results, device, device_name, bandwidth,
-                                             say, bar)
-        finally:
-            bar.close()
-    outcome = BenchOutcome(results.rows(), results.path, None, measured, len(plan) - len(pending))
-    if write_report:
-        from reports.inference_report import write_report as write_html
-
-        outcome.report = write_html(spec.out, layer_profile=layer_profile)
-    return outcome
+        if available[engine.name]:
+            results.append({**plan.row(planned), "status": "unavailable", "reason": available[engine.name]})
+        else:
+            todo.append(planned)
+    return todo
 
 
-def _bench_model(model: BenchModel, engines: list[Engine], work: dict[str, list[int]], spec: BenchSpec,
-                 results: ResultsFile, device: torch.device, device_name: str, bandwidth, say, bar) -> int:
+@dataclass
+class RunContext:
+    spec: BenchSpec
+    plan: Plan
+    results: ResultsFile
+    device: torch.device
+    device_name: str
+    bandwidth: float | None
+    peak: float | None
+    order_seed: int
+    say: Callable[[str], None]
+    bar: object
+
+
+def timed_order(work: list[Planned], order_seed: int, model_name: str) -> list[tuple[Engine, list[Planned]]]:
+    """Engines in a random order, and each engine's rows in a random order, from the recorded seed (the
+    same seed gives the same order; each model draws its own)."""
+    rng = random.Random(f"{order_seed}:{model_name}")
+    engines = list({id(p.engine): p.engine for p in work}.values())
+    rng.shuffle(engines)
+    out = []
+    for engine in engines:
+        rows = [p for p in work if p.engine is engine]
+        rng.shuffle(rows)
+        out.append((engine, rows))
+    return out
+
+
+def bench_model(model: BenchModel, work: list[Planned], ctx: RunContext) -> int:
+    spec, device = ctx.spec, ctx.device
     try:
-        checkpoint = ensure_checkpoint(model, spec.checkpoints, device=device, log=say)
-        prompts = make_prompts(load_tokenizer(checkpoint), max(spec.batches), spec.prompt_len, seed=spec.seed)
+        checkpoint = ensure_checkpoint(model, spec.checkpoints, device=device, log=ctx.say)
+        tokenizer = load_tokenizer(checkpoint)
+        largest = max(p.batch for p in work)
+        prompts = {p: make_prompts(tokenizer, largest, p, seed=spec.seed) for p in sorted({w.prompt_len for w in work})}
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. out of memory building the checkpoint
-        for engine in engines:
-            _fail_rows(model, engine, work[engine.name], exc, spec, results, say, bar)
+        _fail_rows(work, exc, ctx)
         release(device)
         return 0
-    measured = 0
     tmp = Path(tempfile.mkdtemp(prefix="inference-ref-"))
-    reference: Path | None = None
+    measured = 0
     try:
-        for engine in engines:
-            batches = tuple(work[engine.name])
-            if not batches:
-                continue
-            if not engine.is_reference and reference is None:
-                reference = _reference_from_transformers(checkpoint, prompts, spec, device, tmp, say)
-            job = GenerationJob(model.name, checkpoint, prompts, batches, spec.new_tokens, spec.warmup, spec.repeats,
-                                spec.dtype, device, _tp(engine, spec), reference, Path(spec.out) / "logs")
-            reported: set[int] = set()
+        reference, reference_path = None, None
+        if any(not p.engine.is_reference for p in work):
+            reference = _reference(checkpoint, prompts, work, ctx)
+            reference_path = reference.save(tmp / "reference.pt") if reference else None
+        order = timed_order(work, ctx.order_seed, model.name)
+        ctx.say(f"{model.name}: timed order {', '.join(f'{e.name}[' + ' '.join(f'p{p.prompt_len}b{p.batch}' for p in rows) + ']' for e, rows in order)} "
+                f"(seed {ctx.order_seed})")
+        index = 0
+        for engine, rows in order:
+            job = GenerationJob(model.name, checkpoint, prompts, tuple((p.prompt_len, p.batch) for p in rows),
+                                spec.new_tokens, spec.warmup_s, spec.repeats, spec.dtype, device,
+                                tensor_parallel_of(engine, spec), reference_path, Path(spec.out) / "logs")
+            by_key = {(p.prompt_len, p.batch): p for p in rows}
+            reported: set[tuple[int, int]] = set()
 
-            def on_result(result: BatchResult, engine=engine) -> None:
-                row = measured_row(base_row(model, engine, result.batch, spec), model, engine, result,
-                                   bandwidth_tbps=bandwidth, device_name=device_name, checkpoint=checkpoint)
-                results.append(row)
-                reported.add(result.batch)
-                say(describe(row))
-                bar.update(1)
+            def on_result(result: BatchResult, engine=engine, start=index, by_key=by_key, rows=rows,
+                          reported=reported) -> None:
+                planned = by_key[(result.prompt_len, result.batch)]
+                row = {**ctx.plan.row(planned), "order_index": start + rows.index(planned)}
+                row = measured_row(row, model, engine, result, reference=reference, bandwidth_tbps=ctx.bandwidth,
+                                   peak_tflops=ctx.peak, device_name=ctx.device_name, checkpoint=checkpoint)
+                ctx.results.append(row)
+                reported.add((result.prompt_len, result.batch))
+                ctx.say(describe(row))
+                ctx.bar.update(1)
 
             try:
-                run = engine.run(job, on_result)
-                measured += len(reported)
-                if engine.is_reference and run.reference_logits is not None and reference is None:
-                    reference = tmp / "reference.pt"
-                    torch.save({"input_ids": prompts.input_ids, "logits": run.reference_logits}, reference)
+                engine.run(job, on_result)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # noqa: BLE001 - the rest of this engine's rows fail, the bench goes on
-                measured += len(reported)
-                _fail_rows(model, engine, [b for b in batches if b not in reported], exc, spec, results, say, bar)
+                _fail_rows([p for p in rows if (p.prompt_len, p.batch) not in reported], exc, ctx)
                 release(device)
+            measured += len(reported)
+            index += len(rows)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return measured
 
 
-def _fail_rows(model: BenchModel, engine: Engine, batches, exc: BaseException, spec: BenchSpec,
-               results: ResultsFile, say, bar) -> None:
-    status = "oom" if is_oom(exc) else "error"
-    for batch in batches:
-        row = {**base_row(model, engine, batch, spec), "status": status, "reason": one_line(exc)}
-        results.append(row)
-        say(describe(row))
-        bar.update(1)
-
-
-def _reference_from_transformers(checkpoint: Path, prompts, spec: BenchSpec, device, tmp: Path, say) -> Path | None:
-    """transformers' logits on the prompts when its own rows are not being measured (already done, or
-    not asked for): the check still needs them."""
+def _reference(checkpoint: Path, prompts, work: list[Planned], ctx: RunContext) -> Reference | None:
+    """transformers' logits and greedy tokens for every row another engine will be checked on."""
+    rows = [(p.prompt_len, p.batch) for p in work if not p.engine.is_reference]
     try:
-        dtype = spec.dtype if device.type == "cuda" else "float32"
-        model = load_model(checkpoint, dtype, device)
-        try:
-            logits = reference_logits(model, prompts.input_ids, device)
-        finally:
-            del model
-            release(device)
+        return build_reference(checkpoint, prompts, rows, new_tokens=ctx.spec.new_tokens,
+                               dtype=dtype_on(ctx.device, ctx.spec.dtype),
+                               device=ctx.device)
     except Exception as exc:  # noqa: BLE001 - without a reference the other engines' rows say 'unchecked'
-        say(f"reference logits from transformers failed: {one_line(exc)}")
+        ctx.say(f"reference from transformers failed: {one_line(exc)}")
+        release(ctx.device)
         return None
-    path = tmp / "reference.pt"
-    torch.save({"input_ids": prompts.input_ids, "logits": logits}, path)
-    return path
+
+
+def _fail_rows(planned: list[Planned], exc: BaseException, ctx: RunContext) -> None:
+    status = "oom" if is_oom(exc) else "error"
+    for p in planned:
+        row = {**ctx.plan.row(p), "status": status, "reason": one_line(exc)}
+        ctx.results.append(row)
+        ctx.say(describe(row))
+        ctx.bar.update(1)

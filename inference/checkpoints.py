@@ -24,7 +24,16 @@ from profiler.errors import UserError
 
 from .tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
 
-DEFAULT_ROOT = Path(".cache/checkpoints")  # git-ignored; --checkpoints DIR elsewhere
+
+
+def default_root() -> Path:
+    """The user's cache ($XDG_CACHE_HOME, default ~/.cache), not the repository: checkpoints are GBs and
+    outlive a checkout; --checkpoints DIR puts them elsewhere."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "codesign-profiler" / "checkpoints"
+
+
+DEFAULT_ROOT = default_root()
 INIT_RECIPE = "normal(0,0.02); out-projections 0.02/sqrt(2L); norms 1+-0.02; v1"
 BUILT_MARKER = "built.json"
 SEED = 1234

@@ -14,7 +14,9 @@ from profiler.jsonl import JsonLinesFile
 
 RESULTS_NAME = "results.jsonl"
 KEY_FIELDS = ("model", "config_hash", "engine", "batch", "prompt_len", "new_tokens", "dtype", "tensor_parallel")
-DONE_STATUSES = ("ok", "mismatch", "unchecked", "oom")  # measured, or failing for a reason that will not change
+# measured, or failing for a reason that will not change (out of memory; a shape the kernels refuse)
+DONE_STATUSES = ("ok", "mismatch", "unchecked", "oom", "unsupported")
+MEASURED = ("ok", "mismatch", "unchecked")  # rows with latencies (only "ok" ones are checked results)
 
 
 def row_key(row: dict) -> tuple:

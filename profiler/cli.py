@@ -16,6 +16,8 @@ SUBCOMMANDS = {
                                                    "the layer breaks it (issue 11)"),
     "advise": ("profiler.commands.advise", "sizing advisor: what is wrong with this shape on this GPU, and which shape "
                                            "of the same size is faster (modelled; --measure times them)"),
+    "diff": ("profiler.commands.diff", "compare two profiled configs per component: time, TFLOP/s and share, "
+                                       "with changes inside the measurement's noise labelled as such"),
 }
 
 

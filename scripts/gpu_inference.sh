@@ -1,19 +1,51 @@
 #!/usr/bin/env bash
-# The inference bench on the GPU machine, in one call (from the repository root):
-#   bash scripts/gpu_inference.sh [OUT_DIR]          (default $OUT/inference)
-# Pythia 70m ... 2.8b, then 6.9b if the time budget allows, through transformers and DeepSpeed-MII at
-# batch 1 and 8 (128 prompt + 64 new tokens, fp16). Leaves results.jsonl, results.csv, report.html and the
-# MII worker logs in OUT_DIR. Sized for about 8 minutes of an H100, checkpoint building included.
-# Knobs (environment): REPEATS (3), MODELS, BIG_MODELS, BIG_START_BY_S (start BIG_MODELS only if less than
-# this many seconds have passed; 330), MAX_PARAMS, CHECKPOINTS (/tmp/ckpt), LAYER_PROFILE (a layer
-# profiler run.json; default: the one scripts/gpu_run.sh's layer run leaves, if present).
-# Tensor parallelism needs two GPUs (device kind nvidia-h200-x2); there, add TP=2 to run MII alone with
-# --tensor-parallel 2 on the largest models after the single-GPU rows.
+# The inference evidence on the GPU machine, in one call (from the repository root; carry .whl/):
+#   CODESIGN_GIT_SHA=<sha of the code> bash scripts/gpu_inference.sh [DEST]      (DEST default /tmp/inference)
+# Issue 10: does a training-shape gain carry over to inference? Phases, most important first:
+#   core          GPT-3 2.7B variants (c1 a=64, c2 a=40, a=32 baseline, a20), transformers and DeepSpeed-MII (kernel
+#                 injection, or MII without it where the fused kernels refuse the shape), prompts 128 and 2048,
+#                 batch 1 and 16; the layer profiler forward and forward+backward on the same shapes; the report
+#   pythia        the same for Pythia 160m/410m/1b/1.4b (baseline pythia-410m, the paper's Figure 13 pair)
+#   sweep-core    decode step latency at batch 1..64 for the 2.7B variants (MII; reuses core's checkpoints)
+#   sweep-pythia  the same for Pythia
+# Every phase resumes (rows are saved as measured), so a later call with PHASES="..." finishes what a call
+# left out (on a fresh machine: unpack both calls' inference.tgz into one folder and re-render each
+# carryover-* with `python -m inference carryover --out DIR --report-only`). Each phase starts only while the time budget lasts and runs under a timeout inside it; after each
+# phase DEST is packed into $OUT/inference.tgz (traces left out), so a killed call still returns what it did.
+# Files in $OUT (three: at most 8 come back): inference.tgz (DEST without traces), inference.log (everything
+# printed), inference-summary.txt (phase timings against their estimates, then every verdict and ordering line).
+# Knobs (environment): BUDGET_S (470: ~8 min of an H100 in all), PHASES, REPEATS (3), NEW_TOKENS (16),
+# WARMUP_S (0.3), SWEEP_BATCHES (1,2,4,8,16,32,64), SWEEP_NEW_TOKENS (8), SWEEP_REPEATS (2), CHECKPOINTS
+# (/tmp/ckpt), CORE_MODELS / CORE_BASELINE, PYTHIA_MODELS / PYTHIA_BASELINE, LAYER_ARGS ("--no-floor"),
+# LAYER_ATTENTION (flash), PROMPT_LENS (128,2048), BATCHES (1,16).
 set -uo pipefail
-DEST=${1:-${OUT:-/tmp/out}/inference}
-mkdir -p "$DEST"
+DEST=${1:-/tmp/inference}
+OUT=${OUT:-/tmp/out}
+case "$(realpath -m "$DEST")/" in "$(realpath -m "$OUT")"/*)
+  echo "DEST ($DEST) must not be inside OUT ($OUT): every file there comes back, and at most 8 may"; exit 2;; esac
+mkdir -p "$DEST" "$OUT"
+BUDGET_S=${BUDGET_S:-470}
+PHASES=${PHASES:-"core pythia sweep-core sweep-pythia"}
+REPEATS=${REPEATS:-3} NEW=${NEW_TOKENS:-16} WARMUP=${WARMUP_S:-0.3} PROMPTS=${PROMPT_LENS:-128,2048} BATCHES=${BATCHES:-1,16}
+SWEEP_BATCHES=${SWEEP_BATCHES:-1,2,4,8,16,32,64} SWEEP_NEW=${SWEEP_NEW_TOKENS:-8} SWEEP_REPEATS=${SWEEP_REPEATS:-2}
+CKPT=${CHECKPOINTS:-/tmp/ckpt}
+# models run in this order: the baseline and the shape the paper recommends first, so a phase the budget
+# cuts short still has a comparison
+CORE=${CORE_MODELS:-gpt3-2.7b,gpt3-2.7b-a20,gpt3-2.7b-c2,gpt3-2.7b-c1} CORE_BASE=${CORE_BASELINE:-gpt3-2.7b}
+PYTHIA=${PYTHIA_MODELS:-pythia-410m,pythia-1b,pythia-160m,pythia-1.4b} PYTHIA_BASE=${PYTHIA_BASELINE:-pythia-410m}
+LAYER_ARGS=${LAYER_ARGS:---no-floor} LAYER_ATTENTION=${LAYER_ATTENTION:-flash}
+LOG="$OUT/inference.log"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+say() { echo "[$(printf '%4d' "$SECONDS")s] $*" | tee -a "$LOG"; }
+
+# estimates (s) from the H100 runs so far: MII worker ~20 s per model (start, deploy) plus its rows; transformers
+# ~10-20 s per 2.7B model; a 2.7B fp16 checkpoint build ~6 s; the layer profiler ~25 s per mode for four shapes
+declare -A EST=([setup]=80 [core]=260 [pythia]=165 [sweep-core]=115 [sweep-pythia]=100)
+total=${EST[setup]}; for p in $PHASES; do total=$((total + ${EST[$p]:-0})); done
+say "plan: setup ~${EST[setup]} s, then $(for p in $PHASES; do printf '%s ~%s s, ' "$p" "${EST[$p]:-?}"; done)~${total} s in all;" \
+    "budget ${BUDGET_S} s: a phase starts only with >= 60 s left and is stopped 20 s before the budget ends"
+[ -n "${CODESIGN_GIT_SHA:-}" ] || say "warning: CODESIGN_GIT_SHA is not set and this copy has no .git: rows will carry no code version"
 
 # 1. packages: transformers 4.38.2 + DeepSpeed + MII from the carried wheels, once per machine
 have_packages() {
@@ -25,39 +57,72 @@ PY
 if ! have_packages && [ -d /tmp/site ]; then export PYTHONPATH="/tmp/site:$PYTHONPATH"; fi
 if ! have_packages; then
   if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
+    python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl 2>&1 | tail -n 3
     export PYTHONPATH="/tmp/site:$PYTHONPATH"
   else
-    echo "no .whl/ here: carry it (bash ../shared/gpu/fetch-wheels.sh on the dev machine); MII rows will say unavailable"
+    say "no .whl/ here: carry it (bash ../shared/gpu/fetch-wheels.sh on the dev machine); MII rows will say unavailable"
   fi
 fi
-python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(0))"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(0))" 2>&1 | tee -a "$LOG"
 
-# 2. DeepSpeed's inference kernels, built once, outside any timed region
+# 2. DeepSpeed's inference kernels, built once, outside any timed region (the bench's workers load the cache)
 # DeepSpeed parses the arch list itself and rejects suffixed entries such as 9.0a: set it plainly
 export TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=${MAX_JOBS:-16}
 start=$SECONDS
 python3 -c "from deepspeed.ops.op_builder import InferenceBuilder; InferenceBuilder().load()" > "$DEST/inference-builder.log" 2>&1 \
-  && echo "InferenceBuilder ready in $((SECONDS - start)) s" \
-  || { echo "InferenceBuilder failed (MII rows will record why):"; tail -n 5 "$DEST/inference-builder.log"; }
+  && say "InferenceBuilder ready in $((SECONDS - start)) s" \
+  || { say "InferenceBuilder failed (MII rows will record why):"; tail -n 5 "$DEST/inference-builder.log" | tee -a "$LOG"; }
+TIMINGS="$DEST/timings.txt"
+echo "setup $SECONDS s (estimate ${EST[setup]} s)" > "$TIMINGS"
 
-# 3. the bench: smaller models first (every row is saved as it is measured), the largest if time allows
-MODELS=${MODELS:-pythia-70m,pythia-160m,pythia-410m,pythia-1b,pythia-1.4b,pythia-2.8b}
-BIG_MODELS=${BIG_MODELS:-pythia-6.9b}
-PROFILE=${LAYER_PROFILE:-/tmp/layer/pythia-suite/run.json}
-args=(--engines hf,mii --batch 1,8 --prompt-len 128 --new-tokens 64 --repeats "${REPEATS:-3}" --warmup 1
-      --out "$DEST" --checkpoints "${CHECKPOINTS:-/tmp/ckpt}" --no-progress)
-[ -n "${MAX_PARAMS:-}" ] && args+=(--max-params "$MAX_PARAMS")
-[ -f "$PROFILE" ] && args+=(--layer-profile "$PROFILE")
-python3 -m inference bench --models "$MODELS" "${args[@]}"
-if [ -n "$BIG_MODELS" ] && [ "$SECONDS" -lt "${BIG_START_BY_S:-330}" ]; then
-  python3 -m inference bench --models "$MODELS,$BIG_MODELS" "${args[@]}"   # resumes: only the new rows run
-else
-  echo "skipping $BIG_MODELS: ${SECONDS}s used, over BIG_START_BY_S=${BIG_START_BY_S:-330}"
-fi
-if [ "${TP:-1}" -gt 1 ]; then
-  python3 -m inference bench --models "${TP_MODELS:-pythia-2.8b,pythia-6.9b}" --tensor-parallel "$TP" \
-    "${args[@]/hf,mii/mii}"
-fi
-rm -rf "${CHECKPOINTS:-/tmp/ckpt}"/*.tmp-* 2>/dev/null
-echo "inference bench: ${SECONDS}s in all; $DEST:"; ls -la "$DEST"
+common=(--engines hf,mii --batch "$BATCHES" --prompt-len "$PROMPTS" --new-tokens "$NEW" --repeats "$REPEATS"
+        --warmup-s "$WARMUP" --checkpoints "$CKPT" "--layer-args=$LAYER_ARGS" --layer-attention "$LAYER_ATTENTION"
+        --no-progress)
+sweep=(--no-bench --no-layer --decode-engines mii --decode-batches "$SWEEP_BATCHES" --decode-new-tokens "$SWEEP_NEW"
+       --decode-repeats "$SWEEP_REPEATS")
+
+pack() {  # what is done so far, back to $OUT; reports re-rendered from whatever rows exist
+  cp "$TIMINGS" "$OUT/inference-summary.txt"
+  for d in "$DEST"/carryover-*; do
+    [ -f "$d/carryover.json" ] || continue
+    timeout 60 python3 -m inference carryover --out "$d" --report-only >> "$LOG" 2>&1
+    [ -f "$d/verdicts.txt" ] && { echo "--- ${d##*/}"; cat "$d/verdicts.txt"; } >> "$OUT/inference-summary.txt"
+  done
+  tar czf "$OUT/inference.tgz" --exclude='*/tb' -C "$DEST" . && say "packed $(du -h "$OUT/inference.tgz" | cut -f1) into $OUT/inference.tgz"
+}
+
+run_phase() {  # name, then the command
+  local name=$1; shift
+  local left=$((BUDGET_S - SECONDS))
+  if [ "$left" -lt 60 ]; then
+    say "skip $name: ${left} s left of BUDGET_S=$BUDGET_S (needs ~${EST[$name]} s); run it later with PHASES=$name"
+    echo "$name skipped (${left} s left)" >> "$TIMINGS"; return
+  fi
+  local t0=$SECONDS
+  say "== $name (estimate ~${EST[$name]} s, ${left} s left)"
+  # SIGINT: the bench saves what it measured and stops its worker; the rows done stay done
+  timeout --signal=INT --kill-after=15 $((left - 20)) "$@" >> "$LOG" 2>&1
+  local rc=$?
+  say "== $name done in $((SECONDS - t0)) s (exit $rc$([ $rc -eq 124 ] && echo ': stopped at the budget'))"
+  echo "$name $((SECONDS - t0)) s (estimate ${EST[$name]} s) exit $rc" >> "$TIMINGS"
+  pack
+}
+
+for phase in $PHASES; do
+  case $phase in
+    core) run_phase core python3 -m inference carryover --models "$CORE" --baseline "$CORE_BASE" "${common[@]}" \
+            --no-decode --out "$DEST/carryover-core";;
+    pythia) run_phase pythia python3 -m inference carryover --models "$PYTHIA" --baseline "$PYTHIA_BASE" "${common[@]}" \
+            --no-decode --out "$DEST/carryover-pythia";;
+    sweep-core) run_phase sweep-core python3 -m inference carryover --models "$CORE" --baseline "$CORE_BASE" \
+            "${common[@]}" "${sweep[@]}" --out "$DEST/carryover-core";;
+    sweep-pythia) run_phase sweep-pythia python3 -m inference carryover --models "$PYTHIA" --baseline "$PYTHIA_BASE" \
+            "${common[@]}" "${sweep[@]}" --out "$DEST/carryover-pythia";;
+    *) say "unknown phase '$phase' (core, pythia, sweep-core, sweep-pythia)";;
+  esac
+done
+rm -rf "$CKPT"/*.tmp-* 2>/dev/null
+say "inference evidence: ${SECONDS} s in all"
+echo "total ${SECONDS} s" | tee -a "$TIMINGS" >> "$OUT/inference-summary.txt"
+cat "$OUT/inference-summary.txt"
+ls -la "$OUT"

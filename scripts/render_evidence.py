@@ -7,6 +7,7 @@ A folder's data says which report it holds (the first that matches):
   run.json + components.csv + communication.csv -> tensor-parallel layer report (reports.distributed_report)
   run.json + components.csv        -> layer report      (reports.layer_report.write_layer_report)
   advice.json                      -> sizing advisor    (reports.advisor_report.write_advisor_report)
+  diff.json + diff.csv             -> run comparison    (reports.diff_report.write_diff_report)
   carryover.json                   -> carryover report  (reports.carryover_report, writes carryover.html)
   matmul_run.json, layer_run.json or engines_run.json -> batch invariance (reports.invariance_report)
   results.jsonl[.gz] of sweep points -> sweep report    (reports.sweep_report.write_outputs)
@@ -59,6 +60,8 @@ def page_kind(folder: Path) -> str | None:
         return "distributed" if (folder / "communication.csv").is_file() else "layer"
     if (folder / "advice.json").is_file():
         return "advisor"
+    if (folder / "diff.json").is_file() and (folder / "diff.csv").is_file():
+        return "diff"
     if (folder / "carryover.json").is_file():
         return "carryover"
     if any((folder / name).is_file() for name in INVARIANCE_RUNS):
@@ -104,6 +107,10 @@ def render(folder: Path, kind: str, asset: Path) -> Path:
         if kind == "advisor":
             from reports.advisor_report import write_advisor_report
             return write_advisor_report(json.loads((folder / "advice.json").read_text()), folder / "report.html")
+        if kind == "diff":
+            from reports.diff_report import write_diff_report
+            return write_diff_report(json.loads((folder / "diff.json").read_text()), pd.read_csv(folder / "diff.csv"),
+                                     folder / "report.html")
         if kind == "carryover":
             from reports.carryover_report import write_carryover_report
             with contextlib.chdir(folder):  # carryover.json's relative paths (configs, layer profiles) start here

@@ -1,8 +1,9 @@
 """The engine layer: a small protocol, the job every engine runs, and a name -> engine registry.
 
-An engine takes one model's job (checkpoint, prompts, batch sizes, new tokens, repeats) and returns one
-result per batch size. Adding an engine = one module with a class that satisfies `Engine` and one line in
-ENGINES. Heavy engines import their libraries lazily and say why they are unavailable instead of failing.
+An engine takes one model's job (checkpoint, prompts, the (prompt length, batch) rows to time in the
+order given, new tokens, warm-up, repeats) and returns one result per row. Adding an engine = one class
+that satisfies `Engine` and one line in ENGINES. Heavy engines import their libraries lazily and say why
+they are unavailable instead of failing; an engine that cannot run a given shape says so before launching.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from typing import Callable, Protocol
 
 import torch
 
+from models import ModelConfig
 from profiler.errors import UserError
 
-from ..metrics import GenerationSample, LogitsCheck, PeakMemory
+from ..checks import LogitsCheck
+from ..metrics import PeakMemory, RowTiming
 from ..tokenizer import Prompts
 
 
@@ -25,24 +28,29 @@ from ..tokenizer import Prompts
 class GenerationJob:
     model: str
     checkpoint: Path
-    prompts: Prompts  # for the largest batch; batch b uses the first b rows
-    batches: tuple[int, ...]
+    prompts: dict[int, Prompts]  # prompt_len -> prompts for the largest batch; batch b uses the first b rows
+    rows: tuple[tuple[int, int], ...]  # (prompt_len, batch) in the order they are timed
     new_tokens: int
-    warmup: int
+    warmup_s: float
     repeats: int
     dtype: str  # torch dtype name: float16, bfloat16, float32
     device: torch.device
     tensor_parallel: int = 1
-    reference_logits: Path | None = None  # transformers' logits for prompts (torch.save'd), for the check
+    reference: Path | None = None  # transformers' Reference (torch.save'd), for the checks
     log_dir: Path | None = None
+
+    @property
+    def max_context(self) -> int:
+        return max(p for p, _ in self.rows) + self.new_tokens
 
 
 @dataclass
 class BatchResult:
+    prompt_len: int
     batch: int
     status: str  # ok | oom | error
     reason: str = ""
-    samples: list[GenerationSample] = field(default_factory=list)
+    timing: RowTiming | None = None
     memory: PeakMemory = field(default_factory=PeakMemory)
     dtype: str | None = None  # the dtype the engine actually computed in
     check: LogitsCheck | None = None  # this engine's logits against the reference's (None for the reference)
@@ -51,7 +59,7 @@ class BatchResult:
 
 @dataclass
 class EngineRun:
-    reference_logits: torch.Tensor | None = None  # an engine that is the reference hands its logits on
+    notes: list[str] = field(default_factory=list)
 
 
 OnResult = Callable[[BatchResult], None]
@@ -59,23 +67,31 @@ OnResult = Callable[[BatchResult], None]
 
 class Engine(Protocol):
     name: str
-    is_reference: bool  # its logits are the ones others are checked against (transformers)
+    is_reference: bool  # transformers: what the others are checked against
     timing_method: str  # how its per-token times are taken, quoted in every row and the report
 
     def unavailable_reason(self, *, tensor_parallel: int = 1) -> str | None:
         """None when the engine can run here, else one line saying why not."""
 
+    def shape_support(self, cfg: ModelConfig, *, dtype: str, tensor_parallel: int, max_context: int):
+        """A KernelSupport-like object (ok, reason, source) for this shape, checked before launching."""
+
     def prepare(self) -> None:
         """One-off work kept out of every timed region (JIT kernel builds)."""
 
     def run(self, job: GenerationJob, on_result: OnResult) -> EngineRun:
-        """Time every batch size of `job`, calling `on_result` as each one finishes."""
+        """Time every row of `job` in order, calling `on_result` as each one finishes."""
 
 
 ENGINES = {
-    "hf": ("inference.engines.hf", "HFEngine", "transformers generate(): the baseline and the logits reference"),
-    "mii": ("inference.engines.mii", "MIIEngine", "DeepSpeed-MII legacy (kernel injection): the engine under test"),
+    "hf": ("inference.engines.hf", "HFEngine", "transformers generate(): the baseline and the reference"),
+    "mii": ("inference.engines.mii", "MIIEngine", "DeepSpeed-MII legacy with kernel injection: the engine under test"),
+    "mii-noinject": ("inference.engines.mii", "MIINoInjectEngine",
+                     "DeepSpeed-MII legacy without kernel injection: for shapes the fused kernels refuse"),
+    "mii-cudagraph": ("inference.engines.mii", "MIICudaGraphEngine",
+                      "DeepSpeed-MII legacy with enable_cuda_graph (its rows say why it cannot run GPT-NeoX)"),
 }
+FALLBACK = {"mii": "mii-noinject"}  # a shape an engine refuses still gets a row from this variant
 
 
 def engine_names() -> list[str]:

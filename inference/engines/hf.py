@@ -1,8 +1,8 @@
 """The baseline: transformers generate() on the same checkpoint, greedy, exactly `new_tokens` tokens.
 
-Each timed call goes text -> tokenizer -> generate -> detokenize, as MII's query does, so both engines'
-end-to-end numbers cover the same work. It is also the logits reference every other engine is checked
-against (one forward over the prompts before timing).
+Each timed call goes text -> tokenizer -> generate, as MII's query with return_tensors=True does (its
+pipeline then skips detokenising), so both engines' end-to-end numbers cover the same work. transformers is also the reference every other engine is checked
+against; that reference comes from an untimed pass before timing (inference/reference.py).
 """
 
 from __future__ import annotations
@@ -11,14 +11,16 @@ import gc
 
 import torch
 
-from ..metrics import TIMING_METHOD, PeakMemory, time_generations
+from ..kernel_support import KernelSupport
+from ..metrics import TIMING_METHOD, PeakMemory, time_row
+from ..reference import generate_kwargs
 from ..tokenizer import load_tokenizer
 from .base import BatchResult, EngineRun, GenerationJob, OnResult, is_oom, one_line
 
 
-def compute_dtype(job: GenerationJob) -> str:
+def dtype_on(device: torch.device, dtype: str) -> str:
     # fp16 matmuls on a CPU are slow or missing; off CUDA the baseline computes in float32
-    return job.dtype if job.device.type == "cuda" else "float32"
+    return dtype if device.type == "cuda" else "float32"
 
 
 def load_model(checkpoint, dtype: str, device: torch.device):
@@ -36,12 +38,6 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-@torch.inference_mode()
-def reference_logits(model, input_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Logits at every prompt position, [batch, prompt_len, vocab], kept on the host."""
-    return model(input_ids=input_ids.to(device)).logits.cpu()
-
-
 class HFEngine:
     name = "hf"
     is_reference = True
@@ -50,40 +46,41 @@ class HFEngine:
     def unavailable_reason(self, *, tensor_parallel: int = 1) -> str | None:
         return None  # transformers is a core dependency; it runs on CPU too
 
+    def shape_support(self, cfg, *, dtype: str, tensor_parallel: int, max_context: int) -> KernelSupport:
+        return KernelSupport(True, "", "transformers' own PyTorch GPT-NeoX: any shape")
+
     def prepare(self) -> None:
         pass
 
     def run(self, job: GenerationJob, on_result: OnResult) -> EngineRun:
         from transformers import LogitsProcessorList
 
-        device, dtype = job.device, compute_dtype(job)
+        device, dtype = job.device, dtype_on(job.device, job.dtype)
         tokenizer = load_tokenizer(job.checkpoint)
+        kwargs = generate_kwargs(tokenizer, job.new_tokens)
         model = load_model(job.checkpoint, dtype, device)
         try:
-            run = EngineRun(reference_logits=reference_logits(model, job.prompts.input_ids, device))
-            for batch in sorted(job.batches):
-                rows = job.prompts.rows(batch)
+            for prompt_len, batch in job.rows:
+                texts = list(job.prompts[prompt_len].rows(batch).texts)
 
                 @torch.inference_mode()
-                def generate(timer, rows=rows):
-                    encoded = tokenizer(list(rows.texts), return_tensors="pt").to(device)
-                    out = model.generate(**encoded, max_new_tokens=job.new_tokens, min_new_tokens=job.new_tokens,
-                                         do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                                         logits_processor=LogitsProcessorList([timer]))
-                    new = out[:, encoded["input_ids"].shape[1]:]
-                    tokenizer.batch_decode(new)  # the pipeline MII runs behind its query decodes too
-                    return [new.shape[1]] * new.shape[0]
+                def generate(timer, texts=texts):
+                    encoded = tokenizer(texts, return_tensors="pt").to(device)
+                    out = model.generate(**encoded, **kwargs, logits_processor=LogitsProcessorList([timer]))
+                    return out[:, encoded["input_ids"].shape[1]:].tolist()
 
                 PeakMemory.reset(device)
                 try:
-                    samples = time_generations(generate, device, warmup=job.warmup, repeats=job.repeats)
-                    on_result(BatchResult(batch, "ok", samples=samples, memory=PeakMemory.read(device), dtype=dtype))
-                except Exception as exc:  # one batch failing (OOM at b=8) must not lose the others
+                    timing = time_row(generate, device, warmup_s=job.warmup_s, repeats=job.repeats,
+                                      eos_token_id=tokenizer.eos_token_id)
+                    on_result(BatchResult(prompt_len, batch, "ok", timing=timing, memory=PeakMemory.read(device),
+                                          dtype=dtype))
+                except Exception as exc:  # one row failing (OOM at b=16, s=2048) must not lose the others
                     if not is_oom(exc):
                         raise
                     release(device)
-                    on_result(BatchResult(batch, "oom", one_line(exc), dtype=dtype))
-            return run
+                    on_result(BatchResult(prompt_len, batch, "oom", one_line(exc), dtype=dtype))
+            return EngineRun()
         finally:
             del model
             release(device)

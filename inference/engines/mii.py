@@ -1,4 +1,8 @@
-"""DeepSpeed-MII, the engine under test: `mii.legacy`, non-persistent deployment, kernel injection, fp16.
+"""DeepSpeed-MII, the engine under test: `mii.legacy`, non-persistent deployment, fp16, in three variants:
+"mii" (kernel injection: DeepSpeed's fused GPT-NeoX kernels), "mii-noinject" (MII's pipeline over
+transformers' own modules: for shapes the fused kernels refuse, so no shape is left without a MII row) and
+"mii-cudagraph" (enable_cuda_graph; DeepSpeed 0.19.8 cannot apply it to GPT-NeoX generation, and its rows
+say why: inference/kernel_support.py).
 
 GPT-NeoX (Pythia) runs only through mii.legacy (FastGen has no GPT-NeoX), with transformers 4.38.x.
 Each model is deployed in a worker process of its own (engines/mii_worker.py): DeepSpeed's injected layers
@@ -24,12 +28,16 @@ from pathlib import Path
 
 import torch
 
-from ..metrics import GenerationSample, LogitsCheck, PeakMemory
+from ..checks import LogitsCheck
+from ..kernel_support import KernelSupport, context_support, cuda_graph_support, injection_support
+from ..metrics import PeakMemory, RowTiming
 from .base import BatchResult, EngineRun, GenerationJob, OnResult
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMING_METHOD = ("per-token CUDA events recorded by a logits processor passed through MII's non-persistent "
-                 "query to the injected model's generate(); end to end = synchronised host clock around query()")
+                 "query to the deployed model's generate(); end to end = synchronised host clock around query()")
+TOKENS_GRANULE = 128  # DeepSpeed's workspace holds max_tokens positions per row: the longest context, rounded up
+MIN_MAX_TOKENS = 256
 
 
 def worker_command(job_path: Path, tensor_parallel: int) -> list[str]:
@@ -63,8 +71,27 @@ def failure_reason(log_text: str, returncode: int) -> str:
     return f"worker exited with status {returncode}"
 
 
+def max_tokens_for(max_context: int) -> int:
+    """MII's max_tokens (DeepSpeed's max_out_tokens, and min_out_tokens: MII sets both): the workspace is
+    sized for this many positions per row at the first forward's batch, so it is as small as the longest
+    context allows (a b=16 workspace at 2k tokens for a 2.7B model is ~20 GB)."""
+    return max(MIN_MAX_TOKENS, -(-max_context // TOKENS_GRANULE) * TOKENS_GRANULE)
+
+
+def gptneox_policy_supports_cuda_graph() -> bool | None:
+    """What the installed DeepSpeed's GPT-NeoX injection policy says; None when it cannot be asked."""
+    try:
+        from deepspeed.module_inject.containers.gptneox import GPTNEOXLayerPolicy
+
+        return bool(GPTNEOXLayerPolicy(None).cuda_graph_supported)
+    except Exception:  # noqa: BLE001 - no deepspeed, or its API moved: fall back to the source reading
+        return None
+
+
 class MIIEngine:
     name = "mii"
+    inject = True
+    cuda_graph = False
     is_reference = False
     timing_method = TIMING_METHOD
 
@@ -84,6 +111,16 @@ class MIIEngine:
             return f"tensor_parallel {tensor_parallel} needs {tensor_parallel} GPUs, found {torch.cuda.device_count()}"
         return None
 
+    def shape_support(self, cfg, *, dtype: str, tensor_parallel: int, max_context: int) -> KernelSupport:
+        """Checked before a worker starts: a kernel assert would kill the worker with every row in it."""
+        if self.inject:
+            support = injection_support(cfg.head_dim, cfg.rotary_dims, dtype,
+                                        hidden_per_gpu=cfg.hidden_size // tensor_parallel)
+            if not support.ok:
+                return support
+            return context_support(max_context)
+        return KernelSupport(True, "", "no kernel injection: transformers' own modules under MII's pipeline")
+
     def prepare(self) -> None:
         # the JIT build of DeepSpeed's inference kernels (~60 s on an H100 with MAX_JOBS=16) happens here,
         # once; the workers then load the cached extension in about a second
@@ -92,37 +129,57 @@ class MIIEngine:
         os.environ["TORCH_CUDA_ARCH_LIST"] = plain_arch_list(os.environ.get("TORCH_CUDA_ARCH_LIST", ""))
         InferenceBuilder().load()
 
+    def job_record(self, job: GenerationJob, results_path: Path) -> dict:
+        return {
+            "model": job.model, "checkpoint": str(job.checkpoint), "deployment_name": f"bench-{job.model}",
+            "prompts": {str(p): {"texts": list(pr.texts), "input_ids": pr.input_ids.tolist()}
+                        for p, pr in job.prompts.items()},
+            "rows": [list(r) for r in job.rows], "new_tokens": job.new_tokens, "warmup_s": job.warmup_s,
+            "repeats": job.repeats, "dtype": job.dtype, "tensor_parallel": job.tensor_parallel,
+            "inject": self.inject, "cuda_graph": self.cuda_graph, "max_tokens": max_tokens_for(job.max_context),
+            "reference": str(job.reference) if job.reference else None, "results": str(results_path)}
+
     def run(self, job: GenerationJob, on_result: OnResult) -> EngineRun:
         log_dir = Path(job.log_dir or tempfile.gettempdir())
         log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = log_dir / f"mii-{job.model}-tp{job.tensor_parallel}.log"
+        log_path = log_dir / f"{self.name}-{job.model}-tp{job.tensor_parallel}.log"
         with tempfile.TemporaryDirectory(prefix="mii-job-") as tmp:
             job_path, results_path = Path(tmp) / "job.json", Path(tmp) / "results.jsonl"
-            job_path.write_text(json.dumps({
-                "model": job.model, "checkpoint": str(job.checkpoint), "deployment_name": f"bench-{job.model}",
-                "texts": list(job.prompts.texts), "input_ids": job.prompts.input_ids.tolist(),
-                "batches": list(job.batches), "new_tokens": job.new_tokens, "warmup": job.warmup,
-                "repeats": job.repeats, "dtype": job.dtype, "tensor_parallel": job.tensor_parallel,
-                "reference_logits": str(job.reference_logits) if job.reference_logits else None,
-                "results": str(results_path)}))
+            job_path.write_text(json.dumps(self.job_record(job, results_path)))
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
             with log_path.open("w") as log:
                 proc = subprocess.run(worker_command(job_path, job.tensor_parallel), stdout=log,
                                       stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-            check, check_error = None, "the worker stopped before its logits check"
+            checks: dict[int, tuple[LogitsCheck | None, str | None]] = {}
             for record in _records(results_path):
                 if record["kind"] == "check":
                     check = LogitsCheck(**record["check"]) if record.get("check") else None
-                    check_error = record.get("error")
+                    checks[record["prompt_len"]] = (check, record.get("error"))
                 elif record["kind"] == "batch":
-                    on_result(BatchResult(
-                        record["batch"], record["status"], record.get("reason", ""),
-                        [GenerationSample(**s) for s in record.get("samples", [])],
-                        PeakMemory(**record.get("memory", {})), record.get("dtype"), check, check_error))
+                    p = record["prompt_len"]
+                    check, error = checks.get(p, (None, "the worker stopped before its logits check"))
+                    timing = RowTiming.from_dict(record["timing"]) if record.get("timing") else None
+                    on_result(BatchResult(p, record["batch"], record["status"], record.get("reason", ""), timing,
+                                          PeakMemory(**record.get("memory", {})), record.get("dtype"), check, error))
         if proc.returncode != 0:
             raise RuntimeError(f"{failure_reason(log_path.read_text(errors='replace'), proc.returncode)} "
                                f"(MII worker log: {log_path})")
         return EngineRun()
+
+
+class MIINoInjectEngine(MIIEngine):
+    name = "mii-noinject"
+    inject = False
+
+
+class MIICudaGraphEngine(MIIEngine):
+    name = "mii-cudagraph"
+    cuda_graph = True
+
+    def shape_support(self, cfg, *, dtype: str, tensor_parallel: int, max_context: int) -> KernelSupport:
+        # refused for every shape, from the source (kernel_support.cuda_graph_support), confirmed on the
+        # installed DeepSpeed's policy when it can be imported; nothing is launched
+        return cuda_graph_support(self.inject, gptneox_policy_supports_cuda_graph())
 
 
 def _records(path: Path) -> list[dict]:

@@ -6,9 +6,10 @@ parallelism). Rank 0 appends one JSON line per result to the job's results file 
 Reaching the logits: a non-persistent legacy deployment lives in this process, in
 `mii.legacy.non_persistent_models[name] = (pipeline, task)`; `pipeline` is transformers'
 TextGenerationPipeline whose `.model` DeepSpeed replaced by its InferenceEngine (kernel-injected module
-inside). Calling that engine on the prompt ids gives logits at every position from exactly the model the
-query handle runs. The query forwards generate() keyword arguments to that model, which is how the step
-timer (a logits processor) gets inside MII's generation.
+inside, or transformers' own for the no-injection variant). Calling that engine on the prompt ids gives
+logits at every position from exactly the model the query handle runs. The query forwards generate()
+keyword arguments to that model, which is how the step timer (a logits processor) gets inside MII's
+generation. The tokens each row generated go back to the parent, which judges them against transformers'.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ..metrics import PeakMemory, compare_logits, time_generations
+from ..checks import CHECK_POSITIONS, compare_logits
+from ..metrics import PeakMemory, time_row
 from .base import is_oom, one_line
 
 MII_DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
@@ -41,8 +43,8 @@ class Emitter:
 
 @torch.inference_mode()
 def engine_logits(pipeline, input_ids: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, str, str | None]:
-    """Logits of MII's own model on the prompts: every position via a forward of DeepSpeed's
-    InferenceEngine; if that forward is refused, the first generated step's scores from generate()."""
+    """Logits of MII's own model on the prompts: the last CHECK_POSITIONS positions via a forward of
+    DeepSpeed's InferenceEngine; if that forward is refused, the first generated step's scores."""
     engine = pipeline.model
     module = getattr(engine, "module", engine)
     if hasattr(module, "reset_cache"):
@@ -50,7 +52,8 @@ def engine_logits(pipeline, input_ids: torch.Tensor, device: torch.device) -> tu
     ids = input_ids.to(device)
     try:
         logits = engine(input_ids=ids, attention_mask=torch.ones_like(ids)).logits  # as generate's first step
-        return logits.float().cpu(), "forward (InferenceEngine behind the query handle): every prompt position", None
+        return (logits[:, -CHECK_POSITIONS:].float().cpu(),
+                f"forward (InferenceEngine behind the query handle): last {CHECK_POSITIONS} prompt positions", None)
     except Exception as exc:  # noqa: BLE001 - fall back, and say why
         forward_error = one_line(exc)
     out = engine.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, do_sample=False,
@@ -59,13 +62,40 @@ def engine_logits(pipeline, input_ids: torch.Tensor, device: torch.device) -> tu
     return out.scores[0].float().cpu(), "generate() scores: first generated step only", forward_error
 
 
-def tokens_per_row(result, prompt_len: int) -> list[int]:
-    counts = []
+def new_tokens_of(result, prompt_len: int) -> list[list[int]]:
+    """The new token ids of every row of a text-generation query made with return_tensors=True."""
+    rows = []
     for item in result:
         item = item[0] if isinstance(item, list) else item
         ids = item.get("generated_token_ids")
-        counts.append(len(ids) - prompt_len if ids is not None else -1)
-    return counts
+        rows.append(list(ids[prompt_len:]) if ids is not None else [])
+    return rows
+
+
+def logits_checks(pipeline, job: dict, device: torch.device, emit) -> None:
+    """One check per prompt length, longest first, each at the largest batch: DeepSpeed sizes its workspace
+    for the batch of the first forward, so that one must be the largest the worker will run."""
+    reference = None
+    if job["reference"]:
+        from ..reference import Reference
+
+        reference = Reference.load(Path(job["reference"]))
+    for p in sorted((int(k) for k in job["prompts"]), reverse=True):
+        try:
+            input_ids = torch.tensor(job["prompts"][str(p)]["input_ids"], dtype=torch.long)
+            logits, method, forward_error = engine_logits(pipeline, input_ids, device)
+            if reference is None:
+                emit({"kind": "check", "prompt_len": p, "check": None,
+                      "error": "no reference from transformers was given"})
+                continue
+            expected = reference.logits[p].float()
+            if logits.dim() == 2:
+                expected = expected[:, -1]
+            if forward_error:
+                method += f" (the forward was refused: {forward_error})"
+            emit({"kind": "check", "prompt_len": p, "check": compare_logits(expected, logits, method).to_dict()})
+        except Exception as exc:  # noqa: BLE001 - the timings still come, flagged as unchecked
+            emit({"kind": "check", "prompt_len": p, "check": None, "error": one_line(exc)})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,51 +112,36 @@ def main(argv: list[str] | None = None) -> int:
     import mii.legacy as legacy
     from transformers import LogitsProcessorList
 
-    name = job["deployment_name"]
-    texts, input_ids = job["texts"], torch.tensor(job["input_ids"], dtype=torch.long)
-    prompt_len, new_tokens = input_ids.shape[1], job["new_tokens"]
+    name, new_tokens = job["deployment_name"], job["new_tokens"]
     legacy.deploy(task="text-generation", model=job["checkpoint"], deployment_name=name,
                   deployment_type=legacy.DeploymentType.NON_PERSISTENT,
                   mii_config={"dtype": MII_DTYPES[job["dtype"]], "skip_model_check": True,
-                              "tensor_parallel": job["tensor_parallel"], "replace_with_kernel_inject": True,
-                              "max_tokens": max(1024, prompt_len + new_tokens)})
+                              "tensor_parallel": job["tensor_parallel"], "replace_with_kernel_inject": job["inject"],
+                              "enable_cuda_graph": job["cuda_graph"], "max_tokens": job["max_tokens"]})
     handle = legacy.mii_query_handle(name)
     pipeline = legacy.non_persistent_models[name][0]
     if pipeline.tokenizer.pad_token is None:  # batching in the pipeline needs one; equal-length prompts never pad
         pipeline.tokenizer.pad_token = pipeline.tokenizer.eos_token
     pipeline.tokenizer.padding_side = "left"
+    eos = pipeline.tokenizer.eos_token_id
 
-    # the check comes first, at the largest batch: DeepSpeed sizes its workspace at the first forward
-    try:
-        logits, method, forward_error = engine_logits(pipeline, input_ids, device)
-        if job["reference_logits"]:
-            reference = torch.load(job["reference_logits"])["logits"].float()
-            if logits.dim() == 2:
-                reference = reference[:, -1]
-            if forward_error:
-                method += f" (the forward was refused: {forward_error})"
-            emit({"kind": "check", "check": compare_logits(reference, logits, method).to_dict()})
-        else:
-            emit({"kind": "check", "check": None, "error": "no reference logits from transformers were given"})
-    except Exception as exc:  # noqa: BLE001 - the timings still come, flagged as unchecked
-        emit({"kind": "check", "check": None, "error": one_line(exc)})
+    logits_checks(pipeline, job, device, emit)
+    for p, batch in job["rows"]:  # in the order given: randomised by the bench
+        rows = job["prompts"][str(p)]["texts"][:batch]
 
-    for batch in sorted(job["batches"], reverse=True):  # largest first, for the same workspace reason
-        rows = texts[:batch]
-
-        def generate(timer, rows=rows, batch=batch):
+        def generate(timer, rows=rows, batch=batch, p=p):
             result = handle.query({"query": rows}, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
                                   do_sample=False, batch_size=batch, return_tensors=True,
                                   logits_processor=LogitsProcessorList([timer]))
-            return tokens_per_row(result, prompt_len)
+            return new_tokens_of(result, p)
 
         PeakMemory.reset(device)
         try:
-            samples = time_generations(generate, device, warmup=job["warmup"], repeats=job["repeats"])
-            emit({"kind": "batch", "batch": batch, "status": "ok", "samples": [s.to_dict() for s in samples],
+            timing = time_row(generate, device, warmup_s=job["warmup_s"], repeats=job["repeats"], eos_token_id=eos)
+            emit({"kind": "batch", "prompt_len": p, "batch": batch, "status": "ok", "timing": timing.to_dict(),
                   "memory": PeakMemory.read(device).__dict__, "dtype": job["dtype"]})
-        except Exception as exc:  # noqa: BLE001 - record and go on to the next batch size
-            emit({"kind": "batch", "batch": batch, "status": "oom" if is_oom(exc) else "error",
+        except Exception as exc:  # noqa: BLE001 - record and go on to the next row
+            emit({"kind": "batch", "prompt_len": p, "batch": batch, "status": "oom" if is_oom(exc) else "error",
                   "reason": one_line(exc), "dtype": job["dtype"]})
             if device.type == "cuda":
                 torch.cuda.empty_cache()

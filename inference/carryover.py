@@ -1,0 +1,259 @@
+"""Do training-shape gains carry over to inference? Pure functions from bench rows and layer profiles to
+DataFrames and one-line verdicts (issue 10); rendering is reports/carryover_report.py.
+
+Every metric is a throughput, so that higher is better and shapes of different sizes compare per unit of
+work: training = the layer profiler's TFLOP/s (forward, and forward+backward) at the training b and s;
+prefill = prompt FLOPs / time to first token; decode = bytes a step must read (weights + KV cache) /
+decode step latency. For shapes of one parameter count (the GPT-3 2.7B variants differ only in heads, which
+changes neither FLOPs nor bytes) each gain is exactly the latency ratio baseline / shape.
+
+Spread: each throughput gets a range from its latency's p10 and p90, and a gain's range is the ratio of
+the extreme ends (shape low / baseline high .. shape high / baseline low). A gain whose range contains 0 is
+"no difference": the two shapes cannot be told apart at this noise.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+MEASURED_OK = ("ok",)  # only rows whose checks passed are results
+METRICS = {  # name -> (value, low, high) columns, higher is better
+    "train_fwd": ("train_fwd_tflops", "train_fwd_tflops_lo", "train_fwd_tflops_hi"),
+    "train_fwdbwd": ("train_fwdbwd_tflops", "train_fwdbwd_tflops_lo", "train_fwdbwd_tflops_hi"),
+    "prefill": ("prefill_tflops", "prefill_tflops_lo", "prefill_tflops_hi"),
+    "decode": ("decode_tbps", "decode_tbps_lo", "decode_tbps_hi"),
+}
+LABELS = {"train_fwd": "training forward", "train_fwdbwd": "training fwd+bwd", "prefill": "prefill", "decode": "decode"}
+MODES = {"forward": "train_fwd", "forward+backward": "train_fwdbwd"}
+AUTO_ENGINE = "mii-auto"  # per shape: MII with kernel injection where the kernels accept it, else without
+KNEE_RISE = 0.25  # decode turns compute-bound where a step costs 25% more than at b=1 (step noise is ~5-15%)
+INFERENCE_GROUP = ["engine", "batch", "prompt_len"]
+
+
+def training_metrics(layer: pd.DataFrame) -> pd.DataFrame:
+    """Layer profiler rows (analysis.load_layer_profile) -> one row per model, a throughput and its range
+    per mode. TFLOP/s scales as 1 / latency, so its range comes from the latency's p90 (low) and p10 (high)."""
+    ok = layer[layer["layer_status"].fillna("ok").eq("ok") & layer["layer_tflops"].notna()].copy()
+    out = pd.DataFrame({"model": pd.Series(dtype=object)})
+    for mode, metric in MODES.items():
+        part = ok[ok["mode"] == mode]
+        if part.empty:
+            continue
+        value, lo, hi = METRICS[metric]
+        median = part["layer_latency_us"]
+        part = part.assign(**{value: part["layer_tflops"],
+                              lo: part["layer_tflops"] * median / part["layer_latency_p90_us"].fillna(median),
+                              hi: part["layer_tflops"] * median / part["layer_latency_p10_us"].fillna(median)})
+        part = part.drop_duplicates("model", keep="last")[["model", value, lo, hi]]
+        out = out.merge(part, on="model", how="outer")
+    return out
+
+
+def with_auto_engine(bench: pd.DataFrame) -> pd.DataFrame:
+    """Adds engine 'mii-auto': per shape, prompt and batch, the kernel-injected MII row if it passed its
+    checks, else the no-injection one; what deploying that shape with MII gets you. `variant` says which."""
+    bench = bench.assign(variant=bench.get("variant", bench["engine"]))
+    key = ["model", "batch", "prompt_len"]
+    inject = bench[(bench["engine"] == "mii") & bench["status"].isin(MEASURED_OK)]
+    plain = bench[bench["engine"] == "mii-noinject"]
+    plain = plain.merge(inject[key], on=key, how="left", indicator=True)
+    plain = plain[plain["_merge"] == "left_only"].drop(columns="_merge")
+    auto = pd.concat([inject, plain], ignore_index=True)
+    if auto.empty:
+        return bench
+    return pd.concat([bench, auto.assign(engine=AUTO_ENGINE)], ignore_index=True)
+
+
+def inference_metrics(bench: pd.DataFrame) -> pd.DataFrame:
+    """Bench rows -> prefill and decode throughputs with their ranges, one row per engine x batch x
+    prompt x model (every status kept, so the report can say why a shape has no number)."""
+    df = bench.copy()
+    for column in ("ttft_ms", "ttft_p10_ms", "ttft_p90_ms", "decode_p50_ms", "decode_p10_ms", "decode_p90_ms",
+                   "prefill_flops", "weight_bytes", "kv_bytes"):
+        if column not in df:
+            df[column] = float("nan")
+        df[column] = pd.to_numeric(df[column], errors="coerce")
+    ok = df["status"].isin(MEASURED_OK)
+    flops, read = df["prefill_flops"], df["weight_bytes"] + df["kv_bytes"].fillna(0)
+    df["prefill_tflops"] = (flops / (df["ttft_ms"] * 1e-3) / 1e12).where(ok)
+    df["prefill_tflops_lo"] = (flops / (df["ttft_p90_ms"] * 1e-3) / 1e12).where(ok)
+    df["prefill_tflops_hi"] = (flops / (df["ttft_p10_ms"] * 1e-3) / 1e12).where(ok)
+    df["decode_tbps"] = (read / (df["decode_p50_ms"] * 1e-3) / 1e12).where(ok)
+    df["decode_tbps_lo"] = (read / (df["decode_p90_ms"] * 1e-3) / 1e12).where(ok)
+    df["decode_tbps_hi"] = (read / (df["decode_p10_ms"].fillna(df["decode_p50_ms"]) * 1e-3) / 1e12).where(ok)
+    return df
+
+
+def classify(lo: float, hi: float) -> str:
+    if pd.isna(lo) or pd.isna(hi):
+        return "no data"
+    return "better" if lo > 0 else "worse" if hi < 0 else "no difference"
+
+
+def add_gains(df: pd.DataFrame, metric: str, group: list[str], baseline: str) -> pd.DataFrame:
+    """gain = value / the baseline's value - 1 within each group (all rows when `group` is empty), its
+    range, and its class."""
+    value, lo, hi = METRICS[metric]
+    base = df[df["model"] == baseline].rename(columns={value: "_b", lo: "_blo", hi: "_bhi"})
+    key = group or ["_all"]
+    df, base = df.assign(_all=0), base.assign(_all=0)
+    out = df.merge(base[key + ["_b", "_blo", "_bhi"]].drop_duplicates(key), on=key, how="left")
+    out[f"{metric}_gain"] = out[value] / out["_b"] - 1
+    out[f"{metric}_gain_lo"] = out[lo] / out["_bhi"] - 1
+    out[f"{metric}_gain_hi"] = out[hi] / out["_blo"] - 1
+    out[f"{metric}_class"] = [classify(a, b) for a, b in zip(out[f"{metric}_gain_lo"], out[f"{metric}_gain_hi"])]
+    return out.drop(columns=["_b", "_blo", "_bhi", "_all"])
+
+
+def carryover_table(bench: pd.DataFrame, layer: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """One row per engine x batch x prompt length x model: training, prefill and decode throughput, each
+    normalised to the baseline shape, with ranges and classes."""
+    inference = inference_metrics(with_auto_engine(bench))
+    for metric in ("prefill", "decode"):
+        inference = add_gains(inference, metric, INFERENCE_GROUP, baseline)
+    training = training_metrics(layer)
+    for metric in ("train_fwd", "train_fwdbwd"):
+        if METRICS[metric][0] in training:
+            training = add_gains(training, metric, [], baseline)
+    table = inference.merge(training, on="model", how="left")
+    table["is_baseline"] = table["model"] == baseline
+    return table.sort_values(["engine", "batch", "prompt_len", "params_total", "model"], kind="stable").reset_index(drop=True)
+
+
+def _get(row: pd.Series | None, column: str):
+    value = None if row is None else row.get(column)
+    return None if value is None or (not isinstance(value, str) and pd.isna(value)) else value
+
+
+def _pct(row: pd.Series | None, metric: str) -> str:
+    gain = _get(row, f"{metric}_gain")
+    if gain is None:
+        return "n/a"
+    text = f"{100 * gain:+.1f}% [{100 * _get(row, f'{metric}_gain_lo'):+.1f}, {100 * _get(row, f'{metric}_gain_hi'):+.1f}]"
+    return text + (" (no difference)" if _get(row, f"{metric}_class") == "no difference" else "")
+
+
+def _class(row: pd.Series | None, metric: str) -> str:
+    return _get(row, f"{metric}_class") or "no data"
+
+
+def verdicts(table: pd.DataFrame, baseline: str, *, prefill_prompt: int | None = None,
+             decode_prompt: int | None = None) -> pd.DataFrame:
+    """One line per engine x batch x shape: 'training +x%, prefill +y%, decode +z%' with ranges, prefill at
+    the longest prompt (compute-bound) and decode at the shortest (the weights dominate), and whether the
+    inference gains point the way the training (forward+backward) gain does."""
+    columns = ["engine", "batch", "model", "verdict", "carries_over"]
+    prompts = sorted(int(p) for p in table["prompt_len"].dropna().unique())
+    if not prompts:
+        return pd.DataFrame(columns=columns)
+    p_prefill, p_decode = prefill_prompt or prompts[-1], decode_prompt or prompts[0]
+    key = ["engine", "batch", "model"]
+    pre = table[table["prompt_len"] == p_prefill].drop_duplicates(key, keep="last").set_index(key)
+    dec = table[table["prompt_len"] == p_decode].drop_duplicates(key, keep="last").set_index(key)
+    lines = []
+    for idx in pre.index.union(dec.index):
+        engine, batch, model = idx
+        if model == baseline:
+            continue
+        p = pre.loc[idx] if idx in pre.index else None
+        d = dec.loc[idx] if idx in dec.index else None
+        src = p if p is not None else d
+        train = "train_fwdbwd" if _get(src, "train_fwdbwd_gain") is not None else "train_fwd"
+        carries = _carries(_class(src, train), [_class(p, "prefill"), _class(d, "decode")])
+        not_ok = sorted({f"{_get(x, 'status')}: {_get(x, 'reason') or ''}".strip(": ") for x in (p, d)
+                         if x is not None and _get(x, "status") != "ok"})
+        lines.append({"engine": engine, "batch": batch, "model": model, "carries_over": carries, "verdict": (
+            f"{model} vs {baseline} [{engine} b={batch}]: training {_pct(src, 'train_fwdbwd')} "
+            f"(forward {_pct(src, 'train_fwd')}), prefill@{p_prefill} {_pct(p, 'prefill')}, "
+            f"decode@{p_decode} {_pct(d, 'decode')}: {carries}" + (f" [rows not ok: {'; '.join(not_ok)}]" if not_ok else ""))})
+    return pd.DataFrame(lines, columns=columns)
+
+
+def _carries(train_class: str, inference_classes: list[str]) -> str:
+    known = [c for c in inference_classes if c != "no data"]
+    if train_class == "no data" or not known:
+        return "cannot tell (missing numbers)"
+    same = [c == train_class for c in known]
+    if all(same):
+        return "no difference in training or inference" if train_class == "no difference" else "carries over"
+    return "partly carries over" if any(same) else "does not carry over"
+
+
+def order_string(df: pd.DataFrame, value: str, lo: str, hi: str) -> str:
+    """Shapes best first; '>' where the next is lower beyond the spread, '~' where their ranges overlap."""
+    d = df.dropna(subset=[value]).sort_values(value, ascending=False)
+    parts = []
+    for i, (_, r) in enumerate(d.iterrows()):
+        if i:
+            prev = d.iloc[i - 1]
+            parts.append(">" if prev[lo] > r[hi] else "~")
+        parts.append(str(r["model"]))
+    return " ".join(parts)
+
+
+def significant_pairs(df: pd.DataFrame, value: str, lo: str, hi: str) -> set[tuple[str, str]]:
+    """(a, b) for every pair where a is higher than b beyond both spreads."""
+    rows = df.dropna(subset=[value])
+    return {(a["model"], b["model"]) for _, a in rows.iterrows() for _, b in rows.iterrows()
+            if a["model"] != b["model"] and a[lo] > b[hi]}
+
+
+def ordering(table: pd.DataFrame, *, training: str = "train_fwdbwd") -> pd.DataFrame:
+    """Per engine x batch x prompt and inference metric: the shapes' order by training and by inference,
+    and whether they agree: no pair ordered one way by training and the other way by inference, each
+    beyond its spread."""
+    out = []
+    tv, tlo, thi = METRICS[training]
+    if tv not in table or table[tv].isna().all():
+        tv, tlo, thi = METRICS["train_fwd"]
+        training = "train_fwd"
+    for (engine, batch, prompt), g in table.groupby(INFERENCE_GROUP):
+        for metric in ("prefill", "decode"):
+            v, lo, hi = METRICS[metric]
+            both = g.dropna(subset=[v, tv]) if tv in g else g.iloc[0:0]
+            if len(both) < 2:
+                continue
+            train_pairs, inf_pairs = significant_pairs(both, tv, tlo, thi), significant_pairs(both, v, lo, hi)
+            contradictions = sorted(f"{a} > {b} in training, {b} > {a} in {metric}"
+                                    for a, b in train_pairs if (b, a) in inf_pairs)
+            out.append({"engine": engine, "batch": batch, "prompt_len": prompt, "metric": metric,
+                        "training_metric": training, "training_order": order_string(both, tv, tlo, thi),
+                        "inference_order": order_string(both, v, lo, hi), "agrees": not contradictions,
+                        "contradictions": "; ".join(contradictions), "shapes": len(both)})
+    return pd.DataFrame(out, columns=["engine", "batch", "prompt_len", "metric", "training_metric", "training_order",
+                                      "inference_order", "agrees", "contradictions", "shapes"])
+
+
+def decode_sweep(bench: pd.DataFrame) -> pd.DataFrame:
+    """Decode step latency against batch size, per engine and shape (issue 10: where decode turns
+    compute-bound), with both floors and the tokens/s a step yields."""
+    df = with_auto_engine(bench)
+    df = df[df["status"].isin(MEASURED_OK)].copy()
+    keep = ["engine", "variant", "model", "params_total", "batch", "prompt_len", "decode_p50_ms", "decode_p10_ms",
+            "decode_p90_ms", "decode_floor_ms", "compute_floor_ms", "weight_bytes", "kv_bytes"]
+    for column in keep:
+        if column not in df:
+            df[column] = float("nan")
+    df = df[keep]
+    df["decode_tokens_per_s"] = df["batch"] / (df["decode_p50_ms"] * 1e-3)
+    return df.sort_values(["engine", "params_total", "model", "batch"], kind="stable").reset_index(drop=True)
+
+
+def decode_knee(sweep: pd.DataFrame, rise: float = KNEE_RISE) -> pd.DataFrame:
+    """Per engine and shape: the step latency at the smallest batch, the first batch whose step costs more
+    than (1 + rise) x that (the point where adding rows stops being free), and the first batch whose compute
+    floor reaches its bandwidth floor (where the roofline says decode turns compute-bound)."""
+    out = []
+    for (engine, model), g in sweep.groupby(["engine", "model"], sort=False):
+        g = g.sort_values("batch")
+        first = g.iloc[0]
+        rising = g[g["decode_p50_ms"] > (1 + rise) * first["decode_p50_ms"]]
+        crossing = g[g["compute_floor_ms"].notna() & (g["compute_floor_ms"] >= g["decode_floor_ms"])]
+        out.append({"engine": engine, "model": model, "smallest_batch": int(first["batch"]),
+                    "step_ms_at_smallest": first["decode_p50_ms"],
+                    "knee_batch": int(rising.iloc[0]["batch"]) if len(rising) else None,
+                    "roofline_batch": int(crossing.iloc[0]["batch"]) if len(crossing) else None,
+                    "largest_batch": int(g.iloc[-1]["batch"]),
+                    "step_ms_at_largest": g.iloc[-1]["decode_p50_ms"]})
+    return pd.DataFrame(out, columns=["engine", "model", "smallest_batch", "step_ms_at_smallest", "knee_batch",
+                                      "roofline_batch", "largest_batch", "step_ms_at_largest"])

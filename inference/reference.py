@@ -1,0 +1,88 @@
+"""transformers' reference for the checks, computed in an untimed pass before any engine is timed.
+
+Per prompt length: the logits of the last CHECK_POSITIONS prompt positions at the largest batch (the
+logits check). Per prompt length and batch size: the greedy tokens of exactly the call each engine times
+(text -> tokenizer -> generate, same arguments) with the top-k processed logits at every step (the token
+check). Because the reference exists before any timing starts, the timed order of engines and batch sizes
+can be random. Saved with torch.save for the MII worker, which runs in a process of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checks import CHECK_POSITIONS, TOPK
+from .tokenizer import Prompts, load_tokenizer
+
+
+@dataclass
+class Generation:
+    """transformers' greedy continuation of one (prompt length, batch) row."""
+
+    tokens: torch.Tensor  # [b, N] new token ids
+    topk_values: torch.Tensor  # [b, N, k] float32: the processed logits generate() took its argmax over
+    topk_ids: torch.Tensor  # [b, N, k]
+
+
+@dataclass
+class Reference:
+    dtype: str
+    logits: dict[int, torch.Tensor]  # prompt_len -> [B, CHECK_POSITIONS, V], the largest batch's prompts
+    generations: dict[tuple[int, int], Generation]  # (prompt_len, batch) -> greedy tokens
+
+    def save(self, path: Path) -> Path:
+        torch.save({"dtype": self.dtype, "logits": self.logits,
+                    "generations": {f"{p}x{b}": vars(g) for (p, b), g in self.generations.items()}}, path)
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Reference:
+        blob = torch.load(path)
+        generations = {}
+        for key, g in blob["generations"].items():
+            p, b = (int(x) for x in key.split("x"))
+            generations[(p, b)] = Generation(**g)
+        return cls(blob["dtype"], {int(p): t for p, t in blob["logits"].items()}, generations)
+
+
+def generate_kwargs(tokenizer, new_tokens: int) -> dict:
+    """What every engine's timed call passes to generate(): greedy, exactly `new_tokens` tokens."""
+    return {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False,
+            "pad_token_id": tokenizer.pad_token_id}
+
+
+@torch.inference_mode()
+def last_logits(model, input_ids: torch.Tensor, device: torch.device, positions: int = CHECK_POSITIONS) -> torch.Tensor:
+    """Logits at the last `positions` prompt positions, [batch, positions, vocab], kept on the host."""
+    logits = model(input_ids=input_ids.to(device)).logits
+    return logits[:, -positions:].cpu()
+
+
+@torch.inference_mode()
+def greedy_generation(model, tokenizer, texts: tuple[str, ...], new_tokens: int, device: torch.device,
+                      k: int = TOPK) -> Generation:
+    encoded = tokenizer(list(texts), return_tensors="pt").to(device)
+    out = model.generate(**encoded, **generate_kwargs(tokenizer, new_tokens), output_scores=True,
+                         return_dict_in_generate=True)
+    scores = torch.stack(out.scores, dim=1).float()  # [b, N, vocab], after generate's own processors
+    values, ids = scores.topk(min(k, scores.shape[-1]), dim=-1)
+    return Generation(out.sequences[:, encoded["input_ids"].shape[1]:].cpu(), values.cpu(), ids.cpu())
+
+
+def build_reference(checkpoint: Path, prompts: dict[int, Prompts], rows: list[tuple[int, int]], *, new_tokens: int,
+                    dtype: str, device: torch.device) -> Reference:
+    from .engines.hf import load_model, release
+
+    tokenizer = load_tokenizer(checkpoint)
+    model = load_model(checkpoint, dtype, device)
+    try:
+        logits = {p: last_logits(model, prompts[p].input_ids, device) for p in sorted(prompts)}
+        generations = {(p, b): greedy_generation(model, tokenizer, prompts[p].rows(b).texts, new_tokens, device)
+                       for p, b in sorted(set(rows))}
+    finally:
+        del model
+        release(device)
+    return Reference(dtype, logits, generations)

@@ -1,0 +1,219 @@
+"""The carry-over report (issue 10): per shape, training throughput (layer profiler, forward and
+forward+backward) next to prefill and decode throughput, each normalised to a baseline shape, with spreads,
+one-line verdicts and whether the shapes' order agrees; and decode step latency against batch size.
+Context from inference/carryover.py (pure), rendered by reports/html.py. Legend entries are the table's
+column names (train_fwdbwd_gain, prefill_gain, ...) with the prompt length p and batch b."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from inference import analysis, carryover
+from inference.carryover_run import manifest_path, read_manifest
+from inference.results import ResultsFile
+
+from .html import Section, axis, layout, render_page, table_html
+
+ENGINE_ORDER = [carryover.AUTO_ENGINE, "hf", "mii", "mii-noinject", "mii-cudagraph"]
+METRIC_COLORS = {"train_fwdbwd": "#1f77b4", "train_fwd": "#aec7e8", "prefill": "#ff7f0e", "decode": "#2ca02c"}
+LINE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
+TABLE_COLUMNS = [
+    "engine", "variant", "batch", "prompt_len", "model", "is_baseline", "status", "params_total", "head_dim",
+    "train_fwdbwd_tflops", "train_fwdbwd_gain", "train_fwdbwd_gain_lo", "train_fwdbwd_gain_hi", "train_fwdbwd_class",
+    "train_fwd_tflops", "train_fwd_gain", "train_fwd_gain_lo", "train_fwd_gain_hi", "train_fwd_class",
+    "ttft_ms", "ttft_p10_ms", "ttft_p90_ms", "prefill_tflops", "prefill_gain", "prefill_gain_lo", "prefill_gain_hi",
+    "prefill_class", "decode_p50_ms", "decode_p10_ms", "decode_p90_ms", "decode_tbps", "decode_floor_ms",
+    "decode_gain", "decode_gain_lo", "decode_gain_hi", "decode_class", "reason"]
+
+
+def engines_in(table: pd.DataFrame) -> list[str]:
+    present = list(dict.fromkeys(table["engine"]))
+    return [e for e in ENGINE_ORDER if e in present] + [e for e in present if e not in ENGINE_ORDER]
+
+
+def chart_engines(table: pd.DataFrame) -> list[str]:
+    """Engines that get charts: mii and mii-noinject rows make up mii-auto, so they are charted through it
+    (both stay in the tables)."""
+    engines = engines_in(table)
+    if carryover.AUTO_ENGINE in engines:
+        engines = [e for e in engines if e not in ("mii", "mii-noinject")]
+    return engines
+
+
+def _error(g: pd.DataFrame, metric: str) -> dict:
+    gain = g[f"{metric}_gain"]
+    return {"type": "data", "symmetric": False, "array": list(100 * (g[f"{metric}_gain_hi"] - gain)),
+            "arrayminus": list(100 * (gain - g[f"{metric}_gain_lo"]))}
+
+
+def gains_figure(table: pd.DataFrame, engine: str, baseline: str) -> dict:
+    """Gains over the baseline shape per shape: training (batch-independent) and, per prompt and batch,
+    prefill and decode; bars to the ends of each gain's range."""
+    t = table[table["engine"] == engine]
+    models = list(t.sort_values(["params_total", "model"])["model"].drop_duplicates())
+    traces = []
+    first = t.drop_duplicates("model").set_index("model")
+    for metric in ("train_fwdbwd", "train_fwd"):
+        if f"{metric}_gain" in first and first[f"{metric}_gain"].notna().any():
+            g = first.reindex(models)
+            traces.append({"type": "bar", "name": f"{metric}_gain", "x": models, "y": list(100 * g[f"{metric}_gain"]),
+                           "error_y": _error(g, metric), "marker": {"color": METRIC_COLORS[metric]}})
+    for metric in ("prefill", "decode"):
+        for (prompt, batch), g in t.groupby(["prompt_len", "batch"]):
+            g = g.drop_duplicates("model", keep="last").set_index("model").reindex(models)
+            traces.append({"type": "bar", "name": f"{metric}_gain p={prompt} b={batch}", "x": models,
+                           "y": list(100 * g[f"{metric}_gain"]), "error_y": _error(g, metric)})
+    return {"data": traces, "layout": layout(
+        f"{engine}: throughput gain over {baseline} (bars to the ends of the p10-p90 range)", "shape (model)",
+        "gain over the baseline shape (%)", barmode="group")}
+
+
+def decode_figure(sweep: pd.DataFrame, engine: str, value: str, title: str, y_title: str) -> dict:
+    s = sweep[sweep["engine"] == engine]
+    traces = []
+    for i, (model, g) in enumerate(s.groupby("model", sort=False)):
+        color = LINE_COLORS[i % len(LINE_COLORS)]
+        traces.append({"type": "scatter", "mode": "lines+markers", "name": model, "x": list(g["batch"]),
+                       "y": list(g[value]), "line": {"color": color}})
+        if value == "decode_p50_ms":
+            traces.append({"type": "scatter", "mode": "lines", "name": f"{model} decode_floor_ms",
+                           "x": list(g["batch"]), "y": list(g["decode_floor_ms"]),
+                           "line": {"color": color, "dash": "dot"}})
+            if g["compute_floor_ms"].notna().any():
+                traces.append({"type": "scatter", "mode": "lines", "name": f"{model} compute_floor_ms",
+                               "x": list(g["batch"]), "y": list(g["compute_floor_ms"]),
+                               "line": {"color": color, "dash": "dashdot", "width": 1}})
+    return {"data": traces, "layout": layout(title, axis("batch size", type="log", dtick=0.30103),
+                                             axis(y_title, type="log"))}
+
+
+def _table(df: pd.DataFrame, columns: list[str]) -> str:
+    shown = df[[c for c in columns if c in df.columns]]
+    text = [c for c in shown.columns if shown[c].dtype == object]
+    return table_html(shown.assign(**{c: shown[c].where(shown[c].notna(), "") for c in text}))
+
+
+def select(rows: list[dict], settings: dict | None, names: list[str] | None = None) -> pd.DataFrame:
+    """The bench rows of this comparison: its shapes, new tokens and dtype (a results file may also hold
+    rows of earlier runs with other settings)."""
+    df = analysis.results_frame(rows)
+    if settings and len(df):
+        keep = df["new_tokens"].eq(settings.get("new_tokens")) & df["dtype"].eq(settings.get("dtype"))
+        if names:
+            keep &= df["model"].isin(names)
+        df = df[keep]
+    return df.reset_index(drop=True)
+
+
+def carryover_sections(table: pd.DataFrame, verdicts: pd.DataFrame, orders: pd.DataFrame, sweep: pd.DataFrame,
+                       knees: pd.DataFrame, bench: pd.DataFrame, layer: pd.DataFrame, baseline: str,
+                       notes: list[str]) -> list[Section]:
+    sections = []
+    lines = [v for _, v in verdicts.iterrows()]
+    intro = (f"Each shape against the baseline <b>{baseline}</b>. Every number is a throughput (higher is better): "
+             "training = the layer profiler's TFLOP/s at the training b and s (fwd+bwd, and forward alone); prefill "
+             "= prompt FLOPs / time to first token, at the longest prompt (compute-bound); decode = bytes a step must "
+             "read (weights + KV cache) / decode step latency, at the shortest prompt. For shapes of one parameter "
+             "count (the GPT-3 2.7B variants differ only in heads) each gain is exactly baseline latency / shape "
+             "latency. The range in brackets comes from the p10 and p90 of both latencies; a gain whose range holds "
+             "0 is 'no difference'. mii-auto is what deploying the shape with MII gets: kernel injection where "
+             "DeepSpeed's fused kernels accept the shape, else MII without injection (column variant).")
+    sections.append(Section("Verdicts: do training-shape gains carry over?", intro,
+                            notes=[r["verdict"] for r in lines] or ["No shape has both training and inference numbers yet."]))
+    if len(orders):
+        sections.append(Section(
+            "Does the ordering agree?",
+            "Shapes best first by training throughput and by each inference throughput ('>' where the next is lower "
+            "beyond both spreads, '~' where their ranges overlap). The orderings agree when no pair of shapes is "
+            "ordered one way by training and the other way by inference, each beyond its spread.",
+            tables=[_table(orders, list(orders.columns))]))
+    for engine in chart_engines(table):
+        t = table[table["engine"] == engine]
+        if t[["prefill_gain", "decode_gain"]].notna().any().any():
+            sections.append(Section(f"Gains by shape: {engine}", figures=[gains_figure(table, engine, baseline)]))
+    sections.append(Section("The comparison, row by row", "One row per engine x batch x prompt x shape; "
+                            "status other than ok means no inference number (see reason).",
+                            tables=[_table(table, TABLE_COLUMNS)]))
+    if len(sweep):
+        figs = []
+        for engine in chart_engines(sweep):
+            figs.append(decode_figure(sweep, engine, "decode_p50_ms", f"{engine}: decode step latency vs batch size",
+                                      "decode step p50 (ms)"))
+            figs.append(decode_figure(sweep, engine, "decode_tokens_per_s", f"{engine}: decode throughput vs batch size",
+                                      "decode_tokens_per_s (tokens/s)"))
+        sections.append(Section(
+            "Decode vs batch: where decode turns compute-bound",
+            "Decode step latency for batch 1..64 at a short prompt (solid), against the bandwidth floor "
+            "(decode_floor_ms: weights + KV cache / measured copy bandwidth, dotted) and the compute floor "
+            "(compute_floor_ms: 2 x weights x b + attention FLOPs / measured fp16 matmul peak, dash-dot). While the "
+            f"step costs about the same at every batch, rows are free (memory- or launch-bound); knee_batch is the "
+            f"first batch whose step costs more than {1 + carryover.KNEE_RISE:.2f} x the smallest batch's; "
+            "roofline_batch is where the compute floor reaches the bandwidth floor (cf. the paper's token-count "
+            "throughput curve, /work/shared/paper/004).",
+            figures=figs, tables=[_table(knees, list(knees.columns)), _table(sweep, list(sweep.columns))]))
+    refused = bench[bench["status"] == "unsupported"] if "status" in bench else bench.iloc[0:0]
+    if len(refused):
+        sections.append(Section(
+            "Shapes DeepSpeed's fused kernels cannot run",
+            "A finding about the shape: checked before launching, from DeepSpeed 0.19.8's kernel source "
+            "(inference/kernel_support.py); these shapes run through MII without kernel injection instead.",
+            tables=[_table(refused.drop_duplicates(["model", "engine"]),
+                           ["model", "engine", "head_dim", "rotary_dims", "reason", "kernel_support_source"])]))
+    layer_table = layer[["model", "mode", "layer_tflops", "layer_latency_us", "layer_latency_p10_us",
+                         "layer_latency_p90_us", "layer_batch", "layer_seq_len", "layer_status", "layer_run"]]
+    positions = sorted({int(x) for x in bench.get("max_position_embeddings", pd.Series(dtype=float)).dropna()})
+    sections.append(Section("Method", tables=[table_html(layer_table)] if len(layer_table) else [], notes=[
+        "Training numbers: the layer profiler (one full layer, its own b and s from the config, bf16 on a GPU), "
+        "`python -m profiler layer --mode forward` and `--mode forward+backward`; its latency p10/p90 give the range.",
+        "Inference numbers: `python -m inference bench` rows whose logits and token checks passed (status ok); "
+        "TTFT p10/p90 over repeats, decode p10/p90 over every decode step of every repeat.",
+        "Where the longest prompt plus the new tokens exceeds a config's max_position_embeddings (2048 for these "
+        "presets, so a 2048-token prompt), the random-weight checkpoint is built with it raised instead of the prompt "
+        "shortened: rotary positions have no learned table, so no weight changes, and the prefill is exactly the "
+        f"training s; max_position_embeddings of these checkpoints: {positions or '?'}.",
+        *notes]))
+    return sections
+
+
+def write_carryover_report(out_dir: str | Path) -> Path:
+    out_dir = Path(out_dir)
+    manifest = read_manifest(out_dir)
+    baseline = manifest["baseline"]
+    bench_spec = manifest.get("bench") or {}
+    bench_store = ResultsFile(out_dir / "bench")
+    names = manifest.get("model_names")
+    bench = select(bench_store.rows(), bench_spec, names)
+    # what the manifest names, else whatever DIR holds: two calls' outputs unpacked into one DIR render together
+    paths = [manifest_path(out_dir, p) for p in manifest.get("layer_profiles", [])]
+    paths = [p for p in paths if p.exists()] or sorted(out_dir.glob("layer-*/run.json"))
+    frames = [analysis.load_layer_profile(p) for p in paths]
+    layer = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=analysis.LAYER_COLUMNS)
+    table = carryover.carryover_table(bench, layer, baseline) if len(bench) else pd.DataFrame(columns=TABLE_COLUMNS)
+    verdicts, orders = carryover.verdicts(table, baseline), carryover.ordering(table)
+    sweep = pd.DataFrame()
+    knees = pd.DataFrame()
+    decode_store = ResultsFile(out_dir / "decode")
+    decode_spec = manifest.get("decode") or ((decode_store.runs() or [{}])[-1].get("spec"))
+    if decode_spec and decode_store.path.is_file():
+        decode_rows = select(decode_store.rows(), decode_spec, names)
+        if len(decode_rows):
+            sweep = carryover.decode_sweep(decode_rows)
+            knees = carryover.decode_knee(sweep)
+    table.to_csv(out_dir / "carryover.csv", index=False)
+    (out_dir / "verdicts.txt").write_text("\n".join(
+        list(verdicts["verdict"]) + [""] +
+        [f"ordering {r['engine']} p={r['prompt_len']} b={r['batch']} {r['metric']}: training {r['training_order']} | "
+         f"inference {r['inference_order']} | {'agrees' if r['agrees'] else 'disagrees: ' + r['contradictions']}"
+         for _, r in orders.iterrows()]) + "\n")
+    env = dict((bench_store.runs() or [{}])[-1].get("environment", {}))
+    env.update(env.pop("versions", None) or {})
+    html = render_page(f"Do training-shape gains carry over to inference? (baseline {baseline})",
+                       carryover_sections(table, verdicts, orders, sweep, knees, bench, layer, baseline,
+                                          manifest.get("notes", [])),
+                       environment=env, subtitle="Issue 10: the layer profiler's training throughput against "
+                       "prefill and decode latency of the same shapes")
+    path = out_dir / "carryover.html"
+    path.write_text(html, encoding="utf-8")
+    return path

@@ -1,0 +1,245 @@
+"""Issue 10 on CPU: the carry-over analysis (gains with spreads, verdicts, ordering, the deployable MII
+engine, the decode knee) on hand-made rows, including doctored ones where a gain sits inside the spread and
+where training and inference order the shapes differently; and the command end to end on tiny configs
+(transformers, the real layer profiler CLI, the decode sweep, the report)."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from inference import analysis, carryover
+from inference.cli import main
+from inference.results import ResultsFile
+from reports.html import figure_problems
+
+BASE = "base"
+
+
+def bench_row(model, *, engine="hf", batch=1, prompt=128, ttft=10.0, decode=5.0, spread=0.01, status="ok",
+              params=1e9, flops=1e12, read=1e9):
+    return {"model": model, "engine": engine, "batch": batch, "prompt_len": prompt, "status": status, "reason": "",
+            "params_total": params, "head_dim": 64, "ttft_ms": ttft, "ttft_p10_ms": ttft * (1 - spread),
+            "ttft_p90_ms": ttft * (1 + spread), "decode_p50_ms": decode, "decode_p10_ms": decode * (1 - spread),
+            "decode_p90_ms": decode * (1 + spread), "prefill_flops": flops, "weight_bytes": read, "kv_bytes": 0,
+            "decode_floor_ms": 1.0, "compute_floor_ms": 0.1}
+
+
+def layer_row(model, tflops, *, mode="forward+backward", spread=0.01, latency=100.0):
+    return {"model": model, "mode": mode, "layer_tflops": tflops, "layer_latency_us": latency,
+            "layer_latency_p10_us": latency * (1 - spread), "layer_latency_p90_us": latency * (1 + spread),
+            "layer_flops": tflops * latency * 1e6, "layer_batch": 4, "layer_seq_len": 2048, "layer_gemm_share": 0.9,
+            "layer_status": "ok", "layer_run": "run.json"}
+
+
+def frames(bench_rows, layer_rows):
+    return pd.DataFrame(bench_rows), pd.DataFrame(layer_rows, columns=analysis.LAYER_COLUMNS)
+
+
+def test_gains_are_throughput_ratios_to_the_baseline_with_ranges():
+    bench, layer = frames([bench_row(BASE, ttft=10, decode=5), bench_row("fast", ttft=8, decode=4)],
+                          [layer_row(BASE, 100), layer_row("fast", 125)])
+    t = carryover.carryover_table(bench, layer, BASE).set_index("model")
+    assert t.loc["fast", "train_fwdbwd_gain"] == pytest.approx(0.25)
+    assert t.loc["fast", "prefill_gain"] == pytest.approx(10 / 8 - 1)  # same FLOPs: the latency ratio
+    assert t.loc["fast", "decode_gain"] == pytest.approx(5 / 4 - 1)
+    # ranges from p10/p90 of both latencies: shape low / baseline high - 1 .. shape high / baseline low - 1
+    assert t.loc["fast", "decode_gain_lo"] == pytest.approx((1 / 4.04) / (1 / 4.95) - 1)
+    assert t.loc["fast", "decode_gain_hi"] == pytest.approx((1 / 3.96) / (1 / 5.05) - 1)
+    assert set(t.loc["fast", ["train_fwdbwd_class", "prefill_class", "decode_class"]]) == {"better"}
+    assert t.loc[BASE, "decode_gain"] == 0 and t.loc[BASE, "is_baseline"]
+
+
+def test_a_gain_inside_the_spread_is_no_difference():
+    bench, layer = frames([bench_row(BASE, decode=5.0, spread=0.10), bench_row("same", decode=4.8, spread=0.10)],
+                          [layer_row(BASE, 100, spread=0.1), layer_row("same", 104, spread=0.1)])
+    t = carryover.carryover_table(bench, layer, BASE).set_index("model")
+    assert t.loc["same", "decode_gain"] > 0 and t.loc["same", "decode_class"] == "no difference"
+    assert t.loc["same", "train_fwdbwd_class"] == "no difference"
+    (line,) = carryover.verdicts(carryover.carryover_table(bench, layer, BASE), BASE)["verdict"]
+    assert "decode@128 +4.2%" in line and "(no difference)" in line
+    # doctored: the same numbers with no spread are a real gain
+    tight, layer_t = frames([bench_row(BASE, decode=5.0, spread=0), bench_row("same", decode=4.8, spread=0)],
+                            [layer_row(BASE, 100, spread=0), layer_row("same", 104, spread=0)])
+    assert carryover.carryover_table(tight, layer_t, BASE).set_index("model").loc["same", "decode_class"] == "better"
+
+
+def test_verdict_line_per_shape_says_whether_the_gain_carries_over():
+    rows = [bench_row(BASE, prompt=p, ttft=10, decode=5) for p in (128, 2048)]
+    rows += [bench_row("good", prompt=p, ttft=8, decode=4) for p in (128, 2048)]
+    rows += [bench_row("lost", prompt=p, ttft=12, decode=6) for p in (128, 2048)]
+    bench, layer = frames(rows, [layer_row(BASE, 100), layer_row("good", 120), layer_row("lost", 120),
+                                 layer_row(BASE, 100, mode="forward"), layer_row("good", 110, mode="forward"),
+                                 layer_row("lost", 110, mode="forward")])
+    v = carryover.verdicts(carryover.carryover_table(bench, layer, BASE), BASE).set_index("model")
+    assert v.loc["good", "carries_over"] == "carries over"
+    assert v.loc["lost", "carries_over"] == "does not carry over"
+    line = v.loc["good", "verdict"]
+    assert line.startswith("good vs base [hf b=1]: training +20.0% [") and "(forward +10.0% [" in line
+    assert "prefill@2048 +25.0% [" in line and "decode@128 +25.0% [" in line
+
+
+def test_ordering_agrees_when_no_pair_is_reversed_beyond_the_spread():
+    rows = [bench_row(m, decode=d) for m, d in ((BASE, 5.0), ("a", 4.0), ("b", 3.0))]
+    bench, layer = frames(rows, [layer_row(BASE, 100), layer_row("a", 120), layer_row("b", 140)])
+    o = carryover.ordering(carryover.carryover_table(bench, layer, BASE)).set_index("metric")
+    assert o.loc["decode", "agrees"] and o.loc["decode", "inference_order"] == "b > a > base"
+    assert o.loc["decode", "training_order"] == "b > a > base"
+
+
+def test_ordering_disagrees_when_inference_reverses_a_training_gain():
+    """Doctored: training puts 'a' above 'b'; decode puts 'b' above 'a', both beyond their spreads."""
+    rows = [bench_row(m, decode=d) for m, d in ((BASE, 5.0), ("a", 4.5), ("b", 3.0))]
+    bench, layer = frames(rows, [layer_row(BASE, 100), layer_row("a", 140), layer_row("b", 120)])
+    o = carryover.ordering(carryover.carryover_table(bench, layer, BASE)).set_index("metric")
+    assert not o.loc["decode", "agrees"]
+    assert "a > b in training, b > a in decode" in o.loc["decode", "contradictions"]
+    # within the spread the reversal is not a disagreement ('~' in the order)
+    noisy = [bench_row(m, decode=d, spread=0.2) for m, d in ((BASE, 5.0), ("a", 4.5), ("b", 4.3))]
+    bench_n, _ = frames(noisy, [])
+    o2 = carryover.ordering(carryover.carryover_table(bench_n, layer, BASE)).set_index("metric")
+    assert o2.loc["decode", "agrees"] and "~" in o2.loc["decode", "inference_order"]
+
+
+def test_mii_auto_uses_injection_where_it_ran_and_noinject_elsewhere():
+    rows = [bench_row(BASE, engine="mii", status="unsupported"), bench_row(BASE, engine="mii-noinject", decode=9),
+            bench_row("c2", engine="mii", decode=3), bench_row("c2", engine="mii-noinject", decode=8)]
+    auto = carryover.with_auto_engine(pd.DataFrame(rows))
+    auto = auto[auto["engine"] == carryover.AUTO_ENGINE].set_index("model")
+    assert auto.loc[BASE, "variant"] == "mii-noinject" and auto.loc["c2", "variant"] == "mii"
+    assert auto.loc["c2", "decode_p50_ms"] == 3
+
+
+def test_decode_knee_is_where_a_step_stops_being_free():
+    rows = [bench_row("m", batch=b, decode=d) for b, d in ((1, 5.0), (2, 5.1), (4, 5.2), (8, 5.9), (16, 6.6), (32, 9.0))]
+    for r in rows:
+        r["compute_floor_ms"] = 0.05 * r["batch"]
+    sweep = carryover.decode_sweep(pd.DataFrame(rows))
+    assert list(sweep["decode_tokens_per_s"])[0] == pytest.approx(1 / 5e-3)
+    (knee,) = carryover.decode_knee(sweep).to_dict("records")
+    assert knee["knee_batch"] == 16  # 6.6 > 1.25 x 5.0; 5.9 is not
+    assert knee["roofline_batch"] == 32  # 0.05 x 32 >= the 1.0 ms bandwidth floor
+
+
+def test_layer_profile_reader_takes_a_run_dir_and_both_modes(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"configs": [
+        {"name": "a", "mode": "forward", "status": "ok", "layer_tflops": 300.0, "layer_flops": 3e11,
+         "latency_us": {"median": 1000.0, "p10": 990.0, "p90": 1020.0}, "config": {"micro_batch_size": 4, "seq_length": 2048}},
+        {"name": "a", "mode": "forward+backward", "status": "ok", "layer_tflops": 280.0,
+         "latency_us": {"median": 3200.0, "p10": 3100.0, "p90": 3300.0}, "config": {}}]}))
+    layer = analysis.load_layer_profile(tmp_path)
+    assert list(layer["mode"]) == ["forward", "forward+backward"] and layer["layer_batch"].iloc[0] == 4
+    t = carryover.training_metrics(layer).set_index("model")
+    assert t.loc["a", "train_fwd_tflops"] == 300.0
+    assert t.loc["a", "train_fwd_tflops_lo"] == pytest.approx(300 * 1000 / 1020)
+    assert t.loc["a", "train_fwdbwd_tflops_hi"] == pytest.approx(280 * 3200 / 3100)
+
+
+TINY = """\
+name: {name}
+hidden_size: {h}
+num_attention_heads: {a}
+num_layers: 2
+vocab_size: 512
+max_position_embeddings: 256
+seq_length: 64
+micro_batch_size: 1
+"""
+
+
+def test_carryover_command_end_to_end_on_tiny_shapes(tmp_path, capsys):
+    for name, h, a in (("tiny-a4", 128, 4), ("tiny-a8", 128, 8)):
+        (tmp_path / f"{name}.yaml").write_text(TINY.format(name=name, h=h, a=a))
+    models = ",".join(str(tmp_path / f"{n}.yaml") for n in ("tiny-a4", "tiny-a8"))
+    out = tmp_path / "out"
+    args = ["carryover", "--models", models, "--baseline", "tiny-a4", "--engines", "hf", "--batch", "1,2",
+            "--prompt-len", "8,16", "--new-tokens", "4", "--repeats", "2", "--warmup-s", "0", "--out", str(out),
+            "--checkpoints", str(tmp_path / "ckpt"), "--layer-attention", "eager", "--decode-batches", "1,2,4",
+            "--decode-new-tokens", "3", "--decode-repeats", "1", "--no-progress"]
+    assert main(args) == 0
+    for name in ("carryover.html", "carryover.csv", "verdicts.txt", "carryover.json", "bench/results.jsonl",
+                 "decode/results.jsonl", "layer-forward/run.json", "layer-forward+backward/run.json"):
+        assert (out / name).is_file(), name
+    manifest = json.loads((out / "carryover.json").read_text())
+    # inside DIR, paths are kept relative: the GPU evidence is packed on one machine and rendered on another
+    assert manifest["layer_profiles"] == ["layer-forward/run.json", "layer-forward+backward/run.json"]
+    table = pd.read_csv(out / "carryover.csv")
+    assert set(table["model"]) == {"tiny-a4", "tiny-a8"} and set(table["prompt_len"]) == {8, 16}
+    assert table["train_fwd_tflops"].notna().all() and table["train_fwdbwd_tflops"].notna().all()
+    verdicts = (out / "verdicts.txt").read_text()
+    assert "tiny-a8 vs tiny-a4 [hf b=1]: training " in verdicts and "ordering hf p=16 b=2 decode" in verdicts
+    html = (out / "carryover.html").read_text()
+    assert "Decode vs batch" in html and "Does the ordering agree?" in html
+    # a rerun measures nothing new and re-renders the same comparison
+    def measured():
+        return [len([r for r in ResultsFile(out / d).records() if r.get("record") == "row"]) for d in ("bench", "decode")]
+
+    before = measured()
+    assert before == [2 * 2 * 2, 2 * 3]  # shapes x prompts x batches; shapes x sweep batches
+    assert {r["repeats"] for r in ResultsFile(out / "decode").rows()} == {1}
+    assert {r["repeats"] for r in ResultsFile(out / "bench").rows()} == {2}
+    assert main(args) == 0
+    assert measured() == before
+    assert main(["carryover", "--out", str(out), "--report-only"]) == 0
+    assert pd.read_csv(out / "carryover.csv").equals(table)
+
+
+def test_carryover_report_figures_have_titles_plotly_reads():
+    from reports import carryover_report as report
+
+    rows = [bench_row(m, batch=b, prompt=p, decode=d) for m, d in ((BASE, 5.0), ("a", 4.0))
+            for b in (1, 2) for p in (128, 2048)]
+    bench, layer = frames(rows, [layer_row(BASE, 100), layer_row("a", 120)])
+    table = carryover.carryover_table(bench, layer, BASE)
+    sweep = carryover.decode_sweep(bench)
+    figures = [report.gains_figure(table, "hf", BASE),
+               report.decode_figure(sweep, "hf", "decode_p50_ms", "t", "decode step p50 (ms)")]
+    for fig in figures:
+        assert figure_problems(fig) == []
+    assert {t["name"] for t in figures[0]["data"]} >= {"train_fwdbwd_gain", "prefill_gain p=2048 b=1"}
+
+
+def test_baseline_must_be_one_of_the_shapes(tmp_path, capsys):
+    assert main(["carryover", "--models", "pythia-70m,pythia-160m", "--baseline", "pythia-410m",
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--baseline: 'pythia-410m' is not one of --models" in err[0]
+
+
+def test_given_layer_profiles_are_used_as_they_are(tmp_path):
+    (tmp_path / "tiny-a4.yaml").write_text(TINY.format(name="tiny-a4", h=128, a=4))
+    (tmp_path / "tiny-a8.yaml").write_text(TINY.format(name="tiny-a8", h=128, a=8))
+    runs = []
+    for mode, tflops in (("forward", (1.0, 2.0)), ("forward+backward", (3.0, 3.3))):
+        path = tmp_path / f"{mode}.json"
+        path.write_text(json.dumps({"configs": [
+            {"name": n, "mode": mode, "status": "ok", "layer_tflops": t, "latency_us": {"median": 10, "p10": 9.9, "p90": 10.1}}
+            for n, t in zip(("tiny-a4", "tiny-a8"), tflops)]}))
+        runs.append(str(path))
+    out = tmp_path / "out"
+    assert main(["carryover", "--models", f"{tmp_path / 'tiny-a4.yaml'},{tmp_path / 'tiny-a8.yaml'}", "--baseline",
+                 "tiny-a4", "--engines", "hf", "--batch", "1", "--prompt-len", "8", "--new-tokens", "3", "--repeats",
+                 "1", "--warmup-s", "0", "--no-decode", "--checkpoints", str(tmp_path / "ckpt"), "--out", str(out),
+                 "--layer-profile", *runs, "--no-progress"]) == 0
+    assert not (out / "layer-forward").exists()  # nothing profiled here
+    row = pd.read_csv(out / "carryover.csv").set_index("model").loc["tiny-a8"]
+    assert row["train_fwd_gain"] == pytest.approx(1.0) and row["train_fwdbwd_gain"] == pytest.approx(0.1)
+
+
+def test_a_sweep_from_a_later_call_renders_with_the_first_calls_comparison(tmp_path):
+    """Two device calls (bench, then only the sweep on a fresh machine), unpacked into one folder."""
+    import shutil
+
+    (tmp_path / "tiny-a4.yaml").write_text(TINY.format(name="tiny-a4", h=128, a=4))
+    models = str(tmp_path / "tiny-a4.yaml")
+    common = ["--models", models, "--baseline", "tiny-a4", "--engines", "hf", "--batch", "1", "--prompt-len", "8",
+              "--new-tokens", "3", "--repeats", "1", "--warmup-s", "0", "--checkpoints", str(tmp_path / "ckpt"),
+              "--no-layer", "--no-progress"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(["carryover", *common, "--no-decode", "--out", str(first)]) == 0
+    assert main(["carryover", *common, "--no-bench", "--decode-batches", "1,2", "--decode-new-tokens", "2",
+                 "--out", str(second)]) == 0
+    assert not (second / "bench" / "results.jsonl").exists()  # --no-bench: only the sweep ran
+    shutil.copytree(second / "decode", first / "decode")
+    assert main(["carryover", "--out", str(first), "--report-only"]) == 0
+    assert "Decode vs batch" in (first / "carryover.html").read_text()
