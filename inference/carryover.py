@@ -115,6 +115,12 @@ def carryover_table(bench: pd.DataFrame, layer: pd.DataFrame, baseline: str) -> 
     for metric in ("train_fwd", "train_fwdbwd"):
         if METRICS[metric][0] in training:
             training = add_gains(training, metric, [], baseline)
+    # mii-auto deploys each shape as MII can: a shape whose head size DeepSpeed's fused kernels refuse runs
+    # without them, so against such a baseline the gain includes the engine, not only the shape
+    base_variant = inference[inference["model"] == baseline].drop_duplicates(INFERENCE_GROUP, keep="last")
+    inference = inference.merge(base_variant[INFERENCE_GROUP + ["variant"]].rename(columns={"variant": "baseline_variant"}),
+                                on=INFERENCE_GROUP, how="left")
+    inference["variant_differs"] = inference["baseline_variant"].notna() & (inference["variant"] != inference["baseline_variant"])
     table = inference.merge(training, on="model", how="left")
     table["is_baseline"] = table["model"] == baseline
     return table.sort_values(["engine", "batch", "prompt_len", "params_total", "model"], kind="stable").reset_index(drop=True)
@@ -160,6 +166,10 @@ def verdicts(table: pd.DataFrame, baseline: str, *, prefill_prompt: int | None =
         src = p if p is not None else d
         train = "train_fwdbwd" if _get(src, "train_fwdbwd_gain") is not None else "train_fwd"
         carries = _carries(_class(src, train), [_class(p, "prefill"), _class(d, "decode")])
+        mixed = next((x for x in (p, d) if x is not None and _get(x, "variant_differs")), None)
+        if mixed is not None and not carries.startswith("cannot"):
+            carries += (f" (engine differs: {_get(mixed, 'variant')} vs the baseline's {_get(mixed, 'baseline_variant')}; "
+                        "the inference gain includes DeepSpeed's fused kernels, which the baseline's shape cannot use)")
         not_ok = sorted({f"{_get(x, 'status')}: {_get(x, 'reason') or ''}".strip(": ") for x in (p, d)
                          if x is not None and _get(x, "status") != "ok"})
         lines.append({"engine": engine, "batch": batch, "model": model, "carries_over": carries, "verdict": (
@@ -216,12 +226,14 @@ def ordering(table: pd.DataFrame, *, training: str = "train_fwdbwd") -> pd.DataF
             train_pairs, inf_pairs = significant_pairs(both, tv, tlo, thi), significant_pairs(both, v, lo, hi)
             contradictions = sorted(f"{a} > {b} in training, {b} > {a} in {metric}"
                                     for a, b in train_pairs if (b, a) in inf_pairs)
+            variants = sorted(set(both["variant"].dropna())) if "variant" in both else []
             out.append({"engine": engine, "batch": batch, "prompt_len": prompt, "metric": metric,
                         "training_metric": training, "training_order": order_string(both, tv, tlo, thi),
                         "inference_order": order_string(both, v, lo, hi), "agrees": not contradictions,
-                        "contradictions": "; ".join(contradictions), "shapes": len(both)})
+                        "contradictions": "; ".join(contradictions), "shapes": len(both),
+                        "engine_variants": ", ".join(variants) if len(variants) > 1 else ""})
     return pd.DataFrame(out, columns=["engine", "batch", "prompt_len", "metric", "training_metric", "training_order",
-                                      "inference_order", "agrees", "contradictions", "shapes"])
+                                      "inference_order", "agrees", "contradictions", "shapes", "engine_variants"])
 
 
 def decode_sweep(bench: pd.DataFrame) -> pd.DataFrame:

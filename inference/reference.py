@@ -9,7 +9,7 @@ can be random. Saved with torch.save for the MII worker, which runs in a process
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,9 +32,10 @@ class Reference:
     dtype: str
     logits: dict[int, torch.Tensor]  # prompt_len -> [B, CHECK_POSITIONS, V], the largest batch's prompts
     generations: dict[tuple[int, int], Generation]  # (prompt_len, batch) -> greedy tokens
+    missing: dict[str, str] = field(default_factory=dict)  # "PxB" -> why transformers has no reference there
 
     def save(self, path: Path) -> Path:
-        torch.save({"dtype": self.dtype, "logits": self.logits,
+        torch.save({"dtype": self.dtype, "logits": self.logits, "missing": self.missing,
                     "generations": {f"{p}x{b}": vars(g) for (p, b), g in self.generations.items()}}, path)
         return path
 
@@ -45,7 +46,7 @@ class Reference:
         for key, g in blob["generations"].items():
             p, b = (int(x) for x in key.split("x"))
             generations[(p, b)] = Generation(**g)
-        return cls(blob["dtype"], {int(p): t for p, t in blob["logits"].items()}, generations)
+        return cls(blob["dtype"], {int(p): t for p, t in blob["logits"].items()}, generations, blob.get("missing", {}))
 
 
 def generate_kwargs(tokenizer, new_tokens: int) -> dict:
@@ -72,17 +73,38 @@ def greedy_generation(model, tokenizer, texts: tuple[str, ...], new_tokens: int,
     return Generation(out.sequences[:, encoded["input_ids"].shape[1]:].cpu(), values.cpu(), ids.cpu())
 
 
+def chunked_last_logits(model, input_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """last_logits over the rows in chunks, halving the chunk on out-of-memory: a 2048-token prompt at batch
+    16 through transformers' eager attention can need tens of GB, one row at a time does not."""
+    chunk = len(input_ids)
+    while True:
+        try:
+            return torch.cat([last_logits(model, input_ids[i:i + chunk], device) for i in range(0, len(input_ids), chunk)])
+        except torch.cuda.OutOfMemoryError:
+            if chunk == 1:
+                raise
+            chunk = max(1, chunk // 2)
+            torch.cuda.empty_cache()
+
+
 def build_reference(checkpoint: Path, prompts: dict[int, Prompts], rows: list[tuple[int, int]], *, new_tokens: int,
                     dtype: str, device: torch.device) -> Reference:
+    """transformers' reference for every (prompt length, batch) row to check. A row whose generation does not
+    fit in memory is recorded as missing, with the reason, and the others keep theirs."""
     from .engines.hf import load_model, release
 
     tokenizer = load_tokenizer(checkpoint)
     model = load_model(checkpoint, dtype, device)
+    generations, missing = {}, {}
     try:
-        logits = {p: last_logits(model, prompts[p].input_ids, device) for p in sorted(prompts)}
-        generations = {(p, b): greedy_generation(model, tokenizer, prompts[p].rows(b).texts, new_tokens, device)
-                       for p, b in sorted(set(rows))}
+        logits = {p: chunked_last_logits(model, prompts[p].input_ids, device) for p in sorted(prompts)}
+        for p, b in sorted(set(rows)):
+            try:
+                generations[(p, b)] = greedy_generation(model, tokenizer, prompts[p].rows(b).texts, new_tokens, device)
+            except torch.cuda.OutOfMemoryError as exc:
+                missing[f"{p}x{b}"] = f"transformers ran out of memory at prompt {p}, batch {b}: {str(exc).splitlines()[0][:120]}"
+                release(device)
     finally:
         del model
         release(device)
-    return Reference(dtype, logits, generations)
+    return Reference(dtype, logits, generations, missing)

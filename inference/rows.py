@@ -68,10 +68,11 @@ def measured_row(row: dict, model: BenchModel, engine: Engine, result: BatchResu
             row["tokens_match"] = check_tokens(generation.tokens, generation.topk_values, generation.topk_ids,
                                                timing.tokens, noise=0.0).tokens_match
         return row
-    return _checked(row, result, timing.tokens, generation)
+    missing = (reference.missing.get(f"{row['prompt_len']}x{row['batch']}") if reference else None)
+    return _checked(row, result, timing.tokens, generation, missing)
 
 
-def _checked(row: dict, result: BatchResult, tokens: list[list[int]], generation) -> dict:
+def _checked(row: dict, result: BatchResult, tokens: list[list[int]], generation, missing: str | None = None) -> dict:
     check = result.check
     if check is None:
         row.update(status="unchecked", logits_check="not run", token_check="not run",
@@ -87,7 +88,7 @@ def _checked(row: dict, result: BatchResult, tokens: list[list[int]], generation
                        f"{check.ref_max_abs:.3g}), top-1 agreement {check.top1_agreement:.0%}")
     if generation is None:
         row["token_check"] = "not run"
-        reasons.append("tokens not checked: transformers' reference has no generation for this row")
+        reasons.append(f"tokens not checked: {missing or 'transformers reference has no generation for this row'}")
     else:
         tokens_check = check_tokens(generation.tokens, generation.topk_values, generation.topk_ids, tokens,
                                     noise=check.max_abs_diff)

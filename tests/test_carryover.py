@@ -110,6 +110,21 @@ def test_mii_auto_uses_injection_where_it_ran_and_noinject_elsewhere():
     assert auto.loc["c2", "decode_p50_ms"] == 3
 
 
+def test_a_gain_against_a_baseline_on_another_engine_variant_says_so():
+    """gpt3-2.7b (h/a=80) cannot use DeepSpeed's fused kernels, its a=20 variant can: mii-auto compares an
+    injected row with a plain one, and the verdict and the ordering must not present that as a shape effect."""
+    rows = [bench_row(BASE, engine="mii", status="unsupported"), bench_row(BASE, engine="mii-noinject", decode=9),
+            bench_row("a20", engine="mii", decode=2), bench_row("a20", engine="mii-noinject", decode=8.8)]
+    bench, layer = frames(rows, [layer_row(BASE, 500), layer_row("a20", 530)])
+    table = carryover.carryover_table(bench, layer, BASE)
+    lines = carryover.verdicts(table, BASE).set_index("engine")
+    assert "engine differs: mii vs the baseline's mii-noinject" in lines.loc["mii-auto", "carries_over"]
+    assert "engine differs" not in lines.loc["mii-noinject", "carries_over"]  # same variant on both sides
+    order = carryover.ordering(table).set_index("engine")
+    assert order.loc["mii-auto", "engine_variants"].iloc[0] == "mii, mii-noinject"
+    assert order.loc["mii-noinject", "engine_variants"].iloc[0] == ""
+
+
 def test_decode_knee_is_where_a_step_stops_being_free():
     rows = [bench_row("m", batch=b, decode=d) for b, d in ((1, 5.0), (2, 5.1), (4, 5.2), (8, 5.9), (16, 6.6), (32, 9.0))]
     for r in rows:

@@ -596,3 +596,13 @@ def test_a_users_checkpoint_too_short_for_the_prompt_is_a_one_line_error(workdir
     assert main(["bench", "--models", str(built), "--prompt-len", "300", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "max_position_embeddings 256" in err[0] and "--prompt-len" in err[0]
+
+
+def test_a_reference_that_runs_out_of_memory_at_one_size_keeps_the_others(tmp_path):
+    """transformers' reference at prompt 2048 x batch 16 can run out of memory where smaller rows fit: that
+    row is recorded as missing with the reason, and the rows that fit keep their reference."""
+    from inference.reference import Reference
+
+    ref = Reference("float16", {}, {}, {"2048x16": "transformers ran out of memory at prompt 2048, batch 16"})
+    loaded = Reference.load(ref.save(tmp_path / "reference.pt"))
+    assert loaded.missing == {"2048x16": "transformers ran out of memory at prompt 2048, batch 16"}
