@@ -13,7 +13,11 @@ here as they do in the layer, not in the attention's time.
 Same power state: before each call alone a full layer step runs (the "conditioner"), then the L2 flush. A
 large layer is power-capped (on the H100, pythia-12b's layer runs at 1575 MHz) while a GEMM alone with idle
 gaps boosts to 1980 MHz; timed that way the floor was 20-30% too fast. The conditioner's kernels are cut
-from the trace by where the flush ends on the GPU timeline.
+from the trace by where the flush ends on the GPU timeline. The H100 evidence of 2026-11-23 showed that a
+conditioner alone is not enough: each call's trace starts after the previous one's export left the GPU
+idle, and a few warm-up steps end before the power cap engages (floor at 1965 MHz vs the layer's 1365-1660
+for the power-capped layers; the clock check flagged it). `min_warmup_ms` keeps each call's conditioned
+steps running as long as the layer's own traced warm-up before recording.
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ def floor_calls(cfg: ModelConfig, *, include_logits: bool, backward: bool, devic
 def kernel_times_alone(step: Callable[[], object], component: str, device: torch.device, *,
                        conditioner: Callable[[], object] | None = None, steps: int = 15,
                        on_recording: Callable[[], object] | None = None,
-                       on_recorded: Callable[[], object] | None = None) -> tuple[dict[Key, TimingStats], dict]:
+                       on_recorded: Callable[[], object] | None = None,
+                       min_warmup_ms: float = 0.0) -> tuple[dict[Key, TimingStats], dict]:
     """(pass, component, role) -> the summed duration per step of the kernels attributed to it (CUPTI),
     each step preceded by `conditioner` (a layer step) and an L2 flush; plus the trace's warm-up record."""
     on_gpu = device.type == "cuda"
@@ -67,7 +72,7 @@ def kernel_times_alone(step: Callable[[], object], component: str, device: torch
     with tempfile.TemporaryDirectory() as tmp:
         path, schedule = record_trace(step, trace_dir=Path(tmp), worker_name="alone", active_steps=steps,
                                       device=device, flush=before_step if (on_gpu or conditioner) else None,
-                                      on_recording=on_recording, on_recorded=on_recorded)
+                                      on_recording=on_recording, on_recorded=on_recorded, min_warmup_ms=min_warmup_ms)
         activities, left_out = attribute_detailed(load_trace(path))
     cut = activities["step"].map(left_out["flush_end_by_step"])
     activities = activities[cut.isna() | (activities["ts"] >= cut)]  # the conditioner's backward, too
@@ -81,7 +86,8 @@ def kernel_times_alone(step: Callable[[], object], component: str, device: torch
 def floor_times(cfg: ModelConfig, *, include_logits: bool, backward: bool, device, dtype,
                 dropout: bool = True, conditioner: Callable[[], object] | None = None,
                 steps: int = 15, on_recording: Callable[[], object] | None = None,
-                on_recorded: Callable[[], object] | None = None) -> tuple[dict[Key, TimingStats], dict]:
+                on_recorded: Callable[[], object] | None = None,
+                min_warmup_ms: float = 0.0) -> tuple[dict[Key, TimingStats], dict]:
     """(pass, component, role) -> timing of that GEMM (or the fused attention) alone, and the warm-ups.
 
     The time is the kernels' own duration read from a torch.profiler trace, the instrument that measures
@@ -96,6 +102,6 @@ def floor_times(cfg: ModelConfig, *, include_logits: bool, backward: bool, devic
     for component in list(calls):
         found, warmups[component] = kernel_times_alone(calls.pop(component).step, component, device,
                                                        conditioner=conditioner, steps=steps,
-                                                       on_recording=on_recording, on_recorded=on_recorded)
+                                                       on_recording=on_recording, on_recorded=on_recorded, min_warmup_ms=min_warmup_ms)
         times.update(found)
     return times, warmups

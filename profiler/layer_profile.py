@@ -29,11 +29,13 @@ from . import checks as C
 from .attribution import FUSED_ATTENTION, attribute_detailed, component_summary, coverage, host_context, \
     step_totals, unattributed_kernels
 from .flops import CONVENTIONS, check_rows, component_flops, counted_flops, flops_for
+from .explain import explain_activities, join_depth
 from .floor import floor_times
+from .perfetto import annotate_trace
 from .shape_check import attention_ops, check_shapes
 from .telemetry import compare_phases
 from .timing import POLICY, L2Flusher, bench_detailed, summarize
-from .trace import load_trace, record_trace
+from .trace import device_properties, load_trace, record_trace
 
 MODES = ("forward", "forward+backward")
 TRACE_MIN_WARMUP_MS = 200.0  # traced warm-up runs at least this long: a power-capped GPU settles slowly
@@ -148,7 +150,8 @@ def launch_bound(latency_us: float, graph: dict | None, busy_us: float) -> tuple
 
 
 def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, device: torch.device,
-                  peak_tflops: float | None = None, progress=None, telemetry=None) -> LayerProfile:
+                  peak_tflops: float | None = None, progress=None, telemetry=None,
+                  environment: dict | None = None) -> LayerProfile:
     def note(message: str) -> None:
         if progress is not None:
             progress(message)
@@ -193,6 +196,7 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
     warmups["trace"] = {"stable": schedule.stable, "steps": schedule.recording_from}
     events = load_trace(trace_path)
     activities, left_out = attribute_detailed(events)
+    annotate_trace(trace_path, activities)  # component names as slices on the GPU timeline (Perfetto)
     host = host_context(events)
     shape_rows = check_shapes(host, cfg, include_logits=options.include_logits, dtype=cfg.dtype)
     ran = attention_ops(host, cfg)
@@ -208,7 +212,8 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
             alone, floor_warmups = floor_times(cfg, include_logits=options.include_logits, backward=options.backward,
                                                device=device, dtype=dtype, conditioner=step if on_gpu else None,
                                                steps=options.active_steps, on_recording=measuring("floor"),
-                                               on_recorded=measuring("floor-warmup"))
+                                               on_recorded=measuring("floor-warmup"),
+                                               min_warmup_ms=TRACE_MIN_WARMUP_MS if on_gpu else 0.0)
         summary = join_floor(summary, alone)
         if not on_gpu:  # reported, not judged: see the skipped check below
             summary["vs_alone_check"] = None
@@ -227,6 +232,12 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
     summary = join_flops(summary, cfg, options, fused)
     if peak_tflops:
         summary["pct_of_peak"] = 100 * summary["tflops"] / peak_tflops
+    # why: tiles, waves and rooflines per GEMM, bytes and bandwidth per non-GEMM step, two-signal detection
+    depth = explain_activities(activities, components=summary, cfg=cfg, device_properties=device_properties(trace_path),
+                               environment={**(environment or {}), **({"measured_peak_tflops": peak_tflops}
+                                                                      if peak_tflops else {})},
+                               include_logits=options.include_logits)
+    summary = join_depth(summary, depth)
 
     is_launch_bound, launch_note = launch_bound(latency_us, graph_latency, busy_us) if on_gpu else \
         (False, "not judged on a CPU (an op's host time is not a kernel's)")
@@ -287,6 +298,9 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
         "steps_traced": int(len(totals)),
         "trace": str(trace_path.relative_to(out_dir)) if trace_path.is_relative_to(out_dir) else str(trace_path),
         "clock": clock,
+        "gemm_flags": depth.flags.to_dict("records"),
+        "gemm_signal_disagreements": depth.disagreements.to_dict("records"),
+        "copy_bandwidth": {"tbps": depth.copy_tbps, "source": depth.copy_source},
         "checks": [c.to_dict() for c in checks],
         "checks_summary": C.summarize_checks(checks),
     }

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .depth_sections import depth_sections
 from .html import COLORS, Section, axis, layout, render_page, table_html
 
 GEMMS = ("qkv_transform", "attention_score", "attention_over_values", "out_projection", "mlp_up", "mlp_gate",
@@ -251,6 +252,9 @@ def layer_report_sections(run: dict, components: pd.DataFrame) -> list[Section]:
         if _on_cpu(run) and "tflops" in table:
             table["tflops"] = table["tflops"] * 1e3
             table = table.rename(columns={"tflops": "gflops"})
+        copy_sources = {(e.get("copy_bandwidth") or {}).get("source") for e in entries if e.get("status") == "ok"}
+        if "why" in components:
+            sections += depth_sections(components, copy_source=", ".join(sorted(s for s in copy_sources if s)))
         sections.append(Section("Components", tables=[table_html(table)],
                                 intro="time_us: median over profiled steps; p10/p90 its spread. alone_us: the same "
                                       "kernels (those the layer attributes to this component and role) timed alone; "

@@ -307,7 +307,7 @@ def _run_configs(args, configs, switches, options, min_warmup, out, env, previou
         frames.pop(cfg.name, None)
         try:
             result = profile_layer(cfg, options_for(options, min_warmup), out_dir=out, device=device,
-                                   peak_tflops=peaks.get(cfg.dtype), telemetry=telemetry,
+                                   peak_tflops=peaks.get(cfg.dtype), telemetry=telemetry, environment=env,
                                    progress=lambda m, i=i: print(f"  [{i}/{len(configs)}] {m}", flush=True))
         except torch.cuda.OutOfMemoryError:
             failures += 1
