@@ -125,3 +125,50 @@ def join_depth(components: pd.DataFrame, depth: Depth) -> pd.DataFrame:
             continue
         out = out.drop(columns=[c for c in present if c in out]).merge(table[keys + present], on=keys, how="left")
     return out
+
+
+def deepen_run(run_dir: Path) -> list[str]:
+    """Bring a layer run directory measured before the depth columns existed up to date, from its own files:
+    each config's trace gets the component slices (gzipped in place), its components rows the depth columns,
+    its run.json entry the flags, the copy bandwidth used and a fresh components digest. Returns the configs
+    done. Measurements are untouched: everything added is computed from the trace and the recorded numbers."""
+    import gzip
+    import json
+    import shutil
+
+    from .commands.layer import components_digest
+    from .perfetto import annotate_trace
+    from .outputs import write_atomic
+
+    run_dir = Path(run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    components = pd.read_csv(run_dir / "components.csv")
+    done, frames = [], []
+    for entry in run["configs"]:
+        rows = components[components["config"] == entry["name"]]
+        path = trace_of(run_dir, entry) if entry.get("status") == "ok" else None
+        if path is None:
+            frames.append(rows)
+            continue
+        if not str(path).endswith(".gz"):  # the evidence keeps traces gzipped (Perfetto opens them as they are)
+            with open(path, "rb") as src, gzip.open(f"{path}.gz", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            path.unlink()
+            path = Path(f"{path}.gz")
+            entry["trace"] = str(path.relative_to(run_dir))
+        cfg = config_from_mapping(entry["config"], source=f"{run_dir}/run.json")
+        activities, _ = attribute_detailed(load_trace(path))
+        annotate_trace(path, activities)
+        depth = explain_activities(activities, components=rows, cfg=cfg, device_properties=trace_device_properties(path),
+                                   environment=run.get("environment"),
+                                   include_logits=bool((entry.get("options") or {}).get("include_logits")))
+        deeper = join_depth(rows, depth)
+        entry.update({"gemm_flags": depth.flags.to_dict("records"),
+                      "gemm_signal_disagreements": depth.disagreements.to_dict("records"),
+                      "copy_bandwidth": {"tbps": depth.copy_tbps, "source": depth.copy_source},
+                      "components_digest": components_digest(deeper)})
+        frames.append(deeper)
+        done.append(entry["name"])
+    write_atomic(run_dir / "components.csv", pd.concat(frames, ignore_index=True).to_csv(index=False))
+    write_atomic(run_dir / "run.json", json.dumps(run, indent=2, default=str))
+    return done

@@ -203,9 +203,28 @@ def build_sections(frames: dict[str, pd.DataFrame], runs: dict[str, dict]) -> li
             "through each engine: logits at every prompt position from one forward, and greedy tokens from "
             "generate (MII: its query handle). The first differing module is the earliest module output "
             "(or leaf-module input) of the forward that is not bitwise the same.",
+            figures=[f for f in [engine_figure(engines)] if f],
             tables=[table_html(analysis.engine_findings(engines), float_format="{:,.4g}"),
                     table_html(engines[detail], float_format="{:,.4g}")]))
     return sections
+
+
+def engine_figure(engines: pd.DataFrame) -> dict | None:
+    """Largest logit difference of the same prompt alone vs inside a batch, per engine and batch size (0: the
+    engine was bitwise invariant there), with the greedy tokens' agreement in the hover."""
+    ok = engines[engines["status"] == "ok"] if "status" in engines else engines
+    if ok.empty or "logits_max_abs_diff" not in ok:
+        return None
+    data = []
+    for (engine, position), part in ok.groupby(["engine", "position"] if "position" in ok else ["engine", "engine"]):
+        part = part.sort_values("batch")
+        name = f"{engine}, prompt {position} in the batch" if "position" in ok else engine
+        data.append({"type": "scatter", "mode": "lines+markers", "name": name, "x": part["batch"].tolist(),
+                     "y": part["logits_max_abs_diff"].tolist(),
+                     "text": ["tokens equal" if t else "tokens differ" for t in part.get("tokens_equal", [])],
+                     "hovertemplate": "batch %{x}: max |diff| %{y:.3g}, %{text}<extra>" + name + "</extra>"})
+    return {"data": data, "layout": layout("Engines: logits of a prompt alone vs inside a batch", axis("batch size", type="log"),
+                                           "largest |logit difference| (0 = bitwise equal)")}
 
 
 def summary_tables(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:

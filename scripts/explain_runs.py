@@ -1,6 +1,6 @@
 """Print why each GEMM of each profiled config runs at its speed, and what differs between the configs.
 
-    python scripts/explain_runs.py reports/h100/layer/figure1-eager reports/h100/layer/figure1-flash
+    python scripts/explain_runs.py evidence/h100/layer/figure1-eager evidence/h100/layer/figure1-flash
 
 For every layer run directory (run.json + components.csv + tb/ traces) and every config in it: each GEMM
 and fused-attention row with its time, TFLOP/s, shape, kernel tile and the one-line explanation

@@ -1,7 +1,7 @@
 """Re-render every report page under an evidence root from the data committed beside it, each page
 linking one shared plotly.js (ROOT/assets/plotly-basic.min.js) instead of inlining its own 1.2 MB copy.
 
-    python scripts/render_evidence.py evidence          # or reports/h100, any folder of GPU evidence
+    python scripts/render_evidence.py evidence          # any folder of GPU evidence
 
 A folder's data says which report it holds (the first that matches):
   run.json + components.csv + communication.csv -> tensor-parallel layer report (reports.distributed_report)
@@ -130,7 +130,7 @@ def render(folder: Path, kind: str, asset: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", type=Path, help="evidence folder (e.g. evidence, or reports/h100)")
+    parser.add_argument("root", type=Path, help="evidence folder (e.g. evidence)")
     args = parser.parse_args(argv)
     root = args.root.resolve()
     if not root.is_dir():

@@ -63,7 +63,7 @@ def test_unknown_gpu_or_no_gpu_at_all_is_a_user_error_naming_the_flag():
 
 
 def test_h100_slowdown_by_alignment_is_the_logits_sweeps_evidence():
-    # logits sweep (reports/h100/sweeps): odd v 7.2x, v = 2 or 4 mod 8 2.8x, multiples of 8 (16 bytes) 1x
+    # logits sweep (reports/h100@2a60355/sweeps): odd v 7.2x, v = 2 or 4 mod 8 2.8x, multiples of 8 (16 bytes) 1x
     assert [H100.slowdown(b) for b in (2, 4, 8, 16, 128)] == [7.2, 2.8, 2.8, 1.0, 1.0]
 
 
@@ -83,7 +83,7 @@ def test_gemm_time_is_waves_times_one_tiles_time_at_the_per_sm_ceiling():
 
 def test_attention_score_bmm_is_bound_by_the_bytes_of_its_score_matrices():
     # b*a = 128 matrices of (2048,80)x(80,2048): 128*(2*2048*80 + 2048^2)*2 bytes at 3.0 TB/s = 0.386 ms
-    # (measured on the H100: 0.429 ms, reports/h100/layer/figure1-eager)
+    # (measured on the H100: 0.429 ms, reports/h100@2a60355/layer/figure1-eager)
     g = estimate_gemm("attention_score", "forward", 128, 2048, 2048, 80, H100, "bfloat16")
     assert g.memory_ms == pytest.approx(128 * (2 * 2048 * 80 + 2048 ** 2) * 2 / 3.0e12 * 1e3)
     assert g.time_ms == pytest.approx(g.memory_ms) and g.memory_ms > g.compute_ms
@@ -97,7 +97,7 @@ def test_backward_gemms_have_the_input_and_weight_gradient_shapes():
 
 
 def test_unpadded_vocabulary_costs_what_the_h100_showed():
-    # measured: (8192,2560)x(2560,50257) 19.07 ms vs 2.70 ms at 50304 (reports/h100/sweeps/speed.txt)
+    # measured: (8192,2560)x(2560,50257) 19.07 ms vs 2.70 ms at 50304 (reports/h100@2a60355/sweeps/speed.txt)
     def fwd(v):
         df = logits_estimate(gpt3(padded_vocab_size=v), H100)
         return float(df[(df["pass"] == "forward") & (df["component"] == "logits")]["time_ms"].iloc[0])

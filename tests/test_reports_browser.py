@@ -30,9 +30,9 @@ import reports
 from reports.html import FigureError, Section, layout, linked_plotly, no_axes, render_page, table_html
 
 ROOT = Path(__file__).resolve().parent.parent
-# committed GPU evidence (reports/h100 ... until it moves to evidence/), and CPU fixtures of the report kinds
+# committed GPU evidence (evidence/), and CPU fixtures of the report kinds
 # that have none yet (tests/fixtures/reports/README.md)
-EVIDENCE_ROOTS = [p for p in (ROOT / "evidence", ROOT / "reports", ROOT / "tests" / "fixtures" / "reports") if p.is_dir()]
+EVIDENCE_ROOTS = [p for p in (ROOT / "evidence", ROOT / "tests" / "fixtures" / "reports") if p.is_dir()]
 CHROMIUM = next((p for p in (os.environ.get("CHROMIUM"), shutil.which("chromium"), shutil.which("chromium-browser"),
                              shutil.which("google-chrome")) if p), None)
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -12,7 +12,7 @@ the factor this GPU showed. Fused attention is its FLOPs at the GPU's measured f
 up to the kernel's head-dim bucket. Non-GEMM steps move bytes at the measured bandwidth, never faster than
 one kernel's floor.
 
-Calibration (reports/h100/layer/figure1-*, b=4, s=2048, h=2560, H100, forward): the model gives QKV 405 us
+Calibration (reports/h100@2a60355/layer/figure1-*, b=4, s=2048, h=2560, H100, forward): the model gives QKV 405 us
 (measured 419), MLP up 535 (569), MLP down 549 (531), logits at v=50304 2.62 ms (2.70) and at 50257 18.9 ms
 (19.07), flash attention a=32 456 us (442), eager score GEMM a=32 386 us (429), softmax 716 us (717).
 Non-GEMM steps are within ~30%; the model's layer is ~10% faster than measured (launch gaps, epilogues).

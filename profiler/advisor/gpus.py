@@ -56,7 +56,7 @@ class GpuModel:
         return dataclasses.asdict(self)
 
 
-_H100_LOGITS = ("measured on this project's H100 (reports/h100/sweeps, logits sweep h=2560, b*s=8192, "
+_H100_LOGITS = ("measured on this project's H100 (reports/h100@2a60355/sweeps, logits sweep h=2560, b*s=8192, "
                 "v=50240..50368): v a multiple of 8 (16 bytes) ~2.7 ms, v = 4 mod 8 or 2 mod 4 ~7.4 ms (2.8x), "
                 "odd v ~19.1 ms (7.2x)")
 _H100 = GpuModel(
@@ -64,20 +64,20 @@ _H100 = GpuModel(
     sms_source="H100 SXM5 (the lent GPU reports 132); the paper's 144 is the full GH100 die, which no product ships",
     paper_sms=144,
     matmul_tflops=806.7, matmul_tflops_fp32=66.9,
-    matmul_source="measured: bf16 8192^3 matmul, GPU idle between products (reports/h100/layer/*/run.json "
+    matmul_source="measured: bf16 8192^3 matmul, GPU idle between products (reports/h100@2a60355/layer/*/run.json "
                   "measured_peak_tflops); datasheet 989.4; float32 (no TF32): datasheet 66.9",
     bandwidth_tbps=3.0, bandwidth_source="measured device-to-device copy on the lent H100 (~3.0 TB/s; datasheet 3.35)",
     flash_tflops=226.0, flash_backward_ratio=2.7,
-    flash_source="measured: reports/h100/layer/figure1-flash gpt3-2.7b-a20 (b=4, s=2048, a=20, h/a=128, causal): "
-                 "379.5 us for 85.9 GFLOP of causal work; backward/forward 301/111 us in reports/h100/layer/pythia-1b-train",
+    flash_source="measured: reports/h100@2a60355/layer/figure1-flash gpt3-2.7b-a20 (b=4, s=2048, a=20, h/a=128, causal): "
+                 "379.5 us for 85.9 GFLOP of causal work; backward/forward 301/111 us in reports/h100@2a60355/layer/pythia-1b-train",
     fast_alignment_bytes=16, misalignment_slowdown=((2, 7.2), (4, 2.8), (8, 2.8)),
     alignment_source=_H100_LOGITS + "; the score-GEMM sweep (a=32) agrees: any h/a multiple of 8 runs at the "
                      "same speed, h/a = 4 mod 8 ~2x slower, odd h/a ~3x",
-    kernel_floor_us=4.0, kernel_floor_source="measured: pythia-70m rotary (0.5 MB moved) 3.8 us, reports/h100/layer/pythia-suite",
+    kernel_floor_us=4.0, kernel_floor_source="measured: pythia-70m rotary (0.5 MB moved) 3.8 us, reports/h100@2a60355/layer/pythia-suite",
     evidence=(("vocab", "the logits GEMM (8192,2560)x(2560,50257) took 19.07 ms against 2.70 ms at 50304 on the "
-                        "H100 (reports/h100/sweeps/speed.txt); every multiple of 8 ran as fast as 50304"),
+                        "H100 (reports/h100@2a60355/sweeps/speed.txt); every multiple of 8 ran as fast as 50304"),
               ("head_dim", "h/a = 80 vs 128 at h=2560, b=4, s=2048 on the H100: eager score GEMM 429 vs 281 us, "
-                           "flash attention 442 vs 380 us (reports/h100/layer/figure1-*)")),
+                           "flash attention 442 vs 380 us (reports/h100@2a60355/layer/figure1-*)")),
 )
 
 GPUS: dict[str, GpuModel] = {

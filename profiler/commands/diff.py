@@ -20,7 +20,7 @@ from ..outputs import prepare_out_dir, write_atomic
 from ..run_diff import NOISE_SPREADS, diff_components, row_label, totals
 
 EXAMPLES = """examples:
-  python -m profiler diff reports/h100/layer/figure1-eager:gpt3-2.7b reports/h100/layer/figure1-eager:gpt3-2.7b-a20
+  python -m profiler diff evidence/h100/layer/figure1-eager:gpt3-2.7b evidence/h100/layer/figure1-eager:gpt3-2.7b-a20
   python -m profiler diff runs/before runs/after --out runs/diff"""
 
 
