@@ -146,6 +146,8 @@ def run_bench(spec: BenchSpec, *, log: Callable[[str], None] = print, progress: 
     plan = Plan(models, engines, spec, provenance)
     results = ResultsFile(spec.out)
     done = results.done_keys()
+    if results.notice():  # damaged lines are named, never skipped silently
+        log(f"notice: {results.notice()}")
     pending = [p for p in plan.rows if row_key(plan.row(p)) not in done]
     if len(pending) < len(plan.rows):
         log(f"{len(plan.rows) - len(pending)} of {len(plan.rows)} rows already in {results.path}: skipping them")

@@ -148,7 +148,7 @@ def run_carryover_command(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m inference", description=(
         "Inference bench (paper Section VII-C, Figure 13): GPT-NeoX checkpoints through DeepSpeed-MII "
-        "and transformers; and whether training-shape gains carry over to inference (issue 10)."),
+        "and transformers; and whether training-shape gains carry over to inference."),
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXAMPLES)
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     bench = sub.add_parser("bench", help="time generation per model x engine x prompt x batch; results and report.html")

@@ -13,7 +13,7 @@ SUBCOMMANDS = {
     "sweep": ("profiler.commands.sweep", "GEMM / attention micro-benchmark sweeps (paper Sections V, VI-A)"),
     "configs": ("profiler.commands.configs", "list the bundled model configs with their shapes and parameter counts"),
     "invariance": ("profiler.commands.invariance", "batch invariance: invariant GEMM vs cuBLAS over tokens, and where "
-                                                   "the layer breaks it (issue 11)"),
+                                                   "the layer breaks it"),
     "advise": ("profiler.commands.advise", "sizing advisor: what is wrong with this shape on this GPU, and which shape "
                                            "of the same size is faster (modelled; --measure times them)"),
     "diff": ("profiler.commands.diff", "compare two profiled configs per component: time, TFLOP/s and share, "

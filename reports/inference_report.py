@@ -267,11 +267,14 @@ def write_report(out_dir: str | Path, *, layer_profile: str | Path | None = None
     out_dir.mkdir(parents=True, exist_ok=True)
     store = ResultsFile(out_dir)
     df = analysis.results_frame(store.rows())
+    damaged = store.notice()
     df.to_csv(out_dir / "results.csv", index=False)
     profile = analysis.load_layer_profile(layer_profile) if layer_profile else None
     env = _flat_environment(store.runs())
-    html = render_page("Inference bench: GPT-NeoX through DeepSpeed-MII and transformers",
-                       inference_sections(df, profile, store.runs()), environment=env,
+    sections = inference_sections(df, profile, store.runs())
+    if damaged:
+        sections.insert(0, Section("Damaged results file", notes=[damaged]))
+    html = render_page("Inference bench: GPT-NeoX through DeepSpeed-MII and transformers", sections, environment=env,
                        subtitle="Section VII-C / Figure 13 of 'The Case for Co-Designing Model Architectures with Hardware'")
     path = out_dir / "report.html"
     path.write_text(html, encoding="utf-8")

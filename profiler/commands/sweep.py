@@ -156,13 +156,28 @@ def spec_from_args(args, device: torch.device) -> SweepSpec:
         budget=Budget(args.warmup_ms, args.rep_ms, args.min_reps, args.max_reps))
 
 
+def _cpu_estimate(spec: SweepSpec, *, explicit: bool) -> None:
+    """Print how long the sweep would take on this CPU; a GPU-sized sweep needs --device cpu said explicitly."""
+    from ..sweeps.runner import estimate_cpu_seconds
+    from .layer import CPU_CONFIRM_S, _duration, cpu_gflops
+
+    gflops = cpu_gflops()
+    seconds = estimate_cpu_seconds(spec, gflops)
+    print(f"notice: no CUDA device; sweeping on the CPU ({gflops:.0f} GFLOP/s matmul): CPU numbers prove the wiring, "
+          f"not GPU performance. Estimated time: {_duration(seconds)}.", file=sys.stderr)
+    if seconds > CPU_CONFIRM_S and not explicit:
+        raise UserError(f"--device: this sweep would take about {_duration(seconds)} on this CPU; pass --device cpu to "
+                        "run it anyway, or narrow the ranges, or run it on a GPU")
+
+
 def run(args) -> int:
     from reports.sweep_report import write_outputs
 
     if args.kind == "report":
         if not args.inputs:
             raise UserError("report: name one or more results directories (e.g. sweep report out/score out/aov --out out/all)")
-        missing = [p for p in args.inputs if not (Path(p).is_file() or (Path(p) / "results.jsonl").is_file())]
+        missing = [p for p in args.inputs if not (Path(p).is_file() or (Path(p) / "results.jsonl").is_file()
+                                                   or (Path(p) / "results.jsonl.gz").is_file())]
         if missing:
             raise UserError(f"report: no results.jsonl in {missing[0]}")
         csv_path, html_path = write_outputs(args.inputs, args.out or "sweeps/combined")
@@ -180,6 +195,8 @@ def run(args) -> int:
         raise UserError("flash: the flash-attention backend of torch SDPA needs a CUDA GPU; run this sweep "
                         "on the GPU machine (or use score/aov for the unfused attention GEMMs)")
     spec = spec_from_args(args, device)
+    if device.type == "cpu":
+        _cpu_estimate(spec, explicit=args.device is not None)
     out = Path(args.out or f"sweeps/{args.kind}{'-' + args.tag if args.tag else ''}")
     summary = run_sweep(spec, out, device=device, sms=args.sms, progress=not args.no_progress,
                         retry_failed=args.retry_failed, measure_peak=not args.no_peak)

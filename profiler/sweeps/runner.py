@@ -109,6 +109,15 @@ def gpu_label(env: dict) -> str:
     return env.get("gpu_name") or f"cpu:{env.get('cpu') or 'unknown'}"
 
 
+def estimate_cpu_seconds(spec: SweepSpec, gflops: float) -> float:
+    """Rough wall time of a sweep on a CPU: per point its budget, or its own compute time over the measured
+    matmul rate times the repetitions and warm-up calls it will take, whichever is larger."""
+    b = spec.budget
+    per_point_s = (b.warmup_ms + b.rep_ms) / 1e3
+    calls = b.min_reps + 3 * 3 + 4  # repetitions, warm-up windows, the first call and the estimate
+    return sum(max(per_point_s, p.flops / (gflops * 1e9) * calls) for p in expand(spec))
+
+
 def run_sweep(spec: SweepSpec, out_dir: str | Path, *, device: torch.device | str | None = None,
               sms: int | None = None, progress: bool = True, retry_failed: bool = False,
               measure_peak: bool = True) -> SweepSummary:
