@@ -1,7 +1,7 @@
 """Attribution of real H100 traces, on a CPU: the GPU path's correlation join, memsets, the warm-up spill at
 the window's edge, backward sequence numbers and dgrad/wgrad labels, and kernels nobody launched.
 
-Fixtures: traces the profiler wrote on an H100 (torch 2.11, CUDA 13) and committed as evidence:
+Fixtures (tests/fixtures/h100/README.md): traces the profiler wrote on an H100 (torch 2.11, CUDA 13):
 pythia-1b forward+backward with flash attention, and gpt3-2.7b forward with eager attention (b=4, s=2048).
 """
 
@@ -15,8 +15,8 @@ from profiler.checks import coverage_check
 from profiler.trace import device_properties, load_trace
 
 FIXTURES = Path(__file__).parent / "fixtures" / "h100"
-TRAIN = FIXTURES / "pythia-1b-train-flash.pt.trace.json.gz"
-EAGER = FIXTURES / "gpt3-2.7b-eager.pt.trace.json.gz"
+TRAIN = FIXTURES / "layer" / "pythia-1b-train" / "tb" / "pythia-1b.1795430688633088519.pt.trace.json.gz"
+EAGER = FIXTURES / "layer" / "figure1-eager" / "tb" / "gpt3-2.7b.1795430659643611150.pt.trace.json.gz"
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 from profiler.explain import explain_run_config, trace_of
 
 ROOT = Path(__file__).resolve().parent.parent
-EVIDENCE = ROOT / "reports" / "h100" / "layer"
+EVIDENCE = ROOT / "tests" / "fixtures" / "h100" / "layer"
 
 
 def _script():

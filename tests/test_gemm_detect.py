@@ -12,8 +12,8 @@ from profiler.gemm_detect import classify, detection_summary, disagreements, ker
 from profiler.trace import load_trace
 
 FIXTURES = Path(__file__).parent / "fixtures" / "h100"
-TRAIN = FIXTURES / "pythia-1b-train-flash.pt.trace.json.gz"
-EAGER = FIXTURES / "gpt3-2.7b-eager.pt.trace.json.gz"
+TRAIN = FIXTURES / "layer" / "pythia-1b-train" / "tb" / "pythia-1b.1795430688633088519.pt.trace.json.gz"
+EAGER = FIXTURES / "layer" / "figure1-eager" / "tb" / "gpt3-2.7b.1795430659643611150.pt.trace.json.gz"
 NVJET = "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT"
 COPY = ("void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<at::native::"
         "direct_copy_kernel_cuda(at::TensorIteratorBase&)")

@@ -14,9 +14,9 @@ from profiler.kernel_names import parse_kernel_name
 from profiler.trace import device_properties, load_trace
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAIN = ROOT / "tests" / "fixtures" / "h100" / "pythia-1b-train-flash.pt.trace.json.gz"
-EAGER = ROOT / "tests" / "fixtures" / "h100" / "gpt3-2.7b-eager.pt.trace.json.gz"
-FLASH_C1 = next((ROOT / "reports" / "h100" / "layer" / "figure1-flash" / "tb").glob("gpt3-2.7b-c1.*.pt.trace.json.gz"))
+TRAIN = ROOT / "tests" / "fixtures" / "h100" / "layer" / "pythia-1b-train" / "tb" / "pythia-1b.1795430688633088519.pt.trace.json.gz"
+EAGER = ROOT / "tests" / "fixtures" / "h100" / "layer" / "figure1-eager" / "tb" / "gpt3-2.7b.1795430659643611150.pt.trace.json.gz"
+FLASH_C1 = next((ROOT / "tests" / "fixtures" / "h100" / "layer" / "figure1-flash" / "tb").glob("gpt3-2.7b-c1.*.pt.trace.json.gz"))
 PEAK_TFLOPS, COPY_TBPS = 807.2, 3.0  # the committed run's measured matmul peak; the H100's measured copy
 
 

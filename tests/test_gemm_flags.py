@@ -13,9 +13,9 @@ from profiler.gemm_flags import ALIGNMENT_BYTES, gemm_flags, misaligned_dims, no
 from profiler.trace import device_properties, load_trace
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAIN = ROOT / "tests" / "fixtures" / "h100" / "pythia-1b-train-flash.pt.trace.json.gz"
-TRACES = [TRAIN, ROOT / "tests" / "fixtures" / "h100" / "gpt3-2.7b-eager.pt.trace.json.gz",
-          *sorted((ROOT / "reports" / "h100" / "layer" / "figure1-eager" / "tb").glob("*.gz"))]
+TRAIN = ROOT / "tests" / "fixtures" / "h100" / "layer" / "pythia-1b-train" / "tb" / "pythia-1b.1795430688633088519.pt.trace.json.gz"
+TRACES = [TRAIN, ROOT / "tests" / "fixtures" / "h100" / "layer" / "figure1-eager" / "tb" / "gpt3-2.7b.1795430659643611150.pt.trace.json.gz",
+          *sorted((ROOT / "tests" / "fixtures" / "h100" / "layer" / "figure1-eager" / "tb").glob("*.gz"))]
 GEMV = "void gemv2T_kernel_val<int, int, __nv_bfloat16, __nv_bfloat16, float, float, 128, 16, 4, 4, false>"
 COPY = "void at::native::elementwise_kernel<128, 4, at::native::gpu_kernel_impl_nocast<direct_copy_kernel_cuda>"
 

@@ -9,7 +9,7 @@ import pytest
 from inference.kernel_support import (cuda_graph_support, injection_support, next_pow2, rotary_alignment)
 from models import load_config
 
-EVIDENCE = Path(__file__).resolve().parent.parent / "reports" / "h100" / "inference" / "results.csv"
+EVIDENCE = Path(__file__).resolve().parent.parent / "evidence" / "h100" / "inference" / "results.csv"
 
 
 @pytest.mark.parametrize("name, head, rotary, ok", [

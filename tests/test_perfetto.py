@@ -16,7 +16,7 @@ from profiler.attribution import attribute_detailed
 from profiler.perfetto import COMPONENT_CATEGORY, COMPONENT_TRACK, annotate_trace, slice_name
 from profiler.trace import DEVICE_CATEGORIES, HOST_CATEGORIES, load_trace, read_trace_json
 
-TRAIN = Path(__file__).parent / "fixtures" / "h100" / "pythia-1b-train-flash.pt.trace.json.gz"
+TRAIN = Path(__file__).parent / "fixtures" / "h100" / "layer" / "pythia-1b-train" / "tb" / "pythia-1b.1795430688633088519.pt.trace.json.gz"
 WORKER = "pythia-1b"  # torch-tb-profiler names a run's worker after the file: WORKER.SPAN.pt.trace.json.gz
 
 

@@ -13,7 +13,7 @@ from models import config_from_mapping, load_config
 from profiler.roofline import LOW_BANDWIDTH_PCT, bytes_model, copy_bandwidth, non_gemm_roofline
 from profiler.run_diff import normalise_components
 
-EVIDENCE = Path(__file__).resolve().parent.parent / "reports" / "h100" / "layer"
+EVIDENCE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "h100" / "layer"
 L2_BYTES = 50e6  # the H100's L2: steps moving much more than this stream from HBM
 
 

@@ -12,7 +12,7 @@ from profiler.cli import main
 from profiler.run_diff import diff_components, normalise_components
 
 ROOT = Path(__file__).resolve().parent.parent
-EAGER = ROOT / "reports" / "h100" / "layer" / "figure1-eager"
+EAGER = ROOT / "tests" / "fixtures" / "h100" / "layer" / "figure1-eager"
 TINY = ROOT / "tests" / "fixtures" / "reports" / "carryover-tiny"
 
 
