@@ -103,3 +103,24 @@ def totals(table: pd.DataFrame) -> dict:
     """Summed kernel time per step on each side, and how many rows got each verdict."""
     return {"time_a_us": float(table["time_a_us"].sum()), "time_b_us": float(table["time_b_us"].sum()),
             "verdicts": {v: int((table["verdict"] == v).sum()) for v in VERDICTS}}
+
+
+CLOCK_DIFF_TOLERANCE = 0.02  # as profiler.telemetry.CLOCK_TOLERANCE: NVML's ~15 MHz steps and run noise
+
+
+def traced_clock_mhz(entry: dict) -> float | None:
+    """The median SM clock (NVML) while a config's traced steps ran, from its run.json entry."""
+    phase = ((entry.get("clock") or {}).get("phases") or {}).get("trace") or {}
+    return phase.get("sm_clock_mhz")
+
+
+def clock_notice(entry_a: dict, entry_b: dict) -> str | None:
+    """Two traces taken at different SM clocks: a GEMM of the same shape then differs by about the clock ratio,
+    which is the GPU's state (power cap, temperature), not the model. None when the clocks agree or are unknown."""
+    a, b = traced_clock_mhz(entry_a), traced_clock_mhz(entry_b)
+    if not a or not b or abs(b / a - 1) <= CLOCK_DIFF_TOLERANCE:
+        return None
+    return (f"the traced steps ran at different SM clocks: A {a:.0f} MHz, B {b:.0f} MHz ({100 * (b / a - 1):+.1f}%); "
+            "a compute-bound kernel of the same shape differs by about that much for the GPU's state (power cap, "
+            "temperature), not for the model")
+

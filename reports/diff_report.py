@@ -115,7 +115,7 @@ def diff_report_sections(doc: dict, table: pd.DataFrame) -> list[Section]:
         figures.append(tflops)
     return [
         Section("Per component: A vs B", intro=intro, figures=figures, tables=[table_html(diff_table(doc, table))],
-                notes=[doc.get("noise_rule", "")]),
+                notes=[n for n in (doc.get("noise_rule", ""), doc.get("clock_notice")) if n]),
         Section("What was compared", tables=[table_html(inputs_table(doc))]),
     ]
 

@@ -82,3 +82,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, spec, message):
     assert main(["diff", spec, f"{EAGER}:gpt3-2.7b"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
+def test_two_traces_at_different_clocks_are_called_out():
+    """gpt3-2.7b vs its a=20 variant on the H100 of 2026-11-23: identical MLP GEMMs read 12% slower in B
+    because B's traced steps ran at 1365 MHz against A's 1575 (a power-capped GPU), not because of B's shape."""
+    from profiler.run_diff import clock_notice
+
+    def entry(mhz):
+        return {"clock": {"phases": {"trace": {"sm_clock_mhz": mhz}}}}
+
+    note = clock_notice(entry(1575.0), entry(1365.0))
+    assert note is not None and "A 1575 MHz, B 1365 MHz (-13.3%)" in note
+    assert clock_notice(entry(1980.0), entry(1965.0)) is None  # one NVML step apart: the same clock
+    assert clock_notice({}, entry(1365.0)) is None  # a run without telemetry: nothing to say

@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..errors import UserError
 from ..outputs import prepare_out_dir, write_atomic
-from ..run_diff import NOISE_SPREADS, diff_components, row_label, totals
+from ..run_diff import NOISE_SPREADS, clock_notice, diff_components, row_label, totals
 
 EXAMPLES = """examples:
   python -m profiler diff evidence/h100/layer/figure1-eager:gpt3-2.7b evidence/h100/layer/figure1-eager:gpt3-2.7b-a20
@@ -115,6 +115,10 @@ def run(args) -> int:
         if a.environment.get(what) != b.environment.get(what):
             print(f"notice: the runs differ in {what}: A {a.environment.get(what)}, B {b.environment.get(what)}; "
                   "a change may be the machine's, not the model's", file=sys.stderr)
+    clocks = clock_notice(a.entry, b.entry)
+    if clocks:
+        doc["clock_notice"] = clocks
+        print(f"notice: {clocks}", file=sys.stderr)
     print(f"A = {a.config} ({a.run_dir}), B = {b.config} ({b.run_dir}); {doc['noise_rule']}")
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     t = doc["totals"]
