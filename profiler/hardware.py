@@ -112,3 +112,15 @@ def measure_copy_bandwidth(device, gigabytes: float = 2.0) -> dict:
     dst = torch.empty_like(src)
     stats = summarize(bench(lambda: dst.copy_(src), warmup_ms=50, rep_ms=200, flush_l2=False, device=device))
     return {"bytes_moved": 2 * numel * 4, "tbps": 2 * numel * 4 / (stats.median_ms * 1e-3) / 1e12, **stats.to_dict()}
+
+
+def resolve_device(choice: str) -> torch.device:
+    """A command's --device auto|cuda|cpu as a device; asking for CUDA where there is none is the user's to fix."""
+    from .errors import UserError
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device: cuda asked for but no CUDA device is visible; use --device cpu or auto")
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+

@@ -26,7 +26,7 @@ from models import ModelConfig, layer_flops
 from models.layer import build_layer, random_input, torch_dtype
 
 from . import checks as C
-from .attribution import FUSED_ATTENTION, attribute_detailed, component_summary, coverage, host_context, \
+from .attribution import attribute_detailed, component_summary, coverage, host_context, \
     step_totals, unattributed_kernels
 from .flops import CONVENTIONS, check_rows, component_flops, counted_flops, flops_for
 from .explain import explain_activities, join_depth

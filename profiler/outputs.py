@@ -26,13 +26,14 @@ def prepare_out_dir(path: Path | str, flag: str = "--out") -> Path:
     return path
 
 
-def write_atomic(path: Path, text: str) -> Path:
-    """Write `text` to `path` through a temporary file in the same directory and a rename."""
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write `data` (text as UTF-8, or bytes) to `path` through a temporary file in the same directory and a
+    rename."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import pandas as pd
 
 from models.gemms import GEMM_COMPONENTS
 
+from .outputs import write_atomic
 from .trace import DEVICE_CATEGORIES, read_trace_json
 
 COMPONENT_CATEGORY = "gpu_component"
@@ -92,17 +91,6 @@ def annotate_trace(path_in: Path | str, activities: pd.DataFrame, path_out: Path
     trace["traceEvents"] = events + component_events(events, activities)
     if rank is not None and "distributedInfo" not in trace:
         trace["distributedInfo"] = {"rank": int(rank)}
-    text = json.dumps(trace)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path_out.name}.", dir=path_out.parent)
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            if path_out.name.endswith(".gz"):
-                with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-                    gz.write(text.encode())
-            else:
-                raw.write(text.encode())
-        os.replace(tmp, path_out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    data = json.dumps(trace).encode()
+    write_atomic(path_out, gzip.compress(data, mtime=0) if path_out.name.endswith(".gz") else data)
     return path_out

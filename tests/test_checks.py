@@ -4,7 +4,6 @@ sound one. The tolerances live in profiler/checks.py; a failed check reaches the
 import json
 
 import pandas as pd
-import pytest
 
 from models import load_config
 from profiler import checks as C

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..hardware import resolve_device
 
 ACTIONS = ("matmul", "layer", "report")
 EXAMPLES = """examples:
@@ -64,12 +65,6 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def _device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device: cuda asked for but no CUDA device is visible; use --device cpu or auto")
-    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", torch.cuda.current_device())
 
 
 def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
@@ -115,7 +110,7 @@ def run_matmul(args) -> int:
     from ..hardware import environment
     from ..invariance import files, matmul_bench, shapes
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     _require_kernels(device)
     defaults = GPU if device.type == "cuda" else CPU
     dtype = getattr(torch, args.dtype or defaults["dtype"])
@@ -167,7 +162,7 @@ def run_layer(args) -> int:
     from ..invariance import files
     from ..invariance.layer_check import LayerCheckSpec, check_layer
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     _require_kernels(device)
     defaults = GPU if device.type == "cuda" else CPU
     dtype_name = args.dtype or defaults["dtype"]

@@ -23,7 +23,7 @@ from models import count_parameters, layer_flops, layer_gemms, load_config
 from models.config import ModelConfig
 
 from ..errors import UserError
-from ..hardware import environment, measure_copy_bandwidth, measure_matmul_peak
+from ..hardware import environment, measure_copy_bandwidth, measure_matmul_peak, resolve_device
 from ..layer_profile import MODES, ProfileOptions, profile_layer
 from ..memory import available_bytes, layer_run_bytes
 from ..outputs import prepare_out_dir, write_atomic
@@ -64,12 +64,6 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="exit 0 even when a self-check fails (the failure is still printed and recorded)")
 
 
-def _device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device: cuda asked for but no CUDA device is visible; use --device cpu or auto")
-    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    return torch.device("cuda", torch.cuda.current_device())
 
 
 def resolve_configs(args, device: torch.device) -> tuple[list[ModelConfig], dict[str, list[dict]]]:
@@ -231,7 +225,7 @@ def _peaks(device: torch.device, configs: list[ModelConfig], env: dict) -> dict[
 def run(args) -> int:
     from reports.layer_report import write_layer_report
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     on_cpu = device.type == "cpu"
     for name in ("batch", "seq_len", "tensor_parallel", "iters"):
         value = getattr(args, name)
