@@ -141,11 +141,15 @@ def counted_flops(cfg: ModelConfig, *, include_logits: bool, backward: bool, dev
     return counted
 
 
+def ran_fused_attention(counted: dict) -> bool:
+    """Whether a fused attention kernel (flash, memory-efficient, cuDNN) ran, rather than SDPA's math path
+    (decomposed into bmm's) or eager attention: it decides the attention's backward FLOPs."""
+    return any(any(f in op for f in FUSED_OPS) for op in counted.get("attention_ops", []))
+
+
 def check_rows(cfg: ModelConfig, counted: dict, *, include_logits: bool, backward: bool) -> list[dict]:
     """Formula (counted convention, for the attention op that ran) vs torch's count, per row."""
-    fused = any(any(f in op for f in FUSED_OPS) for op in counted.get("attention_ops", []))
-    if cfg.attention != "eager" and not counted.get("attention_ops"):
-        fused = False  # SDPA decomposed into the math path's bmm's
+    fused = ran_fused_attention(counted)
     formula = component_flops(cfg, include_logits=include_logits, backward=backward, convention="counted",
                               fused_backward=fused)
     rows = []

@@ -28,7 +28,7 @@ from models.layer import build_layer, random_input, torch_dtype
 from . import checks as C
 from .attribution import attribute_detailed, component_summary, coverage, host_context, \
     step_totals, unattributed_kernels
-from .flops import CONVENTIONS, check_rows, component_flops, counted_flops, flops_for
+from .flops import CONVENTIONS, check_rows, component_flops, counted_flops, flops_for, ran_fused_attention
 from .explain import explain_activities, join_depth
 from .floor import floor_times
 from .perfetto import annotate_trace
@@ -228,8 +228,7 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
 
     counted = counted_flops(cfg, include_logits=options.include_logits, backward=options.backward, device=device,
                             dtype=dtype)
-    fused = any(any(k in op for k in ("flash", "efficient", "cudnn")) for op in counted["attention_ops"])
-    summary = join_flops(summary, cfg, options, fused)
+    summary = join_flops(summary, cfg, options, ran_fused_attention(counted))
     if peak_tflops:
         summary["pct_of_peak"] = 100 * summary["tflops"] / peak_tflops
     # why: tiles, waves and rooflines per GEMM, bytes and bandwidth per non-GEMM step, two-signal detection
