@@ -37,6 +37,7 @@ from profiler.timing import bench, summarize  # noqa: E402
 
 TARGET_POINTS_PER_S = 20.0
 TARGET_PCT = 3.0
+COMPUTE_BOUND_MS = (0.3, 5.0)  # long enough to draw full power, shorter than do_bench's 100 ms of repetitions
 
 
 def draw_specs(n: int, seed: int, cpu: bool, dtype: str) -> list[SweepSpec]:
@@ -71,6 +72,50 @@ def draw_specs(n: int, seed: int, cpu: bool, dtype: str) -> list[SweepSpec]:
     return specs
 
 
+def why(df: pd.DataFrame) -> list[str]:
+    """Which points miss the target, and the pattern behind them: the sweep's short window (30 ms of
+    repetitions) against do_bench's 100 ms, for points that draw full power (compute-bound GEMMs of 0.3-5 ms)
+    vs points that do not (memory-bound BMMs) or whose own minimum repetitions already last 30+ ms."""
+    d = df.dropna(subset=["diff_pct"])
+    if d.empty:
+        return []
+    lo, hi = COMPUTE_BOUND_MS
+    mid = d[(d["do_bench_ms"] >= lo) & (d["do_bench_ms"] <= hi) & d["kind"].isin(["mm", "qkv"])]
+    rest = d[~d.index.isin(mid.index)]
+    lines = ["", "why:"]
+    if len(mid):
+        lines.append(f"  linear GEMMs of {lo}-{hi} ms (compute-bound; {len(mid)} points): the sweep reads "
+                     f"{-mid['diff_pct'].median():.1f}% faster than do_bench (median), {100 * (mid['diff_pct'].abs() <= TARGET_PCT).mean():.0f}% "
+                     "within 3%: their 30 ms window ends before the GPU's power cap lowers the clock, do_bench's "
+                     "100 ms loop does not; under a power cap, >= 20 points/s and do_bench's number conflict for them")
+    if len(rest):
+        lines.append(f"  every other point ({len(rest)}: memory-bound BMMs, flash, and GEMMs whose 10 repetitions "
+                     f"already last 30+ ms): median |diff| {rest['diff_pct'].abs().median():.1f}%, "
+                     f"{100 * (rest['diff_pct'].abs() <= TARGET_PCT).mean():.0f}% within 3%")
+    return lines
+
+
+def report_lines(df: pd.DataFrame, points: int, wall_s: float) -> list[str]:
+    """The rate, then per kind the sweep-vs-do_bench agreement and its verdict, then why."""
+    rate = points / wall_s
+    lines = [f"sweep pass: {points} points in {wall_s:.2f} s = {rate:.1f} points/s (target >= {TARGET_POINTS_PER_S:.0f}: "
+             f"{'met' if rate >= TARGET_POINTS_PER_S else 'NOT met'})", "",
+             f"{'kind':8s} {'points':>6s} {'median diff':>11s} {'p90 |diff|':>10s} {'worst':>7s} {'within 3%':>9s}  verdict"]
+    for kind, part in df.dropna(subset=["diff_pct"]).groupby("kind", sort=False):
+        absd = part["diff_pct"].abs()
+        verdict = "meets the target" if absd.quantile(0.9) <= TARGET_PCT else "OUTSIDE the target"
+        lines.append(f"{kind:8s} {len(part):6d} {part['diff_pct'].median():+10.1f}% {absd.quantile(0.9):9.1f}% "
+                     f"{part.loc[absd.idxmax(), 'diff_pct']:+6.1f}% {100 * (absd <= TARGET_PCT).mean():8.0f}%  {verdict}")
+    absd = df["diff_pct"].abs().dropna()
+    lines.append(f"\nall kinds: median |diff| {absd.median():.2f}%, p90 {absd.quantile(0.9):.2f}%, worst {absd.max():.1f}%; "
+                 f"{100 * (absd <= TARGET_PCT).mean():.0f}% of points within +-{TARGET_PCT:.0f}%")
+    if rate < TARGET_POINTS_PER_S:
+        per_point = 1e3 * wall_s / points
+        lines.append(f"rate: {per_point:.0f} ms per point (warm-up until two windows agree, 30 ms of repetitions, "
+                     "operands allocated per point, an fsync per record)")
+    return lines + why(df)
+
+
 def do_bench_ms(fn, device) -> float:
     if device.type != "cuda":
         return summarize(bench(fn, warmup_ms=25, rep_ms=100, device=device)).median_ms
@@ -89,7 +134,19 @@ def main() -> int:
     parser.add_argument("--points", type=int, default=120)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="directory for speed.txt and speed.csv")
+    parser.add_argument("--from-csv", help="re-render speed.txt from a speed.csv already measured (no timing)")
+    parser.add_argument("--wall-s", type=float, help="with --from-csv: the sweep pass's wall clock, if the CSV has none")
     args = parser.parse_args()
+    if args.from_csv:
+        df = pd.read_csv(args.from_csv)
+        wall = args.wall_s or float(df["wall_s"].iloc[0])
+        text = "\n".join([f"== re-rendered from {args.from_csv} ({len(df)} points measured earlier) =="]
+                         + report_lines(df, len(df), wall))
+        print(text)
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "speed.txt").write_text(text + "\n")
+        return 0
     device = torch.device(args.device)
     cpu = device.type != "cuda"
     dtype = args.dtype or ("float32" if cpu else "bfloat16")
@@ -122,20 +179,9 @@ def main() -> int:
         del fn
     df = pd.DataFrame(rows)
     df["diff_pct"] = 100 * (df["sweep_ms"] / df["do_bench_ms"] - 1)
-    rate = len(points) / wall
-    say(f"sweep pass: {len(points)} points in {wall:.2f} s = {rate:.1f} points/s (target >= {TARGET_POINTS_PER_S:.0f}: "
-        f"{'met' if rate >= TARGET_POINTS_PER_S else 'NOT met'})")
-    say("")
-    say(f"{'kind':8s} {'points':>6s} {'median diff':>11s} {'p90 |diff|':>10s} {'worst':>7s} {'within 3%':>9s}  verdict")
-    for kind, part in df.dropna(subset=["diff_pct"]).groupby("kind", sort=False):
-        absd = part["diff_pct"].abs()
-        within = (absd <= TARGET_PCT).mean()
-        verdict = "meets the target" if absd.quantile(0.9) <= TARGET_PCT else "OUTSIDE the target"
-        say(f"{kind:8s} {len(part):6d} {part['diff_pct'].median():+10.1f}% {absd.quantile(0.9):9.1f}% "
-            f"{part.loc[absd.idxmax(), 'diff_pct']:+6.1f}% {100 * within:8.0f}%  {verdict}")
-    absd = df["diff_pct"].abs().dropna()
-    say(f"\nall kinds: median |diff| {absd.median():.2f}%, p90 {absd.quantile(0.9):.2f}%, worst {absd.max():.1f}%; "
-        f"{100 * (absd <= TARGET_PCT).mean():.0f}% of points within +-{TARGET_PCT:.0f}%")
+    df["wall_s"] = wall  # the sweep pass's wall clock, kept so the text can be re-rendered from the CSV
+    for line in report_lines(df, len(points), wall):
+        say(line)
     failed = df[df["status"] != "ok"]
     if len(failed):
         say(f"{len(failed)} point(s) not measured: {', '.join(failed['shape'].head(5))}")
