@@ -259,7 +259,7 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
             C.warmup_check(warmups),
             C.trace_vs_events_check(span_us, latency_us, is_launch_bound, latency.spread),
             C.clock_check(clock["comparison"] if clock else None,
-                          reason=telemetry.reason if telemetry is not None else "no telemetry"),
+                          reason=telemetry.reason if telemetry is not None else "telemetry off (--no-telemetry)"),
             C.vs_alone_check(summary) if options.measure_floor else
             C.Check("in_layer_vs_alone", C.SKIPPED, "", "floor not measured (--no-floor)"),
         ]

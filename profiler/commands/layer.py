@@ -60,6 +60,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--distributed", action="store_true",
                    help="t processes (torchrun, one per GPU, NCCL) running a Megatron-style tensor-parallel layer with "
                         "real all-reduces; with --device cpu, gloo (wiring only)")
+    p.add_argument("--no-telemetry", action="store_true",
+                   help="do not sample SM clock and power (NVML) in a background thread; the clock check then skips")
     p.add_argument("--allow-failed-checks", action="store_true",
                    help="exit 0 even when a self-check fails (the failure is still printed and recorded)")
 
@@ -263,7 +265,7 @@ def run(args) -> int:
     env = environment(device)
     from ..telemetry import Telemetry
 
-    telemetry = Telemetry(device.index or 0).start() if not on_cpu else None
+    telemetry = Telemetry(device.index or 0).start() if not (on_cpu or args.no_telemetry) else None
     try:
         return _run_configs(args, configs, switches, options, min_warmup, out, env, previous, device, telemetry,
                             write_layer_report)
