@@ -43,7 +43,6 @@ REGION_COMPONENT = {
 NON_GEMM_COMPONENTS = FUSED_ATTENTION + ("softmax", "dropout", "norm", "rotary", "activation", "residual_bias",
                                          "grad_accumulation", "other")
 COMPONENT_ORDER = GEMM_COMPONENTS + NON_GEMM_COMPONENTS + ("communication", "unattributed")
-KINDS = ("gemm", "non-gemm", "communication", "unattributed")
 GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
             "aten::_addmm_activation"}
 LINEAR_COMPONENTS = ("qkv_transform", "out_projection", "mlp_up", "mlp_gate", "mlp_down", "logits")
