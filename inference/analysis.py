@@ -99,7 +99,8 @@ def ordering(df: pd.DataFrame, smaller: str = "pythia-410m", larger: str = "pyth
 
 
 LAYER_COLUMNS = ["model", "mode", "layer_tflops", "layer_latency_us", "layer_latency_p10_us", "layer_latency_p90_us",
-                 "layer_flops", "layer_batch", "layer_seq_len", "layer_gemm_share", "layer_status", "layer_run"]
+                 "layer_flops", "layer_batch", "layer_seq_len", "layer_gemm_share", "layer_status", "layer_run",
+                 "layer_launch_bound", "layer_graph_us", "layer_graph_p10_us", "layer_graph_p90_us"]
 
 
 def load_layer_profile(path: str | Path) -> pd.DataFrame:
@@ -107,7 +108,8 @@ def load_layer_profile(path: str | Path) -> pd.DataFrame:
 
     The one place that reads the layer profiler's output: configs[i]['name'], ['mode'], ['status'],
     ['layer_tflops'], ['layer_flops'], ['latency_us'] {median, p10, p90} and the resolved ['config']
-    (micro_batch_size, seq_length)."""
+    (micro_batch_size, seq_length); ['launch_bound'] and ['latency_graph_us'] {median, p10, p90} where the
+    profiler measured them (the GPU's own time for a layer whose eager latency is the host's)."""
     path = Path(path)
     if path.is_dir():
         path = path / "run.json"
@@ -125,13 +127,17 @@ def load_layer_profile(path: str | Path) -> pd.DataFrame:
         latency = entry.get("latency_us") or {}
         latency = latency if isinstance(latency, dict) else {"median": latency}
         config = entry.get("config") or {}
+        graph = entry.get("latency_graph_us") or {}
+        graph = graph if isinstance(graph, dict) else {"median": graph}
         mode = entry.get("mode") or (entry.get("options") or {}).get("mode") or "forward"
         rows.append({"model": entry.get("name"), "mode": mode, "layer_tflops": entry.get("layer_tflops"),
                      "layer_latency_us": latency.get("median"), "layer_latency_p10_us": latency.get("p10"),
                      "layer_latency_p90_us": latency.get("p90"), "layer_flops": entry.get("layer_flops"),
                      "layer_batch": config.get("micro_batch_size"), "layer_seq_len": config.get("seq_length"),
                      "layer_gemm_share": entry.get("gemm_share"), "layer_status": entry.get("status", "ok"),
-                     "layer_run": str(path)})
+                     "layer_run": str(path), "layer_launch_bound": entry.get("launch_bound"),
+                     "layer_graph_us": graph.get("median"), "layer_graph_p10_us": graph.get("p10"),
+                     "layer_graph_p90_us": graph.get("p90")})
     return pd.DataFrame(rows, columns=LAYER_COLUMNS)
 
 

@@ -89,27 +89,32 @@ def measure_peak(device: torch.device, dtype: str) -> float | None:
 
 class Plan:
     """Which rows to run: every model x engine x prompt length x batch, minus those already measured,
-    with the shapes an engine refuses replaced by its fallback variant's rows."""
+    with the rows an engine refuses (a shape its kernels cannot run, or a prompt and batch they compute
+    wrongly) joined by its fallback variant's rows."""
 
     def __init__(self, models: list[BenchModel], engines: list[Engine], spec: BenchSpec, provenance: dict):
         self.spec, self.provenance = spec, provenance
         self.rows: list[Planned] = []
         names = {e.name for e in engines}
-        self.refused: dict[tuple[str, str], object] = {}  # (model, engine) -> KernelSupport
+        self.refused: dict[tuple[str, str, int, int], object] = {}  # (model, engine, prompt, batch) -> KernelSupport
         for model in models:
             for engine in engines:
-                support = engine.shape_support(model.config, dtype=spec.dtype,
-                                               tensor_parallel=tensor_parallel_of(engine, spec),
+                tp = tensor_parallel_of(engine, spec)
+                support = engine.shape_support(model.config, dtype=spec.dtype, tensor_parallel=tp,
                                                max_context=spec.max_context)
-                self.rows += self._rows(model, engine)
-                if not support.ok:
-                    self.refused[(model.name, engine.name)] = support
-                    fallback = FALLBACK.get(engine.name)
-                    if fallback and fallback not in names:
-                        self.rows += self._rows(model, get_engine(fallback), fallback_for=engine.name)
-
-    def _rows(self, model, engine, fallback_for=None) -> list[Planned]:
-        return [Planned(model, engine, p, b, fallback_for) for p in self.spec.prompt_lens for b in self.spec.batches]
+                fallback = FALLBACK.get(engine.name)
+                fallback = get_engine(fallback) if fallback and fallback not in names else None
+                for p in spec.prompt_lens:
+                    for b in spec.batches:
+                        row_support = support
+                        if support.ok and hasattr(engine, "row_support"):
+                            row_support = engine.row_support(model.config, dtype=spec.dtype, tensor_parallel=tp,
+                                                             prompt_len=p, batch=b)
+                        self.rows.append(Planned(model, engine, p, b))
+                        if not row_support.ok:
+                            self.refused[(model.name, engine.name, p, b)] = row_support
+                            if fallback is not None:
+                                self.rows.append(Planned(model, fallback, p, b, fallback_for=engine.name))
 
     def row(self, planned: Planned) -> dict:
         extra = {"fallback_for": planned.fallback_for} if planned.fallback_for else {}
@@ -117,7 +122,7 @@ class Plan:
                            provenance=self.provenance), **extra}
 
     def refusal(self, planned: Planned):
-        return self.refused.get((planned.model.name, planned.engine.name))
+        return self.refused.get((planned.model.name, planned.engine.name, planned.prompt_len, planned.batch))
 
 
 def run_bench(spec: BenchSpec, *, log: Callable[[str], None] = print, progress: bool = True,
@@ -145,7 +150,7 @@ def run_bench(spec: BenchSpec, *, log: Callable[[str], None] = print, progress: 
     provenance = {"git_sha": env.get("git_sha"), "order_seed": order_seed, "warmup_s": spec.warmup_s}
     plan = Plan(models, engines, spec, provenance)
     results = ResultsFile(spec.out)
-    done = results.done_keys()
+    done = results.done_keys(spec.redo)
     if results.notice():  # damaged lines are named, never skipped silently
         log(f"notice: {results.notice()}")
     pending = [p for p in plan.rows if row_key(plan.row(p)) not in done]

@@ -27,26 +27,59 @@ LABELS = {"train_fwd": "training forward", "train_fwdbwd": "training fwd+bwd", "
 MODES = {"forward": "train_fwd", "forward+backward": "train_fwdbwd"}
 AUTO_ENGINE = "mii-auto"  # per shape: MII with kernel injection where the kernels accept it, else without
 KNEE_RISE = 0.25  # decode turns compute-bound where a step costs 25% more than at b=1 (step noise is ~5-15%)
+HOST_MULTIPLE = 3.0  # a decode step this many times its larger floor at every batch is the host's, not the GPU's
 INFERENCE_GROUP = ["engine", "batch", "prompt_len"]
+
+
+EAGER, GRAPH, LAUNCH_BOUND = "eager", "cuda-graph", "eager, launch-bound"
+
+
+def training_basis(part: pd.DataFrame) -> str:
+    """One timing basis for every shape of a mode, since a ratio of an eager latency to a graphed one means
+    nothing. A launch-bound layer's eager latency is the host's speed, not the shape's (small layers at b=1),
+    so when any shape is launch-bound and every shape has a CUDA-graph latency, the graph replays are the
+    basis; with no graph latency (forward+backward) the eager figure stays, labelled launch-bound."""
+    launch = part["layer_launch_bound"].astype("boolean").fillna(False) if "layer_launch_bound" in part else None
+    if launch is None or not launch.any():
+        return EAGER
+    graph = part["layer_graph_us"] if "layer_graph_us" in part else pd.Series(dtype=float)
+    return GRAPH if len(graph) == len(part) and graph.notna().all() else LAUNCH_BOUND
 
 
 def training_metrics(layer: pd.DataFrame) -> pd.DataFrame:
     """Layer profiler rows (analysis.load_layer_profile) -> one row per model, a throughput and its range
-    per mode. TFLOP/s scales as 1 / latency, so its range comes from the latency's p90 (low) and p10 (high)."""
+    per mode, and the mode's timing basis (training_basis) with the shapes that are launch-bound. TFLOP/s
+    scales as 1 / latency, so its range comes from the latency's p90 (low) and p10 (high)."""
     ok = layer[layer["layer_status"].fillna("ok").eq("ok") & layer["layer_tflops"].notna()].copy()
     out = pd.DataFrame({"model": pd.Series(dtype=object)})
     for mode, metric in MODES.items():
-        part = ok[ok["mode"] == mode]
+        part = ok[ok["mode"] == mode].drop_duplicates("model", keep="last")
         if part.empty:
             continue
         value, lo, hi = METRICS[metric]
-        median = part["layer_latency_us"]
-        part = part.assign(**{value: part["layer_tflops"],
-                              lo: part["layer_tflops"] * median / part["layer_latency_p90_us"].fillna(median),
-                              hi: part["layer_tflops"] * median / part["layer_latency_p10_us"].fillna(median)})
-        part = part.drop_duplicates("model", keep="last")[["model", value, lo, hi]]
-        out = out.merge(part, on="model", how="outer")
+        basis = training_basis(part)
+        prefix = "layer_graph" if basis == GRAPH else "layer_latency"
+        median = part[f"{prefix}_us"]
+        flop_us = part["layer_tflops"] * part["layer_latency_us"]  # the layer's FLOPs, as TFLOP/s x us
+        launch = part["layer_launch_bound"].astype("boolean").fillna(False) if "layer_launch_bound" in part else \
+            pd.Series(False, index=part.index)
+        part = part.assign(**{value: flop_us / median,
+                              lo: flop_us / part[f"{prefix}_p90_us"].fillna(median),
+                              hi: flop_us / part[f"{prefix}_p10_us"].fillna(median),
+                              f"{metric}_basis": basis,
+                              f"{metric}_launch_bound": ", ".join(part.loc[launch.to_numpy(), "model"])})
+        out = out.merge(part[["model", value, lo, hi, f"{metric}_basis", f"{metric}_launch_bound"]], on="model",
+                        how="outer")
     return out
+
+
+def verdict_training_metric(bases: dict[str, str | None], available: set[str]) -> str:
+    """The training metric a verdict and an ordering stand on: forward+backward, unless its only figure is
+    a launch-bound eager one while the forward has a GPU-bound (graphed or eager) one."""
+    if "train_fwdbwd" in available and not (bases.get("train_fwdbwd") == LAUNCH_BOUND and "train_fwd" in available
+                                            and bases.get("train_fwd") in (EAGER, GRAPH)):
+        return "train_fwdbwd"
+    return "train_fwd" if "train_fwd" in available else "train_fwdbwd"
 
 
 def with_auto_engine(bench: pd.DataFrame) -> pd.DataFrame:
@@ -164,7 +197,8 @@ def verdicts(table: pd.DataFrame, baseline: str, *, prefill_prompt: int | None =
         p = pre.loc[idx] if idx in pre.index else None
         d = dec.loc[idx] if idx in dec.index else None
         src = p if p is not None else d
-        train = "train_fwdbwd" if _get(src, "train_fwdbwd_gain") is not None else "train_fwd"
+        train = verdict_training_metric({m: _get(src, f"{m}_basis") for m in MODES.values()},
+                                        {m for m in MODES.values() if _get(src, f"{m}_gain") is not None})
         carries = _carries(_class(src, train), [_class(p, "prefill"), _class(d, "decode")])
         mixed = next((x for x in (p, d) if x is not None and _get(x, "variant_differs")), None)
         if mixed is not None and not carries.startswith("cannot"):
@@ -173,10 +207,26 @@ def verdicts(table: pd.DataFrame, baseline: str, *, prefill_prompt: int | None =
         not_ok = sorted({f"{_get(x, 'status')}: {_get(x, 'reason') or ''}".strip(": ") for x in (p, d)
                          if x is not None and _get(x, "status") != "ok"})
         lines.append({"engine": engine, "batch": batch, "model": model, "carries_over": carries, "verdict": (
-            f"{model} vs {baseline} [{engine} b={batch}]: training {_pct(src, 'train_fwdbwd')} "
-            f"(forward {_pct(src, 'train_fwd')}), prefill@{p_prefill} {_pct(p, 'prefill')}, "
+            f"{model} vs {baseline} [{engine} b={batch}]: {_training_text(src, train)}, prefill@{p_prefill} {_pct(p, 'prefill')}, "
             f"decode@{p_decode} {_pct(d, 'decode')}: {carries}" + (f" [rows not ok: {'; '.join(not_ok)}]" if not_ok else ""))})
     return pd.DataFrame(lines, columns=columns)
+
+
+def _training_text(row: pd.Series | None, metric: str) -> str:
+    """'training +x% [..] (forward +y% [..])', saying when a figure is CUDA-graph replays and when the eager
+    one is launch-bound (the host's speed)."""
+    def pct(m: str) -> str:
+        return _pct(row, m) + (" in CUDA graphs" if _get(row, f"{m}_basis") == GRAPH else "")
+
+    def host(m: str) -> str:
+        return f"launch-bound: {_get(row, f'{m}_launch_bound')}, the host's speed"
+
+    if metric == "train_fwd":
+        other = _get(row, "train_fwdbwd_gain") is not None
+        return f"training forward {pct('train_fwd')}" + (f" (fwd+bwd {pct('train_fwdbwd')}, {host('train_fwdbwd')})"
+                                                         if other else "")
+    text = f"training {pct('train_fwdbwd')} (forward {pct('train_fwd')})"
+    return text + (f" [{host('train_fwdbwd')}]" if _get(row, "train_fwdbwd_basis") == LAUNCH_BOUND else "")
 
 
 def _carries(train_class: str, inference_classes: list[str]) -> str:
@@ -208,15 +258,17 @@ def significant_pairs(df: pd.DataFrame, value: str, lo: str, hi: str) -> set[tup
             if a["model"] != b["model"] and a[lo] > b[hi]}
 
 
-def ordering(table: pd.DataFrame, *, training: str = "train_fwdbwd") -> pd.DataFrame:
+def ordering(table: pd.DataFrame, *, training: str | None = None) -> pd.DataFrame:
     """Per engine x batch x prompt and inference metric: the shapes' order by training and by inference,
     and whether they agree: no pair ordered one way by training and the other way by inference, each
-    beyond its spread."""
+    beyond its spread. `training`: the training metric (default: the verdicts' choice)."""
     out = []
+    available = {m for m in MODES.values() if METRICS[m][0] in table and table[METRICS[m][0]].notna().any()}
+    bases = {m: table[f"{m}_basis"].dropna().iloc[0] if f"{m}_basis" in table and table[f"{m}_basis"].notna().any()
+             else None for m in MODES.values()}
+    if training is None:
+        training = verdict_training_metric(bases, available) if available else "train_fwdbwd"
     tv, tlo, thi = METRICS[training]
-    if tv not in table or table[tv].isna().all():
-        tv, tlo, thi = METRICS["train_fwd"]
-        training = "train_fwd"
     for (engine, batch, prompt), g in table.groupby(INFERENCE_GROUP):
         for metric in ("prefill", "decode"):
             v, lo, hi = METRICS[metric]
@@ -251,21 +303,31 @@ def decode_sweep(bench: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["engine", "params_total", "model", "batch"], kind="stable").reset_index(drop=True)
 
 
-def decode_knee(sweep: pd.DataFrame, rise: float = KNEE_RISE) -> pd.DataFrame:
-    """Per engine and shape: the step latency at the smallest batch, the first batch whose step costs more
-    than (1 + rise) x that (the point where adding rows stops being free), and the first batch whose compute
-    floor reaches its bandwidth floor (where the roofline says decode turns compute-bound)."""
+def decode_knee(sweep: pd.DataFrame, rise: float = KNEE_RISE, host_multiple: float = HOST_MULTIPLE) -> pd.DataFrame:
+    """Per engine and shape: the step latency at the smallest batch; the knee, the first batch whose step
+    costs more than (1 + rise) x that and more than the smallest batch's p90 at its own p10 (beyond the
+    noise of both, so one slow step is not a knee); the first batch whose compute floor reaches its
+    bandwidth floor (where the roofline says decode turns compute-bound); and how far the step sits above
+    the larger floor. A step `host_multiple` x or more above both floors at every batch is launch-bound:
+    the host's speed sets it, and no knee can show until a batch's compute catches up with the host."""
     out = []
     for (engine, model), g in sweep.groupby(["engine", "model"], sort=False):
         g = g.sort_values("batch")
         first = g.iloc[0]
-        rising = g[g["decode_p50_ms"] > (1 + rise) * first["decode_p50_ms"]]
+        noise_top = first["decode_p90_ms"] if pd.notna(first["decode_p90_ms"]) else first["decode_p50_ms"]
+        p10 = g["decode_p10_ms"].fillna(g["decode_p50_ms"])
+        rising = g[(g["decode_p50_ms"] > (1 + rise) * first["decode_p50_ms"]) & (p10 > noise_top)]
         crossing = g[g["compute_floor_ms"].notna() & (g["compute_floor_ms"] >= g["decode_floor_ms"])]
+        floor = g[["decode_floor_ms", "compute_floor_ms"]].max(axis=1)
+        multiple = (g["decode_p50_ms"] / floor).min()
         out.append({"engine": engine, "model": model, "smallest_batch": int(first["batch"]),
                     "step_ms_at_smallest": first["decode_p50_ms"],
                     "knee_batch": int(rising.iloc[0]["batch"]) if len(rising) else None,
                     "roofline_batch": int(crossing.iloc[0]["batch"]) if len(crossing) else None,
                     "largest_batch": int(g.iloc[-1]["batch"]),
-                    "step_ms_at_largest": g.iloc[-1]["decode_p50_ms"]})
+                    "step_ms_at_largest": g.iloc[-1]["decode_p50_ms"],
+                    "min_step_over_floor": multiple,
+                    "launch_bound": bool(pd.notna(multiple) and multiple >= host_multiple)})
     return pd.DataFrame(out, columns=["engine", "model", "smallest_batch", "step_ms_at_smallest", "knee_batch",
-                                      "roofline_batch", "largest_batch", "step_ms_at_largest"])
+                                      "roofline_batch", "largest_batch", "step_ms_at_largest", "min_step_over_floor",
+                                      "launch_bound"])

@@ -69,6 +69,8 @@ def add_bench_args(parser: argparse.ArgumentParser, *, batch: str = "1,8", promp
     parser.add_argument("--order-seed", type=int, help="seed of the random timed order of engines and rows "
                         "(default: drawn, and recorded in every row)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--redo", default="", help="measure again the rows a rerun would skip that have these "
+                        "statuses, comma-separated (e.g. mismatch,unchecked after a fix; default none)")
 
 
 def bench_spec(args, out: Path):
@@ -79,7 +81,7 @@ def bench_spec(args, out: Path):
                      repeats=args.repeats, warmup_s=args.warmup_s, dtype=args.dtype, out=out,
                      checkpoints=Path(args.checkpoints), tensor_parallel=args.tensor_parallel,
                      max_params=_params(args.max_params), seed=args.seed, order_seed=args.order_seed,
-                     device=args.device)
+                     device=args.device, redo=_csv(args.redo))
 
 
 def _summary(rows: list[dict]) -> str:

@@ -126,6 +126,30 @@ def context_support(context: int) -> KernelSupport:
     return KernelSupport(True, "", "csrc/transformer/inference/csrc/softmax.cu:470")
 
 
+INT_LIMIT = 2**31  # the scores' row offset in attn_softmax_v2 is a 32-bit int
+SOFTMAX_FILE = "csrc/transformer/inference/csrc/softmax.cu"
+
+
+def prefill_support(batch: int, heads_per_gpu: int, prompt_len: int) -> KernelSupport:
+    """Is the injected attention right for a prompt of `prompt_len` tokens at this batch?
+
+    attn_softmax_v2 finds a score row at `vals += iter_offset * sequence_length` with both ints
+    (softmax.cu:68-74; :289 in the fp32 kernel), where iter_offset runs over batch x heads x query rows.
+    Once (b*H*L - 1) * L reaches 2^31 the offset wraps: those rows are never softmaxed, and the kernel
+    reads and writes elsewhere in the workspace (the KV cache), so every row can come out wrong, silently.
+    On the H100 (2026-11-23) gpt3-2.7b-c2 (40 heads) at b=16, prompt 2048 (2.7e9 scores) failed the
+    logits check (top-1 agreement 35%) while a=20 (1.3e9) and b=1 (1.7e8) passed. Decode (one query row)
+    stays far below the limit but inherits the prefill's KV cache."""
+    scores_offset = (batch * heads_per_gpu * prompt_len - 1) * prompt_len
+    if scores_offset >= INT_LIMIT:
+        return KernelSupport(False, (
+            f"batch {batch} x {heads_per_gpu} heads x prompt {prompt_len}^2 = {batch * heads_per_gpu * prompt_len ** 2:.3g} "
+            f"attention scores: the fused softmax indexes them with a 32-bit int (limit 2^31 = {INT_LIMIT:.3g}), so "
+            "the prefill computes wrong values without an error; use a smaller batch or prompt"),
+            f"{SOFTMAX_FILE}:68-74 (int iter_offset * sequence_length; :289 for fp32), total_count :443")
+    return KernelSupport(True, "", f"{SOFTMAX_FILE}:68-74: (b*H*L - 1) * L = {scores_offset:.3g} < 2^31")
+
+
 # Why `enable_cuda_graph` cannot speed up MII legacy's GPT-NeoX generation (DeepSpeed 0.19.8, MII 0.3.3):
 # 1. with kernel injection, replace_with_policy raises ValueError when the layer policy does not support CUDA
 #    graphs (deepspeed/module_inject/replace_module.py:223-228); GPTNEOXLayerPolicy never sets

@@ -25,6 +25,7 @@ class Generation:
     tokens: torch.Tensor  # [b, N] new token ids
     topk_values: torch.Tensor  # [b, N, k] float32: the processed logits generate() took its argmax over
     topk_ids: torch.Tensor  # [b, N, k]
+    chunk: int | None = None  # rows per generate() call where the whole batch ran out of memory
 
 
 @dataclass
@@ -87,10 +88,31 @@ def chunked_last_logits(model, input_ids: torch.Tensor, device: torch.device) ->
             torch.cuda.empty_cache()
 
 
+def chunked_generation(model, tokenizer, texts: tuple[str, ...], new_tokens: int, device: torch.device) -> Generation:
+    """greedy_generation over the rows in chunks, halving the chunk on out-of-memory (c1's 64 heads at b=16,
+    prompt 2048 need 8 GiB per score tensor in transformers' eager attention). The prompts have equal
+    lengths, so no row is padded and each row's greedy tokens do not depend on its neighbours beyond the
+    batch-size noise of the kernels, which the token check tolerates at near-ties."""
+    chunk = len(texts)
+    while True:
+        try:
+            parts = [greedy_generation(model, tokenizer, texts[i:i + chunk], new_tokens, device)
+                     for i in range(0, len(texts), chunk)]
+            return Generation(torch.cat([g.tokens for g in parts]), torch.cat([g.topk_values for g in parts]),
+                              torch.cat([g.topk_ids for g in parts]), chunk if chunk < len(texts) else None)
+        except torch.cuda.OutOfMemoryError:
+            if chunk == 1:
+                raise
+            chunk = max(1, chunk // 2)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
 def build_reference(checkpoint: Path, prompts: dict[int, Prompts], rows: list[tuple[int, int]], *, new_tokens: int,
                     dtype: str, device: torch.device) -> Reference:
     """transformers' reference for every (prompt length, batch) row to check. A row whose generation does not
-    fit in memory is recorded as missing, with the reason, and the others keep theirs."""
+    fit in memory runs in smaller chunks of rows; one that fits in no chunk is recorded as missing, with the
+    reason, and the others keep theirs."""
     from .engines.hf import load_model, release
 
     tokenizer = load_tokenizer(checkpoint)
@@ -100,7 +122,7 @@ def build_reference(checkpoint: Path, prompts: dict[int, Prompts], rows: list[tu
         logits = {p: chunked_last_logits(model, prompts[p].input_ids, device) for p in sorted(prompts)}
         for p, b in sorted(set(rows)):
             try:
-                generations[(p, b)] = greedy_generation(model, tokenizer, prompts[p].rows(b).texts, new_tokens, device)
+                generations[(p, b)] = chunked_generation(model, tokenizer, prompts[p].rows(b).texts, new_tokens, device)
             except torch.cuda.OutOfMemoryError as exc:
                 missing[f"{p}x{b}"] = f"transformers ran out of memory at prompt {p}, batch {b}: {str(exc).splitlines()[0][:120]}"
                 release(device)

@@ -33,5 +33,6 @@ class ResultsFile(JsonLinesFile):
     def rows(self) -> list[dict]:
         return self.latest("row", row_key)
 
-    def done_keys(self) -> set[tuple]:
-        return {row_key(r) for r in self.rows() if r.get("status") in DONE_STATUSES}
+    def done_keys(self, redo: tuple[str, ...] = ()) -> set[tuple]:
+        """Keys a rerun skips; rows with a status in `redo` are measured again."""
+        return {row_key(r) for r in self.rows() if r.get("status") in DONE_STATUSES and r.get("status") not in redo}

@@ -36,6 +36,8 @@ class BenchSpec:
     # built checkpoints get positions for at least this many tokens, so that a second bench (the decode
     # sweep) shares the first one's checkpoints instead of building them again
     reserve_context: int = 0
+    # rows already recorded with these statuses are measured again (after a fix: mismatch, unchecked)
+    redo: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         validate(self)
@@ -69,6 +71,11 @@ def validate(spec: BenchSpec) -> None:
         raise UserError(f"--warmup-s: must be a number of seconds >= 0, got {spec.warmup_s}")
     if spec.dtype not in DTYPE_BYTES:
         raise UserError(f"--dtype: '{spec.dtype}' is not one of {', '.join(DTYPE_BYTES)}")
+    from .results import DONE_STATUSES
+
+    unknown = [s for s in spec.redo if s not in DONE_STATUSES]
+    if unknown:
+        raise UserError(f"--redo: '{unknown[0]}' is not a recorded status; give some of {', '.join(DONE_STATUSES)}")
     if spec.max_params is not None and spec.max_params <= 0:
         raise UserError(f"--max-params: must be positive, got {spec.max_params}")
 

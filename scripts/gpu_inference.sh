@@ -17,13 +17,20 @@
 # Knobs (environment): BUDGET_S (470: ~8 min of an H100 in all), PHASES, REPEATS (3), NEW_TOKENS (16),
 # WARMUP_S (0.3), SWEEP_BATCHES (1,2,4,8,16,32,64), SWEEP_NEW_TOKENS (8), SWEEP_REPEATS (2), CHECKPOINTS
 # (/tmp/ckpt), CORE_MODELS / CORE_BASELINE, PYTHIA_MODELS / PYTHIA_BASELINE, LAYER_ARGS ("--no-floor"),
-# LAYER_ATTENTION (flash), PROMPT_LENS (128,2048), BATCHES (1,16).
+# LAYER_ATTENTION (flash), PROMPT_LENS (128,2048), BATCHES (1,16); RESUME_FROM (a DEST of an earlier call, as a
+# folder carried with the tree or its inference.tgz: unpacked into DEST first, so a fresh machine resumes it),
+# REDO (statuses to measure again, e.g. mismatch,unchecked after a fix: --redo), EXTRA_ARGS (more carryover
+# flags for every phase, e.g. --no-layer to keep the layer profiles already in DEST).
 set -uo pipefail
 DEST=${1:-/tmp/inference}
 OUT=${OUT:-/tmp/out}
 case "$(realpath -m "$DEST")/" in "$(realpath -m "$OUT")"/*)
   echo "DEST ($DEST) must not be inside OUT ($OUT): every file there comes back, and at most 8 may"; exit 2;; esac
 mkdir -p "$DEST" "$OUT"
+if [ -n "${RESUME_FROM:-}" ]; then
+  if [ -d "$RESUME_FROM" ]; then cp -a "$RESUME_FROM"/. "$DEST"/; else tar xzf "$RESUME_FROM" -C "$DEST"; fi \
+    || { echo "RESUME_FROM=$RESUME_FROM: cannot unpack it into $DEST"; exit 2; }
+fi
 BUDGET_S=${BUDGET_S:-470}
 PHASES=${PHASES:-"core pythia sweep-core sweep-pythia"}
 REPEATS=${REPEATS:-3} NEW=${NEW_TOKENS:-16} WARMUP=${WARMUP_S:-0.3} PROMPTS=${PROMPT_LENS:-128,2048} BATCHES=${BATCHES:-1,16}
@@ -77,7 +84,7 @@ echo "setup $SECONDS s (estimate ${EST[setup]} s)" > "$TIMINGS"
 
 common=(--engines hf,mii --batch "$BATCHES" --prompt-len "$PROMPTS" --new-tokens "$NEW" --repeats "$REPEATS"
         --warmup-s "$WARMUP" --checkpoints "$CKPT" "--layer-args=$LAYER_ARGS" --layer-attention "$LAYER_ATTENTION"
-        --no-progress)
+        --no-progress ${REDO:+--redo "$REDO"} ${EXTRA_ARGS:-})
 sweep=(--no-bench --no-layer --decode-engines mii --decode-batches "$SWEEP_BATCHES" --decode-new-tokens "$SWEEP_NEW"
        --decode-repeats "$SWEEP_REPEATS")
 

@@ -134,6 +134,25 @@ def test_decode_knee_is_where_a_step_stops_being_free():
     (knee,) = carryover.decode_knee(sweep).to_dict("records")
     assert knee["knee_batch"] == 16  # 6.6 > 1.25 x 5.0; 5.9 is not
     assert knee["roofline_batch"] == 32  # 0.05 x 32 >= the 1.0 ms bandwidth floor
+    assert knee["launch_bound"] and knee["min_step_over_floor"] == pytest.approx(5.0)  # 5 ms against a 1 ms floor
+
+
+def test_one_slow_step_within_the_noise_is_not_a_knee():
+    """Doctored from the H100 MII sweep: a launch-bound decode whose step median jumps 40% at one batch
+    while its p10 stays inside the smallest batch's range is noise, not a knee; the same jump with a tight
+    spread is one. Steps near their floor are not launch-bound."""
+    def sweep(spread_at_4):
+        rows = [bench_row("m", batch=b, decode=d, spread=0.3 if b == 4 else 0.05)
+                for b, d in ((1, 5.0), (2, 5.2), (4, 7.0), (8, 5.1))]
+        rows[2]["decode_p10_ms"] = 7.0 * (1 - spread_at_4)
+        return carryover.decode_sweep(pd.DataFrame(rows))
+    (noisy,) = carryover.decode_knee(sweep(0.3)).to_dict("records")
+    assert noisy["knee_batch"] is None  # p10 4.9 is below the smallest batch's p90 5.25
+    (clear,) = carryover.decode_knee(sweep(0.05)).to_dict("records")
+    assert clear["knee_batch"] == 4
+    near = [bench_row("n", batch=b, decode=d) for b, d in ((1, 1.5), (2, 1.6))]  # floor 1.0 ms
+    (row,) = carryover.decode_knee(carryover.decode_sweep(pd.DataFrame(near))).to_dict("records")
+    assert not row["launch_bound"] and row["min_step_over_floor"] == pytest.approx(1.5)
 
 
 def test_layer_profile_reader_takes_a_run_dir_and_both_modes(tmp_path):

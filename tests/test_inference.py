@@ -258,6 +258,23 @@ def test_rerun_skips_measured_rows_and_retries_unavailable_ones(workdir, tmp_pat
     assert "2 of 4 rows already" in capsys.readouterr().out
 
 
+def test_redo_measures_again_the_rows_recorded_with_the_given_statuses(workdir, tmp_path, capsys, monkeypatch):
+    """After a fix (a check that used the wrong batch), `--redo mismatch` re-measures only those rows;
+    the latest record of a key wins. A status that is never recorded is a one-line error."""
+    mii_unavailable(monkeypatch)
+    assert bench(workdir, tmp_path, "--engines", "hf", models=("tiny-a",)) == 0
+    store = ResultsFile(tmp_path)
+    first = {r["batch"]: r for r in store.rows()}
+    store.append({**first[2], "status": "mismatch", "reason": "doctored"})  # as an older version recorded it
+    assert bench(workdir, tmp_path, "--engines", "hf", "--redo", "mismatch", models=("tiny-a",)) == 0
+    again = {r["batch"]: r for r in ResultsFile(tmp_path).rows()}
+    assert again[2]["status"] == "ok" and again[2]["timestamp"] != first[2]["timestamp"]
+    assert again[1]["timestamp"] == first[1]["timestamp"]  # an ok row is not measured again
+    assert "1 of 2 rows already" in capsys.readouterr().out
+    assert bench(workdir, tmp_path, "--engines", "hf", "--redo", "broken", models=("tiny-a",)) == 2
+    assert "--redo: 'broken' is not a recorded status" in capsys.readouterr().err
+
+
 def test_a_failing_engine_becomes_rows_with_a_reason_and_the_next_model_still_runs(workdir, tmp_path, monkeypatch):
     real_run = HFEngine.run
 
@@ -414,6 +431,35 @@ def test_bench_passes_the_same_engine_undoctored(workdir, tmp_path, monkeypatch)
                for r in mii)
     hf = [r for r in rows(tmp_path / "out") if r["engine"] == "hf"]
     assert all(r["token_check"] == "reference" and r["tokens_match"] for r in hf)  # same tokens as its untimed pass
+
+
+def test_a_prompt_and_batch_past_the_fused_softmax_int32_limit_run_without_injection(workdir, tmp_path, monkeypatch):
+    """gpt3-2.7b-c2 at b=16, prompt 2048 came out wrong on the H100 (the fused softmax indexes scores with a
+    32-bit int). Doctored limit: tiny-a at prompt 12 passes it at batch 1 and exceeds it at batch 2. The
+    batch-2 row is refused with the reason and runs through MII without injection; the batch-1 row runs
+    injected, its logits checked at its own batch (not at the refused larger one)."""
+    standin_mii(tmp_path, monkeypatch)
+    monkeypatch.setattr(MIIEngine, "unavailable_reason", lambda self, **_: None)
+    monkeypatch.setattr(MIIEngine, "prepare", lambda self: None)
+    heads, prompt = load_config(str(workdir / "tiny-a.yaml")).num_attention_heads, 12
+    monkeypatch.setattr("inference.kernel_support.INT_LIMIT", (2 * heads * prompt - 1) * prompt)
+    assert bench(workdir, tmp_path / "out", "--engines", "hf,mii", models=("tiny-a",)) == 0
+    got = {(r["engine"], r["batch"]): r for r in rows(tmp_path / "out")}
+    refused = got[("mii", 2)]
+    assert refused["status"] == "unsupported" and "32-bit int" in refused["reason"]
+    assert "softmax.cu:68-74" in refused["kernel_support_source"]
+    assert got[("mii-noinject", 2)]["fallback_for"] == "mii" and got[("mii-noinject", 2)]["status"] == "ok"
+    assert ("mii-noinject", 1) not in got  # batch 1 stays injected
+    injected = got[("mii", 1)]
+    assert injected["status"] == "ok" and injected["logits_check_method"].endswith("batch 1")
+
+
+def test_the_worker_checks_each_prompt_at_its_largest_batch_largest_first():
+    from inference.engines.mii_worker import check_batches
+
+    job = {"rows": [[128, 1], [2048, 1], [128, 16]]}  # (2048, 16) refused: not run, not checked
+    assert check_batches(job) == [(128, 16), (2048, 1)]  # DeepSpeed sizes its workspace at the first forward
+    assert check_batches({"rows": [[128, 4], [2048, 4], [2048, 2]]}) == [(2048, 4), (128, 4)]
 
 
 # ---- the token check on transformers' real reference tokens, doctored ------------------------------
@@ -606,3 +652,31 @@ def test_a_reference_that_runs_out_of_memory_at_one_size_keeps_the_others(tmp_pa
     ref = Reference("float16", {}, {}, {"2048x16": "transformers ran out of memory at prompt 2048, batch 16"})
     loaded = Reference.load(ref.save(tmp_path / "reference.pt"))
     assert loaded.missing == {"2048x16": "transformers ran out of memory at prompt 2048, batch 16"}
+
+
+def test_a_reference_generation_that_runs_out_of_memory_runs_in_smaller_chunks(workdir, monkeypatch):
+    """Doctored memory: generate() 'runs out of memory' above 2 rows (as c1's 64 heads did at b=16, prompt
+    2048 on the H100). The reference then comes from chunks of 2 rows, equal to the whole batch's on a CPU,
+    and says so; where even one row does not fit, that size alone is missing."""
+    from inference import reference as R
+
+    checkpoint = ensure_checkpoint(resolve_model(str(workdir / "tiny-a.yaml")), workdir / "ckpt",
+                                   device=torch.device("cpu"), log=lambda _: None)
+    prompts = {12: make_prompts(load_tokenizer(checkpoint), 4, 12)}
+    whole = R.build_reference(checkpoint, prompts, [(12, 4)], new_tokens=4, dtype="float32", device=torch.device("cpu"))
+    real = R.greedy_generation
+
+    def tight(model, tokenizer, texts, *args, **kwargs):
+        if len(texts) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return real(model, tokenizer, texts, *args, **kwargs)
+
+    monkeypatch.setattr(R, "greedy_generation", tight)
+    chunked = R.build_reference(checkpoint, prompts, [(12, 4)], new_tokens=4, dtype="float32", device=torch.device("cpu"))
+    got, want = chunked.generations[(12, 4)], whole.generations[(12, 4)]
+    assert got.chunk == 2 and want.chunk is None and not chunked.missing
+    assert torch.equal(got.tokens, want.tokens) and torch.allclose(got.topk_values, want.topk_values)
+    monkeypatch.setattr(R, "greedy_generation", lambda *a, **k: (_ for _ in ()).throw(
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")))
+    none = R.build_reference(checkpoint, prompts, [(12, 4)], new_tokens=4, dtype="float32", device=torch.device("cpu"))
+    assert "12x4" in none.missing and "out of memory" in none.missing["12x4"]

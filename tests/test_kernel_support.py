@@ -6,7 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from inference.kernel_support import (cuda_graph_support, injection_support, next_pow2, rotary_alignment)
+from inference.kernel_support import (INT_LIMIT, cuda_graph_support, injection_support, next_pow2, prefill_support,
+                                      rotary_alignment)
 from models import load_config
 
 EVIDENCE = Path(__file__).resolve().parent.parent / "evidence" / "h100" / "inference" / "results.csv"
@@ -102,3 +103,39 @@ def test_cuda_graphs_cannot_reach_gpt_neox_generation_either_way():
     assert not plain.ok and "generate" in plain.reason and "engine.py" in plain.source
     # a DeepSpeed whose policy allowed graphs would still decode through transformers' generate
     assert not cuda_graph_support(inject=True, policy_supports_graphs=True).ok
+
+
+def test_the_fused_softmax_int32_limit_on_the_h100_shapes():
+    """(b*H*L - 1) * L >= 2^31 is wrong: c2 (40 heads) at b=16, L=2048 failed the logits check on the H100;
+    a=20 (20 heads) and the Pythia models passed there; b=1 is far below."""
+    for name, batch, ok in (("gpt3-2.7b-c2", 16, False), ("gpt3-2.7b-c2", 1, True), ("gpt3-2.7b-a20", 16, True),
+                            ("pythia-410m", 16, True), ("pythia-1.4b", 16, True), ("gpt3-2.7b-c1", 16, False)):
+        support = prefill_support(batch, load_config(name).num_attention_heads, 2048)
+        assert support.ok is ok, (name, batch, support.reason)
+        assert "softmax.cu:68-74" in support.source
+    refused = prefill_support(16, 40, 2048)
+    assert "32-bit int" in refused.reason and "2.68e+09" in refused.reason
+    # the edge, one token either side: 16 x 40 heads is fine up to 1831 tokens
+    assert prefill_support(16, 40, 1831).ok and not prefill_support(16, 40, 1832).ok
+    assert (16 * 40 * 1832 - 1) * 1832 >= INT_LIMIT > (16 * 40 * 1831 - 1) * 1831
+
+
+CARRYOVER = EVIDENCE.parent.parent / "carryover" / "core" / "bench" / "results.csv"
+
+
+def test_the_int32_limit_agrees_with_the_h100_logits_checks():
+    """Every injected MII row of the committed carry-over run at the largest batch: its logits check passed
+    exactly where the limit says the prefill is right (rows the limit refuses, run by a later version, are
+    'unsupported' and count as predicted)."""
+    rows = pd.read_csv(CARRYOVER)
+    mii = rows[(rows["engine"] == "mii") & (rows["batch"] == rows["batch"].max())
+               & rows["status"].isin(["ok", "mismatch", "unsupported"])]
+    checked = 0
+    for _, r in mii.iterrows():
+        cfg = load_config(r["model"])
+        if not injection_support(cfg.head_dim, cfg.rotary_dims).ok:
+            continue
+        predicted = prefill_support(int(r["batch"]), cfg.num_attention_heads, int(r["prompt_len"])).ok
+        assert predicted is (r["status"] == "ok"), (r["model"], r["prompt_len"], r["status"], r["reason"])
+        checked += 1
+    assert checked >= 4

@@ -76,6 +76,9 @@ class Engine(Protocol):
     def shape_support(self, cfg: ModelConfig, *, dtype: str, tensor_parallel: int, max_context: int):
         """A KernelSupport-like object (ok, reason, source) for this shape, checked before launching."""
 
+    def row_support(self, cfg: ModelConfig, *, dtype: str, tensor_parallel: int, prompt_len: int, batch: int):
+        """Optional: like shape_support, for one prompt length and batch of a shape it accepted."""
+
     def prepare(self) -> None:
         """One-off work kept out of every timed region (JIT kernel builds)."""
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ..checks import LogitsCheck
-from ..kernel_support import KernelSupport, context_support, cuda_graph_support, injection_support
+from ..kernel_support import KernelSupport, context_support, cuda_graph_support, injection_support, prefill_support
 from ..metrics import PeakMemory, RowTiming
 from .base import BatchResult, EngineRun, GenerationJob, OnResult
 
@@ -120,6 +120,12 @@ class MIIEngine:
                 return support
             return context_support(max_context)
         return KernelSupport(True, "", "no kernel injection: transformers' own modules under MII's pipeline")
+
+    def row_support(self, cfg, *, dtype: str, tensor_parallel: int, prompt_len: int, batch: int) -> KernelSupport:
+        """Checked per prompt length and batch, for a shape shape_support accepted."""
+        if self.inject:
+            return prefill_support(batch, cfg.num_attention_heads // tensor_parallel, prompt_len)
+        return KernelSupport(True, "", "no kernel injection: transformers' own attention")
 
     def prepare(self) -> None:
         # the JIT build of DeepSpeed's inference kernels (~60 s on an H100 with MAX_JOBS=16) happens here,

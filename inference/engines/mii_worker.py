@@ -72,30 +72,42 @@ def new_tokens_of(result, prompt_len: int) -> list[list[int]]:
     return rows
 
 
+def check_batches(job: dict) -> list[tuple[int, int]]:
+    """(prompt length, batch) of each logits check: per prompt length the largest batch this worker runs at
+    it (a row refused at a larger batch, e.g. for the fused softmax's int32 limit, is not checked for it),
+    the largest batch first: DeepSpeed sizes its workspace for the batch of the first forward
+    (ds_transformer.py:90-98), so that one must be the largest the worker will run."""
+    largest: dict[int, int] = {}
+    for p, batch in job["rows"]:
+        largest[int(p)] = max(largest.get(int(p), 0), int(batch))
+    return sorted(largest.items(), key=lambda pb: (-pb[1], -pb[0]))
+
+
 def logits_checks(pipeline, job: dict, device: torch.device, emit) -> None:
-    """One check per prompt length, longest first, each at the largest batch: DeepSpeed sizes its workspace
-    for the batch of the first forward, so that one must be the largest the worker will run."""
+    """One check per prompt length (check_batches), against transformers' logits of the same prompts."""
     reference = None
     if job["reference"]:
         from ..reference import Reference
 
         reference = Reference.load(Path(job["reference"]))
-    for p in sorted((int(k) for k in job["prompts"]), reverse=True):
+    for p, batch in check_batches(job):
         try:
-            input_ids = torch.tensor(job["prompts"][str(p)]["input_ids"], dtype=torch.long)
+            input_ids = torch.tensor(job["prompts"][str(p)]["input_ids"][:batch], dtype=torch.long)
             logits, method, forward_error = engine_logits(pipeline, input_ids, device)
             if reference is None:
-                emit({"kind": "check", "prompt_len": p, "check": None,
+                emit({"kind": "check", "prompt_len": p, "batch": batch, "check": None,
                       "error": "no reference from transformers was given"})
                 continue
-            expected = reference.logits[p].float()
+            expected = reference.logits[p][:batch].float()
             if logits.dim() == 2:
                 expected = expected[:, -1]
+            method += f", batch {batch}"
             if forward_error:
                 method += f" (the forward was refused: {forward_error})"
-            emit({"kind": "check", "prompt_len": p, "check": compare_logits(expected, logits, method).to_dict()})
+            emit({"kind": "check", "prompt_len": p, "batch": batch,
+                  "check": compare_logits(expected, logits, method).to_dict()})
         except Exception as exc:  # noqa: BLE001 - the timings still come, flagged as unchecked
-            emit({"kind": "check", "prompt_len": p, "check": None, "error": one_line(exc)})
+            emit({"kind": "check", "prompt_len": p, "batch": batch, "check": None, "error": one_line(exc)})
 
 
 def main(argv: list[str] | None = None) -> int:
