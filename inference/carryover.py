@@ -138,9 +138,20 @@ def add_gains(df: pd.DataFrame, metric: str, group: list[str], baseline: str) ->
     return out.drop(columns=["_b", "_blo", "_bhi", "_all"])
 
 
-def carryover_table(bench: pd.DataFrame, layer: pd.DataFrame, baseline: str) -> pd.DataFrame:
+def layer_attentions(layer: pd.DataFrame) -> list[str]:
+    """The attentions the layer profiles ran with, in the order they appear."""
+    if "layer_attention" not in layer:
+        return []
+    return list(dict.fromkeys(layer["layer_attention"].dropna()))
+
+
+def carryover_table(bench: pd.DataFrame, layer: pd.DataFrame, baseline: str, attention: str | None = None) -> pd.DataFrame:
     """One row per engine x batch x prompt length x model: training, prefill and decode throughput, each
-    normalised to the baseline shape, with ranges and classes."""
+    normalised to the baseline shape, with ranges and classes. `attention`: only the layer profiles run with
+    that attention (default: the first there is); column training_attention says which."""
+    attention = attention or next(iter(layer_attentions(layer)), None)
+    if attention is not None and "layer_attention" in layer:
+        layer = layer[layer["layer_attention"].isna() | (layer["layer_attention"] == attention)]
     inference = inference_metrics(with_auto_engine(bench))
     for metric in ("prefill", "decode"):
         inference = add_gains(inference, metric, INFERENCE_GROUP, baseline)
@@ -156,6 +167,7 @@ def carryover_table(bench: pd.DataFrame, layer: pd.DataFrame, baseline: str) -> 
     inference["variant_differs"] = inference["baseline_variant"].notna() & (inference["variant"] != inference["baseline_variant"])
     table = inference.merge(training, on="model", how="left")
     table["is_baseline"] = table["model"] == baseline
+    table["training_attention"] = attention
     return table.sort_values(["engine", "batch", "prompt_len", "params_total", "model"], kind="stable").reset_index(drop=True)
 
 

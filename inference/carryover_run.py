@@ -27,6 +27,23 @@ from .spec import BenchSpec
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = "carryover.json"
 LAYER_MODES = ("forward", "forward+backward")
+LAYER_ATTENTIONS = ("flash", "sdpa", "eager")
+
+
+def layer_dir(out: Path, mode: str, attention: str, primary: str) -> Path:
+    """DIR/layer-{mode} for the headline attention (as before a second one existed), DIR/layer-{mode}-{attention}
+    for the others."""
+    return Path(out) / (f"layer-{mode}" if attention == primary else f"layer-{mode}-{attention}")
+
+
+def profiled_every_shape(run_json: Path, names: list[str]) -> bool:
+    """A profile a later call keeps: its run.json has every shape, profiled (not failed)."""
+    try:
+        configs = json.loads(run_json.read_text()).get("configs", [])
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+    done = {c.get("name") for c in configs if c.get("status", "ok") == "ok"}
+    return set(names) <= done
 
 
 @dataclass(frozen=True)
@@ -35,7 +52,9 @@ class CarryoverSpec:
     baseline: str
     out: Path
     layer_profiles: tuple[Path, ...] = ()  # given: used as they are; none: profiled here
-    layer_attention: str = "flash"
+    # the layer profiler's attention, first = the verdicts' headline; a second (e.g. eager, the attention
+    # transformers 4.38 and DeepSpeed's injected kernels run) gives a second set of verdicts
+    layer_attention: tuple[str, ...] = ("flash",)
     layer_args: tuple[str, ...] = ()  # more `python -m profiler layer` flags, e.g. ("--no-floor",)
     run_layer: bool = True
     run_bench: bool = True  # False: only the sweep (and the report), e.g. in a later call on another machine
@@ -46,6 +65,12 @@ class CarryoverSpec:
         if self.baseline not in names:
             raise UserError(f"--baseline: '{self.baseline}' is not one of --models ({', '.join(names)}); "
                             "name the shape the others are normalised to")
+        for attention in self.layer_attention:
+            if attention not in LAYER_ATTENTIONS:
+                raise UserError(f"--layer-attention: '{attention}' is not one of {', '.join(LAYER_ATTENTIONS)} "
+                                "(comma-separated, e.g. flash,eager)")
+        if not self.layer_attention:
+            raise UserError("--layer-attention: give at least one of " + ", ".join(LAYER_ATTENTIONS))
         for path in self.layer_profiles:
             if not (Path(path).is_file() or (Path(path) / "run.json").is_file()):
                 raise UserError(f"--layer-profile: {path} is neither a run.json nor a directory holding one; "
@@ -108,7 +133,8 @@ def write_manifest(spec: CarryoverSpec, layer_profiles: list[Path], notes: list[
         "baseline": spec.baseline, "models": list(spec.bench.models),
         "model_names": [resolve_model(m).name for m in spec.bench.models], "bench": spec.bench.to_dict(),
         "decode": spec.decode.to_dict() if spec.decode else None,
-        "layer_profiles": [_relative(p, spec.out) for p in layer_profiles], "notes": notes}, indent=1))
+        "layer_profiles": [_relative(p, spec.out) for p in layer_profiles],
+        "layer_attention": list(spec.layer_attention), "notes": notes}, indent=1))
     return path
 
 
@@ -145,14 +171,21 @@ def run_carryover(spec: CarryoverSpec, *, log: Callable[[str], None] = print, pr
     write_manifest(spec, layer_profiles, notes)  # the report can be rendered from whatever got done
     if not layer_profiles and spec.run_layer:
         device = spec.bench.device or ("cuda" if _cuda() else "cpu")
-        for mode in LAYER_MODES:
-            path, note = profile_layers(spec.bench.models, spec.out / f"layer-{mode}", mode,
-                                        attention=spec.layer_attention, device=device, extra=spec.layer_args, log=log)
-            if path is not None:
-                layer_profiles.append(path)
-            if note:
-                notes.append(note)
-                log(f"note: {note}")
+        names = [resolve_model(m).name for m in spec.bench.models]
+        for attention in spec.layer_attention:
+            for mode in LAYER_MODES:
+                out = layer_dir(spec.out, mode, attention, spec.layer_attention[0])
+                if profiled_every_shape(out / "run.json", names):  # an earlier call's, complete: kept as measured
+                    log(f"layer profiles ({mode}, {attention}): every shape already in {out}; kept")
+                    layer_profiles.append(out / "run.json")
+                    continue
+                path, note = profile_layers(spec.bench.models, out, mode, attention=attention, device=device,
+                                            extra=spec.layer_args, log=log)
+                if path is not None:
+                    layer_profiles.append(path)
+                if note:
+                    notes.append(note)
+                    log(f"note: {note}")
         write_manifest(spec, layer_profiles, notes)
     if spec.run_bench:
         run_bench(spec.bench, log=log, progress=progress)

@@ -138,7 +138,7 @@ def run_carryover_command(args) -> int:
                              repeats=args.decode_repeats)
     spec = CarryoverSpec(bench=bench, baseline=args.baseline, out=out,
                          layer_profiles=tuple(Path(p) for p in args.layer_profile or ()),
-                         layer_attention=args.layer_attention, layer_args=tuple(shlex.split(args.layer_args or "")),
+                         layer_attention=_csv(args.layer_attention), layer_args=tuple(shlex.split(args.layer_args or "")),
                          run_layer=not args.no_layer, run_bench=not args.no_bench, decode=decode)
     outcome = run_carryover(spec, progress=not args.no_progress and sys.stderr.isatty())
     for note in outcome.notes:
@@ -174,8 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     carry.add_argument("--layer-profile", action="extend", nargs="+", metavar="RUN_DIR_OR_JSON",
                        help="layer profiler runs (forward and/or forward+backward: each entry's mode is read from "
                             "its run.json); default: profile the shapes here")
-    carry.add_argument("--layer-attention", default="flash", choices=["eager", "sdpa", "flash"],
-                       help="attention of the layer profiles run here (default flash, as trained; sdpa on a CPU)")
+    carry.add_argument("--layer-attention", default="flash",
+                       help="attention of the layer profiles run here, comma-separated of flash, sdpa, eager; the "
+                       "first gives the headline verdicts, each other one its own set (default flash, as trained; "
+                       "flash,eager also compares with the attention transformers 4.38 and DeepSpeed's kernels run; "
+                       "sdpa on a CPU)")
     carry.add_argument("--layer-args", help="more flags for `python -m profiler layer`, as one argument: "
                        "--layer-args='--no-floor --iters 5'")
     carry.add_argument("--no-layer", action="store_true", help="do not run the layer profiler (a rerun keeps the "

@@ -107,10 +107,34 @@ def select(rows: list[dict], settings: dict | None, names: list[str] | None = No
     return df.reset_index(drop=True)
 
 
+ATTENTION_WHY = {
+    "flash": "as a training run would use it",
+    "eager": "the attention transformers 4.38's GPT-NeoX and DeepSpeed's injected kernels run at inference "
+             "(unfused: score GEMM, softmax, GEMM over values), so training and inference time the same attention",
+    "sdpa": "torch's scaled_dot_product_attention",
+}
+
+
+def other_attention_sections(others: list[tuple[str, pd.DataFrame, pd.DataFrame]], primary: str | None) -> list[Section]:
+    """Verdicts and orderings again with training profiled under another attention than the headline one."""
+    sections = []
+    for attention, verdicts, orders in others:
+        sections.append(Section(
+            f"Verdicts with training profiled with {attention} attention",
+            f"The same inference numbers against the layer profiler run with {attention} attention "
+            f"({ATTENTION_WHY.get(attention, '')}) instead of {primary}. Where these verdicts agree and the "
+            f"{primary} ones do not, the difference is the attention kernel, not the shape.",
+            notes=list(verdicts["verdict"]) or ["No shape has both training and inference numbers."],
+            tables=[_table(orders, list(orders.columns))] if len(orders) else []))
+    return sections
+
+
 def carryover_sections(table: pd.DataFrame, verdicts: pd.DataFrame, orders: pd.DataFrame, sweep: pd.DataFrame,
                        knees: pd.DataFrame, bench: pd.DataFrame, layer: pd.DataFrame, baseline: str,
-                       notes: list[str]) -> list[Section]:
+                       notes: list[str], others: list[tuple[str, pd.DataFrame, pd.DataFrame]] | None = None) -> list[Section]:
     sections = []
+    primary = table["training_attention"].dropna().iloc[0] if "training_attention" in table and \
+        table["training_attention"].notna().any() else None
     lines = [v for _, v in verdicts.iterrows()]
     intro = (f"Each shape against the baseline <b>{baseline}</b>. Every number is a throughput (higher is better): "
              "training = the layer profiler's TFLOP/s at the training b and s (fwd+bwd, and forward alone); prefill "
@@ -120,6 +144,8 @@ def carryover_sections(table: pd.DataFrame, verdicts: pd.DataFrame, orders: pd.D
              "latency. The range in brackets comes from the p10 and p90 of both latencies; a gain whose range holds "
              "0 is 'no difference'. mii-auto is what deploying the shape with MII gets: kernel injection where "
              "DeepSpeed's fused kernels accept the shape, else MII without injection (column variant).")
+    if primary:
+        intro += f" Training here: the layer profiled with {primary} attention ({ATTENTION_WHY.get(primary, '')})."
     sections.append(Section("Verdicts: do training-shape gains carry over?", intro,
                             notes=[r["verdict"] for r in lines] or ["No shape has both training and inference numbers yet."]))
     if len(orders):
@@ -129,6 +155,7 @@ def carryover_sections(table: pd.DataFrame, verdicts: pd.DataFrame, orders: pd.D
             "beyond both spreads, '~' where their ranges overlap). The orderings agree when no pair of shapes is "
             "ordered one way by training and the other way by inference, each beyond its spread.",
             tables=[_table(orders, list(orders.columns))]))
+    sections += other_attention_sections(others or [], primary)
     for engine in chart_engines(table):
         t = table[table["engine"] == engine]
         if t[["prefill_gain", "decode_gain"]].notna().any().any():
@@ -161,8 +188,10 @@ def carryover_sections(table: pd.DataFrame, verdicts: pd.DataFrame, orders: pd.D
             "(inference/kernel_support.py); these shapes run through MII without kernel injection instead.",
             tables=[_table(refused.drop_duplicates(["model", "engine"]),
                            ["model", "engine", "head_dim", "rotary_dims", "reason", "kernel_support_source"])]))
-    layer_table = layer[["model", "mode", "layer_tflops", "layer_latency_us", "layer_latency_p10_us",
-                         "layer_latency_p90_us", "layer_batch", "layer_seq_len", "layer_status", "layer_run"]]
+    layer_table = layer[[c for c in ("model", "mode", "layer_attention", "layer_tflops", "layer_latency_us",
+                                     "layer_latency_p10_us", "layer_latency_p90_us", "layer_launch_bound",
+                                     "layer_graph_us", "layer_batch", "layer_seq_len", "layer_status", "layer_run")
+                         if c in layer]]
     positions = sorted({int(x) for x in bench.get("max_position_embeddings", pd.Series(dtype=float)).dropna()})
     sections.append(Section("Method", tables=[table_html(layer_table)] if len(layer_table) else [], notes=[
         "Training numbers: the layer profiler (one full layer, its own b and s from the config, bf16 on a GPU), "
@@ -175,6 +204,13 @@ def carryover_sections(table: pd.DataFrame, verdicts: pd.DataFrame, orders: pd.D
         f"training s; max_position_embeddings of these checkpoints: {positions or '?'}.",
         *notes]))
     return sections
+
+
+def verdict_lines(verdicts: pd.DataFrame, orders: pd.DataFrame) -> list[str]:
+    return list(verdicts["verdict"]) + [""] + [
+        f"ordering {r['engine']} p={r['prompt_len']} b={r['batch']} {r['metric']}: training {r['training_order']} | "
+        f"inference {r['inference_order']} | {'agrees' if r['agrees'] else 'disagrees: ' + r['contradictions']}"
+        for _, r in orders.iterrows()] + [""]
 
 
 def write_carryover_report(out_dir: str | Path) -> Path:
@@ -190,8 +226,14 @@ def write_carryover_report(out_dir: str | Path) -> Path:
     paths = [p for p in paths if p.exists()] or sorted(out_dir.glob("layer-*/run.json"))
     frames = [analysis.load_layer_profile(p) for p in paths]
     layer = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=analysis.LAYER_COLUMNS)
-    table = carryover.carryover_table(bench, layer, baseline) if len(bench) else pd.DataFrame(columns=TABLE_COLUMNS)
+    attentions = [a for a in manifest.get("layer_attention", []) if a in carryover.layer_attentions(layer)]
+    attentions += [a for a in carryover.layer_attentions(layer) if a not in attentions]
+    tables = {a: carryover.carryover_table(bench, layer, baseline, a) for a in attentions or [None]} if len(bench) \
+        else {None: pd.DataFrame(columns=TABLE_COLUMNS)}
+    primary = next(iter(tables))
+    table = tables[primary]
     verdicts, orders = carryover.verdicts(table, baseline), carryover.ordering(table)
+    others = [(a, carryover.verdicts(t, baseline), carryover.ordering(t)) for a, t in tables.items() if a != primary]
     sweep = pd.DataFrame()
     knees = pd.DataFrame()
     decode_store = ResultsFile(out_dir / "decode")
@@ -201,17 +243,16 @@ def write_carryover_report(out_dir: str | Path) -> Path:
         if len(decode_rows):
             sweep = carryover.decode_sweep(decode_rows)
             knees = carryover.decode_knee(sweep)
-    table.to_csv(out_dir / "carryover.csv", index=False)
+    pd.concat(list(tables.values()), ignore_index=True).to_csv(out_dir / "carryover.csv", index=False)
+    blocks = [(primary, verdicts, orders)] + others
     (out_dir / "verdicts.txt").write_text("\n".join(
-        list(verdicts["verdict"]) + [""] +
-        [f"ordering {r['engine']} p={r['prompt_len']} b={r['batch']} {r['metric']}: training {r['training_order']} | "
-         f"inference {r['inference_order']} | {'agrees' if r['agrees'] else 'disagrees: ' + r['contradictions']}"
-         for _, r in orders.iterrows()]) + "\n")
+        line for attention, v, o in blocks for line in
+        ([f"# training profiled with {attention} attention"] if len(blocks) > 1 else []) + verdict_lines(v, o)))
     env = dict((bench_store.runs() or [{}])[-1].get("environment", {}))
     env.update(env.pop("versions", None) or {})
     html = render_page(f"Do training-shape gains carry over to inference? (baseline {baseline})",
                        carryover_sections(table, verdicts, orders, sweep, knees, bench, layer, baseline,
-                                          manifest.get("notes", [])),
+                                          manifest.get("notes", []), others),
                        environment=env, subtitle="Issue 10: the layer profiler's training throughput against "
                        "prefill and decode latency of the same shapes")
     path = out_dir / "carryover.html"
