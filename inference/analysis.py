@@ -101,7 +101,7 @@ def ordering(df: pd.DataFrame, smaller: str = "pythia-410m", larger: str = "pyth
 LAYER_COLUMNS = ["model", "mode", "layer_tflops", "layer_latency_us", "layer_latency_p10_us", "layer_latency_p90_us",
                  "layer_flops", "layer_batch", "layer_seq_len", "layer_gemm_share", "layer_status", "layer_run",
                  "layer_launch_bound", "layer_graph_us", "layer_graph_p10_us", "layer_graph_p90_us",
-                 "layer_attention"]
+                 "layer_attention", "layer_failed_checks", "layer_clock_mhz"]
 
 
 def load_layer_profile(path: str | Path) -> pd.DataFrame:
@@ -138,7 +138,9 @@ def load_layer_profile(path: str | Path) -> pd.DataFrame:
                      "layer_gemm_share": entry.get("gemm_share"), "layer_status": entry.get("status", "ok"),
                      "layer_run": str(path), "layer_launch_bound": entry.get("launch_bound"),
                      "layer_graph_us": graph.get("median"), "layer_graph_p10_us": graph.get("p10"),
-                     "layer_graph_p90_us": graph.get("p90"), "layer_attention": config.get("attention")})
+                     "layer_graph_p90_us": graph.get("p90"), "layer_attention": config.get("attention"),
+                     "layer_failed_checks": ", ".join((entry.get("checks_summary") or {}).get("failed", [])),
+                     "layer_clock_mhz": ((entry.get("clock") or {}).get("phases") or {}).get("latency", {}).get("sm_clock_mhz")})
     return pd.DataFrame(rows, columns=LAYER_COLUMNS)
 
 

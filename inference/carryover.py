@@ -27,6 +27,7 @@ LABELS = {"train_fwd": "training forward", "train_fwdbwd": "training fwd+bwd", "
 MODES = {"forward": "train_fwd", "forward+backward": "train_fwdbwd"}
 AUTO_ENGINE = "mii-auto"  # per shape: MII with kernel injection where the kernels accept it, else without
 KNEE_RISE = 0.25  # decode turns compute-bound where a step costs 25% more than at b=1 (step noise is ~5-15%)
+LAUNCH_BOUND_CLASS = "launch-bound"
 HOST_MULTIPLE = 3.0  # a decode step this many times its larger floor at every batch is the host's, not the GPU's
 INFERENCE_GROUP = ["engine", "batch", "prompt_len"]
 
@@ -63,13 +64,16 @@ def training_metrics(layer: pd.DataFrame) -> pd.DataFrame:
         flop_us = part["layer_tflops"] * part["layer_latency_us"]  # the layer's FLOPs, as TFLOP/s x us
         launch = part["layer_launch_bound"].astype("boolean").fillna(False) if "layer_launch_bound" in part else \
             pd.Series(False, index=part.index)
+        failed = part["layer_failed_checks"].astype(object).fillna("") if "layer_failed_checks" in part else \
+            pd.Series("", index=part.index)
         part = part.assign(**{value: flop_us / median,
                               lo: flop_us / part[f"{prefix}_p90_us"].fillna(median),
                               hi: flop_us / part[f"{prefix}_p10_us"].fillna(median),
                               f"{metric}_basis": basis,
-                              f"{metric}_launch_bound": ", ".join(part.loc[launch.to_numpy(), "model"])})
-        out = out.merge(part[["model", value, lo, hi, f"{metric}_basis", f"{metric}_launch_bound"]], on="model",
-                        how="outer")
+                              f"{metric}_launch_bound": ", ".join(part.loc[launch.to_numpy(), "model"]),
+                              f"{metric}_failed_checks": failed})
+        out = out.merge(part[["model", value, lo, hi, f"{metric}_basis", f"{metric}_launch_bound",
+                              f"{metric}_failed_checks"]], on="model", how="outer")
     return out
 
 
@@ -114,6 +118,9 @@ def inference_metrics(bench: pd.DataFrame) -> pd.DataFrame:
     df["decode_tbps"] = (read / (df["decode_p50_ms"] * 1e-3) / 1e12).where(ok)
     df["decode_tbps_lo"] = (read / (df["decode_p90_ms"] * 1e-3) / 1e12).where(ok)
     df["decode_tbps_hi"] = (read / (df["decode_p10_ms"].fillna(df["decode_p50_ms"]) * 1e-3) / 1e12).where(ok)
+    floor = df[[c for c in ("decode_floor_ms", "compute_floor_ms") if c in df]].apply(pd.to_numeric, errors="coerce")
+    df["decode_over_floor"] = (df["decode_p50_ms"] / floor.max(axis=1)).where(ok)
+    df["decode_launch_bound"] = (df["decode_over_floor"] >= HOST_MULTIPLE).where(df["decode_over_floor"].notna())
     return df
 
 
@@ -159,6 +166,15 @@ def carryover_table(bench: pd.DataFrame, layer: pd.DataFrame, baseline: str, att
     for metric in ("train_fwd", "train_fwdbwd"):
         if METRICS[metric][0] in training:
             training = add_gains(training, metric, [], baseline)
+    # a decode step many times its floor in both shapes is the host's speed (Python, launches), not the
+    # shape's: its gain says nothing about the shape, and the verdict does not count it
+    base_host = inference[inference["model"] == baseline].drop_duplicates(INFERENCE_GROUP, keep="last")
+    inference = inference.merge(base_host[INFERENCE_GROUP + ["decode_launch_bound"]].rename(
+        columns={"decode_launch_bound": "_base_host"}), on=INFERENCE_GROUP, how="left")
+    host = inference["decode_launch_bound"].astype("boolean").fillna(False) & \
+        inference["_base_host"].astype("boolean").fillna(False) & inference["decode_gain"].notna()
+    inference.loc[host.to_numpy(), "decode_class"] = LAUNCH_BOUND_CLASS
+    inference = inference.drop(columns="_base_host")
     # mii-auto deploys each shape as MII can: a shape whose head size DeepSpeed's fused kernels refuse runs
     # without them, so against such a baseline the gain includes the engine, not only the shape
     base_variant = inference[inference["model"] == baseline].drop_duplicates(INFERENCE_GROUP, keep="last")
@@ -181,6 +197,8 @@ def _pct(row: pd.Series | None, metric: str) -> str:
     if gain is None:
         return "n/a"
     text = f"{100 * gain:+.1f}% [{100 * _get(row, f'{metric}_gain_lo'):+.1f}, {100 * _get(row, f'{metric}_gain_hi'):+.1f}]"
+    if _get(row, f"{metric}_class") == LAUNCH_BOUND_CLASS:
+        return text + f" (launch-bound: {_get(row, 'decode_over_floor'):.0f}x its floor, the host's speed)"
     return text + (" (no difference)" if _get(row, f"{metric}_class") == "no difference" else "")
 
 
@@ -202,6 +220,8 @@ def verdicts(table: pd.DataFrame, baseline: str, *, prefill_prompt: int | None =
     pre = table[table["prompt_len"] == p_prefill].drop_duplicates(key, keep="last").set_index(key)
     dec = table[table["prompt_len"] == p_decode].drop_duplicates(key, keep="last").set_index(key)
     lines = []
+    base_rows = table[table["model"] == baseline]
+    base_training = base_rows.iloc[0] if len(base_rows) else None
     for idx in pre.index.union(dec.index):
         engine, batch, model = idx
         if model == baseline:
@@ -218,9 +238,13 @@ def verdicts(table: pd.DataFrame, baseline: str, *, prefill_prompt: int | None =
                         "the inference gain includes DeepSpeed's fused kernels, which the baseline's shape cannot use)")
         not_ok = sorted({f"{_get(x, 'status')}: {_get(x, 'reason') or ''}".strip(": ") for x in (p, d)
                          if x is not None and _get(x, "status") != "ok"})
+        checks = [f"{m}: {_get(r, f'{train}_failed_checks')}" for m, r in ((model, src), (baseline, base_training))
+                  if _get(r, f"{train}_failed_checks")]
+        if checks:
+            not_ok.append(f"layer profiler self-checks failed ({LABELS[train]}): {'; '.join(checks)}")
         lines.append({"engine": engine, "batch": batch, "model": model, "carries_over": carries, "verdict": (
             f"{model} vs {baseline} [{engine} b={batch}]: {_training_text(src, train)}, prefill@{p_prefill} {_pct(p, 'prefill')}, "
-            f"decode@{p_decode} {_pct(d, 'decode')}: {carries}" + (f" [rows not ok: {'; '.join(not_ok)}]" if not_ok else ""))})
+            f"decode@{p_decode} {_pct(d, 'decode')}: {carries}" + (f" [not ok: {'; '.join(not_ok)}]" if not_ok else ""))})
     return pd.DataFrame(lines, columns=columns)
 
 
@@ -242,7 +266,7 @@ def _training_text(row: pd.Series | None, metric: str) -> str:
 
 
 def _carries(train_class: str, inference_classes: list[str]) -> str:
-    known = [c for c in inference_classes if c != "no data"]
+    known = [c for c in inference_classes if c not in ("no data", LAUNCH_BOUND_CLASS)]
     if train_class == "no data" or not known:
         return "cannot tell (missing numbers)"
     same = [c == train_class for c in known]
@@ -291,13 +315,25 @@ def ordering(table: pd.DataFrame, *, training: str | None = None) -> pd.DataFram
             contradictions = sorted(f"{a} > {b} in training, {b} > {a} in {metric}"
                                     for a, b in train_pairs if (b, a) in inf_pairs)
             variants = sorted(set(both["variant"].dropna())) if "variant" in both else []
+            # every shape's step the host's speed: an order of noise, neither agreeing nor disagreeing
+            host = metric == "decode" and "decode_launch_bound" in both and \
+                bool(both["decode_launch_bound"].astype("boolean").fillna(False).all())
             out.append({"engine": engine, "batch": batch, "prompt_len": prompt, "metric": metric,
                         "training_metric": training, "training_order": order_string(both, tv, tlo, thi),
-                        "inference_order": order_string(both, v, lo, hi), "agrees": not contradictions,
+                        "inference_order": order_string(both, v, lo, hi),
+                        "agrees": None if host else not contradictions,
                         "contradictions": "; ".join(contradictions), "shapes": len(both),
-                        "engine_variants": ", ".join(variants) if len(variants) > 1 else ""})
+                        "engine_variants": ", ".join(variants) if len(variants) > 1 else "", "launch_bound": host})
     return pd.DataFrame(out, columns=["engine", "batch", "prompt_len", "metric", "training_metric", "training_order",
-                                      "inference_order", "agrees", "contradictions", "shapes", "engine_variants"])
+                                      "inference_order", "agrees", "contradictions", "shapes", "engine_variants",
+                                      "launch_bound"])
+
+
+def agreement_text(row) -> str:
+    """'agrees', 'disagrees: ...', or why it cannot tell."""
+    if row["agrees"] is None or pd.isna(row["agrees"]):
+        return "cannot tell: every shape's decode step is launch-bound (the host's speed)"
+    return "agrees" if row["agrees"] else "disagrees: " + row["contradictions"]
 
 
 def decode_sweep(bench: pd.DataFrame) -> pd.DataFrame:
@@ -343,3 +379,41 @@ def decode_knee(sweep: pd.DataFrame, rise: float = KNEE_RISE, host_multiple: flo
     return pd.DataFrame(out, columns=["engine", "model", "smallest_batch", "step_ms_at_smallest", "knee_batch",
                                       "roofline_batch", "largest_batch", "step_ms_at_largest", "min_step_over_floor",
                                       "launch_bound"])
+
+
+def glance(tables: dict, baseline: str, *, prompt: int | None = None) -> pd.DataFrame:
+    """One row per shape: its training gain under each profiled attention and its prefill gain at the
+    longest prompt per engine and batch, as 'gain [low, high]' text; 'n/a: why' where there is no number,
+    and a trailing '†' where the shape and the baseline ran on different engine variants (mii-auto). The
+    report's first table. `tables`: attention -> carryover_table, the headline attention first."""
+    rows: dict[str, dict] = {}
+    training_columns, prefill_columns = [], []
+    for attention, table in tables.items():
+        if table is None or table.empty:
+            continue
+        for _, r in table.drop_duplicates("model").iterrows():
+            metric = verdict_training_metric({m: _get(r, f"{m}_basis") for m in MODES.values()},
+                                             {m for m in MODES.values() if _get(r, f"{m}_gain") is not None})
+            graphed = " in CUDA graphs" if _get(r, f"{metric}_basis") == GRAPH else ""
+            column = f"training ({attention} attention, {LABELS[metric].removeprefix('training ')}{graphed})"
+            training_columns += [column] if column not in training_columns else []
+            rows.setdefault(r["model"], {"model": r["model"]})[column] = _pct(r, metric)
+        if attention != next(iter(tables)):
+            continue
+        p = prompt or int(table["prompt_len"].max())
+        at_p = table[table["prompt_len"] == p]
+        base = at_p[at_p["model"] == baseline].set_index(["engine", "batch"])
+        for _, r in at_p.iterrows():
+            column = f"prefill@{p} {r['engine']} b={r['batch']}"
+            prefill_columns += [column] if column not in prefill_columns else []
+            if _get(r, "prefill_gain") is not None:
+                cell = _pct(r, "prefill") + (" †" if _get(r, "variant_differs") else "")
+            elif _get(r, "status") != "ok":
+                cell = f"n/a: {_get(r, 'status')}"
+            else:
+                key = (r["engine"], r["batch"])
+                cell = f"n/a: baseline {base.loc[key, 'status'] if key in base.index else 'not run'}"
+            rows.setdefault(r["model"], {"model": r["model"]})[column] = cell
+    out = pd.DataFrame([v for k, v in rows.items() if k != baseline],
+                       columns=["model", *training_columns, *prefill_columns])
+    return out.astype(object).fillna("")

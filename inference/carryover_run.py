@@ -105,7 +105,7 @@ def profile_layers(models: tuple[str, ...], out: Path, mode: str, *, attention: 
     run_json = out / "run.json"
     # the profiler's exit codes: 0 all good, 1 a config failed (e.g. out of memory), 2 a user mistake,
     # 3 a self-check failed; whatever it profiled is in run.json and is used, with the note
-    note = "" if code == 0 else f"`python -m profiler layer --mode {mode}` exited with status {code}"
+    note = "" if code == 0 else f"`python -m profiler layer --mode {mode} --attention {attention}` exited with status {code}"
     return (run_json if run_json.is_file() else None), note
 
 

@@ -116,6 +116,20 @@ def run_report_command(args) -> int:
     return 0
 
 
+def _print_glance(out: Path) -> None:
+    """The report's first table on the console: each shape's training and prefill gain over the baseline."""
+    import pandas as pd
+
+    path = out / "glance.csv"
+    if path.is_file() and path.stat().st_size > 1:
+        try:
+            glance = pd.read_csv(path, keep_default_na=False)
+        except pd.errors.EmptyDataError:
+            return
+        if len(glance):
+            print(glance.set_index("model").T.to_string())
+
+
 def run_carryover_command(args) -> int:
     from .carryover_run import CarryoverSpec, decode_spec, run_carryover
 
@@ -123,7 +137,9 @@ def run_carryover_command(args) -> int:
     if args.report_only:
         from reports.carryover_report import write_carryover_report
 
-        print(f"report: {write_carryover_report(out)}")
+        report = write_carryover_report(out)
+        _print_glance(out)
+        print(f"report: {report}")
         return 0
     if not args.models:
         raise UserError("--models: give the shapes to compare (bundled names, config files or checkpoint directories)")
@@ -143,6 +159,7 @@ def run_carryover_command(args) -> int:
     outcome = run_carryover(spec, progress=not args.no_progress and sys.stderr.isatty())
     for note in outcome.notes:
         print(f"note: {note}")
+    _print_glance(out)
     print(f"report: {outcome.report}")
     return 0
 

@@ -125,14 +125,23 @@ def other_attention_sections(others: list[tuple[str, pd.DataFrame, pd.DataFrame]
             f"({ATTENTION_WHY.get(attention, '')}) instead of {primary}. Where these verdicts agree and the "
             f"{primary} ones do not, the difference is the attention kernel, not the shape.",
             notes=list(verdicts["verdict"]) or ["No shape has both training and inference numbers."],
-            tables=[_table(orders, list(orders.columns))] if len(orders) else []))
+            tables=[_table(with_agreement(orders), list(with_agreement(orders).columns))] if len(orders) else []))
     return sections
 
 
 def carryover_sections(table: pd.DataFrame, verdicts: pd.DataFrame, orders: pd.DataFrame, sweep: pd.DataFrame,
                        knees: pd.DataFrame, bench: pd.DataFrame, layer: pd.DataFrame, baseline: str,
-                       notes: list[str], others: list[tuple[str, pd.DataFrame, pd.DataFrame]] | None = None) -> list[Section]:
+                       notes: list[str], others: list[tuple[str, pd.DataFrame, pd.DataFrame]] | None = None,
+                       at_a_glance: pd.DataFrame | None = None) -> list[Section]:
     sections = []
+    if at_a_glance is not None and len(at_a_glance):
+        sections.append(Section(
+            f"At a glance: each shape against {baseline}",
+            "Throughput gain over the baseline shape with its p10-p90 range: training (the layer profiler, per "
+            "attention it ran with) and prefill at the longest prompt per engine and batch. '†': the shape and the "
+            "baseline ran on different MII variants (fused kernels for one, none for the other), so that gain is "
+            "partly the engine's. 'n/a' says why a cell has no number. Decode is in the verdicts below: in these "
+            "engines it is launch-bound.", tables=[_table(at_a_glance, list(at_a_glance.columns))]))
     primary = table["training_attention"].dropna().iloc[0] if "training_attention" in table and \
         table["training_attention"].notna().any() else None
     lines = [v for _, v in verdicts.iterrows()]
@@ -154,7 +163,7 @@ def carryover_sections(table: pd.DataFrame, verdicts: pd.DataFrame, orders: pd.D
             "Shapes best first by training throughput and by each inference throughput ('>' where the next is lower "
             "beyond both spreads, '~' where their ranges overlap). The orderings agree when no pair of shapes is "
             "ordered one way by training and the other way by inference, each beyond its spread.",
-            tables=[_table(orders, list(orders.columns))]))
+            tables=[_table(with_agreement(orders), list(with_agreement(orders).columns))]))
     sections += other_attention_sections(others or [], primary)
     for engine in chart_engines(table):
         t = table[table["engine"] == engine]
@@ -190,7 +199,7 @@ def carryover_sections(table: pd.DataFrame, verdicts: pd.DataFrame, orders: pd.D
                            ["model", "engine", "head_dim", "rotary_dims", "reason", "kernel_support_source"])]))
     layer_table = layer[[c for c in ("model", "mode", "layer_attention", "layer_tflops", "layer_latency_us",
                                      "layer_latency_p10_us", "layer_latency_p90_us", "layer_launch_bound",
-                                     "layer_graph_us", "layer_batch", "layer_seq_len", "layer_status", "layer_run")
+                                     "layer_graph_us", "layer_clock_mhz", "layer_failed_checks", "layer_batch", "layer_seq_len", "layer_status", "layer_run")
                          if c in layer]]
     positions = sorted({int(x) for x in bench.get("max_position_embeddings", pd.Series(dtype=float)).dropna()})
     sections.append(Section("Method", tables=[table_html(layer_table)] if len(layer_table) else [], notes=[
@@ -206,10 +215,20 @@ def carryover_sections(table: pd.DataFrame, verdicts: pd.DataFrame, orders: pd.D
     return sections
 
 
+def with_agreement(orders: pd.DataFrame) -> pd.DataFrame:
+    """The ordering table with its agreement in words in place of agrees/contradictions."""
+    if orders.empty:
+        return orders
+    shown = orders.drop(columns=["agrees", "contradictions"])
+    shown.insert(shown.columns.get_loc("inference_order") + 1, "agreement",
+                 [carryover.agreement_text(r) for _, r in orders.iterrows()])
+    return shown
+
+
 def verdict_lines(verdicts: pd.DataFrame, orders: pd.DataFrame) -> list[str]:
     return list(verdicts["verdict"]) + [""] + [
         f"ordering {r['engine']} p={r['prompt_len']} b={r['batch']} {r['metric']}: training {r['training_order']} | "
-        f"inference {r['inference_order']} | {'agrees' if r['agrees'] else 'disagrees: ' + r['contradictions']}"
+        f"inference {r['inference_order']} | {carryover.agreement_text(r)}"
         for _, r in orders.iterrows()] + [""]
 
 
@@ -244,6 +263,8 @@ def write_carryover_report(out_dir: str | Path) -> Path:
             sweep = carryover.decode_sweep(decode_rows)
             knees = carryover.decode_knee(sweep)
     pd.concat(list(tables.values()), ignore_index=True).to_csv(out_dir / "carryover.csv", index=False)
+    at_a_glance = carryover.glance(tables, baseline) if len(bench) else pd.DataFrame()
+    at_a_glance.to_csv(out_dir / "glance.csv", index=False)
     blocks = [(primary, verdicts, orders)] + others
     (out_dir / "verdicts.txt").write_text("\n".join(
         line for attention, v, o in blocks for line in
@@ -252,7 +273,7 @@ def write_carryover_report(out_dir: str | Path) -> Path:
     env.update(env.pop("versions", None) or {})
     html = render_page(f"Do training-shape gains carry over to inference? (baseline {baseline})",
                        carryover_sections(table, verdicts, orders, sweep, knees, bench, layer, baseline,
-                                          manifest.get("notes", []), others),
+                                          manifest.get("notes", []), others, at_a_glance),
                        environment=env, subtitle="Issue 10: the layer profiler's training throughput against "
                        "prefill and decode latency of the same shapes")
     path = out_dir / "carryover.html"

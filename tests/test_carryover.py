@@ -17,12 +17,12 @@ BASE = "base"
 
 
 def bench_row(model, *, engine="hf", batch=1, prompt=128, ttft=10.0, decode=5.0, spread=0.01, status="ok",
-              params=1e9, flops=1e12, read=1e9):
+              params=1e9, flops=1e12, read=1e9, floor=3.0):
     return {"model": model, "engine": engine, "batch": batch, "prompt_len": prompt, "status": status, "reason": "",
             "params_total": params, "head_dim": 64, "ttft_ms": ttft, "ttft_p10_ms": ttft * (1 - spread),
             "ttft_p90_ms": ttft * (1 + spread), "decode_p50_ms": decode, "decode_p10_ms": decode * (1 - spread),
             "decode_p90_ms": decode * (1 + spread), "prefill_flops": flops, "weight_bytes": read, "kv_bytes": 0,
-            "decode_floor_ms": 1.0, "compute_floor_ms": 0.1}
+            "decode_floor_ms": floor, "compute_floor_ms": 0.1}
 
 
 def layer_row(model, tflops, *, mode="forward+backward", spread=0.01, latency=100.0):
@@ -126,7 +126,7 @@ def test_a_gain_against_a_baseline_on_another_engine_variant_says_so():
 
 
 def test_decode_knee_is_where_a_step_stops_being_free():
-    rows = [bench_row("m", batch=b, decode=d) for b, d in ((1, 5.0), (2, 5.1), (4, 5.2), (8, 5.9), (16, 6.6), (32, 9.0))]
+    rows = [bench_row("m", batch=b, decode=d, floor=1.0) for b, d in ((1, 5.0), (2, 5.1), (4, 5.2), (8, 5.9), (16, 6.6), (32, 9.0))]
     for r in rows:
         r["compute_floor_ms"] = 0.05 * r["batch"]
     sweep = carryover.decode_sweep(pd.DataFrame(rows))
@@ -142,7 +142,7 @@ def test_one_slow_step_within_the_noise_is_not_a_knee():
     while its p10 stays inside the smallest batch's range is noise, not a knee; the same jump with a tight
     spread is one. Steps near their floor are not launch-bound."""
     def sweep(spread_at_4):
-        rows = [bench_row("m", batch=b, decode=d, spread=0.3 if b == 4 else 0.05)
+        rows = [bench_row("m", batch=b, decode=d, spread=0.3 if b == 4 else 0.05, floor=1.0)
                 for b, d in ((1, 5.0), (2, 5.2), (4, 7.0), (8, 5.1))]
         rows[2]["decode_p10_ms"] = 7.0 * (1 - spread_at_4)
         return carryover.decode_sweep(pd.DataFrame(rows))
@@ -150,7 +150,7 @@ def test_one_slow_step_within_the_noise_is_not_a_knee():
     assert noisy["knee_batch"] is None  # p10 4.9 is below the smallest batch's p90 5.25
     (clear,) = carryover.decode_knee(sweep(0.05)).to_dict("records")
     assert clear["knee_batch"] == 4
-    near = [bench_row("n", batch=b, decode=d) for b, d in ((1, 1.5), (2, 1.6))]  # floor 1.0 ms
+    near = [bench_row("n", batch=b, decode=d, floor=1.0) for b, d in ((1, 1.5), (2, 1.6))]
     (row,) = carryover.decode_knee(carryover.decode_sweep(pd.DataFrame(near))).to_dict("records")
     assert not row["launch_bound"] and row["min_step_over_floor"] == pytest.approx(1.5)
 
@@ -188,7 +188,7 @@ def test_carryover_command_end_to_end_on_tiny_shapes(tmp_path, capsys):
     out = tmp_path / "out"
     args = ["carryover", "--models", models, "--baseline", "tiny-a4", "--engines", "hf", "--batch", "1,2",
             "--prompt-len", "8,16", "--new-tokens", "4", "--repeats", "2", "--warmup-s", "0", "--out", str(out),
-            "--checkpoints", str(tmp_path / "ckpt"), "--layer-attention", "eager", "--decode-batches", "1,2,4",
+            "--checkpoints", str(tmp_path / "ckpt"), "--layer-attention", "eager,sdpa", "--decode-batches", "1,2,4",
             "--decode-new-tokens", "3", "--decode-repeats", "1", "--no-progress"]
     assert main(args) == 0
     for name in ("carryover.html", "carryover.csv", "verdicts.txt", "carryover.json", "bench/results.jsonl",
@@ -196,14 +196,24 @@ def test_carryover_command_end_to_end_on_tiny_shapes(tmp_path, capsys):
         assert (out / name).is_file(), name
     manifest = json.loads((out / "carryover.json").read_text())
     # inside DIR, paths are kept relative: the GPU evidence is packed on one machine and rendered on another
-    assert manifest["layer_profiles"] == ["layer-forward/run.json", "layer-forward+backward/run.json"]
+    assert manifest["layer_profiles"] == ["layer-forward/run.json", "layer-forward+backward/run.json",
+                                          "layer-forward-sdpa/run.json", "layer-forward+backward-sdpa/run.json"]
+    assert manifest["layer_attention"] == ["eager", "sdpa"]
     table = pd.read_csv(out / "carryover.csv")
+    assert set(table["training_attention"]) == {"eager", "sdpa"}  # one block of rows per attention
+    glance = pd.read_csv(out / "glance.csv", keep_default_na=False).set_index("model")
+    assert list(glance.index) == ["tiny-a8"] and "% [" in glance.loc["tiny-a8", "prefill@16 hf b=2"]
+    assert {"training (eager attention, fwd+bwd)", "training (sdpa attention, fwd+bwd)"} <= set(glance.columns)
+    assert "training (sdpa attention, fwd+bwd)" in capsys.readouterr().out  # the glance on the console
+    table = table[table["training_attention"] == "eager"].reset_index(drop=True)
     assert set(table["model"]) == {"tiny-a4", "tiny-a8"} and set(table["prompt_len"]) == {8, 16}
     assert table["train_fwd_tflops"].notna().all() and table["train_fwdbwd_tflops"].notna().all()
     verdicts = (out / "verdicts.txt").read_text()
     assert "tiny-a8 vs tiny-a4 [hf b=1]: training " in verdicts and "ordering hf p=16 b=2 decode" in verdicts
+    assert verdicts.startswith("# training profiled with eager attention") and "# training profiled with sdpa" in verdicts
     html = (out / "carryover.html").read_text()
-    assert "Decode vs batch" in html and "Does the ordering agree?" in html
+    assert "Decode vs batch" in html and "Does the ordering agree?" in html and "At a glance" in html
+    assert "Verdicts with training profiled with sdpa attention" in html
     # a rerun measures nothing new and re-renders the same comparison
     def measured():
         return [len([r for r in ResultsFile(out / d).records() if r.get("record") == "row"]) for d in ("bench", "decode")]
@@ -214,8 +224,10 @@ def test_carryover_command_end_to_end_on_tiny_shapes(tmp_path, capsys):
     assert {r["repeats"] for r in ResultsFile(out / "bench").rows()} == {2}
     assert main(args) == 0
     assert measured() == before
+    assert "every shape already in" in capsys.readouterr().out  # the layer profiles of the first call are kept
     assert main(["carryover", "--out", str(out), "--report-only"]) == 0
-    assert pd.read_csv(out / "carryover.csv").equals(table)
+    again = pd.read_csv(out / "carryover.csv")
+    assert again[again["training_attention"] == "eager"].reset_index(drop=True).equals(table)
 
 
 def test_carryover_report_figures_have_titles_plotly_reads():
@@ -231,6 +243,13 @@ def test_carryover_report_figures_have_titles_plotly_reads():
     for fig in figures:
         assert figure_problems(fig) == []
     assert {t["name"] for t in figures[0]["data"]} >= {"train_fwdbwd_gain", "prefill_gain p=2048 b=1"}
+
+
+def test_an_unknown_layer_attention_is_a_one_line_error(tmp_path, capsys):
+    assert main(["carryover", "--models", "pythia-70m,pythia-160m", "--baseline", "pythia-70m",
+                 "--layer-attention", "flash,fused", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--layer-attention: 'fused' is not one of flash, sdpa, eager" in err[0]
 
 
 def test_baseline_must_be_one_of_the_shapes(tmp_path, capsys):
@@ -277,3 +296,59 @@ def test_a_sweep_from_a_later_call_renders_with_the_first_calls_comparison(tmp_p
     shutil.copytree(second / "decode", first / "decode")
     assert main(["carryover", "--out", str(first), "--report-only"]) == 0
     assert "Decode vs batch" in (first / "carryover.html").read_text()
+
+
+def test_a_launch_bound_decode_neither_carries_nor_contradicts():
+    """HF generate() and MII legacy decode a 2.7B model at 5-20x the weight+KV floor on the H100: the step is
+    the host's speed. Doctored: the same gains with steps 10x their floor are 'launch-bound', left out of
+    the verdict and of the ordering's agreement; at 1.25x the floor they count."""
+    def table(floor):
+        rows = [bench_row(m, prompt=p, ttft=t, decode=d, floor=floor) for p in (128, 2048)
+                for m, t, d in ((BASE, 10, 5.0), ("fast", 8, 6.0))]  # decode reversed beyond the spread
+        bench, layer = frames(rows, [layer_row(BASE, 100), layer_row("fast", 120)])
+        return carryover.carryover_table(bench, layer, BASE)
+    host = table(floor=0.5)
+    row = host[(host["model"] == "fast") & (host["prompt_len"] == 128)].iloc[0]
+    assert row["decode_class"] == "launch-bound" and row["decode_over_floor"] == pytest.approx(12.0)
+    (line,) = carryover.verdicts(host, BASE)["verdict"]
+    assert "(launch-bound: 12x its floor, the host's speed)" in line and line.endswith("carries over")
+    decode = carryover.ordering(host).set_index("metric").loc["decode"]
+    assert decode["launch_bound"].all() and decode["agrees"].isna().all()
+    assert carryover.agreement_text(decode.iloc[0]).startswith("cannot tell")
+    gpu = table(floor=4.0)  # 5 and 6 ms steps against a 4 ms floor: the GPU's time, a real reversal
+    (line,) = carryover.verdicts(gpu, BASE)["verdict"]
+    assert line.endswith("partly carries over") and "launch-bound" not in line
+    assert not carryover.ordering(gpu).set_index("metric").loc["decode", "agrees"].any()
+
+
+def test_a_layer_self_check_that_failed_shows_in_the_verdict():
+    """The training side of a verdict stands on layer profiles whose self-checks can fail (clock phases,
+    trace vs events on the H100 carry-over runs): the verdict names them for the shape and the baseline."""
+    rows = [bench_row(m, prompt=p) for p in (128, 2048) for m in (BASE, "fast")]
+    good = [layer_row(BASE, 100), layer_row("fast", 120)]
+    bench, layer = frames(rows, good)
+    (line,) = carryover.verdicts(carryover.carryover_table(bench, layer, BASE), BASE)["verdict"]
+    assert "self-checks" not in line
+    doctored = pd.DataFrame([{**good[0], "layer_failed_checks": "clock_phases"}, good[1]], columns=analysis.LAYER_COLUMNS)
+    (line,) = carryover.verdicts(carryover.carryover_table(bench, doctored, BASE), BASE)["verdict"]
+    assert line.endswith("[not ok: layer profiler self-checks failed (training fwd+bwd): base: clock_phases]")
+
+
+def test_at_a_glance_one_row_per_shape_with_why_a_cell_is_empty():
+    """Training under each attention and prefill per engine at the longest prompt; a shape on a different
+    MII variant than the baseline gets a dagger; a missing number says why (its own row, or the baseline's)."""
+    rows = [bench_row(m, prompt=2048, ttft=t) for m, t in ((BASE, 10), ("a20", 8))]
+    rows += [bench_row(BASE, engine="mii", prompt=2048, status="unsupported"),
+             bench_row(BASE, engine="mii-noinject", prompt=2048, ttft=9),
+             bench_row("a20", engine="mii", prompt=2048, ttft=3)]
+    bench = pd.DataFrame(rows)
+    layer = pd.DataFrame([{**layer_row(m, v), "layer_attention": a} for a, vals in (("flash", (100, 105)), ("eager", (100, 120)))
+                          for m, v in zip((BASE, "a20"), vals)], columns=analysis.LAYER_COLUMNS)
+    tables = {a: carryover.carryover_table(bench, layer, BASE, a) for a in ("flash", "eager")}
+    g = carryover.glance(tables, BASE).set_index("model")
+    assert list(g.index) == ["a20"]
+    assert g.loc["a20", "training (flash attention, fwd+bwd)"].startswith("+5.0% [")
+    assert g.loc["a20", "training (eager attention, fwd+bwd)"].startswith("+20.0% [")
+    assert g.loc["a20", "prefill@2048 hf b=1"].startswith("+25.0% [")
+    assert g.loc["a20", "prefill@2048 mii b=1"] == "n/a: baseline unsupported"
+    assert g.loc["a20", "prefill@2048 mii-auto b=1"].startswith("+200.0% [") and g.loc["a20", "prefill@2048 mii-auto b=1"].endswith(" †")
