@@ -352,9 +352,9 @@ def decode_sweep(bench: pd.DataFrame) -> pd.DataFrame:
 
 
 def decode_knee(sweep: pd.DataFrame, rise: float = KNEE_RISE, host_multiple: float = HOST_MULTIPLE) -> pd.DataFrame:
-    """Per engine and shape: the step latency at the smallest batch; the knee, the first batch whose step
-    costs more than (1 + rise) x that and more than the smallest batch's p90 at its own p10 (beyond the
-    noise of both, so one slow step is not a knee); the first batch whose compute floor reaches its
+    """Per engine and shape: the step latency at the smallest batch; the knee, the first batch from which
+    every step costs more than (1 + rise) x that and more than the smallest batch's p90 at its own p10
+    (beyond the noise of both, and sustained, so one slow step is not a knee); the first batch whose compute floor reaches its
     bandwidth floor (where the roofline says decode turns compute-bound); and how far the step sits above
     the larger floor. A step `host_multiple` x or more above both floors at every batch is launch-bound:
     the host's speed sets it, and no knee can show until a batch's compute catches up with the host."""
@@ -364,7 +364,10 @@ def decode_knee(sweep: pd.DataFrame, rise: float = KNEE_RISE, host_multiple: flo
         first = g.iloc[0]
         noise_top = first["decode_p90_ms"] if pd.notna(first["decode_p90_ms"]) else first["decode_p50_ms"]
         p10 = g["decode_p10_ms"].fillna(g["decode_p50_ms"])
-        rising = g[(g["decode_p50_ms"] > (1 + rise) * first["decode_p50_ms"]) & (p10 > noise_top)]
+        up = ((g["decode_p50_ms"] > (1 + rise) * first["decode_p50_ms"]) & (p10 > noise_top)).to_numpy()
+        # sustained: this batch and every larger one cost more (one slow step between free ones is noise)
+        sustained = [bool(up[i:].all()) for i in range(len(up))]
+        rising = g[sustained]
         crossing = g[g["compute_floor_ms"].notna() & (g["compute_floor_ms"] >= g["decode_floor_ms"])]
         floor = g[["decode_floor_ms", "compute_floor_ms"]].max(axis=1)
         multiple = (g["decode_p50_ms"] / floor).min()

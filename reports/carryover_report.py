@@ -135,13 +135,15 @@ def carryover_sections(table: pd.DataFrame, verdicts: pd.DataFrame, orders: pd.D
                        at_a_glance: pd.DataFrame | None = None) -> list[Section]:
     sections = []
     if at_a_glance is not None and len(at_a_glance):
+        # one column per shape reads better than one row per shape here (a few shapes, many measures)
+        by_measure = at_a_glance.set_index("model").T.rename_axis("measure").rename_axis(columns=None).reset_index()
         sections.append(Section(
             f"At a glance: each shape against {baseline}",
             "Throughput gain over the baseline shape with its p10-p90 range: training (the layer profiler, per "
             "attention it ran with) and prefill at the longest prompt per engine and batch. '†': the shape and the "
             "baseline ran on different MII variants (fused kernels for one, none for the other), so that gain is "
             "partly the engine's. 'n/a' says why a cell has no number. Decode is in the verdicts below: in these "
-            "engines it is launch-bound.", tables=[_table(at_a_glance, list(at_a_glance.columns))]))
+            "engines it is launch-bound.", tables=[_table(by_measure, list(by_measure.columns))]))
     primary = table["training_attention"].dropna().iloc[0] if "training_attention" in table and \
         table["training_attention"].notna().any() else None
     lines = [v for _, v in verdicts.iterrows()]
@@ -185,7 +187,10 @@ def carryover_sections(table: pd.DataFrame, verdicts: pd.DataFrame, orders: pd.D
             "(decode_floor_ms: weights + KV cache / measured copy bandwidth, dotted) and the compute floor "
             "(compute_floor_ms: 2 x weights x b + attention FLOPs / measured fp16 matmul peak, dash-dot). While the "
             f"step costs about the same at every batch, rows are free (memory- or launch-bound); knee_batch is the "
-            f"first batch whose step costs more than {1 + carryover.KNEE_RISE:.2f} x the smallest batch's; "
+            f"first batch from which every step costs more than {1 + carryover.KNEE_RISE:.2f} x the smallest "
+            "batch's, beyond both spreads; launch_bound marks a shape whose step stays "
+            f">= {carryover.HOST_MULTIPLE:.0f} x its larger floor at every batch (the host's speed: Python and kernel "
+            "launches, not the GPU, set it, so no GPU knee can show); "
             "roofline_batch is where the compute floor reaches the bandwidth floor (cf. the paper's token-count "
             "throughput curve, /work/shared/paper/004).",
             figures=figs, tables=[_table(knees, list(knees.columns)), _table(sweep, list(sweep.columns))]))

@@ -138,18 +138,18 @@ def test_decode_knee_is_where_a_step_stops_being_free():
 
 
 def test_one_slow_step_within_the_noise_is_not_a_knee():
-    """Doctored from the H100 MII sweep: a launch-bound decode whose step median jumps 40% at one batch
-    while its p10 stays inside the smallest batch's range is noise, not a knee; the same jump with a tight
-    spread is one. Steps near their floor are not launch-bound."""
-    def sweep(spread_at_4):
-        rows = [bench_row("m", batch=b, decode=d, spread=0.3 if b == 4 else 0.05, floor=1.0)
-                for b, d in ((1, 5.0), (2, 5.2), (4, 7.0), (8, 5.1))]
-        rows[2]["decode_p10_ms"] = 7.0 * (1 - spread_at_4)
-        return carryover.decode_sweep(pd.DataFrame(rows))
-    (noisy,) = carryover.decode_knee(sweep(0.3)).to_dict("records")
-    assert noisy["knee_batch"] is None  # p10 4.9 is below the smallest batch's p90 5.25
-    (clear,) = carryover.decode_knee(sweep(0.05)).to_dict("records")
-    assert clear["knee_batch"] == 4
+    """Doctored from the H100 MII sweep (launch-bound steps that jump 40% at one batch and come back): a rise
+    whose p10 stays inside the smallest batch's range is noise, and so is a clear rise that does not last;
+    a clear rise that lasts is the knee. Steps near their floor are not launch-bound."""
+    def knee(steps, noisy_batch=None):
+        rows = [bench_row("m", batch=b, decode=d, spread=0.3 if b == noisy_batch else 0.05, floor=1.0)
+                for b, d in steps]
+        (row,) = carryover.decode_knee(carryover.decode_sweep(pd.DataFrame(rows))).to_dict("records")
+        return row["knee_batch"]
+    rising = ((1, 5.0), (2, 5.2), (4, 7.0), (8, 7.2))
+    assert knee(rising) == 4
+    assert knee(rising, noisy_batch=4) == 8  # b=4's p10 4.9 is below the smallest batch's p90 5.25
+    assert knee(((1, 5.0), (2, 5.2), (4, 7.0), (8, 5.1))) is None  # one slow step, then free again
     near = [bench_row("n", batch=b, decode=d, floor=1.0) for b, d in ((1, 1.5), (2, 1.6))]
     (row,) = carryover.decode_knee(carryover.decode_sweep(pd.DataFrame(near))).to_dict("records")
     assert not row["launch_bound"] and row["min_step_over_floor"] == pytest.approx(1.5)
