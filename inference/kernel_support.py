@@ -150,6 +150,14 @@ def prefill_support(batch: int, heads_per_gpu: int, prompt_len: int) -> KernelSu
     return KernelSupport(True, "", f"{SOFTMAX_FILE}:68-74: (b*H*L - 1) * L = {scores_offset:.3g} < 2^31")
 
 
+def largest_safe_prefill_batch(heads_per_gpu: int, prompt_len: int) -> int:
+    """The largest batch prefill_support accepts for this many heads and prompt length (0: not even one)."""
+    batch = (INT_LIMIT // prompt_len + 1) // (heads_per_gpu * prompt_len) + 1
+    while batch > 0 and not prefill_support(batch, heads_per_gpu, prompt_len).ok:
+        batch -= 1
+    return batch
+
+
 # Why `enable_cuda_graph` cannot speed up MII legacy's GPT-NeoX generation (DeepSpeed 0.19.8, MII 0.3.3):
 # 1. with kernel injection, replace_with_policy raises ValueError when the layer policy does not support CUDA
 #    graphs (deepspeed/module_inject/replace_module.py:223-228); GPTNEOXLayerPolicy never sets

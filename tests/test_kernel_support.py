@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from inference.kernel_support import (INT_LIMIT, cuda_graph_support, injection_support, next_pow2, prefill_support,
-                                      rotary_alignment)
+from inference.kernel_support import (INT_LIMIT, cuda_graph_support, injection_support, largest_safe_prefill_batch,
+                                      next_pow2, prefill_support, rotary_alignment)
 from models import load_config
 
 EVIDENCE = Path(__file__).resolve().parent.parent / "evidence" / "h100" / "inference" / "results.csv"
@@ -139,3 +139,19 @@ def test_the_int32_limit_agrees_with_the_h100_logits_checks():
         assert predicted is (r["status"] == "ok"), (r["model"], r["prompt_len"], r["status"], r["reason"])
         checked += 1
     assert checked >= 4
+
+
+def test_largest_safe_prefill_batch_is_the_edge_of_the_int32_limit():
+    assert largest_safe_prefill_batch(40, 2048) == 12  # c2: batch 12 is right, 13 is not
+    assert prefill_support(12, 40, 2048).ok and not prefill_support(13, 40, 2048).ok
+    assert largest_safe_prefill_batch(20, 2048) == 25 and largest_safe_prefill_batch(40, 1831) >= 16
+    assert largest_safe_prefill_batch(1, 50000) == 0  # one row of 50k tokens already overflows
+
+
+def test_the_advisor_states_the_batch_a_full_prompt_prefills_correctly_through_deepspeed():
+    from profiler.advisor.rules import check_inference_kernels
+
+    check = check_inference_kernels(load_config("gpt3-2.7b-c2"))
+    assert check.status == "pass" and "prefills correctly up to batch 12 (40 heads" in check.finding
+    refused = check_inference_kernels(load_config("gpt3-2.7b"))
+    assert refused.status == "fail" and "prefills" not in refused.finding

@@ -269,15 +269,20 @@ def check_inference_kernels(cfg: ModelConfig) -> Check:
                   value=f"{cfg.head_dim}, {cfg.rotary_dims}", paper="VII-C, Fig. 13",
                   paper_rule="the model should also infer efficiently (DeepSpeed-MII kernel injection)")
     try:
-        from inference.kernel_support import injection_support  # lazy: an optional part of the project
+        from inference.kernel_support import injection_support, largest_safe_prefill_batch  # lazy: optional part
     except ImportError as exc:
         return Check(status="unknown", finding=f"inference.kernel_support is not available ({exc})", **common)
     try:
         support = injection_support(cfg.head_dim, cfg.rotary_dims, cfg.dtype)
     except ValueError as exc:  # a shape or dtype the helper does not judge
         return Check(status="unknown", finding=str(exc), **common)
-    return Check(status="pass" if support.ok else "fail", finding=support.reason or "accepted",
-                 gpu_evidence=support.source, **common)
+    finding = support.reason or "accepted"
+    if support.ok:  # more heads lower the batch a full-length prompt can prefill correctly
+        heads = cfg.num_attention_heads // cfg.tensor_parallel
+        finding += (f"; a {cfg.seq_length}-token prompt prefills correctly up to batch "
+                    f"{largest_safe_prefill_batch(heads, cfg.seq_length)} ({heads} heads: the fused softmax's int32 "
+                    "score offset)")
+    return Check(status="pass" if support.ok else "fail", finding=finding, gpu_evidence=support.source, **common)
 
 
 def check_shape(cfg: ModelConfig, gpu: GpuModel) -> list[Check]:
