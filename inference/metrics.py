@@ -18,14 +18,13 @@ from typing import Callable
 
 import torch
 
-from models import ModelConfig, count_parameters, layer_flops
+from models import DTYPE_BYTES, ModelConfig, count_parameters, layer_flops
 from profiler.timing import summarize
 
 from .checks import count_new_tokens
 
 TIMING_METHOD = ("per-token CUDA events recorded by a logits processor inside generate() "
                  "(host clock off CUDA); end to end = synchronised host clock around the call")
-DTYPE_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 
 
 class StepTimer:

@@ -17,6 +17,7 @@ POSITIONALS = ("rotary", "learned", "none")
 RESIDUALS = ("parallel", "sequential")
 ATTENTIONS = ("eager", "sdpa", "flash")
 DTYPES = ("float32", "bfloat16", "float16")
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}  # bytes per element, for every byte count
 
 
 class ConfigError(ValueError):

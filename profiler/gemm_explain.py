@@ -36,6 +36,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from models import DTYPE_BYTES
 from models.gemms import GEMM_COMPONENTS, layer_gemms
 
 from .attribution import FUSED_ATTENTION
@@ -51,7 +52,6 @@ SHARED_MEMORY_RESERVED_PER_BLOCK = 1024  # bytes the runtime keeps per resident 
 FLASH_MAIN_KERNELS = ("flash_fwd_kernel", "flash_fwd_splitkv_kernel", "flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel",
                       "flash_bwd_dq_dk_dv_loop_kernel")
 SHAPE_OPS_2D = ("aten::mm",)
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 SHAPE_OPS_ADD = ("aten::addmm", "aten::_addmm_activation", "aten::baddbmm")
 # fused-attention ops whose first input is q as (batch, queries, heads, head dim)
 ATTENTION_BSHD_OPS = ("aten::_flash_attention_forward", "aten::_flash_attention_backward",

@@ -16,6 +16,7 @@ import re
 
 import pandas as pd
 
+from models import DTYPE_BYTES
 from models.gemms import GEMM_COMPONENTS
 
 from .kernel_names import NO_TENSOR_CORES, input_precision, parse_kernel_name
@@ -23,7 +24,6 @@ from .kernel_names import NO_TENSOR_CORES, input_precision, parse_kernel_name
 ALIGNMENT_BYTES = 16  # cuBLAS's tensor-core kernels need every leading dimension 16-byte aligned
 EXTRA_KERNELS_ALLOWED = 0  # kernels per step in a GEMM step that are neither GEMMs nor expected helpers
 TF32_MARKER = re.compile(r"tf32|xf32", re.I)
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 COLUMNS = ["pass", "component", "role", "flag", "detail", "threshold"]
 
 

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import os
 
-from models import ModelConfig, count_parameters, layer_gemms
+from models import DTYPE_BYTES, ModelConfig, count_parameters, layer_gemms
 
 MARGIN = 1.25
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ACTIVATIONS_PER_TOKEN_H = 34  # a GPT-NeoX layer saves about 34 values of size h per token for its backward
 
 

@@ -29,11 +29,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from models import ModelConfig, count_parameters
+from models import DTYPE_BYTES, ModelConfig, count_parameters
 
 # far below the roofline: under half the copy bandwidth, the step's kernels (not HBM) set its time
 LOW_BANDWIDTH_PCT = 50.0
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 # device-to-device copy bandwidth measured on the project's lent GPUs (../shared/gpu/README.md): only for
 # evidence recorded before runs measured their own (environment.measured_copy_tbps)
 COPY_TBPS_MEASURED = {"H200": 4.3, "H100": 3.0}

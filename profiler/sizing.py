@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from models import ModelConfig, layer_gemms
+from models import DTYPE_BYTES, ModelConfig, layer_gemms
 
 from .quantization import last_wave_fill, tiles, wave_efficiency
 
-TENSOR_CORE_ELEMENTS = 64  # 128 bytes of a 2-byte dtype: A100/H100 tensor cores' full-speed alignment
+TENSOR_CORE_BYTES = 128  # A100/H100 tensor cores' full-speed alignment: 64 elements of fp16/bf16, 32 of fp32
+
+
+def alignment_elements(dtype: str) -> int:
+    """How many elements of `dtype` make the tensor cores' full-speed alignment (the paper's 64 for fp16)."""
+    return TENSOR_CORE_BYTES // DTYPE_BYTES[dtype]
 
 
 @dataclass(frozen=True)
@@ -33,24 +38,25 @@ def largest_power_of_two_dividing(n: int) -> int:
 
 def sizing_findings(cfg: ModelConfig, *, sms: int | None = None) -> list[SizingFinding]:
     found: list[SizingFinding] = []
+    multiple = alignment_elements(cfg.dtype)
 
     def aligned(quantity: str, value: int, paper: str, why: str) -> None:
-        if value % TENSOR_CORE_ELEMENTS:
+        if value % multiple:
             p2 = largest_power_of_two_dividing(value)
             found.append(SizingFinding("tensor_core_alignment", quantity, value,
-                                       f"{quantity} = {value} is not a multiple of 64 (largest power of two "
-                                       f"dividing it: {p2}); {why}", paper))
+                                       f"{quantity} = {value} is not a multiple of {multiple} ({TENSOR_CORE_BYTES} "
+                                       f"bytes of {cfg.dtype}; largest power of two dividing it: {p2}); {why}", paper))
 
     aligned("h/a", cfg.head_dim, "VI-B, Fig. 7",
             "attention BMMs run off the tensor cores' fast path; fewer heads or a larger h fixes it")
     aligned("v (padded)", cfg.embedding_rows, "VI-B, Fig. 20",
-            "pad the vocabulary to a multiple of 64 for the logit GEMM")
+            f"pad the vocabulary to a multiple of {multiple} for the logit GEMM")
     aligned("h/t", cfg.hidden_per_gpu, "VI-B", "the per-GPU hidden size misaligns every linear layer")
     aligned("b*s", cfg.tokens, "VI-B", "the row count of every linear GEMM")
     if cfg.activation == "swiglu":
         aligned("intermediate_size/t", cfg.ffn_per_gpu, "VII-B",
                 "the 8/3*h SwiGLU rule breaks alignment; search nearby sizes (Llama-2-7B uses 11008)")
-    elif cfg.ffn_per_gpu % TENSOR_CORE_ELEMENTS:
+    elif cfg.ffn_per_gpu % multiple:
         aligned("4h/t", cfg.ffn_per_gpu, "VI-B", "the MLP GEMMs are misaligned")
     if cfg.tensor_parallel > 1:
         found.append(SizingFinding("tensor_parallel", "t", cfg.tensor_parallel,

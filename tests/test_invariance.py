@@ -9,8 +9,6 @@ Tests marked `gpu` run the compiled kernels on CUDA at the layer's real shapes a
 from __future__ import annotations
 
 import math
-import os
-import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +29,8 @@ from profiler.invariance.layer_check import LayerCheckSpec, check_layer  # noqa:
 from profiler.invariance.tape import StepComparer, first_difference, record_regions  # noqa: E402
 
 from models.invariant.backend import available  # noqa: E402
+
+import mii_standin  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 gpu = pytest.mark.gpu
@@ -342,50 +342,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path):
 
 
 # ---- engines: transformers in process, MII's worker through a stand-in mii.legacy --------------------------
-STANDIN = '''
-"""mii.legacy's non-persistent objects without DeepSpeed (as tests/test_inference.py's stand-in)."""
-import enum
-import torch
-from transformers import pipeline
 
-non_persistent_models = {}
-
-
-class DeploymentType(enum.Enum):
-    NON_PERSISTENT = "non-persistent"
-
-
-class InferenceEngine(torch.nn.Module):
-    def __init__(self, module):
-        super().__init__()
-        self.module, self.generate, self.config, self.device = module, module.generate, module.config, module.device
-
-    def forward(self, *args, **kwargs):
-        return self.module(*args, **kwargs)
-
-
-class Client:
-    def __init__(self, name):
-        self.name = name
-
-    def query(self, request, **kwargs):
-        return non_persistent_models[self.name][0](request["query"], **kwargs)
-
-    def terminate(self):
-        del non_persistent_models[self.name]
-
-
-def deploy(task, model, deployment_name, deployment_type, mii_config):
-    assert deployment_type is DeploymentType.NON_PERSISTENT and mii_config["skip_model_check"]
-    pipe = pipeline(task, model=model, device="cuda:0" if torch.cuda.is_available() else "cpu",
-                    torch_dtype=torch.float32)
-    pipe.model = InferenceEngine(pipe.model)
-    non_persistent_models[deployment_name] = (pipe, task)
-
-
-def mii_query_handle(name):
-    return Client(name)
-'''
 
 
 @pytest.fixture(scope="module")
@@ -427,11 +384,7 @@ def test_transformers_prompt_alone_and_in_batches(engine_job):
 def test_mii_worker_runs_the_same_comparison_through_the_query_call_chain(engine_job, tmp_path, monkeypatch):
     from inference.invariance import run_mii
 
-    standin = tmp_path / "standin"
-    (standin / "mii" / "legacy").mkdir(parents=True)
-    (standin / "mii" / "__init__.py").write_text("")
-    (standin / "mii" / "legacy" / "__init__.py").write_text(textwrap.dedent(STANDIN))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(standin), os.environ.get("PYTHONPATH")])))
+    mii_standin.install(tmp_path, monkeypatch)
     rows = []
     run_mii(engine_job, "mii", tmp_path / "logs", rows.append)
     assert len(rows) == 4, (tmp_path / "logs").joinpath("mii-invariance-tiny-engine.log").read_text()

@@ -25,13 +25,12 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from models import ModelConfig, layer_gemms
+from models import DTYPE_BYTES, ModelConfig, layer_gemms
 
 from ..quantization import TILE_SIZES, tile_efficiency, tiles, wave_efficiency, waves
 from ..sizing import largest_power_of_two_dividing
 from .gpus import GpuModel
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 TILES = ((128, 256), (256, 128))  # the paper's most efficient tile, in both orientations (VI-B): the checks' tiles
 # flash attention runs h/a rounded up to one of its compiled head sizes; measured on the H100 flash sweep
 # (a=128, h/a=8..256): times step at 32, 64, 96, 128, then stay flat from 136 to 192 and from 200 to 256
