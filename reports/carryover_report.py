@@ -209,7 +209,11 @@ def carryover_sections(table: pd.DataFrame, verdicts: pd.DataFrame, orders: pd.D
     positions = sorted({int(x) for x in bench.get("max_position_embeddings", pd.Series(dtype=float)).dropna()})
     sections.append(Section("Method", tables=[table_html(layer_table)] if len(layer_table) else [], notes=[
         "Training numbers: the layer profiler (one full layer, its own b and s from the config, bf16 on a GPU), "
-        "`python -m profiler layer --mode forward` and `--mode forward+backward`; its latency p10/p90 give the range.",
+        "`python -m profiler layer --mode forward` and `--mode forward+backward`; its latency p10/p90 give the range. "
+        "Where any shape's eager latency is launch-bound (the host's speed: small layers at b=1) and every shape has a "
+        "CUDA-graph latency (forward), all shapes of that mode are compared on their graph replays; a launch-bound "
+        "fwd+bwd (no graph latency) is kept but labelled, and the verdict then stands on the graphed forward "
+        "(columns train_*_basis, train_*_launch_bound). Failed layer self-checks are named in the verdict.",
         "Inference numbers: `python -m inference bench` rows whose logits and token checks passed (status ok); "
         "TTFT p10/p90 over repeats, decode p10/p90 over every decode step of every repeat.",
         "Where the longest prompt plus the new tokens exceeds a config's max_position_embeddings (2048 for these "
