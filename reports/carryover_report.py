@@ -204,8 +204,10 @@ def carryover_sections(table: pd.DataFrame, verdicts: pd.DataFrame, orders: pd.D
                            ["model", "engine", "head_dim", "rotary_dims", "reason", "kernel_support_source"])]))
     layer_table = layer[[c for c in ("model", "mode", "layer_attention", "layer_tflops", "layer_latency_us",
                                      "layer_latency_p10_us", "layer_latency_p90_us", "layer_launch_bound",
-                                     "layer_graph_us", "layer_clock_mhz", "layer_failed_checks", "layer_batch", "layer_seq_len", "layer_status", "layer_run")
-                         if c in layer]]
+                                     "layer_graph_us", "layer_clock_mhz", "layer_failed_checks", "layer_batch",
+                                     "layer_seq_len", "layer_status", "layer_run") if c in layer]]
+    if "layer_graph_us" in layer_table:  # None where no graph was timed (fwd+bwd): numbers, not objects, to format
+        layer_table = layer_table.assign(layer_graph_us=pd.to_numeric(layer_table["layer_graph_us"], errors="coerce"))
     positions = sorted({int(x) for x in bench.get("max_position_embeddings", pd.Series(dtype=float)).dropna()})
     sections.append(Section("Method", tables=[table_html(layer_table)] if len(layer_table) else [], notes=[
         "Training numbers: the layer profiler (one full layer, its own b and s from the config, bf16 on a GPU), "
