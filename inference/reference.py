@@ -74,38 +74,37 @@ def greedy_generation(model, tokenizer, texts: tuple[str, ...], new_tokens: int,
     return Generation(out.sequences[:, encoded["input_ids"].shape[1]:].cpu(), values.cpu(), ids.cpu())
 
 
-def chunked_last_logits(model, input_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """last_logits over the rows in chunks, halving the chunk on out-of-memory: a 2048-token prompt at batch
-    16 through transformers' eager attention can need tens of GB, one row at a time does not."""
-    chunk = len(input_ids)
+def in_chunks(run, rows: int, device: torch.device) -> tuple[list, int]:
+    """run(start, stop) over `rows` rows in chunks, starting with all of them and halving the chunk on
+    out-of-memory (a 2048-token prompt at batch 16 through transformers' eager attention can need tens of
+    GB, one row at a time does not): (the chunks' results, the chunk size that fitted)."""
+    chunk = rows
     while True:
         try:
-            return torch.cat([last_logits(model, input_ids[i:i + chunk], device) for i in range(0, len(input_ids), chunk)])
-        except torch.cuda.OutOfMemoryError:
-            if chunk == 1:
-                raise
-            chunk = max(1, chunk // 2)
-            torch.cuda.empty_cache()
-
-
-def chunked_generation(model, tokenizer, texts: tuple[str, ...], new_tokens: int, device: torch.device) -> Generation:
-    """greedy_generation over the rows in chunks, halving the chunk on out-of-memory (c1's 64 heads at b=16,
-    prompt 2048 need 8 GiB per score tensor in transformers' eager attention). The prompts have equal
-    lengths, so no row is padded and each row's greedy tokens do not depend on its neighbours beyond the
-    batch-size noise of the kernels, which the token check tolerates at near-ties."""
-    chunk = len(texts)
-    while True:
-        try:
-            parts = [greedy_generation(model, tokenizer, texts[i:i + chunk], new_tokens, device)
-                     for i in range(0, len(texts), chunk)]
-            return Generation(torch.cat([g.tokens for g in parts]), torch.cat([g.topk_values for g in parts]),
-                              torch.cat([g.topk_ids for g in parts]), chunk if chunk < len(texts) else None)
+            return [run(i, min(i + chunk, rows)) for i in range(0, rows, chunk)], chunk
         except torch.cuda.OutOfMemoryError:
             if chunk == 1:
                 raise
             chunk = max(1, chunk // 2)
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+
+
+def chunked_last_logits(model, input_ids: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """last_logits over the rows, in chunks where the whole batch does not fit (in_chunks)."""
+    parts, _ = in_chunks(lambda a, b: last_logits(model, input_ids[a:b], device), len(input_ids), device)
+    return torch.cat(parts)
+
+
+def chunked_generation(model, tokenizer, texts: tuple[str, ...], new_tokens: int, device: torch.device) -> Generation:
+    """greedy_generation over the rows, in chunks where the whole batch does not fit (in_chunks; c1's 64
+    heads at b=16, prompt 2048 need 8 GiB per score tensor). The prompts have equal lengths, so no row is
+    padded and each row's greedy tokens do not depend on its neighbours beyond the batch-size noise of the
+    kernels, which the token check tolerates at near-ties."""
+    parts, chunk = in_chunks(lambda a, b: greedy_generation(model, tokenizer, texts[a:b], new_tokens, device),
+                             len(texts), device)
+    return Generation(torch.cat([g.tokens for g in parts]), torch.cat([g.topk_values for g in parts]),
+                      torch.cat([g.topk_ids for g in parts]), chunk if chunk < len(texts) else None)
 
 
 def build_reference(checkpoint: Path, prompts: dict[int, Prompts], rows: list[tuple[int, int]], *, new_tokens: int,
