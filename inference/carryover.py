@@ -35,13 +35,19 @@ INFERENCE_GROUP = ["engine", "batch", "prompt_len"]
 EAGER, GRAPH, LAUNCH_BOUND = "eager", "cuda-graph", "eager, launch-bound"
 
 
+def _launch_bound(part: pd.DataFrame) -> pd.Series:
+    """Per layer-profile row: did the profiler find its eager latency launch-bound (False where not said)."""
+    if "layer_launch_bound" not in part:
+        return pd.Series(False, index=part.index)
+    return part["layer_launch_bound"].astype("boolean").fillna(False)
+
+
 def training_basis(part: pd.DataFrame) -> str:
     """One timing basis for every shape of a mode, since a ratio of an eager latency to a graphed one means
     nothing. A launch-bound layer's eager latency is the host's speed, not the shape's (small layers at b=1),
     so when any shape is launch-bound and every shape has a CUDA-graph latency, the graph replays are the
     basis; with no graph latency (forward+backward) the eager figure stays, labelled launch-bound."""
-    launch = part["layer_launch_bound"].astype("boolean").fillna(False) if "layer_launch_bound" in part else None
-    if launch is None or not launch.any():
+    if not _launch_bound(part).any():
         return EAGER
     graph = part["layer_graph_us"] if "layer_graph_us" in part else pd.Series(dtype=float)
     return GRAPH if len(graph) == len(part) and graph.notna().all() else LAUNCH_BOUND
@@ -62,8 +68,7 @@ def training_metrics(layer: pd.DataFrame) -> pd.DataFrame:
         prefix = "layer_graph" if basis == GRAPH else "layer_latency"
         median = part[f"{prefix}_us"]
         flop_us = part["layer_tflops"] * part["layer_latency_us"]  # the layer's FLOPs, as TFLOP/s x us
-        launch = part["layer_launch_bound"].astype("boolean").fillna(False) if "layer_launch_bound" in part else \
-            pd.Series(False, index=part.index)
+        launch = _launch_bound(part)
         failed = part["layer_failed_checks"].astype(object).fillna("") if "layer_failed_checks" in part else \
             pd.Series("", index=part.index)
         part = part.assign(**{value: flop_us / median,
@@ -84,6 +89,12 @@ def verdict_training_metric(bases: dict[str, str | None], available: set[str]) -
                                             and bases.get("train_fwd") in (EAGER, GRAPH)):
         return "train_fwdbwd"
     return "train_fwd" if "train_fwd" in available else "train_fwdbwd"
+
+
+def row_training_metric(row: pd.Series | None) -> str:
+    """verdict_training_metric for one carry-over row (its bases and the gains it has)."""
+    return verdict_training_metric({m: _get(row, f"{m}_basis") for m in MODES.values()},
+                                   {m for m in MODES.values() if _get(row, f"{m}_gain") is not None})
 
 
 def with_auto_engine(bench: pd.DataFrame) -> pd.DataFrame:
@@ -118,10 +129,16 @@ def inference_metrics(bench: pd.DataFrame) -> pd.DataFrame:
     df["decode_tbps"] = (read / (df["decode_p50_ms"] * 1e-3) / 1e12).where(ok)
     df["decode_tbps_lo"] = (read / (df["decode_p90_ms"] * 1e-3) / 1e12).where(ok)
     df["decode_tbps_hi"] = (read / (df["decode_p10_ms"].fillna(df["decode_p50_ms"]) * 1e-3) / 1e12).where(ok)
-    floor = df[[c for c in ("decode_floor_ms", "compute_floor_ms") if c in df]].apply(pd.to_numeric, errors="coerce")
-    df["decode_over_floor"] = (df["decode_p50_ms"] / floor.max(axis=1)).where(ok)
+    df["decode_over_floor"] = step_over_floor(df).where(ok)
     df["decode_launch_bound"] = (df["decode_over_floor"] >= HOST_MULTIPLE).where(df["decode_over_floor"].notna())
     return df
+
+
+def step_over_floor(df: pd.DataFrame) -> pd.Series:
+    """Decode step p50 over the larger of its two floors (bandwidth, compute): how far the GPU's physical
+    limit is from what the step takes; HOST_MULTIPLE or more is launch-bound."""
+    floor = df[[c for c in ("decode_floor_ms", "compute_floor_ms") if c in df]].apply(pd.to_numeric, errors="coerce")
+    return pd.to_numeric(df["decode_p50_ms"], errors="coerce") / floor.max(axis=1)
 
 
 def classify(lo: float, hi: float) -> str:
@@ -229,8 +246,7 @@ def verdicts(table: pd.DataFrame, baseline: str, *, prefill_prompt: int | None =
         p = pre.loc[idx] if idx in pre.index else None
         d = dec.loc[idx] if idx in dec.index else None
         src = p if p is not None else d
-        train = verdict_training_metric({m: _get(src, f"{m}_basis") for m in MODES.values()},
-                                        {m for m in MODES.values() if _get(src, f"{m}_gain") is not None})
+        train = row_training_metric(src)
         carries = _carries(_class(src, train), [_class(p, "prefill"), _class(d, "decode")])
         mixed = next((x for x in (p, d) if x is not None and _get(x, "variant_differs")), None)
         if mixed is not None and not carries.startswith("cannot"):
@@ -369,8 +385,7 @@ def decode_knee(sweep: pd.DataFrame, rise: float = KNEE_RISE, host_multiple: flo
         sustained = [bool(up[i:].all()) for i in range(len(up))]
         rising = g[sustained]
         crossing = g[g["compute_floor_ms"].notna() & (g["compute_floor_ms"] >= g["decode_floor_ms"])]
-        floor = g[["decode_floor_ms", "compute_floor_ms"]].max(axis=1)
-        multiple = (g["decode_p50_ms"] / floor).min()
+        multiple = step_over_floor(g).min()
         out.append({"engine": engine, "model": model, "smallest_batch": int(first["batch"]),
                     "step_ms_at_smallest": first["decode_p50_ms"],
                     "knee_batch": int(rising.iloc[0]["batch"]) if len(rising) else None,
@@ -395,8 +410,7 @@ def glance(tables: dict, baseline: str, *, prompt: int | None = None) -> pd.Data
         if table is None or table.empty:
             continue
         for _, r in table.drop_duplicates("model").iterrows():
-            metric = verdict_training_metric({m: _get(r, f"{m}_basis") for m in MODES.values()},
-                                             {m for m in MODES.values() if _get(r, f"{m}_gain") is not None})
+            metric = row_training_metric(r)
             graphed = " in CUDA graphs" if _get(r, f"{metric}_basis") == GRAPH else ""
             column = f"training ({attention} attention, {LABELS[metric].removeprefix('training ')}{graphed})"
             training_columns += [column] if column not in training_columns else []

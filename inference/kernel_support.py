@@ -21,12 +21,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from models import DTYPE_BYTES
+
 DEEPSPEED_VERSION = "0.19.8"
 HW_WARP_SIZE = 32  # csrc/includes/ds_kernel_utils.h:40 (CUDA; ROCm wavefronts are 64)
 MAX_THREADS = 1024  # csrc/transformer/inference/includes/inference_cuda_layers.h:23
 MAX_CONTEXT = 32768  # csrc/transformer/inference/csrc/softmax.cu:470-487: longer throws "Unsupport Seq_Length!"
 ROTARY_THREADS_PER_HEAD = (4, 8, 16, 32)  # apply_rotary_pos_emb.cu:118-129, LAUNCH_FOR_ALIGNMENT on CUDA
-ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
 VECTOR_BYTES = 16  # the transform kernels move float4s: 8 fp16/bf16 or 4 fp32 elements per thread
 ROTARY_FILE = "csrc/transformer/inference/csrc/apply_rotary_pos_emb.cu"
 TRANSFORM_FILE = "csrc/transformer/inference/csrc/transform.cu"
@@ -67,11 +68,11 @@ def injection_support(head_dim: int, rotary_dims: int, dtype: str = "float16", *
 
     `hidden_per_gpu` (h/t), when given, also checks the transform kernels' block size. Conditions, in the
     order the kernels meet them."""
-    if dtype not in ELEMENT_BYTES:
-        raise ValueError(f"dtype: '{dtype}' is not one of {', '.join(ELEMENT_BYTES)}")
+    if dtype not in DTYPE_BYTES:
+        raise ValueError(f"dtype: '{dtype}' is not one of {', '.join(DTYPE_BYTES)}")
     if head_dim <= 0 or rotary_dims < 0 or rotary_dims > head_dim:
         raise ValueError(f"head_dim {head_dim} / rotary_dims {rotary_dims}: need 0 <= rotary_dims <= head_dim, head_dim > 0")
-    size = ELEMENT_BYTES[dtype]
+    size = DTYPE_BYTES[dtype]
     per_vector = VECTOR_BYTES // size
     # transform.cu:241-243 (fp16/bf16) and :195-198 (fp32): `hidden_dim >>= 3` (>>= 2 for fp32), then one
     # thread per float4 of a head (block x = hidden/8/heads): a head that is not a whole number of float4s

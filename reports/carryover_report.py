@@ -89,6 +89,11 @@ def decode_figure(sweep: pd.DataFrame, engine: str, value: str, title: str, y_ti
                                              axis(y_title, type="log"))}
 
 
+def _orders_table(orders: pd.DataFrame) -> str:
+    shown = with_agreement(orders)
+    return _table(shown, list(shown.columns))
+
+
 def _table(df: pd.DataFrame, columns: list[str]) -> str:
     shown = df[[c for c in columns if c in df.columns]]
     text = [c for c in shown.columns if shown[c].dtype == object]
@@ -125,7 +130,7 @@ def other_attention_sections(others: list[tuple[str, pd.DataFrame, pd.DataFrame]
             f"({ATTENTION_WHY.get(attention, '')}) instead of {primary}. Where these verdicts agree and the "
             f"{primary} ones do not, the difference is the attention kernel, not the shape.",
             notes=list(verdicts["verdict"]) or ["No shape has both training and inference numbers."],
-            tables=[_table(with_agreement(orders), list(with_agreement(orders).columns))] if len(orders) else []))
+            tables=[_orders_table(orders)] if len(orders) else []))
     return sections
 
 
@@ -165,7 +170,7 @@ def carryover_sections(table: pd.DataFrame, verdicts: pd.DataFrame, orders: pd.D
             "Shapes best first by training throughput and by each inference throughput ('>' where the next is lower "
             "beyond both spreads, '~' where their ranges overlap). The orderings agree when no pair of shapes is "
             "ordered one way by training and the other way by inference, each beyond its spread.",
-            tables=[_table(with_agreement(orders), list(with_agreement(orders).columns))]))
+            tables=[_orders_table(orders)]))
     sections += other_attention_sections(others or [], primary)
     for engine in chart_engines(table):
         t = table[table["engine"] == engine]
