@@ -352,3 +352,32 @@ def test_at_a_glance_one_row_per_shape_with_why_a_cell_is_empty():
     assert g.loc["a20", "prefill@2048 hf b=1"].startswith("+25.0% [")
     assert g.loc["a20", "prefill@2048 mii b=1"] == "n/a: baseline unsupported"
     assert g.loc["a20", "prefill@2048 mii-auto b=1"].startswith("+200.0% [") and g.loc["a20", "prefill@2048 mii-auto b=1"].endswith(" †")
+
+
+def test_launch_bound_layers_are_compared_on_their_cuda_graph_replays():
+    """Small Pythia layers at b=1 on the H100: eager 513-758 us (the host's launches) vs graph 153-468 us.
+    Doctored rows: when a shape is launch-bound and every shape has a graph latency, the forward is compared
+    on the graphs; fwd+bwd (no graph) stays eager, labelled, and the verdict stands on the graphed forward.
+    Without the launch-bound flag the same rows are compared eagerly."""
+    def rows(launch):
+        out = []
+        for model, eager, graph in ((BASE, 560.0, 185.0), ("big", 540.0, 470.0)):
+            for mode, latency in (("forward", eager), ("forward+backward", 3 * eager)):
+                row = layer_row(model, 1e5 / latency, mode=mode, latency=latency)  # same FLOPs for both shapes
+                row.update(layer_launch_bound=launch, layer_graph_us=graph if mode == "forward" else None,
+                           layer_graph_p10_us=graph if mode == "forward" else None,
+                           layer_graph_p90_us=graph if mode == "forward" else None)
+                out.append(row)
+        return pd.DataFrame(out, columns=analysis.LAYER_COLUMNS)
+    bench = pd.DataFrame([bench_row(m, prompt=p) for p in (128, 2048) for m in (BASE, "big")])
+    graphed = carryover.carryover_table(bench, rows(True), BASE).set_index("model")
+    assert graphed.loc["big", "train_fwd_basis"].iloc[0] == "cuda-graph"
+    assert graphed.loc["big", "train_fwdbwd_basis"].iloc[0] == "eager, launch-bound"
+    assert graphed.loc["big", "train_fwd_gain"].iloc[0] == pytest.approx(185 / 470 - 1)  # the graphs' ratio
+    (line,) = carryover.verdicts(graphed.reset_index(), BASE)["verdict"]
+    assert "training forward -60.6% [" in line and "in CUDA graphs (fwd+bwd " in line and "the host's speed" in line
+    eager = carryover.carryover_table(bench, rows(False), BASE).set_index("model")
+    assert eager.loc["big", "train_fwd_basis"].iloc[0] == "eager"
+    assert eager.loc["big", "train_fwd_gain"].iloc[0] == pytest.approx(560 / 540 - 1)  # the eager ratio
+    (line,) = carryover.verdicts(eager.reset_index(), BASE)["verdict"]
+    assert line.startswith("big vs base [hf b=1]: training +3.7% [") and "CUDA graphs" not in line
