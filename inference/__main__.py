@@ -1,5 +1,6 @@
+"""`python -m inference ...`: the entry point of the command layer's inference commands (cli/main.py)."""
 import sys
 
-from .cli import main
+from cli.main import inference_main
 
-sys.exit(main())
+sys.exit(inference_main())

@@ -27,7 +27,7 @@ from profiler.hardware import environment, measure_copy_bandwidth, measure_matmu
 
 from .checkpoints import BenchModel, ensure_checkpoint, resolve_model
 from .engines.base import FALLBACK, BatchResult, Engine, GenerationJob, get_engine, is_oom, one_line
-from .engines.hf import dtype_on, release
+from .hf_model import dtype_on, release
 from .reference import Reference, build_reference
 from .results import ResultsFile, row_key
 from .rows import base_row, describe, measured_row, refused_row, tensor_parallel_of
@@ -41,7 +41,6 @@ __all__ = ["BenchOutcome", "BenchSpec", "run_bench"]
 class BenchOutcome:
     rows: list[dict]
     results: Path
-    report: Path | None
     measured: int
     skipped_done: int
 
@@ -125,8 +124,7 @@ class Plan:
         return self.refused.get((planned.model.name, planned.engine.name, planned.prompt_len, planned.batch))
 
 
-def run_bench(spec: BenchSpec, *, log: Callable[[str], None] = print, progress: bool = True,
-              layer_profile: Path | None = None, write_report: bool = True) -> BenchOutcome:
+def run_bench(spec: BenchSpec, *, log: Callable[[str], None] = print, progress: bool = True) -> BenchOutcome:
     from tqdm import tqdm
 
     models = []
@@ -173,12 +171,7 @@ def run_bench(spec: BenchSpec, *, log: Callable[[str], None] = print, progress: 
                     measured += bench_model(model, work, context)
         finally:
             bar.close()
-    outcome = BenchOutcome(results.rows(), results.path, None, measured, len(plan.rows) - len(pending))
-    if write_report:
-        from reports.inference_report import write_report as write_html
-
-        outcome.report = write_html(spec.out, layer_profile=layer_profile)
-    return outcome
+    return BenchOutcome(results.rows(), results.path, measured, len(plan.rows) - len(pending))
 
 
 def _refuse_what_cannot_run(plan: Plan, pending: list[Planned], results: ResultsFile, log) -> list[Planned]:

@@ -1,12 +1,13 @@
-"""`python -m inference carryover`: one comparison of a set of shapes, training against inference.
+"""The carry-over comparison as a library (`python -m inference carryover`): one set of shapes, training
+against inference.
 
 1. the layer profiler over the shapes at their training b and s, forward and forward+backward
    (DIR/layer-forward, DIR/layer-forward+backward), unless profiles are given: a few seconds per shape, so
    a run stopped early still has every shape's training side;
 2. the inference bench over the same shapes (DIR/bench: transformers and MII, each prompt length and batch);
 3. the decode-vs-batch sweep (DIR/decode: batch 1..64 at a short prompt);
-4. the report (DIR/carryover.html, carryover.csv, verdicts.txt).
-Every step resumes: a rerun measures only what is missing. DIR/carryover.json records what the report reads.
+then the command writes the report (DIR/carryover.html, carryover.csv, verdicts.txt) from what
+inference/carryover_data.py loads. Every step resumes: a rerun measures only what is missing. DIR/carryover.json records what the report reads.
 """
 
 from __future__ import annotations
@@ -79,7 +80,6 @@ class CarryoverSpec:
 
 @dataclass
 class CarryoverOutcome:
-    report: Path | None
     layer_profiles: list[Path]
     notes: list[str]
 
@@ -158,8 +158,6 @@ def read_manifest(out: Path) -> dict:
 
 
 def run_carryover(spec: CarryoverSpec, *, log: Callable[[str], None] = print, progress: bool = False) -> CarryoverOutcome:
-    from reports.carryover_report import write_carryover_report
-
     from .bench import run_bench
 
     spec.out.mkdir(parents=True, exist_ok=True)
@@ -191,8 +189,7 @@ def run_carryover(spec: CarryoverSpec, *, log: Callable[[str], None] = print, pr
         run_bench(spec.bench, log=log, progress=progress)
     if spec.decode is not None:
         run_bench(spec.decode, log=log, progress=progress)
-    report = write_carryover_report(spec.out)
-    return CarryoverOutcome(report, layer_profiles, notes)
+    return CarryoverOutcome(layer_profiles, notes)
 
 
 def _cuda() -> bool:

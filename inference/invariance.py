@@ -6,8 +6,8 @@ differs first (profiler/invariance/tape.py: every module's output and every leaf
 `run_engine_invariance(EngineInvarianceSpec(models=("pythia-160m",)))` builds (or reuses) a random-weight
 fp16 checkpoint as the bench does, makes prompts of exactly `prompt_len` tokens, runs transformers in this
 process and MII in a worker process of its own (engines/mii_invariance_worker.py, as the bench deploys it),
-and writes engines.csv + engines_run.json (+ report.html) in `out`. An engine that cannot run here becomes a
-row with status `unavailable` and the reason.
+and writes engines.csv + engines_run.json in `out` (the command writes report.html from them). An engine
+that cannot run here becomes a row with status `unavailable` and the reason.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def compare_engine(logits_fn: Callable[[list[int]], torch.Tensor], tokens_fn: Ca
 
 # ---- transformers, in this process ------------------------------------------------------------------------
 def run_hf(job: dict, device: torch.device, emit: Callable[[dict], None]) -> None:
-    from .engines.hf import load_model, release
+    from .hf_model import load_model, release
 
     dtype = job["dtype"] if device.type == "cuda" else "float32"  # fp16 matmuls on a CPU: slow or missing
     model = load_model(job["checkpoint"], dtype, device)
@@ -190,8 +190,7 @@ def mii_unavailable(engine: str, cfg, dtype: str, context: int) -> str | None:
 
 
 # ---- the whole run ----------------------------------------------------------------------------------------
-def run_engine_invariance(spec: EngineInvarianceSpec, *, progress: bool = False, log=print,
-                          write_report: bool = True) -> pd.DataFrame:
+def run_engine_invariance(spec: EngineInvarianceSpec, *, progress: bool = False, log=print) -> pd.DataFrame:
     from tqdm import tqdm
 
     from profiler.hardware import environment
@@ -249,50 +248,4 @@ def run_engine_invariance(spec: EngineInvarianceSpec, *, progress: bool = False,
            "engines": {e: ENGINES[e] for e in spec.engines},
            "configs": {m.name: m.config.to_dict() for m in models}}
     save(spec.out, "engines", {"engines": frame}, run)
-    if write_report:
-        from reports.invariance_report import write_report as write
-
-        write([spec.out], spec.out)
     return frame
-
-
-# ---- `python -m inference invariance ...` -----------------------------------------------------------------
-HELP = "the same prompt alone and inside batches through transformers and DeepSpeed-MII: bitwise the same?"
-
-
-def add_args(parser) -> None:
-    parser.add_argument("--models", required=True,
-                        help="comma-separated: bundled names (pythia-160m), config files, or checkpoint directories")
-    parser.add_argument("--engines", default="hf,mii", help=f"comma-separated, of {', '.join(ENGINES)} (default hf,mii)")
-    parser.add_argument("--batch", default="2,4,8,16", help="batch sizes holding the prompt, each >= 2 (default 2,4,8,16)")
-    parser.add_argument("--positions", default="first,last", help="where the prompt sits in a batch (default first,last)")
-    parser.add_argument("--prompt-len", type=int, default=64, help="prompt tokens (default 64)")
-    parser.add_argument("--new-tokens", type=int, default=16, help="greedy tokens generated per prompt (default 16)")
-    parser.add_argument("--dtype", default="float16", help="float16 | bfloat16 | float32 (default float16; "
-                        "transformers on a CPU computes in float32)")
-    parser.add_argument("--out", default="runs/invariance", help="output directory (default runs/invariance)")
-    parser.add_argument("--checkpoints", default=str(DEFAULT_ROOT), help=f"checkpoint cache (default {DEFAULT_ROOT})")
-    parser.add_argument("--device", help="cuda or cpu (default: cuda if available)")
-    parser.add_argument("--seed", type=int, default=0, help="prompt seed (default 0)")
-    parser.add_argument("--no-modules", action="store_true", help="compare logits and tokens only, not every module")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run_command(args) -> int:
-    from profiler.invariance.analysis import engine_findings
-
-    def csv(text: str) -> tuple[str, ...]:
-        return tuple(x.strip() for x in text.split(",") if x.strip())
-
-    try:
-        batches = tuple(int(x) for x in csv(args.batch))
-    except ValueError:
-        raise UserError(f"--batch: '{args.batch}' is not a comma-separated list of whole numbers (e.g. 2,4,8)") from None
-    spec = EngineInvarianceSpec(models=csv(args.models), engines=csv(args.engines), batches=batches,
-                                positions=csv(args.positions), prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-                                dtype=args.dtype, out=Path(args.out), checkpoints=Path(args.checkpoints),
-                                seed=args.seed, device=args.device, modules=not args.no_modules)
-    frame = run_engine_invariance(spec, progress=not args.no_progress and sys.stderr.isatty())
-    print(engine_findings(frame).to_string(index=False))
-    print(f"results: {Path(args.out) / 'engines.csv'}; report: {Path(args.out) / 'report.html'}")
-    return 0

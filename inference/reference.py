@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .checks import CHECK_POSITIONS, TOPK
+from .hf_model import generate_kwargs, load_model, release
 from .tokenizer import Prompts, load_tokenizer
 
 
@@ -48,12 +49,6 @@ class Reference:
             p, b = (int(x) for x in key.split("x"))
             generations[(p, b)] = Generation(**g)
         return cls(blob["dtype"], {int(p): t for p, t in blob["logits"].items()}, generations, blob.get("missing", {}))
-
-
-def generate_kwargs(tokenizer, new_tokens: int) -> dict:
-    """What every engine's timed call passes to generate(): greedy, exactly `new_tokens` tokens."""
-    return {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False,
-            "pad_token_id": tokenizer.pad_token_id}
 
 
 @torch.inference_mode()
@@ -112,8 +107,6 @@ def build_reference(checkpoint: Path, prompts: dict[int, Prompts], rows: list[tu
     """transformers' reference for every (prompt length, batch) row to check. A row whose generation does not
     fit in memory runs in smaller chunks of rows; one that fits in no chunk is recorded as missing, with the
     reason, and the others keep theirs."""
-    from .engines.hf import load_model, release
-
     tokenizer = load_tokenizer(checkpoint)
     model = load_model(checkpoint, dtype, device)
     generations, missing = {}, {}

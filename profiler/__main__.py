@@ -1,5 +1,6 @@
+"""`python -m profiler ...`: the entry point of the command layer's profiler commands (cli/main.py)."""
 import sys
 
-from .cli import main
+from cli.main import profiler_main
 
-sys.exit(main())
+sys.exit(profiler_main())

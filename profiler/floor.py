@@ -57,7 +57,7 @@ def kernel_times_alone(step: Callable[[], object], component: str, device: torch
                        conditioner: Callable[[], object] | None = None, steps: int = 15,
                        on_recording: Callable[[], object] | None = None,
                        on_recorded: Callable[[], object] | None = None,
-                       min_warmup_ms: float = 0.0) -> tuple[dict[Key, TimingStats], dict]:
+                       min_warmup_ms: float = 0.0, max_warmup: int = 40) -> tuple[dict[Key, TimingStats], dict]:
     """(pass, component, role) -> the summed duration per step of the kernels attributed to it (CUPTI),
     each step preceded by `conditioner` (a layer step) and an L2 flush; plus the trace's warm-up record."""
     on_gpu = device.type == "cuda"
@@ -72,7 +72,8 @@ def kernel_times_alone(step: Callable[[], object], component: str, device: torch
     with tempfile.TemporaryDirectory() as tmp:
         path, schedule = record_trace(step, trace_dir=Path(tmp), worker_name="alone", active_steps=steps,
                                       device=device, flush=before_step if (on_gpu or conditioner) else None,
-                                      on_recording=on_recording, on_recorded=on_recorded, min_warmup_ms=min_warmup_ms)
+                                      on_recording=on_recording, on_recorded=on_recorded, min_warmup_ms=min_warmup_ms,
+                                      max_warmup=max_warmup)
         activities, left_out = attribute_detailed(load_trace(path))
     cut = activities["step"].map(left_out["flush_end_by_step"])
     activities = activities[cut.isna() | (activities["ts"] >= cut)]  # the conditioner's backward, too
@@ -87,7 +88,7 @@ def floor_times(cfg: ModelConfig, *, include_logits: bool, backward: bool, devic
                 dropout: bool = True, conditioner: Callable[[], object] | None = None,
                 steps: int = 15, on_recording: Callable[[], object] | None = None,
                 on_recorded: Callable[[], object] | None = None,
-                min_warmup_ms: float = 0.0) -> tuple[dict[Key, TimingStats], dict]:
+                min_warmup_ms: float = 0.0, max_warmup: int = 40) -> tuple[dict[Key, TimingStats], dict]:
     """(pass, component, role) -> timing of that GEMM (or the fused attention) alone, and the warm-ups.
 
     The time is the kernels' own duration read from a torch.profiler trace, the instrument that measures
@@ -102,6 +103,7 @@ def floor_times(cfg: ModelConfig, *, include_logits: bool, backward: bool, devic
     for component in list(calls):
         found, warmups[component] = kernel_times_alone(calls.pop(component).step, component, device,
                                                        conditioner=conditioner, steps=steps,
-                                                       on_recording=on_recording, on_recorded=on_recorded, min_warmup_ms=min_warmup_ms)
+                                                       on_recording=on_recording, on_recorded=on_recorded, min_warmup_ms=min_warmup_ms,
+                                                       max_warmup=max_warmup)
         times.update(found)
     return times, warmups

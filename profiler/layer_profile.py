@@ -213,7 +213,8 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
                                                device=device, dtype=dtype, conditioner=step if on_gpu else None,
                                                steps=options.active_steps, on_recording=measuring("floor"),
                                                on_recorded=measuring("floor-warmup"),
-                                               min_warmup_ms=TRACE_MIN_WARMUP_MS if on_gpu else 0.0)
+                                               min_warmup_ms=TRACE_MIN_WARMUP_MS if on_gpu else 0.0,
+                                               max_warmup=options.max_trace_warmup_steps)
         summary = join_floor(summary, alone)
         if not on_gpu:  # reported, not judged: see the skipped check below
             summary["vs_alone_check"] = None

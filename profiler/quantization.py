@@ -13,6 +13,10 @@ import math
 TILE_SIZES = ((128, 256), (256, 128), (128, 128), (64, 128))
 
 
+def largest_power_of_two_dividing(n: int) -> int:
+    return n & -n
+
+
 def tiles(m: int, n: int, tile: tuple[int, int], batch: int = 1) -> int:
     return batch * math.ceil(m / tile[0]) * math.ceil(n / tile[1])
 
@@ -35,15 +39,3 @@ def tile_efficiency(m: int, n: int, tile: tuple[int, int]) -> float:
 def wave_efficiency(num_tiles: int, sms: int) -> float:
     """Useful fraction of the SM-time of all waves."""
     return num_tiles / (waves(num_tiles, sms) * sms)
-
-
-def predict(m: int, n: int, sms: int, batch: int = 1, tile: tuple[int, int] = (128, 256)) -> dict:
-    t = tiles(m, n, tile, batch)
-    return {
-        "tile": f"{tile[0]}x{tile[1]}",
-        "tiles": t,
-        "waves": waves(t, sms),
-        "last_wave_fill": round(last_wave_fill(t, sms), 4),
-        "tile_efficiency": round(tile_efficiency(m, n, tile), 4),
-        "wave_efficiency": round(wave_efficiency(t, sms), 4),
-    }

@@ -34,8 +34,6 @@ DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 LAUNCH_ARGS = {"grid": "grid", "block": "block", "registers per thread": "registers",
                "shared memory": "shared_memory", "blocks per SM": "blocks_per_sm", "stream": "stream"}
 # libkineto prints these on fd 2 at every profiler start and stop, whatever KINETO_LOG_LEVEL says
-# a CPU run proves wiring: its warm-up is capped low (a shared CPU's host clock may never settle)
-CPU_MAX_WARMUP_STEPS = 4
 KINETO_NOISE = re.compile(r"^(USDT|STAGE):\d{4}-\d\d-\d\d .*(profiler_start|profiler_stop|Completed Stage)")
 
 
@@ -152,9 +150,6 @@ def record_trace(step_fn: Callable[[], object], *, trace_dir: Path, worker_name:
     trace_dir.mkdir(parents=True, exist_ok=True)
     before = set(trace_dir.glob("*.pt.trace.json"))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    if device.type != "cuda":
-        max_warmup = min(max_warmup, CPU_MAX_WARMUP_STEPS)
-        min_warmup = min(min_warmup, max_warmup)
     schedule = StableSchedule(active=active_steps, min_warmup=min_warmup, max_warmup=max_warmup,
                               min_warmup_ms=min_warmup_ms if device.type == "cuda" else 0.0)
     clock = _StepClock(device)

@@ -56,7 +56,7 @@ def candidates_figure(candidates: pd.DataFrame, measured: pd.DataFrame) -> dict:
     return {"data": data, "layout": {
         "title": {"text": "Candidates of the same size: parameters vs training throughput"},
         "xaxis": {"title": {"text": f"parameters ({unit})"}},
-        "yaxis": {"title": {"text": "training throughput (tokens/s, whole model fwd+bwd)"}}}}
+        "yaxis": {"title": {"text": "training tokens/s (model fwd+bwd)"}}}}
 
 
 def difference_figure(diff: pd.DataFrame) -> dict:
@@ -66,7 +66,7 @@ def difference_figure(diff: pd.DataFrame) -> dict:
                       "hovertemplate": "%{x}: %{y:.2f} ms saved per step<extra></extra>"}],
             "layout": {"title": {"text": "Time saved per training step by the best proposal, per component"},
                        "xaxis": {"title": {"text": "component (pass)"}},
-                       "yaxis": {"title": {"text": "saved (ms per step, whole model; < 0: proposal slower)"}}}}
+                       "yaxis": {"title": {"text": "ms saved per step (< 0: slower)"}}}}
 
 
 def swiglu_figure(swiglu: pd.DataFrame, reference: int) -> dict:

@@ -1,7 +1,8 @@
 """The carry-over report (issue 10): per shape, training throughput (layer profiler, forward and
 forward+backward) next to prefill and decode throughput, each normalised to a baseline shape, with spreads,
 one-line verdicts and whether the shapes' order agrees; and decode step latency against batch size.
-Context from inference/carryover.py (pure), rendered by reports/html.py. Legend entries are the table's
+Loaded and analysed by inference/carryover_data.py (the analysis itself: inference/carryover.py, pure);
+this module only renders what it is handed, through reports/html.py. Legend entries are the table's
 column names (train_fwdbwd_gain, prefill_gain, ...) with the prompt length p and batch b."""
 
 from __future__ import annotations
@@ -10,22 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from inference import analysis, carryover
-from inference.carryover_run import manifest_path, read_manifest
-from inference.results import ResultsFile
+from inference import carryover
+from inference.carryover_data import TABLE_COLUMNS, CarryoverData, with_agreement
 
 from .html import Section, axis, layout, render_page, table_html
 
 ENGINE_ORDER = [carryover.AUTO_ENGINE, "hf", "mii", "mii-noinject", "mii-cudagraph"]
 METRIC_COLORS = {"train_fwdbwd": "#1f77b4", "train_fwd": "#aec7e8", "prefill": "#ff7f0e", "decode": "#2ca02c"}
 LINE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22"]
-TABLE_COLUMNS = [
-    "engine", "variant", "batch", "prompt_len", "model", "is_baseline", "status", "params_total", "head_dim",
-    "train_fwdbwd_tflops", "train_fwdbwd_gain", "train_fwdbwd_gain_lo", "train_fwdbwd_gain_hi", "train_fwdbwd_class",
-    "train_fwd_tflops", "train_fwd_gain", "train_fwd_gain_lo", "train_fwd_gain_hi", "train_fwd_class",
-    "ttft_ms", "ttft_p10_ms", "ttft_p90_ms", "prefill_tflops", "prefill_gain", "prefill_gain_lo", "prefill_gain_hi",
-    "prefill_class", "decode_p50_ms", "decode_p10_ms", "decode_p90_ms", "decode_tbps", "decode_floor_ms",
-    "decode_gain", "decode_gain_lo", "decode_gain_hi", "decode_class", "reason"]
 
 
 def engines_in(table: pd.DataFrame) -> list[str]:
@@ -98,18 +91,6 @@ def _table(df: pd.DataFrame, columns: list[str]) -> str:
     shown = df[[c for c in columns if c in df.columns]]
     text = [c for c in shown.columns if shown[c].dtype == object]
     return table_html(shown.assign(**{c: shown[c].where(shown[c].notna(), "") for c in text}))
-
-
-def select(rows: list[dict], settings: dict | None, names: list[str] | None = None) -> pd.DataFrame:
-    """The bench rows of this comparison: its shapes, new tokens and dtype (a results file may also hold
-    rows of earlier runs with other settings)."""
-    df = analysis.results_frame(rows)
-    if settings and len(df):
-        keep = df["new_tokens"].eq(settings.get("new_tokens")) & df["dtype"].eq(settings.get("dtype"))
-        if names:
-            keep &= df["model"].isin(names)
-        df = df[keep]
-    return df.reset_index(drop=True)
 
 
 ATTENTION_WHY = {
@@ -204,7 +185,7 @@ def carryover_sections(table: pd.DataFrame, verdicts: pd.DataFrame, orders: pd.D
         sections.append(Section(
             "Shapes DeepSpeed's fused kernels cannot run",
             "A finding about the shape: checked before launching, from DeepSpeed 0.19.8's kernel source "
-            "(inference/kernel_support.py); these shapes run through MII without kernel injection instead.",
+            "(models/kernel_support.py); these shapes run through MII without kernel injection instead.",
             tables=[_table(refused.drop_duplicates(["model", "engine"]),
                            ["model", "engine", "head_dim", "rotary_dims", "reason", "kernel_support_source"])]))
     layer_table = layer[[c for c in ("model", "mode", "layer_attention", "layer_tflops", "layer_latency_us",
@@ -231,67 +212,17 @@ def carryover_sections(table: pd.DataFrame, verdicts: pd.DataFrame, orders: pd.D
     return sections
 
 
-def with_agreement(orders: pd.DataFrame) -> pd.DataFrame:
-    """The ordering table with its agreement in words in place of agrees/contradictions."""
-    if orders.empty:
-        return orders
-    shown = orders.drop(columns=["agrees", "contradictions"])
-    shown.insert(shown.columns.get_loc("inference_order") + 1, "agreement",
-                 [carryover.agreement_text(r) for _, r in orders.iterrows()])
-    return shown
+def render_carryover_report(data: CarryoverData) -> str:
+    """The whole page, from the loaded comparison (inference.carryover_data.load_carryover)."""
+    return render_page(f"Do training-shape gains carry over to inference? (baseline {data.baseline})",
+                       carryover_sections(data.table, data.verdicts, data.orders, data.sweep, data.knees, data.bench,
+                                          data.layer, data.baseline, data.manifest.get("notes", []), data.others,
+                                          data.glance),
+                       environment=data.environment, subtitle="Issue 10: the layer profiler's training throughput "
+                       "against prefill and decode latency of the same shapes")
 
 
-def verdict_lines(verdicts: pd.DataFrame, orders: pd.DataFrame) -> list[str]:
-    return list(verdicts["verdict"]) + [""] + [
-        f"ordering {r['engine']} p={r['prompt_len']} b={r['batch']} {r['metric']}: training {r['training_order']} | "
-        f"inference {r['inference_order']} | {carryover.agreement_text(r)}"
-        for _, r in orders.iterrows()] + [""]
-
-
-def write_carryover_report(out_dir: str | Path) -> Path:
-    out_dir = Path(out_dir)
-    manifest = read_manifest(out_dir)
-    baseline = manifest["baseline"]
-    bench_spec = manifest.get("bench") or {}
-    bench_store = ResultsFile(out_dir / "bench")
-    names = manifest.get("model_names")
-    bench = select(bench_store.rows(), bench_spec, names)
-    # what the manifest names, else whatever DIR holds: two calls' outputs unpacked into one DIR render together
-    paths = [manifest_path(out_dir, p) for p in manifest.get("layer_profiles", [])]
-    paths = [p for p in paths if p.exists()] or sorted(out_dir.glob("layer-*/run.json"))
-    frames = [analysis.load_layer_profile(p) for p in paths]
-    layer = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=analysis.LAYER_COLUMNS)
-    attentions = [a for a in manifest.get("layer_attention", []) if a in carryover.layer_attentions(layer)]
-    attentions += [a for a in carryover.layer_attentions(layer) if a not in attentions]
-    tables = {a: carryover.carryover_table(bench, layer, baseline, a) for a in attentions or [None]} if len(bench) \
-        else {None: pd.DataFrame(columns=TABLE_COLUMNS)}
-    primary = next(iter(tables))
-    table = tables[primary]
-    verdicts, orders = carryover.verdicts(table, baseline), carryover.ordering(table)
-    others = [(a, carryover.verdicts(t, baseline), carryover.ordering(t)) for a, t in tables.items() if a != primary]
-    sweep = pd.DataFrame()
-    knees = pd.DataFrame()
-    decode_store = ResultsFile(out_dir / "decode")
-    decode_spec = manifest.get("decode") or ((decode_store.runs() or [{}])[-1].get("spec"))
-    if decode_spec and decode_store.path.is_file():
-        decode_rows = select(decode_store.rows(), decode_spec, names)
-        if len(decode_rows):
-            sweep = carryover.decode_sweep(decode_rows)
-            knees = carryover.decode_knee(sweep)
-    pd.concat(list(tables.values()), ignore_index=True).to_csv(out_dir / "carryover.csv", index=False)
-    at_a_glance = carryover.glance(tables, baseline) if len(bench) else pd.DataFrame()
-    at_a_glance.to_csv(out_dir / "glance.csv", index=False)
-    blocks = [(primary, verdicts, orders)] + others
-    (out_dir / "verdicts.txt").write_text("\n".join(
-        line for attention, v, o in blocks for line in
-        ([f"# training profiled with {attention} attention"] if len(blocks) > 1 else []) + verdict_lines(v, o)))
-    env = dict((bench_store.runs() or [{}])[-1].get("environment", {}))
-    env.update(env.pop("versions", None) or {})
-    html = render_page(f"Do training-shape gains carry over to inference? (baseline {baseline})",
-                       carryover_sections(table, verdicts, orders, sweep, knees, bench, layer, baseline,
-                                          manifest.get("notes", []), others, at_a_glance),
-                       environment=env, subtitle="Issue 10: the layer profiler's training throughput against "
-                       "prefill and decode latency of the same shapes")
-    path = out_dir / "carryover.html"
-    path.write_text(html, encoding="utf-8")
+def write_carryover_report(data: CarryoverData, path: str | Path) -> Path:
+    path = Path(path)
+    path.write_text(render_carryover_report(data), encoding="utf-8")
     return path

@@ -144,7 +144,7 @@ def check_sections(df: pd.DataFrame) -> list[Section]:
     if len(refused):
         sections.append(Section(
             "Shapes an engine cannot run",
-            "Checked before any worker starts (inference/kernel_support.py, derived from DeepSpeed 0.19.8's kernel "
+            "Checked before any worker starts (models/kernel_support.py, derived from DeepSpeed 0.19.8's kernel "
             "sources): a shape DeepSpeed's fused kernels would assert on (and kill the process) is refused with the "
             "reason and the source line, and gets a mii-noinject row instead, so no shape is missing. That a shape "
             "cannot use the fused kernels is itself a finding about the shape.",

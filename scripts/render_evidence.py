@@ -8,7 +8,7 @@ A folder's data says which report it holds (the first that matches):
   run.json + components.csv        -> layer report      (reports.layer_report.write_layer_report)
   advice.json                      -> sizing advisor    (reports.advisor_report.write_advisor_report)
   diff.json + diff.csv             -> run comparison    (reports.diff_report.write_diff_report)
-  carryover.json                   -> carryover report  (reports.carryover_report, writes carryover.html)
+  carryover.json                   -> carryover report  (cli.carryover.write_outputs, writes carryover.html)
   matmul_run.json, layer_run.json or engines_run.json -> batch invariance (reports.invariance_report)
   results.jsonl[.gz] of sweep points -> sweep report    (reports.sweep_report.write_outputs)
   results.jsonl of bench rows      -> inference report  (reports.inference_report.write_report), next to the
@@ -112,9 +112,9 @@ def render(folder: Path, kind: str, asset: Path) -> Path:
             return write_diff_report(json.loads((folder / "diff.json").read_text()), pd.read_csv(folder / "diff.csv"),
                                      folder / "report.html")
         if kind == "carryover":
-            from reports.carryover_report import write_carryover_report
+            from cli.carryover import write_outputs
             with contextlib.chdir(folder):  # carryover.json's relative paths (configs, layer profiles) start here
-                return folder / write_carryover_report(".")
+                return folder / write_outputs(Path("."))
         if kind == "invariance":
             from reports.invariance_report import write_report as write_invariance_report
             return write_invariance_report([folder], folder)

@@ -21,7 +21,7 @@ from profiler.advisor.ranking import (component_difference, measured_summary, pa
                                       round_steps, verdict)
 from profiler.advisor.scaling import caution, feed_forward_ratio, interpolate, shape_loss
 from profiler.advisor.swiglu import SwigluSearch, mlp_flops, modelled_swiglu, swiglu_sizes
-from profiler.cli import main
+from cli.main import profiler_main as main
 from profiler.errors import UserError
 from reports.advisor_report import candidates_figure, swiglu_figure
 
@@ -215,7 +215,6 @@ def test_wave_and_tile_quantization_in_both_orientations():
 
 
 def test_deepspeed_kernel_rule_uses_the_inference_helper():
-    pytest.importorskip("inference.kernel_support")
     assert check_inference_kernels(gpt3()).status == "fail"  # h/a 80, rotary 20: the H100 assert
     assert check_inference_kernels(load_config("pythia-1b")).status == "pass"
 

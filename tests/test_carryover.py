@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from inference import analysis, carryover
-from inference.cli import main
+from cli.main import inference_main as main
 from inference.results import ResultsFile
 from reports.html import figure_problems
 

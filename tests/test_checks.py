@@ -157,7 +157,7 @@ def test_the_trace_schedule_keeps_warming_up_for_its_minimum_time():
 def test_a_failed_check_reaches_the_cli_run_json_and_report_and_sets_the_exit_code(tmp_path, monkeypatch, capsys):
     """Doctor the FLOP formula back to the old 2x for a fused backward: the check must fail everywhere."""
     from profiler import flops
-    from profiler.cli import main
+    from cli.main import profiler_main as main
 
     monkeypatch.setattr(flops, "FUSED_BACKWARD_FACTOR", 2)
     out = tmp_path / "run"

@@ -120,14 +120,17 @@ def test_invalid_json_config(tmp_path):
 
 def test_sizing_alignment_is_128_bytes_of_the_configs_dtype():
     """The paper's 'multiple of 64' is 128 bytes of fp16/bf16; in fp32 (TF32 tensor cores) it is 32 elements."""
-    from profiler.sizing import sizing_findings
+    from profiler.advisor import resolve_gpu
+    from profiler.advisor.rules import sizing_findings
 
-    def head_dim_findings(dtype):
-        cfg = load_config("pythia-410m").replace(num_attention_heads=32, dtype=dtype)  # h/a = 1024/32 = 32
-        return [f for f in sizing_findings(cfg) if f.quantity == "h/a"]
+    h100 = resolve_gpu("h100")
 
-    (bf16,) = head_dim_findings("bfloat16")
-    assert "not a multiple of 64 (128 bytes of bfloat16; largest power of two dividing it: 32)" in bf16.message
-    assert head_dim_findings("float32") == []  # 32 fp32 elements are 128 bytes
-    (gpt3,) = [f for f in sizing_findings(load_config("gpt3-2.7b")) if f.quantity == "h/a"]
-    assert gpt3.value == 80 and "largest power of two dividing it: 16" in gpt3.message
+    def head_dim_findings(cfg):
+        return [f for f in sizing_findings(cfg, h100) if f["quantity"] == "h/a"]
+
+    cfg = load_config("pythia-410m").replace(num_attention_heads=32)  # h/a = 1024/32 = 32
+    (bf16,) = head_dim_findings(cfg.replace(dtype="bfloat16"))
+    assert "h/a = 32 is not a multiple of 64 (largest power of two dividing it: 32)" in bf16["message"]
+    assert head_dim_findings(cfg.replace(dtype="float32")) == []  # 32 fp32 elements are 128 bytes
+    (gpt3,) = head_dim_findings(load_config("gpt3-2.7b"))
+    assert gpt3["value"] == "80" and "largest power of two dividing it: 16" in gpt3["message"]

@@ -95,7 +95,7 @@ vocab_size: 512
 
 
 def test_a_cpu_trace_has_host_ops_to_attribute_and_nothing_to_explain(tmp_path):
-    from profiler.cli import main
+    from cli.main import profiler_main as main
 
     (tmp_path / "tiny.yaml").write_text(TINY)
     out = tmp_path / "run"

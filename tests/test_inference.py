@@ -17,7 +17,7 @@ from inference import analysis
 from inference.bench import BenchSpec, Planned, run_bench, timed_order
 from inference.checkpoints import cached_path, config_hash, default_root, ensure_checkpoint, resolve_model
 from inference.checks import TOKEN_NOISE_FACTOR, check_tokens, compare_logits, count_new_tokens
-from inference.cli import main
+from cli.main import inference_main as main
 from inference.engines.base import GenerationJob, get_engine
 from inference.engines.hf import HFEngine
 from inference.engines.mii import MIIEngine, max_tokens_for
@@ -295,7 +295,7 @@ def test_max_params_leaves_big_models_out(workdir, tmp_path):
     spec = BenchSpec(models=(str(workdir / "tiny-a.yaml"), str(workdir / "tiny-b.yaml")), engines=("hf",),
                      batches=(1,), prompt_lens=(8,), new_tokens=2, repeats=1, warmup_s=0, out=tmp_path,
                      checkpoints=workdir / "ckpt", max_params=200_000)
-    outcome = run_bench(spec, log=lambda _: None, progress=False, write_report=False)
+    outcome = run_bench(spec, log=lambda _: None, progress=False)
     assert {r["model"] for r in outcome.rows} == {"tiny-a"}
 
 
@@ -376,7 +376,7 @@ def test_a_prompt_and_batch_past_the_fused_softmax_int32_limit_run_without_injec
     monkeypatch.setattr(MIIEngine, "unavailable_reason", lambda self, **_: None)
     monkeypatch.setattr(MIIEngine, "prepare", lambda self: None)
     heads, prompt = load_config(str(workdir / "tiny-a.yaml")).num_attention_heads, 12
-    monkeypatch.setattr("inference.kernel_support.INT_LIMIT", (2 * heads * prompt - 1) * prompt)
+    monkeypatch.setattr("models.kernel_support.INT_LIMIT", (2 * heads * prompt - 1) * prompt)
     assert bench(workdir, tmp_path / "out", "--engines", "hf,mii", models=("tiny-a",)) == 0
     got = {(r["engine"], r["batch"]): r for r in rows(tmp_path / "out")}
     refused = got[("mii", 2)]

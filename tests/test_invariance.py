@@ -23,7 +23,7 @@ from models.invariant import (InvariantAttention, InvariantLayerNorm, InvariantL
                               invariant_attention, invariant_bmm, invariant_layer_norm, invariant_linear,
                               invariant_matmul, invariant_rms_norm, make_batch_invariant)
 from models.layer import build_layer  # noqa: E402
-from profiler.cli import main as profiler_main  # noqa: E402
+from cli.main import profiler_main  # noqa: E402
 from profiler.invariance import analysis, files, matmul_bench, shapes  # noqa: E402
 from profiler.invariance.layer_check import LayerCheckSpec, check_layer  # noqa: E402
 from profiler.invariance.tape import StepComparer, first_difference, record_regions  # noqa: E402
@@ -394,7 +394,7 @@ def test_mii_worker_runs_the_same_comparison_through_the_query_call_chain(engine
 
 
 def test_inference_cli_writes_rows_and_says_why_mii_cannot_run(engine_job, tmp_path, capsys, monkeypatch):
-    from inference.cli import main as inference_main
+    from cli.main import inference_main
     from inference.engines.mii import MIIEngine
 
     monkeypatch.setattr(MIIEngine, "unavailable_reason", lambda self, **_: "deepspeed not installed (stand-in)")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from inference.kernel_support import (INT_LIMIT, cuda_graph_support, injection_support, largest_safe_prefill_batch,
+from models.kernel_support import (INT_LIMIT, cuda_graph_support, injection_support, largest_safe_prefill_batch,
                                       next_pow2, prefill_support, rotary_alignment)
 from models import load_config
 

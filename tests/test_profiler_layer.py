@@ -8,7 +8,7 @@ import pytest
 from models import load_config
 from profiler.attribution import attribute, coverage, host_context
 from profiler.checks import shapes_check
-from profiler.cli import main
+from cli.main import profiler_main as main
 from profiler.flops import check_rows, counted_flops
 from profiler.shape_check import check_shapes
 from profiler.trace import load_trace
@@ -146,6 +146,18 @@ def test_several_configs_compare_side_by_side_and_rerun_resumes(tmp_path, tiny, 
     code, rerun, _, _ = profile(tmp_path, *args)
     assert "already profiled" in capsys.readouterr().out
     assert rerun["configs"][0]["latency_us"] == run["configs"][0]["latency_us"]
+
+
+def test_a_rerun_with_another_warmup_profiles_again(tmp_path, tiny, capsys):
+    """The resume identity is the resolved options, the fewest warm-up steps included."""
+    args = ["--config", str(tiny), "--seq-len", "32", "--batch", "1"]
+    code, run, _, _ = profile(tmp_path, *args)
+    assert code == 0 and run["configs"][0]["options"]["min_trace_warmup_steps"] == 1
+    capsys.readouterr()
+    code, rerun, _, _ = profile(tmp_path, *args, "--warmup", "3")
+    assert code == 0 and "already profiled" not in capsys.readouterr().out
+    assert rerun["configs"][0]["options"]["min_trace_warmup_steps"] == 3
+    assert rerun["configs"][0]["trace_warmup"]["warmup_steps"] >= 3
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -7,7 +7,7 @@ import os
 import pandas as pd
 import pytest
 
-from profiler.cli import main
+from cli.main import profiler_main as main
 
 TINY = "hidden_size: 64\nnum_attention_heads: 2\nnum_layers: 2\nseq_length: 32\nmicro_batch_size: 1\nvocab_size: 500\n"
 FAST = ["--iters", "2", "--warmup", "1", "--no-floor"]
@@ -159,7 +159,10 @@ def test_a_cpu_report_says_host_clock_gflops_and_what_was_switched(tmp_path, cap
     components = pd.read_csv(out / "components.csv")
     assert "sdpa_attention" in set(components["component"]) and "flash_attention" not in set(components["component"])
     entry = json.loads((out / "run.json").read_text())["configs"][0]
-    assert {s["field"] for s in entry["switches"]} == {"attention", "dtype"}  # --seq-len was asked for
+    # --seq-len was asked for; the CPU's option defaults are switches too, printed and recorded
+    assert {s["field"] for s in entry["switches"]} == {"attention", "dtype", "timing budget (warm-up, repetitions)",
+                                                       "most traced warm-up steps"}
+    assert "most traced warm-up steps 40 -> 4" in err
 
 
 def test_a_gpu_sized_run_on_a_cpu_asks_for_device_cpu(tmp_path, capsys):

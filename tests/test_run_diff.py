@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from profiler.cli import main
+from cli.main import profiler_main as main
 from profiler.run_diff import diff_components, normalise_components
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from profiler.cli import main
+from cli.main import profiler_main as main
 from profiler.sweeps import analysis
 from reports import sweep_report
 

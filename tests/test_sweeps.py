@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from profiler.cli import main
+from cli.main import profiler_main as main
 from profiler.sweeps import ResultStore, SweepSpec, expand, parse_values, run_sweep
 from profiler.sweeps import analysis, operands, runner
 from profiler.sweeps.spec import point_key

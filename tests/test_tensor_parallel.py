@@ -211,7 +211,7 @@ def test_too_few_gpus_is_a_one_line_user_error():
 
 
 def test_cli_says_it_needs_t_gpus(tmp_path, capsys):
-    from profiler.cli import main
+    from cli.main import profiler_main as main
 
     if torch.cuda.device_count() >= 2:
         pytest.skip("this machine has two GPUs: nothing to refuse")

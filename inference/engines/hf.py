@@ -7,35 +7,13 @@ against; that reference comes from an untimed pass before timing (inference/refe
 
 from __future__ import annotations
 
-import gc
-
 import torch
 
-from ..kernel_support import KernelSupport
+from models.kernel_support import KernelSupport
 from ..metrics import TIMING_METHOD, PeakMemory, time_row
-from ..reference import generate_kwargs
+from ..hf_model import dtype_on, generate_kwargs, load_model, release
 from ..tokenizer import load_tokenizer
 from .base import BatchResult, EngineRun, GenerationJob, OnResult, is_oom, one_line
-
-
-def dtype_on(device: torch.device, dtype: str) -> str:
-    # fp16 matmuls on a CPU are slow or missing; off CUDA the baseline computes in float32
-    return dtype if device.type == "cuda" else "float32"
-
-
-def load_model(checkpoint, dtype: str, device: torch.device):
-    from transformers import AutoModelForCausalLM
-
-    # built where it will run (no accelerate needed): the fp16 weights are copied in once
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_pretrained(str(checkpoint), torch_dtype=getattr(torch, dtype))
-    return model.to(device).eval()
-
-
-def release(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 class HFEngine:

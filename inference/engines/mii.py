@@ -2,7 +2,7 @@
 "mii" (kernel injection: DeepSpeed's fused GPT-NeoX kernels), "mii-noinject" (MII's pipeline over
 transformers' own modules: for shapes the fused kernels refuse, so no shape is left without a MII row) and
 "mii-cudagraph" (enable_cuda_graph; DeepSpeed 0.19.8 cannot apply it to GPT-NeoX generation, and its rows
-say why: inference/kernel_support.py).
+say why: models/kernel_support.py).
 
 GPT-NeoX (Pythia) runs only through mii.legacy (FastGen has no GPT-NeoX), with transformers 4.38.x.
 Each model is deployed in a worker process of its own (engines/mii_worker.py): DeepSpeed's injected layers
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ..checks import LogitsCheck
-from ..kernel_support import KernelSupport, context_support, cuda_graph_support, injection_support, prefill_support
+from models.kernel_support import KernelSupport, context_support, cuda_graph_support, injection_support, prefill_support
 from ..metrics import PeakMemory, RowTiming
 from .base import BatchResult, EngineRun, GenerationJob, OnResult
 

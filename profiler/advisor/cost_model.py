@@ -27,8 +27,8 @@ import pandas as pd
 
 from models import DTYPE_BYTES, ModelConfig, layer_gemms
 
-from ..quantization import TILE_SIZES, tile_efficiency, tiles, wave_efficiency, waves
-from ..sizing import largest_power_of_two_dividing
+from ..quantization import TILE_SIZES, largest_power_of_two_dividing, tile_efficiency, tiles, wave_efficiency, waves
+
 from .gpus import GpuModel
 
 TILES = ((128, 256), (256, 128))  # the paper's most efficient tile, in both orientations (VI-B): the checks' tiles

@@ -18,13 +18,13 @@ import pandas as pd
 
 from models import ModelConfig, layer_gemms
 from models.config import ConfigError
+from models.kernel_support import injection_support, largest_safe_prefill_batch
 
-from ..quantization import last_wave_fill, tile_efficiency, tiles, wave_efficiency, waves
-from ..sizing import largest_power_of_two_dividing
+from ..quantization import largest_power_of_two_dividing, last_wave_fill, tile_efficiency, tiles, wave_efficiency, waves
 from .cost_model import DTYPE_BYTES, TILES, flash_head_dim, gemm_estimates, step_estimate
 from .gpus import GpuModel
 
-QUANTIZATION_THRESHOLD = 0.9  # under 90% useful SM-time (or tile area) a GEMM is flagged, as in sizing.py
+QUANTIZATION_THRESHOLD = 0.9  # under 90% useful SM-time (or tile area) a GEMM is flagged
 MAX_HEAD_DIM = 256  # the largest head size fused attention kernels (and DeepSpeed's) run; fixes stay below it
 
 
@@ -269,10 +269,6 @@ def check_inference_kernels(cfg: ModelConfig) -> Check:
                   value=f"{cfg.head_dim}, {cfg.rotary_dims}", paper="VII-C, Fig. 13",
                   paper_rule="the model should also infer efficiently (DeepSpeed-MII kernel injection)")
     try:
-        from inference.kernel_support import injection_support, largest_safe_prefill_batch  # lazy: optional part
-    except ImportError as exc:
-        return Check(status="unknown", finding=f"inference.kernel_support is not available ({exc})", **common)
-    try:
         support = injection_support(cfg.head_dim, cfg.rotary_dims, cfg.dtype)
     except ValueError as exc:  # a shape or dtype the helper does not judge
         return Check(status="unknown", finding=str(exc), **common)
@@ -290,3 +286,10 @@ def check_shape(cfg: ModelConfig, gpu: GpuModel) -> list[Check]:
     return [check_vocab(cfg, gpu), check_head_dim(cfg, gpu), check_tokens(cfg, gpu), check_hidden_per_gpu(cfg, gpu),
             check_heads_per_gpu(cfg), check_tensor_parallel(cfg), check_intermediate(cfg, gpu),
             *check_gemms(cfg, gpu), check_inference_kernels(cfg)]
+
+
+def sizing_findings(cfg: ModelConfig, gpu: GpuModel) -> list[dict]:
+    """What a layer run reports beside its measurements: every rule this shape does not pass on `gpu`, as
+    {rule, quantity, value, status, message, paper, cost_ms} (the layer report lists them)."""
+    return [{"rule": c.rule, "quantity": c.subject, "value": c.value, "status": c.status, "message": c.finding,
+             "paper": c.paper, "cost_ms": c.cost_ms} for c in check_shape(cfg, gpu) if c.status in ("fail", "warn")]

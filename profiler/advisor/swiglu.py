@@ -18,7 +18,7 @@ import pandas as pd
 from models import ModelConfig
 
 from ..errors import UserError
-from ..sizing import largest_power_of_two_dividing
+from ..quantization import largest_power_of_two_dividing
 from .cost_model import layer_estimate
 from .gpus import GpuModel
 from .ranking import quantile, verdict

@@ -6,7 +6,7 @@
 
 torchrun sets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_* for each process; `--standalone` rendezvouses on a
 free local port, so two runs on one host do not collide. Rank 0 merges the ranks' results and writes the
-report; a rank that fails leaves a one-line reason that is printed here.
+files; the command then writes the report. A rank that fails leaves a one-line reason that is printed here.
 """
 
 from __future__ import annotations

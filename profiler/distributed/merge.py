@@ -7,7 +7,7 @@ Files (next to the per-rank traces in tb/rank<r>/):
 - communication.csv: per config x t x pass x region: bytes, time, transfer time, bus bandwidth, overlap;
 - steps.csv: per rank x traced step: kernel time, communication time and overlap;
 - tb/<config>-t<t>.merged.pt.trace.json.gz: the ranks' traces on one timeline (one process per rank);
-- report.html.
+- report.html, written by the command from these files.
 Runs into the same directory accumulate: a config profiled again at the same t replaces its old rows.
 """
 
@@ -154,9 +154,8 @@ def distributed_environment(job: DistributedJob) -> dict:
 
 
 def write_outputs(job: DistributedJob, cfg: ModelConfig, results: list) -> dict:
-    """Merge one config's rank results into the output directory (rank 0 only); returns run.json's content."""
-    from reports.distributed_report import write_distributed_report
-
+    """Merge one config's rank results into the output directory (rank 0 only); returns run.json's content.
+    The report is the command's to write, from these files (reports.distributed_report.load_run)."""
     out = Path(job.out)
     entry, components, communication, steps = merge_config(cfg, job, sorted(results, key=lambda r: r.rank))
     merged = merge_chrome_traces([Path(r.trace) for r in sorted(results, key=lambda r: r.rank)],
@@ -173,10 +172,9 @@ def write_outputs(job: DistributedJob, cfg: ModelConfig, results: list) -> dict:
         tables[name] = _replace(_read_csv(out / f"{name}.csv"), frame)
         tables[name].to_csv(out / f"{name}.csv", index=False)
     (out / "run.json").write_text(json.dumps(run, indent=2, default=str))
-    report = write_distributed_report(run, tables["components"], tables["communication"], out / "report.html")
     print(f"  latency {entry['latency_us']['median']:.1f} us (slowest rank); communication "
           f"{entry['communication']['time_us']:.1f} us per step per rank, {entry['communication']['exposed_us']:.1f} us "
           f"exposed ({100 * entry['communication']['share_of_kernel_time']:.1f}% of kernel time); coverage "
           f"{100 * entry['coverage']:.2f}%", flush=True)
-    print(f"  wrote {report}, run.json, components.csv, communication.csv, steps.csv, {merged}", flush=True)
+    print(f"  wrote run.json, components.csv, communication.csv, steps.csv, {merged}", flush=True)
     return run

@@ -3,11 +3,16 @@ default kernels and real engines stop being invariant.
 
 - shapes.py       the layer's weight GEMMs (Table II) and the token counts searched
 - matmul_bench.py TFLOP/s vs tokens and the row-alone-vs-inside-M check, torch (cuBLAS) vs the invariant kernel
+- ops.py          each op of the layer alone on the same input: which ops break invariance
 - tape.py         op-by-op comparison of a prompt alone vs inside a batch (layer regions, or module hooks)
 - layer_check.py  the profiler's layer on default and invariant kernels: logits, greedy tokens, first differing step
 - analysis.py     pure DataFrame functions over the results
 - files.py        the results on disk (CSV per frame, JSON per measurement with provenance)
 
-The kernels are models/invariant; the engines' check is inference/invariance.py; the report is
-reports/invariance_report.py; the CLI is `python -m profiler invariance` and `python -m inference invariance`.
+One feature on four floors, each part where its imports allow: the kernels are models/invariant (the model
+floor: make_batch_invariant swaps them into a layer); these measurements are profiler/invariance; the real
+engines' check is inference/invariance.py (it needs the bench's checkpoints and MII worker); the report is
+reports/invariance_report.py, reading what files.py wrote; the commands are cli/invariance.py
+(`python -m profiler invariance matmul|layer|report`) and cli/engine_invariance.py (`python -m inference
+invariance`).
 """

@@ -21,8 +21,8 @@ from models.layer import torch_dtype
 from ..errors import UserError
 from ..hardware import environment, measure_matmul_peak
 from ..outputs import prepare_out_dir
-from ..quantization import TILE_SIZES, last_wave_fill, tiles, wave_efficiency, waves
-from ..sizing import largest_power_of_two_dividing
+from ..quantization import TILE_SIZES, largest_power_of_two_dividing, last_wave_fill, tiles, wave_efficiency, waves
+
 from ..timing import bench, summarize
 from . import operands
 from .spec import SweepPoint, SweepSpec, expand

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
-from ..sweeps.spec import KINDS, Budget, SweepSpec, parse_values
+from profiler.errors import UserError
+from profiler.sweeps.spec import KINDS, Budget, SweepSpec, parse_values
 
 EXAMPLES = """examples:
   python -m profiler sweep score --heads 32 --h 32:32768:32 --b 4 --s 2048      # Fig. 7a
@@ -158,15 +158,15 @@ def spec_from_args(args, device: torch.device) -> SweepSpec:
 
 def _cpu_estimate(spec: SweepSpec, *, explicit: bool) -> None:
     """Print how long the sweep would take on this CPU; a GPU-sized sweep needs --device cpu said explicitly."""
-    from ..sweeps.runner import estimate_cpu_seconds
-    from .layer import CPU_CONFIRM_S, _duration, cpu_gflops
+    from profiler.cpu_estimate import CONFIRM_S, cpu_gflops, duration
+    from profiler.sweeps.runner import estimate_cpu_seconds
 
     gflops = cpu_gflops()
     seconds = estimate_cpu_seconds(spec, gflops)
     print(f"notice: no CUDA device; sweeping on the CPU ({gflops:.0f} GFLOP/s matmul): CPU numbers prove the wiring, "
-          f"not GPU performance. Estimated time: {_duration(seconds)}.", file=sys.stderr)
-    if seconds > CPU_CONFIRM_S and not explicit:
-        raise UserError(f"--device: this sweep would take about {_duration(seconds)} on this CPU; pass --device cpu to "
+          f"not GPU performance. Estimated time: {duration(seconds)}.", file=sys.stderr)
+    if seconds > CONFIRM_S and not explicit:
+        raise UserError(f"--device: this sweep would take about {duration(seconds)} on this CPU; pass --device cpu to "
                         "run it anyway, or narrow the ranges, or run it on a GPU")
 
 
@@ -188,7 +188,7 @@ def run(args) -> int:
                         "shapes go in flags such as --h 1024:8192:1024")
     if args.sms is not None and args.sms <= 0:
         raise UserError(f"--sms: must be positive, got {args.sms}")
-    from ..sweeps.runner import run_sweep
+    from profiler.sweeps.runner import run_sweep
 
     device = _device(args)
     if args.kind == "flash" and device.type != "cuda":  # before the dtype check: CPU is the real obstacle

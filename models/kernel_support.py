@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models import DTYPE_BYTES
+from .config import DTYPE_BYTES
 
 DEEPSPEED_VERSION = "0.19.8"
 HW_WARP_SIZE = 32  # csrc/includes/ds_kernel_utils.h:40 (CUDA; ROCm wavefronts are 64)

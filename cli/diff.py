@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import UserError
-from ..outputs import prepare_out_dir, write_atomic
-from ..run_diff import NOISE_SPREADS, clock_notice, diff_components, row_label, totals
+from profiler.errors import UserError
+from profiler.outputs import prepare_out_dir, write_atomic
+from profiler.run_diff import NOISE_SPREADS, clock_notice, diff_components, row_label, totals
 
 EXAMPLES = """examples:
   python -m profiler diff evidence/h100/layer/figure1-eager:gpt3-2.7b evidence/h100/layer/figure1-eager:gpt3-2.7b-a20

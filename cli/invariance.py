@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
-from ..hardware import resolve_device
+from profiler.errors import UserError
+from profiler.hardware import resolve_device
 
 ACTIONS = ("matmul", "layer", "report")
 EXAMPLES = """examples:
@@ -70,7 +70,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 def _ints(text: str | None, flag: str) -> tuple[int, ...] | None:
     if text is None:
         return None
-    from ..sweeps.spec import parse_values
+    from profiler.sweeps.spec import parse_values
 
     return parse_values(text, flag)
 
@@ -107,8 +107,8 @@ def _notice_cpu(device: torch.device) -> None:
 def run_matmul(args) -> int:
     from models.invariant.matmul import DESCRIPTION
 
-    from ..hardware import environment
-    from ..invariance import files, matmul_bench, shapes
+    from profiler.hardware import environment
+    from profiler.invariance import files, matmul_bench, shapes
 
     device = resolve_device(args.device)
     _require_kernels(device)
@@ -158,9 +158,9 @@ def run_matmul(args) -> int:
 
 
 def run_layer(args) -> int:
-    from ..hardware import environment
-    from ..invariance import files
-    from ..invariance.layer_check import LayerCheckSpec, check_layer
+    from profiler.hardware import environment
+    from profiler.invariance import files
+    from profiler.invariance.layer_check import LayerCheckSpec, check_layer
 
     device = resolve_device(args.device)
     _require_kernels(device)
@@ -220,7 +220,7 @@ def run_report(args) -> int:
 def _finish(args, dirs: list[Path], *, always_report: bool = False) -> int:
     from reports.invariance_report import summary_text, write_report
 
-    from ..invariance import files
+    from profiler.invariance import files
 
     frames, _ = files.load(dirs)
     if not frames:

@@ -13,10 +13,10 @@ import torch
 
 from models import count_parameters, load_config
 
-from ..advisor import AdviceOptions, SearchSpace, SwigluSearch, advise, document, resolve_gpu
-from ..advisor.gpus import local_gpu_properties, names_same_gpu, with_measured_ceilings
-from ..errors import UserError
-from ..hardware import environment
+from profiler.advisor import AdviceOptions, SearchSpace, SwigluSearch, advise, document, resolve_gpu
+from profiler.advisor.gpus import local_gpu_properties, names_same_gpu, with_measured_ceilings
+from profiler.errors import UserError
+from profiler.hardware import environment
 
 CPU_MAX_PARAMS = 100_000_000  # --measure --device cpu proves the wiring on tiny configs only
 CPU_SEQ_LENGTH = 128
@@ -116,7 +116,7 @@ def run(args) -> int:
     cfg = _config(args, device)
     env = environment(device if device is not None else (torch.device("cuda", 0) if local else None))
     if device is not None and device.type == "cuda":
-        from ..advisor.measure import device_ceilings
+        from profiler.advisor.measure import device_ceilings
 
         print("measuring this GPU's GEMM ceiling and copy bandwidth", flush=True)
         peak, bandwidth = device_ceilings(device, cfg.dtype)
