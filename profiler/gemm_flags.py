@@ -3,7 +3,7 @@
 | flag | fires when | threshold |
 | --- | --- | --- |
 | `non_tensor_core` | the GEMM's kernel is a GEMV, an SGEMM / SIMT / DGEMM kernel (CUDA cores), or the GEMM is fp32 and its kernel's name carries no TF32 marker (`tf32`, `xf32`): fp32 without TF32 runs on CUDA cores at a small fraction of the tensor-core peak | any such kernel |
-| `misaligned` | m, n or k (per matrix, for a batched GEMM) is not a multiple of 16 bytes of the dtype: 8 elements in bf16 / fp16, 4 in fp32, where cuBLAS leaves its fast tensor-core kernels (paper III-B; the 64-element rule of VI-B is profiler/sizing.py's) | ALIGNMENT_BYTES |
+| `misaligned` | m, n or k (per matrix, for a batched GEMM) is not a multiple of 16 bytes of the dtype: 8 elements in bf16 / fp16, 4 in fp32, where cuBLAS leaves its fast tensor-core kernels (paper III-B; the 128-byte rule of VI-B is profiler/advisor/rules.py's) | ALIGNMENT_BYTES |
 | `extra_kernels` | a GEMM step launches kernels that are neither a GEMM nor an expected helper (profiler/gemm_detect.py: the cuBLAS memset, split-K's reduction, the bias-gradient reduction), e.g. a copy making an operand contiguous | more than EXTRA_KERNELS_ALLOWED per step |
 
 The TF32 test reads kernel names, so it is a heuristic: a kernel family that runs TF32 without saying so in
