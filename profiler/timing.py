@@ -23,17 +23,24 @@ STABLE_ABS_MS = 0.002  # ... or within 2 us: below that, event resolution and la
 MIN_WINDOW_CALLS = 3
 
 POLICY = {
+    "definition": "sustained, back-to-back work, as training sees it: the GPU is kept busy between timed units "
+                  "(no rests, no synchronisation inside a round), so a power-capped GPU is measured power-capped",
+    "protocol": "a layer run's units (the layer step, each GEMM and fused attention alone, the ceiling GEMM 8192^3) "
+                "are replayed from CUDA graphs in shuffled, interleaved rounds, so every figure that is compared "
+                "with another shares each round's clock; the timed rounds (CUDA events: eager step and graph "
+                "replay) and the traced rounds (torch.profiler: every unit's kernels) alternate per attempt, and a "
+                "failed comparison is measured again at most twice (profiler/protocol.py)",
     "l2": "flushed at the start of every timed unit (a layer step, a CUDA-graph replay, one GEMM or attention "
           "call of the floor, one repetition of a sweep point) by writing a buffer of twice the L2 size; "
           "never flushed inside a unit, so a kernel reads what the previous kernel of the same unit left in L2",
-    "clock": "the GPU is measured as found (clocks, power limit untouched), busy and back to back: no rests "
-             "between measurements; each of the floor's calls alone runs right after a full layer step, so it "
-             "sees the layer's power state and clock (a large layer is power-capped well below the clock a GEMM "
-             "alone reaches); SM clock and power are sampled through NVML in every measured phase and compared",
-    "warmup": f"until stable: windows of at least {MIN_WINDOW_CALLS} calls until two consecutive window medians "
-              f"agree within {STABLE_TOLERANCE:.0%} (or {STABLE_ABS_MS * 1e3:.0f} us), capped; a cap reached is "
-              "reported as not stable. Traced warm-up keeps the GPU busy (no synchronisation between steps)",
+    "clock": "the GPU is measured as found (clocks, power limit untouched); SM clock and power are sampled "
+             "through NVML in every measured phase and the timed and traced rounds are compared",
+    "warmup": f"until stable: rounds (or windows of at least {MIN_WINDOW_CALLS} calls) until two consecutive "
+              f"medians agree within {STABLE_TOLERANCE:.0%} (or {STABLE_ABS_MS * 1e3:.0f} us) and at least "
+              "200 ms of back-to-back work on a GPU, capped; a cap reached is reported as not stable",
     "statistic": "median over repetitions, with p10/p90; outliers counted, never dropped",
+    "ceiling": "the fastest GEMM measured under the same definition in the same rounds (the 8192^3 ceiling GEMM, "
+               "or a faster in-layer or alone GEMM), so no component exceeds 100% of it",
 }
 
 

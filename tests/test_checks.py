@@ -54,12 +54,22 @@ def test_warmup_check_fails_when_a_phase_never_settled():
     assert failed.status == "fail" and "floor:mlp_up" in failed.observed
 
 
-def test_trace_vs_events_check_fails_when_the_instruments_disagree_unless_launch_bound():
-    assert C.trace_vs_events_check(102.0, 100.0, launch_bound=False).status == "pass"
-    assert C.trace_vs_events_check(112.0, 100.0, launch_bound=False).status == "fail"
-    # a latency that itself wanders by 10% (p10-p90) earns that much more allowance
-    assert C.trace_vs_events_check(112.0, 100.0, launch_bound=False, latency_spread=0.10).status == "pass"
-    assert C.trace_vs_events_check(300.0, 100.0, launch_bound=True).status == "skipped"
+def test_trace_vs_events_check_fails_when_the_instruments_disagree_even_for_a_launch_bound_layer():
+    assert C.trace_vs_events_check(102.0, 100.0).status == "pass"
+    assert C.trace_vs_events_check(112.0, 100.0).status == "fail"
+    # a measurement that itself wanders by 10% (p10-p90) earns that much more allowance
+    assert C.trace_vs_events_check(112.0, 100.0, 0.10).status == "pass"
+    # GPU-side against GPU-side: nothing is skipped, a launch-bound layer's graph replays included
+    assert C.trace_vs_events_check(300.0, 100.0).status == "fail"
+
+
+def test_graph_kernels_check_fails_on_a_replay_that_ran_other_kernels():
+    assert C.graph_kernels_check([]).status == "pass"
+    bad = [{"unit": "layer", "round": 2, "rep": 0, "step": 7, "kernels": 12, "expected": 13,
+            "first_difference": "12 kernels replayed, 13 in the eager call"}]
+    failed = C.graph_kernels_check(bad)
+    assert failed.status == "fail" and "layer round 2" in failed.observed
+    assert C.graph_kernels_check([], "no CUDA graphs on a CPU").status == "skipped"
 
 
 def _phase(clock: float, spread: float = 0.0, n: int = 20) -> list[float]:

@@ -32,6 +32,13 @@ def test_a_training_step_on_the_gpu_is_fully_attributed_with_a_floor_per_role(tm
     assert heavy["alone_us"].notna().all()
     assert checks["clock_phases"].status != "skipped" or not telemetry.available
     assert summary["latency_us"]["warmup"]["windows"] >= 2
+    # the protocol's guarantees: graph replays named by the eager call, GPU-side figures compared, nothing
+    # above the ceiling, idle never negative
+    assert checks["graph_kernels"].status == "pass", checks["graph_kernels"].observed
+    assert checks["trace_vs_events"].status in ("pass", "fail")
+    assert summary["idle_us"] >= 0 and summary["graph_gaps_us"] >= 0 and summary["launch_gaps_us"] >= 0
+    assert (rows["pct_of_peak"].dropna() <= 100 + 1e-9).all()
+    assert summary["latency_graph_us"]["median"] > 0 and summary["rounds"]["attempts"]
 
 
 def test_sdpa_is_named_for_what_was_asked_and_records_the_kernel_pytorch_chose(tmp_path):

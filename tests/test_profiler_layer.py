@@ -110,9 +110,12 @@ def test_attribution_of_a_real_trace_reaches_every_activity(tmp_path, tiny):
     _, run, _, out = profile(tmp_path, "--config", str(tiny), "--mode", "forward+backward", "--attention", "eager")
     activities = attribute(load_trace(next((out / "tb").glob("*.pt.trace.json"))))
     assert coverage(activities) >= 0.99
-    warmup = run["configs"][0]["trace_warmup"]["warmup_steps"]  # warm-up runs until the step time is stable
-    assert warmup >= 1
-    assert set(activities["step"]) == {warmup, warmup + 1}  # the two profiled steps that follow it
+    entry = run["configs"][0]
+    assert entry["trace_warmup"]["warmup_steps"] >= 2  # warm-up rounds run until the step time is stable
+    # the trace holds the traced rounds' replays (every unit, here the layer alone: --no-floor), one profiler
+    # step each, after the profiler's own warm-up step 0
+    assert set(activities["step"]) == set(range(1, 1 + entry["steps_traced"]))
+    assert entry["steps_traced"] == 2 * entry["rounds"]["repetitions"]["layer"]  # --iters 2: two rounds
 
 
 @pytest.mark.parametrize("name", ["pythia-1b", "gpt3-2.7b", "llama-2-7b-like", "paper-large"])
