@@ -6,6 +6,7 @@
 #   CODESIGN_GIT_SHA=$(git rev-parse --short=12 HEAD) bash scripts/gpu_run.sh PART [PART ...]
 # Parts:
 #   tests      the GPU-only tests (pytest -m gpu)                                              ~1 min
+#   readme     the README's main command README_RUNS times in a row (default 5), exit codes kept  ~2 min
 #   layer      the layer evidence: Figures 1, 2, 11, pythia-1b fwd and fwd+bwd, the Pythia suite  ~3 min
 #   speed      the sweep speed/accuracy benchmark (120 mixed points vs do_bench)                  ~1 min
 #   sweeps     the full evidence sweeps (scripts/gpu_sweeps.sh)                                   ~4 min
@@ -38,9 +39,20 @@ if want tests; then
   python3 -m pytest -q -m gpu --continue-on-collection-errors ${GPU_TESTS:-tests} 2>&1 | tail -n 30 | tee "$OUT/tests.txt"
   elapsed tests
 fi
+if want readme; then
+  R=/tmp/readme; rm -rf $R; mkdir -p $R
+  for i in $(seq 1 ${README_RUNS:-5}); do
+    python3 -m profiler layer --config pythia-1b.yaml --out $R/run-$i > $R/run-$i.log 2>&1
+    code=$?
+    echo "readme run $i: exit $code; $(grep -E 'FAIL|CHECKS FAILED' $R/run-$i.log | head -3 | tr '\n' ' ')" | tee -a $R/exits.txt
+    grep -E "latency|x of floor" $R/run-$i.log | head -2
+  done
+  bundle readme $R
+  elapsed readme
+fi
 if want layer; then
   R=/tmp/layer; rm -rf $R
-  L="python3 -m profiler layer --allow-failed-checks"
+  L="python3 -m profiler layer"
   # paper Figure 2 / 11: small, large, large + flash (forward, bf16, s=2048)
   $L --config paper-small --config paper-large --config paper-large-flash --out $R/figure2
   # paper Figure 1: GPT-3 2.7B and its head-count variants, b=4, flash (the production setting) and eager
