@@ -47,7 +47,7 @@ RE_MEASURED = ("trace_stable", "trace_vs_events", "clock_phases", "in_layer_vs_a
 
 @dataclass(frozen=True)
 class ProfileOptions:
-    """`active_steps`: interleaved rounds of each kind per attempt; the trace warm-up bounds are in rounds;
+    """`active_steps`: interleaved rounds of each kind per attempt; the trace warm-up bounds are in windows;
     `bench_warmup_ms`: the least warm-up time off a GPU (on one, protocol.WARMUP_MIN_MS)."""
     mode: str = "forward"
     active_steps: int = 10
@@ -261,7 +261,8 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
     note("warming up back to back until stable")
     with (telemetry.phase(f"{cfg.name}:warmup") if telemetry is not None else nullcontext()):
         warmup = P.warm_up(units, device=device, flush_l2=options.flush_l2,
-                           min_rounds=max(2, options.min_trace_warmup_steps), max_rounds=options.max_trace_warmup_steps,
+                           min_windows=max(2, options.min_trace_warmup_steps),
+                           max_windows=max(2, options.min_trace_warmup_steps, options.max_trace_warmup_steps),
                            min_ms=P.WARMUP_MIN_MS if on_gpu else options.bench_warmup_ms)
     reps = P.repetitions(units, device, options.flush_l2)
     attempts: list[Attempt] = []

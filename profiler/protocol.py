@@ -51,8 +51,9 @@ TRACED_ROUNDS = 5
 UNIT_TARGET_MS = 3.0  # each unit repeats within a round until about this long (at most MAX_REPS times)
 MAX_REPS = 8
 MAX_ATTEMPTS = 3  # a failed comparison is measured again at most twice before it is reported
-WARMUP_MIN_MS = 200.0  # a power-capped GPU settles slowly: warm-up runs at least this long, back to back
-WARMUP_MAX_MS = 3000.0
+WARMUP_MIN_MS = 1000.0  # a power-capped GPU settles slowly: warm-up runs at least this long, back to back
+WARMUP_MAX_MS = 5000.0
+WARMUP_WINDOW_MS = 100.0  # warm-up windows compared: each at least this long
 
 
 @dataclass
@@ -207,29 +208,34 @@ def kernel_maps(units: dict[str, Unit], *, device: torch.device, flush_l2: bool 
 
 
 # ---- warm-up: back to back until the layer's time stops moving -----------------------------------------------
-def warm_up(units: dict[str, Unit], *, device: torch.device, flush_l2: bool = True, min_rounds: int = 2,
-            max_rounds: int = 40, min_ms: float = WARMUP_MIN_MS, max_ms: float = WARMUP_MAX_MS) -> Warmup:
-    """Rounds of every unit, back to back, each round's layer replays timed with CUDA events, until two
-    consecutive rounds' layer medians agree (profiler.timing.is_stable) after at least `min_rounds` rounds and
-    `min_ms`, or until `max_rounds` rounds or `max_ms` have passed (then reported as not stable)."""
+def warm_up(units: dict[str, Unit], *, device: torch.device, flush_l2: bool = True, min_windows: int = 2,
+            max_windows: int = 40, min_ms: float = WARMUP_MIN_MS, max_ms: float = WARMUP_MAX_MS,
+            window_ms: float = WARMUP_WINDOW_MS) -> Warmup:
+    """Windows of back-to-back rounds of every unit (each window at least `window_ms` long, its layer replays
+    timed with CUDA events) until two consecutive windows' layer medians agree (profiler.timing.is_stable)
+    after at least `min_windows` windows and `min_ms`, or until `max_windows` or `max_ms` (then reported as not
+    stable). A window of rounds, not a round, is the unit of comparison: on the H200 a graph's time drifted by
+    8% over ~100 ms of back-to-back rounds at a steady SM clock, which two 3 ms rounds cannot see."""
     flush = _flusher(device, flush_l2)
     warmup = Warmup()
     t0 = time.perf_counter()
     while True:
-        samples = []
-        for name, unit in units.items():
-            reps = 3 if name == LAYER else 1
-            for _ in range(reps):
-                flush()
-                if name == LAYER:
-                    samples.append(_timed(unit.replay, device))
-                else:
-                    unit.replay()
+        samples, started = [], time.perf_counter()
+        while True:
+            for name, unit in units.items():
+                for _ in range(3 if name == LAYER else 1):
+                    flush()
+                    if name == LAYER:
+                        samples.append(_timed(unit.replay, device))
+                    else:
+                        unit.replay()
+            if device.type != "cuda" or (time.perf_counter() - started) * 1e3 >= window_ms:
+                break
         warmup.window_medians_ms.append(statistics.median(_read(samples, device)))
         warmup.spent_ms = (time.perf_counter() - t0) * 1e3
         warmup.stable = is_stable(warmup.window_medians_ms)
         done = len(warmup.window_medians_ms)
-        if (warmup.stable and done >= min_rounds and warmup.spent_ms >= min_ms) or done >= max_rounds \
+        if (warmup.stable and done >= min_windows and warmup.spent_ms >= min_ms) or done >= max_windows \
                 or warmup.spent_ms >= max_ms:
             return warmup
 
@@ -403,17 +409,14 @@ def map_replays(events: pd.DataFrame, maps: dict[str, pd.DataFrame]) -> tuple[pd
         unit = region["unit"]
         own = kernels[kernels["correlation"].map(launch_region) == replay].sort_values("ts")
         strays = kernels[kernels["correlation"].map(launch_region) != replay]
-        reference = maps.get(unit)
+        reference = maps.get(unit, pd.DataFrame(columns=["name"]))
         base = {"unit": unit, "round": int(region["round"]), "rep": int(region["rep"]), "step": int(replay)}
-        names_match = reference is not None and len(own) == len(reference) and \
-            list(own["name"]) == list(reference["name"])
-        if not names_match:
-            mismatches.append({**base, "kernels": int(len(own)), "expected": int(len(reference) if reference is not None else 0),
-                               "first_difference": _first_difference(list(own["name"]),
-                                                                     list(reference["name"]) if reference is not None else [])})
+        matched, problem = align(list(own["name"]), list(reference["name"]))
+        if problem:
+            mismatches.append({**base, "kernels": int(len(own)), "expected": int(len(reference)), "first_difference": problem})
         for k, (_, kernel) in enumerate(own.iterrows()):
-            ref = reference.iloc[k] if names_match else None
-            rows.append({**base, **_row(kernel, ref)})
+            j = matched.get(k)
+            rows.append({**base, **_row(kernel, reference.iloc[j] if j is not None else None)})
         for _, kernel in strays.iterrows():
             rows.append({**base, **_row(kernel, None)})
     activities = pd.DataFrame(rows)
@@ -424,11 +427,29 @@ def map_replays(events: pd.DataFrame, maps: dict[str, pd.DataFrame]) -> tuple[pd
     return activities.sort_values("ts").reset_index(drop=True), mismatches
 
 
-def _first_difference(a: list[str], b: list[str]) -> str:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return f"kernel {i}: replayed {x[:80]!r}, eager {y[:80]!r}"
-    return f"{len(a)} kernels replayed, {len(b)} in the eager call"
+NOT_KERNELS = ("Memset", "Memcpy")  # copy-engine work a graph may report apart from (or not at all): noted, not failed
+
+
+def align(replayed: list[str], eager: list[str]) -> tuple[dict[int, int], str]:
+    """Replayed kernel index -> eager kernel index, matched by name in order (difflib), and what differs ('' if
+    nothing). A replayed kernel that matches none stays unattributed; an eager kernel the replay lacks is a
+    difference unless it is a memset or copy (a graph's memset nodes need not be reported like eager memsets)."""
+    if replayed == eager:
+        return {i: i for i in range(len(eager))}, ""
+    import difflib
+
+    blocks = difflib.SequenceMatcher(None, replayed, eager, autojunk=False).get_matching_blocks()
+    matched = {a + i: b + i for a, b, size in blocks for i in range(size)}
+    extra = [i for i in range(len(replayed)) if i not in matched]
+    taken = set(matched.values())
+    missing = [j for j in range(len(eager)) if j not in taken and not eager[j].startswith(NOT_KERNELS)]
+    if extra:
+        return matched, f"replayed kernel {extra[0]} ({replayed[extra[0]][:80]!r}) is not in the eager call " \
+                        f"({len(replayed)} replayed, {len(eager)} eager)"
+    if missing:
+        return matched, f"eager kernel {missing[0]} ({eager[missing[0]][:80]!r}) did not run in the replay " \
+                        f"({len(replayed)} replayed, {len(eager)} eager)"
+    return matched, ""
 
 
 def _row(kernel: pd.Series, ref: pd.Series | None) -> dict:

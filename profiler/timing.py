@@ -37,7 +37,8 @@ POLICY = {
              "through NVML in every measured phase and the timed and traced rounds are compared",
     "warmup": f"until stable: rounds (or windows of at least {MIN_WINDOW_CALLS} calls) until two consecutive "
               f"medians agree within {STABLE_TOLERANCE:.0%} (or {STABLE_ABS_MS * 1e3:.0f} us) and at least "
-              "200 ms of back-to-back work on a GPU, capped; a cap reached is reported as not stable",
+              "1 s of back-to-back work on a GPU (windows of 100 ms of rounds), capped at 5 s; a cap reached is "
+              "reported as not stable",
     "statistic": "median over repetitions, with p10/p90; outliers counted, never dropped",
     "ceiling": "the fastest GEMM measured under the same definition in the same rounds (the 8192^3 ceiling GEMM, "
                "or a faster in-layer or alone GEMM), so no component exceeds 100% of it",

@@ -121,10 +121,23 @@ def test_each_replayed_kernel_takes_the_name_of_the_same_kernel_of_the_eager_cal
     assert P.replay_totals(acts)["busy_us"].tolist() == [16.0, 16.0]
 
 
-def test_a_replay_that_ran_other_kernels_is_a_mismatch_and_unattributed():
+def test_a_replay_that_ran_other_kernels_is_a_mismatch_and_its_extra_kernel_unattributed():
     acts, mismatches = P.map_replays(_replays([["gemm_a", "softmax_b"], ["gemm_a", "other_c"]]), MAP)
-    assert len(mismatches) == 1 and mismatches[0]["round"] == 1 and "kernel 1" in mismatches[0]["first_difference"]
-    assert set(acts.loc[acts["round"] == 1, "component"]) == {"unattributed"}
+    assert len(mismatches) == 1 and mismatches[0]["round"] == 1
+    assert "replayed kernel 1 ('other_c')" in mismatches[0]["first_difference"]
+    round1 = acts[acts["round"] == 1].set_index("name")["component"]
+    assert round1["gemm_a"] == "qkv_transform" and round1["other_c"] == "unattributed"
+
+
+def test_a_replay_without_the_eager_calls_memset_still_matches_but_a_missing_kernel_does_not():
+    with_memset = {"layer": pd.concat([MAP["layer"].iloc[:1], pd.DataFrame({
+        "name": ["Memset (Device)"], "pass": "forward", "component": ["qkv_transform"], "role": [""],
+        "region": ["qkv_transform"], "op": ["aten::zero_"], "op_dims": [None]}), MAP["layer"].iloc[1:]],
+        ignore_index=True)}
+    acts, mismatches = P.map_replays(_replays([["gemm_a", "softmax_b"]]), with_memset)
+    assert mismatches == [] and list(acts["component"]) == ["qkv_transform", "softmax"]
+    _, mismatches = P.map_replays(_replays([["gemm_a"]]), MAP)
+    assert "eager kernel 1 ('softmax_b') did not run in the replay" in mismatches[0]["first_difference"]
 
 
 def test_a_stray_kernel_on_the_stream_lowers_coverage_and_fails_it():
