@@ -22,8 +22,9 @@ def test_a_training_step_on_the_gpu_is_fully_attributed_with_a_floor_per_role(tm
     result = profile_layer(cfg, ProfileOptions(mode="forward+backward", active_steps=5, bench_rep_ms=100),
                            out_dir=tmp_path, device=torch.device("cuda"), telemetry=telemetry)
     rows, summary = result.components, result.summary
-    assert summary["coverage"] == 1.0 and summary["unattributed_kernels"] == []
     checks = {c.name: c for c in result.checks}
+    assert checks["graph_kernels"].status == "pass", (checks["graph_kernels"].observed, checks["graph_kernels"].details[:3])
+    assert summary["coverage"] == 1.0 and summary["unattributed_kernels"] == []
     assert checks["shapes"].status == checks["flops"].status == checks["coverage"].status == "pass"
     assert "flash" in " ".join(summary["attention_ops"])
     backward = rows[(rows["pass"] == "backward") & (rows["kind"] == "gemm")]
