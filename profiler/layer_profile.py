@@ -7,16 +7,16 @@
     result.checks      # the self-checks; any failed one is a number not to trust
 
 The protocol is profiler/protocol.py's (one definition, one power state): build the layer and its floor calls
-(random weights) as units, captured in CUDA graphs; name every unit's kernels from one eager trace; warm up
-back to back until stable; then, per attempt, the timed rounds (eager and graph latency, CUDA events) and the
-traced rounds (every unit's graph replays interleaved: components, floor, ceiling); judge the comparisons and
-measure again, at most protocol.MAX_ATTEMPTS times, where one fails. FLOPs are counted on the real ops.
+(random weights) as units; name every unit's kernels from one eager trace; capture rounds of every unit in
+shuffled orders as CUDA graphs; warm up back to back until stable; then, per attempt, the timed rounds (CUDA
+events: the round graphs, and the eager layer step) and the traced rounds (components and floor from the same
+rounds); judge the comparisons and measure again, at most protocol.MAX_ATTEMPTS times, where one fails. The
+ceiling is the fastest GEMM measured under the same definition. FLOPs are counted on the real ops.
 """
 
 from __future__ import annotations
 
 import shutil
-import statistics
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -138,15 +138,6 @@ def floor_times(activities: pd.DataFrame, components: list[str]) -> dict[tuple[s
     return alone
 
 
-def ceiling_tflops(activities: pd.DataFrame, flops: float) -> float | None:
-    """The ceiling GEMM's TFLOP/s: its flops over the median kernel time of its replays."""
-    acts = P.unit_activities(activities, P.CEILING)
-    if acts.empty or not flops:
-        return None
-    per = acts.groupby("step")["dur_us"].sum()
-    return flops / (float(per.median()) * 1e-6) / 1e12
-
-
 def launch_bound(latency_us: float, graph_us: float | None, busy_us: float) -> tuple[bool, str]:
     """Eager latency over the CUDA-graph replay taken in the same rounds (else over the kernel time)."""
     if graph_us:
@@ -162,10 +153,10 @@ class Attempt:
     number: int
     timed: P.TimedRounds
     traced: P.TracedRounds
-    latency: TimingStats
-    graph: TimingStats | None
+    latency: TimingStats  # the eager layer step
+    graph: TimingStats | None  # the layer's instances inside the round graphs (GPU span)
     layer: pd.DataFrame  # the layer unit's kernels
-    totals: pd.DataFrame  # per layer replay: busy, span
+    totals: pd.DataFrame  # per layer instance: busy, span
     summary: pd.DataFrame  # components (and the floor joined)
     alone: dict
     clock: dict | None
@@ -187,29 +178,36 @@ def _clock(telemetry, cfg: ModelConfig, attempt: int) -> dict | None:
     return {"phases": phases, "comparison": compare_phases(compared)}
 
 
-def measure_attempt(number: int, units: dict, maps: P.KernelMaps, reps: dict, *, cfg: ModelConfig,
-                    options: ProfileOptions, device: torch.device, trace_dir: Path, telemetry, seed: int) -> Attempt:
+def rounds_vs_trace(timed: P.TimedRounds, traced: P.TracedRounds) -> tuple[float, float, float]:
+    """(traced span, timed events, allowance from both spreads) of the round graphs, pooled over plans as
+    ratios to each plan's own median (plans hold the same work in other orders)."""
+    spans, events, spread = [], [], 0.0
+    for traced_us, timed_ms in zip(traced.round_spans_us, timed.round_ms):
+        if traced_us and timed_ms:
+            a, b = summarize([x / 1e3 for x in traced_us]), summarize(timed_ms)
+            spans.append(a.median_ms * 1e3)
+            events.append(b.median_ms * 1e3)
+            spread = max(spread, a.spread + b.spread)
+    return (sum(spans), sum(events), spread) if spans else (0.0, 0.0, 0.0)
+
+
+def measure_attempt(number: int, rounds: P.Rounds, units: dict, maps: P.KernelMaps, *, cfg: ModelConfig,
+                    options: ProfileOptions, device: torch.device, trace_dir: Path, telemetry) -> Attempt:
     on_gpu = device.type == "cuda"
 
     def tag(name: str):  # telemetry phase of this attempt
         return (lambda: telemetry.set_phase(f"{cfg.name}:a{number}:{name}")) if telemetry is not None else None
 
-    rounds = options.active_steps
-    if tag("latency"):
-        tag("latency")()
-    timed = P.timed_rounds(units[P.LAYER], device=device, reps=reps[P.LAYER], rounds=rounds, flush_l2=options.flush_l2,
-                           seed=seed)
-    if telemetry is not None:
-        telemetry.set_phase(None)
-    traced = P.traced_rounds(units, maps, device=device, reps=reps, trace_dir=trace_dir, worker_name=cfg.name,
-                             rounds=rounds, flush_l2=options.flush_l2, seed=seed + 1, on_recording=tag("trace"),
-                             on_recorded=tag("trace-export"))
+    n = options.active_steps
+    timed = P.timed_rounds(rounds, units[P.LAYER], device=device, n=n, on_rounds=tag("latency"), on_eager=tag("eager"))
+    traced = P.traced_rounds(rounds, maps, device=device, trace_dir=trace_dir, worker_name=cfg.name, n=n,
+                             on_recording=tag("trace"), on_recorded=tag("trace-export"))
     if telemetry is not None:
         telemetry.set_phase(None)
     latency = summarize(timed.eager)
-    graph = summarize(timed.graph) if timed.graph else None
     layer = P.unit_activities(traced.activities, P.LAYER)
     totals = P.replay_totals(layer)
+    graph = summarize((totals["span_us"] / 1e3).tolist()) if on_gpu and len(totals) else None
     summary = component_summary(layer)
     floor_components = [u[len(P.FLOOR_PREFIX):] for u in units if u.startswith(P.FLOOR_PREFIX)]
     alone = floor_times(traced.activities, floor_components) if options.measure_floor else {}
@@ -223,12 +221,10 @@ def measure_attempt(number: int, units: dict, maps: P.KernelMaps, reps: dict, *,
     clock = _clock(telemetry, cfg, number)
     checks = []
     if on_gpu:
-        span = summarize((totals["span_us"] / 1e3).tolist())
-        reference = graph or latency
+        span_us, events_us, spread = rounds_vs_trace(timed, traced)
         checks = [
             C.trace_drift_check(totals.sort_values("step")["busy_us"].tolist()),
-            C.trace_vs_events_check(span.median_ms * 1e3, reference.median_ms * 1e3, span.spread + reference.spread,
-                                    what="graph replay" if graph else "eager step"),
+            C.trace_vs_events_check(span_us, events_us, spread, what="round graphs'"),
             C.clock_check(clock["comparison"] if clock else None,
                           reason=telemetry.reason if telemetry is not None else "telemetry off (--no-telemetry)"),
             C.vs_alone_check(summary) if options.measure_floor else
@@ -251,27 +247,26 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
     step = make_step(model, x, options.backward)
     calls = floor_calls(cfg, include_logits=options.include_logits, backward=options.backward, device=device,
                         dtype=dtype) if options.measure_floor else {}
-    note("capturing the layer, the floor's calls and the ceiling GEMM in CUDA graphs" if on_gpu else
-         "building the layer and the floor's calls (eager: no CUDA graphs on a CPU)")
-    units, eager_reason = P.build_units(step, {c: call.step for c, call in calls.items()}, device=device, dtype=dtype,
-                                        ceiling=on_gpu)
+    units = P.build_units(step, {c: call.step for c, call in calls.items()})
     maps = P.kernel_maps(units, device=device, flush_l2=options.flush_l2)
     shape_rows = check_shapes(maps.host, cfg, include_logits=options.include_logits, dtype=cfg.dtype)
     ran = attention_ops(maps.host, cfg)
+    reps = P.repetitions(units, device, options.flush_l2)
+    note("capturing rounds of the layer and the floor's calls in CUDA graphs" if on_gpu else
+         "building rounds of the layer and the floor's calls (eager: no CUDA graphs on a CPU)")
+    rounds, eager_reason = P.build_rounds(units, reps, device=device, flush_l2=options.flush_l2, seed=seed)
     note("warming up back to back until stable")
     with (telemetry.phase(f"{cfg.name}:warmup") if telemetry is not None else nullcontext()):
-        warmup = P.warm_up(units, device=device, flush_l2=options.flush_l2,
-                           min_windows=max(2, options.min_trace_warmup_steps),
+        warmup = P.warm_up(rounds, device=device, min_windows=max(2, options.min_trace_warmup_steps),
                            max_windows=max(2, options.min_trace_warmup_steps, options.max_trace_warmup_steps),
                            min_ms=P.WARMUP_MIN_MS if on_gpu else options.bench_warmup_ms)
-    reps = P.repetitions(units, device, options.flush_l2)
     attempts: list[Attempt] = []
     scratch = Path(out_dir) / "tb" / f".{cfg.name}.attempts"
     for number in range(1, P.MAX_ATTEMPTS + 1):
-        note(f"interleaved rounds, attempt {number}: timed (CUDA events) and traced (every unit)" if on_gpu else
+        note(f"interleaved rounds, attempt {number}: timed (CUDA events) and traced" if on_gpu else
              "interleaved rounds: host clock and trace")
-        attempts.append(measure_attempt(number, units, maps, reps, cfg=cfg, options=options, device=device,
-                                        trace_dir=scratch / str(number), telemetry=telemetry, seed=seed + 10 * number))
+        attempts.append(measure_attempt(number, rounds, units, maps, cfg=cfg, options=options, device=device,
+                                        trace_dir=scratch / str(number), telemetry=telemetry))
         if not attempts[-1].failed or not on_gpu:
             break
     final = attempts[-1]
@@ -279,8 +274,7 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
     trace_path = trace_dir / final.traced.trace_path.name
     shutil.move(str(final.traced.trace_path), trace_path)
     shutil.rmtree(scratch, ignore_errors=True)
-    ceiling_flops = units[P.CEILING].flops if P.CEILING in units else 0.0
-    del step, model, x, units, calls
+    del step, model, x, units, calls, rounds
     if on_gpu:
         torch.cuda.empty_cache()
 
@@ -289,27 +283,29 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
     graph_us = graph.median_ms * 1e3 if graph else None
     busy_us = float(totals["busy_us"].median()) if len(totals) else 0.0
     span_us = float(totals["span_us"].median()) if len(totals) else 0.0
-    # idle, in two parts that cannot be negative: the gaps between the graph's own kernels (a span holds the
-    # kernels of one stream, which do not overlap) and the host's launch gaps (eager minus graph latency,
-    # paired per round; a median below zero is noise, and reads 0)
-    graph_gaps_us = max(0.0, span_us - busy_us) if on_gpu else 0.0
-    paired = final.timed.paired_launch_gap_ms()
-    launch_gaps_us = max(0.0, statistics.median(paired) * 1e3) if paired else max(0.0, latency_us - busy_us)
+    # idle, in two parts that cannot be negative. The gaps between the graph's own kernels: each instance's span
+    # holds its kernels, which do not overlap on one stream, so span >= busy instance by instance and so in the
+    # median. The host's launch gaps: the eager step's excess over its instances in the round graphs (an eager
+    # step cannot run its kernels faster than the same kernels back to back; a median below that is noise)
+    graph_gaps_us = span_us - busy_us if on_gpu else 0.0
+    launch_gaps_us = max(0.0, latency_us - (graph_us if graph_us else busy_us))
+    rounds_span, rounds_events, _ = rounds_vs_trace(final.timed, final.traced)
     summary["share_of_latency"] = summary["time_us"] / latency_us
     floor_total_us = sum(t.median_ms for t in final.alone.values()) * 1e3 if final.alone else None
 
     counted = counted_flops(cfg, include_logits=options.include_logits, backward=options.backward, device=device,
                             dtype=dtype)
     summary = join_flops(summary, cfg, options, ran_fused_attention(counted))
-    ceiling = ceiling_tflops(final.traced.activities, ceiling_flops) if on_gpu else None
     best_gemm = summary.loc[summary["kind"] == "gemm", "tflops"].max() if (summary["kind"] == "gemm").any() else None
     if final.alone and on_gpu:
         floor_rows = summary.dropna(subset=["alone_us"])
         floor_best = (floor_rows["flops"] / (floor_rows["alone_us"] * 1e-6) / 1e12)[floor_rows["kind"] == "gemm"].max()
     else:
         floor_best = None
-    candidates = {k: v for k, v in (("ceiling GEMM 8192^3 in these rounds", ceiling), ("fastest in-layer GEMM", best_gemm),
-                                    ("fastest GEMM alone", floor_best)) if v is not None and v == v}
+    sustained = peak_tflops
+    candidates = {k: v for k, v in (("8192^3 GEMM back to back before the run", sustained),
+                                    ("fastest in-layer GEMM", best_gemm), ("fastest GEMM alone", floor_best))
+                  if v is not None and v == v} if on_gpu else {}
     if candidates:  # the ceiling is the fastest GEMM measured under the same definition: nothing exceeds it
         source = max(candidates, key=candidates.get)
         peak_tflops = candidates[source]
@@ -358,15 +354,15 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
         "launch_gaps_us": launch_gaps_us,
         "launch_bound": is_launch_bound,
         "launch_bound_evidence": launch_note,
-        "trace_vs_events_pct": 100 * (span_us / graph_us - 1) if graph_us else 100 * (span_us / latency_us - 1),
+        "trace_vs_events_pct": 100 * (rounds_span / rounds_events - 1) if rounds_events else None,
         "trace_warmup": {"warmup_steps": len(warmup.window_medians_ms), "stable": warmup.stable,
                          "warmup_step_ms": warmup.to_dict()["window_medians_ms"], "active_steps": options.active_steps,
                          "unit": "round"},
-        "rounds": {"per_attempt": options.active_steps, "repetitions": reps, "attempts": [
+        "rounds": {"per_attempt": options.active_steps, "instances_per_round": reps, "plans": P.PLANS, "attempts": [
             {"attempt": a.number, "failed": a.failed,
              "latency_us": round(a.latency.median_ms * 1e3, 3),
              "graph_us": round(a.graph.median_ms * 1e3, 3) if a.graph else None} for a in attempts],
-            "eager_units": eager_reason},
+            "eager_rounds": eager_reason},
         "coverage": cover,
         "unattributed_kernels": unattributed_kernels(final.layer),
         "left_out_of_window": maps.left_out,
@@ -380,7 +376,7 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
         "steps_traced": int(len(totals)),
         "trace": str(trace_path.relative_to(out_dir)) if trace_path.is_relative_to(out_dir) else str(trace_path),
         "clock": final.clock,
-        "ceiling": {"tflops": peak_tflops, "source": source, "ceiling_gemm_tflops": ceiling},
+        "ceiling": {"tflops": peak_tflops, "source": source, "sustained_8192_tflops": sustained},
         "gemm_flags": depth.flags.to_dict("records"),
         "gemm_signal_disagreements": depth.disagreements.to_dict("records"),
         "copy_bandwidth": {"tbps": depth.copy_tbps, "source": depth.copy_source},

@@ -1,20 +1,24 @@
 """The measurement protocol of a layer run: every figure that is compared with another, taken in one power state.
 
 The definition (profiler.timing.POLICY["protocol"]): training sees sustained, back-to-back work, so every
-figure is taken with the GPU kept busy back to back, L2 flushed before each timed unit, and the units whose
-figures are compared are interleaved in shuffled rounds so that they share each round's clock:
+GPU-side figure is taken with the GPU kept busy back to back, L2 flushed before each timed unit, and the units
+whose figures are compared are interleaved in the same rounds so that they share each round's clock:
 
-- a *unit* is one thing timed on its own: the layer step, each GEMM or fused attention of the floor alone
-  (profiler.gemm_calls), and the ceiling GEMM (8192^3 in the layer's dtype). On a GPU each unit is replayed
-  from a CUDA graph, so no host work sits between its kernels and a unit's kernels run at the GPU's pace;
+- a *unit* is one thing timed on its own: the layer step, and each GEMM or fused attention of the floor alone
+  (profiler.gemm_calls);
+- a *round* runs every unit several times (the layer to about LAYER_TARGET_MS, each call alone to about
+  FLOOR_TARGET_MS) in a shuffled order, a flush before each instance; PLANS such orders are each captured as
+  one CUDA graph, so a round is one launch and no host work sits between its kernels (on an H200, rounds
+  replayed from Python one unit at a time left the GPU idle at 130-170 W while a back-to-back warm-up drew
+  500-600 W: the rounds and the warm-up ran in different power states);
 - `kernel_maps`: one short eager trace names every kernel of every unit by the layer step that launched it
-  (profiler.attribution, by region and autograd sequence number): a graph replays the kernels it captured in
-  the order it captured them, so the k-th kernel of a replay is the k-th kernel of the eager call. Every
-  replay's kernel names are compared with the map (a check that can fail);
-- `timed_rounds`: CUDA events (no profiler) around the eager layer step and its graph replay, interleaved:
-  the eager latency, the graph latency and whether the layer is launch-bound come from the same rounds;
-- `traced_rounds`: one torch.profiler session of shuffled rounds of every unit's graph replays: the layer's
-  per-component kernel times, each call alone (the floor) and the ceiling come from the same rounds;
+  (profiler.attribution, by region and autograd sequence number); a graph replays the kernels it captured in
+  the order it captured them, so each round's kernels are aligned by name with its plan's eager kernels
+  (a check that can fail);
+- `timed_rounds`: CUDA events around each round graph's replay (compared with the traced rounds' span), then
+  eager rounds of the layer step, each step bracketed by events (the eager latency, host included);
+- `traced_rounds`: one torch.profiler session of round replays: the layer's per-component kernel times and
+  each call alone (the floor) come from the same rounds;
 - NVML clock and power are sampled in both kinds of round (profiler.telemetry) and compared.
 
 A CPU has no graphs and no kernels: there every unit runs eagerly and the trace's ops stand for kernels (the
@@ -42,14 +46,16 @@ from .attribution import attribute_detailed, host_context, kind_of
 from .timing import L2Flusher, Warmup, is_stable
 from .trace import DEVICE_CATEGORIES, FLUSH_REGION, load_trace, quiet_kineto
 
-UNIT_REGION = "unit/"  # user annotation around each replay in the traced rounds: unit/<name>#<round>.<rep>
-LAYER, CEILING = "layer", "ceiling"
+UNIT_REGION = "unit/"  # user annotation around each eager unit call (CPU): unit/<name>#<round>.<rep>
+ROUND_REGION = "round/"  # user annotation around each round graph's replay (GPU): round/<plan>#<round>
+LAYER, FLUSH = "layer", "flush"
 FLOOR_PREFIX = "floor:"
-CEILING_N = 8192  # the ceiling GEMM: n^3, random data
 TIMED_ROUNDS = 7
 TRACED_ROUNDS = 5
-UNIT_TARGET_MS = 3.0  # each unit repeats within a round until about this long (at most MAX_REPS times)
-MAX_REPS = 8
+PLANS = 3  # orders of the units in a round (each captured as one CUDA graph), cycled round after round
+LAYER_TARGET_MS, FLOOR_TARGET_MS = 6.0, 2.0  # per round: the layer repeats to about 6 ms, each call alone to 2
+MAX_REPS = 16
+EAGER_STEPS = 8  # eager layer steps per eager round
 MAX_ATTEMPTS = 3  # a failed comparison is measured again at most twice before it is reported
 WARMUP_MIN_MS = 1000.0  # a power-capped GPU settles slowly: warm-up runs at least this long, back to back
 WARMUP_MAX_MS = 5000.0
@@ -58,18 +64,10 @@ WARMUP_WINDOW_MS = 100.0  # warm-up windows compared: each at least this long
 
 @dataclass
 class Unit:
-    """One thing timed on its own. `replay` runs it once as it is measured (its CUDA graph on a GPU)."""
+    """One thing timed on its own: the layer step, or one call of the floor (`eager` runs it once)."""
 
     name: str
     eager: Callable[[], object]
-    graph: torch.cuda.CUDAGraph | None = None
-    flops: float = 0.0  # what the ceiling unit computes (its TFLOP/s is flops / time)
-
-    def replay(self) -> None:
-        if self.graph is not None:
-            self.graph.replay()
-        else:
-            self.eager()
 
 
 def capture(fn: Callable[[], object], device: torch.device) -> torch.cuda.CUDAGraph:
@@ -88,32 +86,11 @@ def capture(fn: Callable[[], object], device: torch.device) -> torch.cuda.CUDAGr
     return graph
 
 
-def ceiling_call(dtype: torch.dtype, device: torch.device, n: int = CEILING_N) -> tuple[Callable[[], object], float]:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    return (lambda: torch.mm(a, b)), 2.0 * n**3
-
-
-def build_units(step: Callable[[], object], floor: dict[str, Callable[[], object]], *, device: torch.device,
-                dtype: torch.dtype, ceiling: bool = True) -> tuple[dict[str, Unit], str | None]:
-    """The layer step, each call alone and the ceiling GEMM as units, captured in CUDA graphs on a GPU. Where
-    the layer step cannot be captured, every unit runs eagerly and the reason is returned."""
+def build_units(step: Callable[[], object], floor: dict[str, Callable[[], object]]) -> dict[str, Unit]:
+    """The layer step and each call alone, as units."""
     units = {LAYER: Unit(LAYER, step)}
     units.update({f"{FLOOR_PREFIX}{c}": Unit(f"{FLOOR_PREFIX}{c}", fn) for c, fn in floor.items()})
-    if ceiling and device.type == "cuda":
-        fn, flops = ceiling_call(dtype, device)
-        units[CEILING] = Unit(CEILING, fn, flops=flops)
-    if device.type != "cuda":
-        return units, "no CUDA graphs on a CPU: every unit runs eagerly"
-    try:
-        for unit in units.values():
-            unit.graph = capture(unit.eager, device)
-    except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:  # capture is best effort: measure eagerly
-        for unit in units.values():
-            unit.graph = None
-        torch.cuda.synchronize(device)
-        return units, f"CUDA graph capture failed ({str(exc).splitlines()[0][:160]}): every unit runs eagerly"
-    return units, None
+    return units
 
 
 def _flusher(device: torch.device, flush_l2: bool) -> Callable[[], object]:
@@ -180,8 +157,10 @@ class KernelMaps:
 
 
 def kernel_maps(units: dict[str, Unit], *, device: torch.device, flush_l2: bool = True) -> KernelMaps:
-    """One eager call of each unit under the profiler (after two untraced ones), attributed by region."""
+    """One eager call of each unit under the profiler (after two untraced ones), attributed by region; the
+    L2 flush is a unit of its own here (FLUSH), so that its kernels can be told apart inside a round's graph."""
     flush = _flusher(device, flush_l2)
+    units = {**units, FLUSH: Unit(FLUSH, flush)}
     for unit in units.values():
         unit.eager()
         unit.eager()
@@ -199,37 +178,104 @@ def kernel_maps(units: dict[str, Unit], *, device: torch.device, flush_l2: bool 
     first = min(steps) if steps else 1
     for i, name in enumerate(names):
         acts = by_step.get(first + i, activities.iloc[0:0])
-        if name == CEILING:  # launched outside every layer region: it is the ceiling's own kernel
-            acts = acts.assign(component=CEILING, kind="ceiling", role="", launched=True)
+        if name == FLUSH:  # launched outside every layer region: the flush's own kernels
+            acts = acts.assign(component=FLUSH, kind=FLUSH, role="", launched=True)
         maps[name] = acts
     host = host_context(events)
     host = host[host["step"] == first]
     return KernelMaps(maps, host, left_out)
 
 
-# ---- warm-up: back to back until the layer's time stops moving -----------------------------------------------
-def warm_up(units: dict[str, Unit], *, device: torch.device, flush_l2: bool = True, min_windows: int = 2,
-            max_windows: int = 40, min_ms: float = WARMUP_MIN_MS, max_ms: float = WARMUP_MAX_MS,
-            window_ms: float = WARMUP_WINDOW_MS) -> Warmup:
-    """Windows of back-to-back rounds of every unit (each window at least `window_ms` long, its layer replays
-    timed with CUDA events) until two consecutive windows' layer medians agree (profiler.timing.is_stable)
-    after at least `min_windows` windows and `min_ms`, or until `max_windows` or `max_ms` (then reported as not
-    stable). A window of rounds, not a round, is the unit of comparison: on the H200 a graph's time drifted by
-    8% over ~100 ms of back-to-back rounds at a steady SM clock, which two 3 ms rounds cannot see."""
+# ---- rounds: every unit in a shuffled order, captured as one CUDA graph per order -------------------------
+@dataclass
+class Rounds:
+    """The plans (orders of unit instances) and, on a GPU, one CUDA graph per plan replaying it whole."""
+    plans: list[list[tuple[str, int]]]  # per plan: (unit, repetition) in order
+    graphs: list  # torch.cuda.CUDAGraph per plan (empty off CUDA)
+    calls: dict[str, Callable[[], object]]
+    flush: Callable[[], object]
+
+    def run(self, r: int, regions: bool = False) -> None:
+        """Round r: plan r % len(plans), its graph replayed at once (GPU) or its calls one by one (CPU; with
+        `regions`, each in unit/<name>#<round>.<rep>)."""
+        p = r % len(self.plans)
+        if self.graphs:
+            self.graphs[p].replay()
+            return
+        for unit, k in self.plans[p]:
+            self.flush()
+            if regions:
+                with record_function(f"{UNIT_REGION}{unit}#{r}.{k}"):
+                    self.calls[unit]()
+            else:
+                self.calls[unit]()
+
+
+def repetitions(units: dict[str, Unit], device: torch.device, flush_l2: bool = True) -> dict[str, int]:
+    """Instances of each unit in a round: the layer to about LAYER_TARGET_MS, each call alone to
+    FLOOR_TARGET_MS, 1..MAX_REPS times."""
     flush = _flusher(device, flush_l2)
+    reps = {}
+    for name, unit in units.items():
+        flush()
+        ms = statistics.median(_read([_timed(unit.eager, device) for _ in range(3)], device))
+        target = LAYER_TARGET_MS if name == LAYER else FLOOR_TARGET_MS
+        reps[name] = max(1, min(MAX_REPS, math.ceil(target / max(ms, 1e-3))))
+    return reps
+
+
+def build_rounds(units: dict[str, Unit], reps: dict[str, int], *, device: torch.device, flush_l2: bool = True,
+                 plans: int = PLANS, seed: int = 0) -> tuple[Rounds, str | None]:
+    """`plans` shuffled orders of every unit instance, each captured (flush before every instance) as one CUDA
+    graph: a round then runs back to back on the GPU, with no host work between its kernels. Where capture
+    fails the rounds run eagerly, and the reason is returned."""
+    rng = random.Random(seed)
+    instances = [(u, k) for u in units for k in range(reps[u])]
+    orders = []
+    for _ in range(plans):
+        order = list(instances)
+        rng.shuffle(order)
+        orders.append(order)
+    flush = _flusher(device, flush_l2)
+    calls = {name: unit.eager for name, unit in units.items()}
+    rounds = Rounds(orders, [], calls, flush)
+    if device.type != "cuda":
+        return rounds, "no CUDA graphs on a CPU: every unit runs eagerly"
+
+    def whole(order):
+        def run():
+            for unit, _ in order:
+                flush()
+                calls[unit]()
+        return run
+
+    try:
+        rounds.graphs = [capture(whole(order), device) for order in orders]
+    except (RuntimeError, torch.cuda.OutOfMemoryError) as exc:  # capture is best effort: measure eagerly
+        rounds.graphs = []
+        torch.cuda.synchronize(device)
+        return rounds, f"CUDA graph capture failed ({str(exc).splitlines()[0][:160]}): every unit runs eagerly"
+    return rounds, None
+
+
+def warm_up(rounds: Rounds, *, device: torch.device, min_windows: int = 2, max_windows: int = 40,
+            min_ms: float = WARMUP_MIN_MS, max_ms: float = WARMUP_MAX_MS, window_ms: float = WARMUP_WINDOW_MS) -> Warmup:
+    """Windows of back-to-back rounds (each window at least `window_ms`, each round timed with CUDA events)
+    until two consecutive windows' median round times agree (profiler.timing.is_stable) after at least
+    `min_windows` windows and `min_ms`, or until `max_windows` or `max_ms` (then reported as not stable). On the
+    H200 a graph's time drifted by 8% over ~100 ms of back-to-back work at a steady SM clock: a window of
+    rounds, not one round, is what is compared. Only rounds of the same plan are compared (plans differ)."""
     warmup = Warmup()
     t0 = time.perf_counter()
+    r = 0
     while True:
         samples, started = [], time.perf_counter()
         while True:
-            for name, unit in units.items():
-                for _ in range(3 if name == LAYER else 1):
-                    flush()
-                    if name == LAYER:
-                        samples.append(_timed(unit.replay, device))
-                    else:
-                        unit.replay()
-            if device.type != "cuda" or (time.perf_counter() - started) * 1e3 >= window_ms:
+            mark = _timed(lambda r=r: rounds.run(r), device)
+            if r % len(rounds.plans) == 0:
+                samples.append(mark)
+            r += 1
+            if samples and (device.type != "cuda" or (time.perf_counter() - started) * 1e3 >= window_ms):
                 break
         warmup.window_medians_ms.append(statistics.median(_read(samples, device)))
         warmup.spent_ms = (time.perf_counter() - t0) * 1e3
@@ -259,87 +305,151 @@ def _read(samples: list, device: torch.device) -> list[float]:
     return [s.elapsed_time(e) for s, e in samples]
 
 
-def repetitions(units: dict[str, Unit], device: torch.device, flush_l2: bool = True) -> dict[str, int]:
-    """How many times each unit repeats in a round: about UNIT_TARGET_MS of it, 1..MAX_REPS times."""
-    flush = _flusher(device, flush_l2)
-    reps = {}
-    for name, unit in units.items():
-        flush()
-        ms = statistics.median(_read([_timed(unit.replay, device) for _ in range(2)], device))
-        reps[name] = max(1, min(MAX_REPS, math.ceil(UNIT_TARGET_MS / max(ms, 1e-3))))
-    return reps
-
-
-# ---- timed rounds: eager and graph latency of the layer, interleaved -----------------------------------------
+# ---- timed rounds: the round graphs and the eager layer step, with CUDA events -------------------------------
 @dataclass
 class TimedRounds:
-    eager_ms: list[list[float]]  # per round, every eager repetition
-    graph_ms: list[list[float]]  # per round, every graph replay (empty lists off CUDA)
+    round_ms: list[list[float]]  # per plan: every timed replay of its round graph
+    eager_ms: list[list[float]]  # per eager round: every eager layer step
 
     @property
     def eager(self) -> list[float]:
         return [x for r in self.eager_ms for x in r]
 
-    @property
-    def graph(self) -> list[float]:
-        return [x for r in self.graph_ms for x in r]
 
-    def paired_launch_gap_ms(self) -> list[float]:
-        """Per round: median eager minus median graph latency (the host's share, taken in one state)."""
-        return [statistics.median(e) - statistics.median(g) for e, g in zip(self.eager_ms, self.graph_ms) if e and g]
-
-
-def timed_rounds(layer: Unit, *, device: torch.device, reps: int, rounds: int = TIMED_ROUNDS, flush_l2: bool = True,
-                 seed: int = 0) -> TimedRounds:
-    """`rounds` rounds of `reps` eager steps and `reps` graph replays of the layer, in a shuffled order per
-    round, each bracketed by its own CUDA events with the L2 flushed before it; one synchronisation per round."""
-    flush = _flusher(device, flush_l2)
-    rng = random.Random(seed)
-    has_graph = layer.graph is not None
-    eager, graph = [], []
-    for _ in range(rounds):
-        order = ["eager"] * reps + (["graph"] * reps if has_graph else [])
-        rng.shuffle(order)
-        marks = {"eager": [], "graph": []}
-        for what in order:
-            flush()
-            marks[what].append(_timed(layer.eager if what == "eager" else layer.replay, device))
-        eager.append(_read(marks["eager"], device))
-        graph.append(_read(marks["graph"], device) if has_graph else [])
-    return TimedRounds(eager, graph)
+def timed_rounds(rounds: Rounds, layer: Unit, *, device: torch.device, n: int = TIMED_ROUNDS,
+                 eager_steps: int = EAGER_STEPS, on_eager: Callable[[], object] | None = None,
+                 on_rounds: Callable[[], object] | None = None) -> TimedRounds:
+    """`n` rounds back to back, each round graph's replay bracketed by CUDA events (the traced rounds' span is
+    compared with these); then `n` eager rounds of `eager_steps` eager layer steps, each step bracketed by
+    its own events with the L2 flushed before it, one round graph replayed between eager rounds so the GPU
+    keeps the rounds' load. An eager step's time includes whatever the host leaves the GPU idle."""
+    if on_rounds is not None:
+        on_rounds()
+    marks = [[] for _ in rounds.plans]
+    for r in range(n):
+        marks[r % len(rounds.plans)].append(_timed(lambda r=r: rounds.run(r), device))
+    round_ms = [_read(m, device) for m in marks]
+    if on_eager is not None:
+        on_eager()
+    eager = []
+    for r in range(n):
+        rounds.run(r)
+        steps = []
+        for _ in range(eager_steps):
+            rounds.flush()
+            steps.append(_timed(layer.eager, device))
+        eager.append(_read(steps, device))
+    return TimedRounds(round_ms, eager)
 
 
-# ---- traced rounds: every unit's replays under one profiler session ------------------------------------------
+# ---- traced rounds: the round graphs under one profiler session -----------------------------------------------
 @dataclass
 class TracedRounds:
     trace_path: Path
-    activities: pd.DataFrame  # one row per kernel of every replay: unit, round, rep, step, pass, component, ...
-    mismatches: list[dict] = field(default_factory=list)  # replays whose kernels differ from their unit's map
+    activities: pd.DataFrame  # one row per kernel of every unit instance: unit, round, rep, step, pass, component, ...
+    round_spans_us: list[list[float]]  # per plan: every traced round's GPU span
+    mismatches: list[dict] = field(default_factory=list)  # rounds whose kernels differ from their plan's expectation
 
 
-def traced_rounds(units: dict[str, Unit], maps: KernelMaps, *, device: torch.device, reps: dict[str, int],
-                  trace_dir: Path, worker_name: str, rounds: int = TRACED_ROUNDS, flush_l2: bool = True,
-                  seed: int = 0, on_recording: Callable[[], object] | None = None,
+def traced_rounds(rounds: Rounds, maps: KernelMaps, *, device: torch.device, trace_dir: Path, worker_name: str,
+                  n: int = TRACED_ROUNDS, on_recording: Callable[[], object] | None = None,
                   on_recorded: Callable[[], object] | None = None) -> TracedRounds:
-    """`rounds` rounds; in each, the units in a shuffled order, each replayed `reps[unit]` times back to back,
-    each replay one profiler step inside region unit/<name>#<round>.<rep> with the L2 flush before it."""
-    flush = _flusher(device, flush_l2)
-    rng = random.Random(seed)
-    plan = [("warm-up", units[LAYER].replay, "")]
-    for r in range(rounds):
-        names = list(units)
-        rng.shuffle(names)
-        for name in names:
-            for k in range(reps[name]):
-                plan.append((name, units[name].replay, f"{UNIT_REGION}{name}#{r}.{k}"))
-    path = _record(plan, device=device, trace_dir=trace_dir, worker_name=worker_name, flush=flush,
-                   record_shapes=device.type != "cuda", on_recording=on_recording, on_recorded=on_recorded)
+    """`n` rounds, each one profiler step inside region round/<plan>#<round> (GPU: the round graph's one
+    launch; CPU: its unit calls one by one, each in its own unit region)."""
+    gpu = bool(rounds.graphs)
+    plan = [("warm-up", lambda: rounds.run(0), "")]
+    for r in range(n):
+        plan.append((f"round {r}", (lambda r=r: rounds.run(r, regions=not gpu)), f"{ROUND_REGION}{r % len(rounds.plans)}#{r}"))
+    path = _record(plan, device=device, trace_dir=trace_dir, worker_name=worker_name, flush=lambda: None,
+                   record_shapes=not gpu, on_recording=on_recording, on_recorded=on_recorded)
     events = load_trace(path)
-    if device.type == "cuda" and any(u.graph is not None for u in units.values()):
-        activities, mismatches = map_replays(events, maps.maps)
+    if gpu:
+        activities, spans, mismatches = map_rounds(events, maps.maps, rounds.plans)
     else:
         activities, mismatches = attribute_units(events), []
-    return TracedRounds(path, activities, mismatches)
+        spans = [[] for _ in rounds.plans]
+    return TracedRounds(path, activities, spans, mismatches)
+
+
+def _round_regions(events: pd.DataFrame) -> pd.DataFrame:
+    regions = events[(events["cat"] == "user_annotation") & events["name"].str.startswith(ROUND_REGION)].copy()
+    label = regions["name"].str[len(ROUND_REGION):].str.split("#", n=1)
+    regions["plan"] = label.str[0].astype(int)
+    regions["round"] = label.str[1].astype(int)
+    return regions.sort_values("ts").reset_index(drop=True)
+
+
+def expected_kernels(plan: list[tuple[str, int]], maps: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """What one replay of a round graph should run: per instance, the flush's kernels then the unit's."""
+    parts = []
+    for i, (unit, k) in enumerate(plan):
+        for name in (FLUSH, unit):
+            part = maps.get(name, pd.DataFrame(columns=["name"]))
+            parts.append(part.assign(unit=unit, rep=k, instance=i))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["name", "unit", "rep", "instance"])
+
+
+def map_rounds(events: pd.DataFrame, maps: dict[str, pd.DataFrame],
+               plans: list[list[tuple[str, int]]]) -> tuple[pd.DataFrame, list[list[float]], list[dict]]:
+    """Each traced round graph's kernels (joined through their correlation id to its one launch, in the
+    round's region) aligned by name with what its plan should run (expected_kernels): every kernel then has
+    the unit instance, pass, component and role of its eager twin. The flush's kernels are left out, and so
+    are the kernels a replay launches outside its graph (the RNG seed and offset fills of replay()). A kernel
+    with no launch in any region that runs inside a round's GPU interval (a stray kernel on the stream) is
+    unattributed, in the instance whose interval holds it."""
+    regions = _round_regions(events)
+    host = events[events["cat"].isin(("cuda_runtime", "cuda_driver")) & events["correlation"].notna()]
+    device = events[events["cat"].isin(DEVICE_CATEGORIES)].sort_values("ts").reset_index(drop=True)
+    starts, ends = regions["ts"].to_numpy(), regions["end"].to_numpy()
+    idx = np.searchsorted(starts, host["ts"].to_numpy(), side="right") - 1
+    inside = (idx >= 0) & (host["ts"].to_numpy() <= ends[np.clip(idx, 0, None)]) if len(regions) \
+        else np.zeros(len(host), bool)
+    graph_launch = host["name"].str.contains("GraphLaunch", na=False).to_numpy()
+    launch_round = dict(zip(host["correlation"], np.where(inside & graph_launch, idx, -1)))
+    in_region = set(host["correlation"][inside])  # launched inside a round: its graph's, or replay()'s own fills
+    kernels = device.assign(round_index=device["correlation"].map(launch_round).fillna(-1).astype(int))
+    spans: list[list[float]] = [[] for _ in plans]
+    rows, mismatches = [], []
+    instance_spans = []  # (start, end, base) of every mapped instance, for the stray kernels
+    for ri, own in kernels[kernels["round_index"] >= 0].groupby("round_index", sort=True):
+        region = regions.iloc[int(ri)]
+        plan_index, r = int(region["plan"]), int(region["round"])
+        own = own.sort_values("ts")
+        spans[plan_index].append(float(own["end"].max() - own["ts"].min()))
+        expected = expected_kernels(plans[plan_index], maps)
+        matched, problem = align(list(own["name"]), list(expected["name"]))
+        if problem:
+            mismatches.append({"unit": f"round plan {plan_index}", "round": r, "rep": 0, "step": int(ri),
+                               "kernels": int(len(own)), "expected": int(len(expected)), "first_difference": problem})
+        by_instance: dict[int, list] = {}
+        for k, (_, kernel) in enumerate(own.iterrows()):
+            j = matched.get(k)
+            ref = expected.iloc[j] if j is not None else None
+            if ref is not None and ref.get("component") == FLUSH:
+                continue
+            instance = int(ref["instance"]) if ref is not None else -1
+            unit, rep = (ref["unit"], int(ref["rep"])) if ref is not None else (LAYER, -1)
+            row = {"unit": unit, "round": r, "rep": rep, "step": r * 10_000 + max(instance, 0), **_row(kernel, ref)}
+            rows.append(row)
+            by_instance.setdefault(instance, []).append(row)
+        for instance, members in by_instance.items():
+            if instance >= 0:
+                instance_spans.append((min(m["ts"] for m in members), max(m["end"] for m in members), members[0]))
+    # kernels launched by no round (and not by the flush or a replay's own fills)
+    flush_regions = events[(events["cat"] == "user_annotation") & (events["name"] == FLUSH_REGION)]
+    f_starts, f_ends = flush_regions["ts"].to_numpy(), flush_regions["end"].to_numpy()
+    in_flush = {c for c, t in zip(host["correlation"], host["ts"]) if ((f_starts <= t) & (t <= f_ends)).any()}
+    strays = kernels[(kernels["round_index"] < 0) & ~kernels["correlation"].isin(in_region | in_flush)]
+    for _, kernel in strays.iterrows():
+        home = next((b for s0, e0, b in instance_spans if s0 <= kernel["ts"] <= e0), None)
+        if home is not None:
+            rows.append({"unit": home["unit"], "round": home["round"], "rep": home["rep"], "step": home["step"],
+                         **_row(kernel, None)})
+    activities = pd.DataFrame(rows)
+    if activities.empty:
+        return activities, spans, mismatches
+    activities["kind"] = kind_of(activities["component"])
+    return activities.sort_values("ts").reset_index(drop=True), spans, mismatches
 
 
 def _unit_regions(events: pd.DataFrame) -> pd.DataFrame:
@@ -353,87 +463,38 @@ def _unit_regions(events: pd.DataFrame) -> pd.DataFrame:
 
 
 def attribute_units(events: pd.DataFrame) -> pd.DataFrame:
-    """Eager replays (a CPU, or a GPU where capture failed): ordinary attribution, each profiler step tagged
-    with the unit whose region it holds."""
+    """Eager rounds (a CPU, or a GPU where capture failed): ordinary attribution, each activity tagged with the
+    unit region it started in (unit/<name>#<round>.<rep>); one step per region."""
     activities, _ = attribute_detailed(events)
     regions = _unit_regions(events)
-    steps = events[(events["cat"] == "user_annotation") & events["name"].str.startswith("ProfilerStep#")]
-    step_of = {}
-    for _, region in regions.iterrows():
-        hit = steps[(steps["ts"] <= region["ts"]) & (steps["end"] >= region["end"])]
-        if len(hit):
-            step_of[int(hit.iloc[0]["name"].split("#")[1])] = (region["unit"], region["round"], region["rep"])
-    tags = activities["step"].map(step_of)
-    keep = tags.notna()
-    activities = activities[keep].copy()
-    tags = tags[keep]
-    activities["unit"] = [t[0] for t in tags]
-    activities["round"] = [t[1] for t in tags]
-    activities["rep"] = [t[2] for t in tags]
-    ceiling = activities["unit"] == CEILING
-    activities.loc[ceiling, ["component", "kind", "role"]] = [CEILING, "ceiling", ""]
+    if activities.empty or regions.empty:
+        return activities.assign(unit=None, round=None, rep=None).iloc[0:0]
+    idx = np.searchsorted(regions["ts"].to_numpy(), activities["ts"].to_numpy(), side="right") - 1
+    ok = (idx >= 0) & (activities["ts"].to_numpy() <= regions["end"].to_numpy()[np.clip(idx, 0, None)])
+    activities = activities[ok].copy()
+    hit = regions.iloc[idx[ok]].reset_index(drop=True)
+    activities["unit"] = hit["unit"].to_numpy()
+    activities["round"] = hit["round"].to_numpy()
+    activities["rep"] = hit["rep"].to_numpy()
+    activities["step"] = idx[ok]
     return activities.reset_index(drop=True)
 
 
-def map_replays(events: pd.DataFrame, maps: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, list[dict]]:
-    """Graph replays: each kernel joined through its correlation id to the graph launch, which lies in one
-    unit region; the k-th kernel of a replay takes the name of the k-th kernel of its unit's map. A kernel
-    with no launch in a unit region (a stray kernel on the stream) is unattributed, in the replay whose GPU
-    interval it falls in."""
-    regions = _unit_regions(events)
-    host = events[events["cat"].isin(("cuda_runtime", "cuda_driver")) & events["correlation"].notna()]
-    device = events[events["cat"].isin(DEVICE_CATEGORIES)].sort_values("ts").reset_index(drop=True)
-    flush_regions = events[(events["cat"] == "user_annotation") & (events["name"] == FLUSH_REGION)]
-    # which replay (region index) each launch lies in; which launches are flushes
-    starts, ends = regions["ts"].to_numpy(), regions["end"].to_numpy()
-    idx = np.searchsorted(starts, host["ts"].to_numpy(), side="right") - 1
-    inside = (idx >= 0) & (host["ts"].to_numpy() <= ends[np.clip(idx, 0, None)]) if len(regions) else np.zeros(len(host), bool)
-    launch_region = dict(zip(host["correlation"], np.where(inside, idx, -1)))
-    flush_regions = flush_regions.sort_values("ts")
-    f_starts, f_ends = flush_regions["ts"].to_numpy(), flush_regions["end"].to_numpy()
-    fi = np.searchsorted(f_starts, host["ts"].to_numpy(), side="right") - 1
-    in_flush = (fi >= 0) & (host["ts"].to_numpy() <= f_ends[np.clip(fi, 0, None)]) if len(f_starts) else np.zeros(len(host), bool)
-    flush_corr = set(host["correlation"][in_flush])
-    device = device[~device["correlation"].isin(flush_corr)]
-    device = device.assign(replay=device["correlation"].map(launch_region).fillna(-1).astype(int))
-    rows, mismatches = [], []
-    # stray kernels (no launch in any unit region) go to the replay whose GPU interval holds their start
-    replay_start = device[device["replay"] >= 0].groupby("replay")["ts"].min().sort_values()
-    stray = device["replay"] < 0
-    if stray.any() and len(replay_start):
-        pos = np.searchsorted(replay_start.to_numpy(), device.loc[stray, "ts"].to_numpy(), side="right") - 1
-        device.loc[stray, "replay"] = np.where(pos >= 0, replay_start.index.to_numpy()[np.clip(pos, 0, None)], -1)
-    device = device[device["replay"] >= 0]
-    for replay, kernels in device.groupby("replay", sort=True):
-        region = regions.iloc[int(replay)]
-        unit = region["unit"]
-        own = kernels[kernels["correlation"].map(launch_region) == replay].sort_values("ts")
-        strays = kernels[kernels["correlation"].map(launch_region) != replay]
-        reference = maps.get(unit, pd.DataFrame(columns=["name"]))
-        base = {"unit": unit, "round": int(region["round"]), "rep": int(region["rep"]), "step": int(replay)}
-        matched, problem = align(list(own["name"]), list(reference["name"]))
-        if problem:
-            mismatches.append({**base, "kernels": int(len(own)), "expected": int(len(reference)), "first_difference": problem})
-        for k, (_, kernel) in enumerate(own.iterrows()):
-            j = matched.get(k)
-            rows.append({**base, **_row(kernel, reference.iloc[j] if j is not None else None)})
-        for _, kernel in strays.iterrows():
-            rows.append({**base, **_row(kernel, None)})
-    activities = pd.DataFrame(rows)
-    if activities.empty:
-        return activities, mismatches
-    activities["kind"] = kind_of(activities["component"])
-    activities.loc[activities["component"] == CEILING, "kind"] = "ceiling"
-    return activities.sort_values("ts").reset_index(drop=True), mismatches
+NOT_KERNELS = ("memset", "memcpy")  # copy-engine work a graph may report apart from (or not at all): noted, not failed
 
 
-NOT_KERNELS = ("Memset", "Memcpy")  # copy-engine work a graph may report apart from (or not at all): noted, not failed
+def canonical(name: str) -> str:
+    """A graph runs an eager call's `Memcpy DtoD (Device -> Device)` as a kernel named like `memcpy128`: one
+    name for copies and one for memsets, whichever way they ran."""
+    lower = name.lower()
+    return next((k for k in NOT_KERNELS if lower.startswith(k)), name)
 
 
 def align(replayed: list[str], eager: list[str]) -> tuple[dict[int, int], str]:
     """Replayed kernel index -> eager kernel index, matched by name in order (difflib), and what differs ('' if
     nothing). A replayed kernel that matches none stays unattributed; an eager kernel the replay lacks is a
     difference unless it is a memset or copy (a graph's memset nodes need not be reported like eager memsets)."""
+    replayed, eager = [canonical(n) for n in replayed], [canonical(n) for n in eager]
     if replayed == eager:
         return {i: i for i in range(len(eager))}, ""
     import difflib
@@ -442,7 +503,7 @@ def align(replayed: list[str], eager: list[str]) -> tuple[dict[int, int], str]:
     matched = {a + i: b + i for a, b, size in blocks for i in range(size)}
     extra = [i for i in range(len(replayed)) if i not in matched]
     taken = set(matched.values())
-    missing = [j for j in range(len(eager)) if j not in taken and not eager[j].startswith(NOT_KERNELS)]
+    missing = [j for j in range(len(eager)) if j not in taken and eager[j] not in NOT_KERNELS]
     if extra:
         return matched, f"replayed kernel {extra[0]} ({replayed[extra[0]][:80]!r}) is not in the eager call " \
                         f"({len(replayed)} replayed, {len(eager)} eager)"

@@ -15,12 +15,11 @@ CPU = torch.device("cpu")
 
 
 def rounds_of(calls: dict, *, layer=lambda: None, rounds=2, tmp_path):
-    units, reason = P.build_units(layer, {c: call.step for c, call in calls.items()}, device=CPU, dtype=torch.float32)
-    assert reason  # a CPU has no graphs: said, not silent
+    units = P.build_units(layer, {c: call.step for c, call in calls.items()})
     maps = P.kernel_maps(units, device=CPU)
-    traced = P.traced_rounds(units, maps, device=CPU, reps={u: 1 for u in units}, trace_dir=tmp_path,
-                             worker_name="t", rounds=rounds)
-    return traced
+    plan, reason = P.build_rounds(units, {u: 1 for u in units}, device=CPU)
+    assert reason  # a CPU has no graphs: said, not silent
+    return P.traced_rounds(plan, maps, device=CPU, trace_dir=tmp_path, worker_name="t", n=rounds)
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
@@ -80,7 +79,7 @@ def test_every_unit_runs_in_every_round_and_a_layer_in_the_same_rounds_is_cut_fr
     assert alone_steps and layer_steps and not alone_steps & layer_steps
 
 
-# ---- graph replays named from the eager call: a synthetic trace of two replays ------------------------------
+# ---- round graphs named from the eager calls: a synthetic trace ---------------------------------------------
 def _event(cat, name, ts, dur, **extra):
     return {"cat": cat, "name": name, "ts": float(ts), "dur": float(dur), "end": float(ts + dur), "tid": 1,
             "ext_id": None, "seq": None, "correlation": extra.pop("correlation", None), "input_dims": None,
@@ -88,66 +87,70 @@ def _event(cat, name, ts, dur, **extra):
             "blocks_per_sm": None, "stream": 7, **extra}
 
 
-def _replays(kernels_per_replay, stray_at=None):
-    """Two replays of unit `layer`, each a graph launch whose kernels share its correlation id, a flush before
-    each; optionally a stray kernel with its own launch outside any unit region."""
+def _rounds(kernels_per_round, stray_at=None, prologue=False):
+    """Rounds of plan 0 = [layer instance 0]: each round one graph launch whose kernels (the flush's zero
+    kernel, then the layer's) share its correlation id; optionally replay()'s own fill launched inside the
+    round region before the graph, and a stray kernel launched outside every region."""
     rows, t = [], 0.0
-    for r, names in enumerate(kernels_per_replay):
-        rows.append(_event("user_annotation", "flush_l2", t, 5))
-        rows.append(_event("cuda_runtime", "cudaLaunchKernel", t + 1, 2, correlation=100 + r))
-        rows.append(_event("kernel", "zero_kernel", t + 3, 4, correlation=100 + r))
-        t += 10
-        rows.append(_event("user_annotation", f"unit/layer#{r}.0", t, 5))
+    for r, names in enumerate(kernels_per_round):
+        rows.append(_event("user_annotation", f"round/0#{r}", t, 5))
+        if prologue:
+            rows.append(_event("cuda_runtime", "cudaLaunchKernel", t + 0.5, 0.2, correlation=500 + r))
+            rows.append(_event("kernel", "FillFunctor<long>", t + 1, 1, correlation=500 + r))
         rows.append(_event("cuda_runtime", "cudaGraphLaunch", t + 1, 2, correlation=10 + r))
-        for k, name in enumerate(names):
+        for k, name in enumerate(["zero_kernel", *names]):
             rows.append(_event("kernel", name, t + 3 + 10 * k, 8, correlation=10 + r))
-        t += 10 + 10 * len(names)
+        t += 20 + 10 * len(names)
     if stray_at is not None:
-        rows.append(_event("cuda_runtime", "cudaLaunchKernel", 7.0, 0.2, correlation=999))
+        rows.append(_event("cuda_runtime", "cudaLaunchKernel", t + 50, 0.2, correlation=999))
         rows.append(_event("kernel", "stray_kernel", stray_at, 3, correlation=999))
     return pd.DataFrame(rows)
 
 
-MAP = {"layer": pd.DataFrame({"name": ["gemm_a", "softmax_b"], "pass": "forward", "component": ["qkv_transform", "softmax"],
-                              "role": ["fprop", ""], "region": ["qkv_transform", "softmax"], "op": ["aten::addmm", "aten::_softmax"],
-                              "op_dims": [None, None]})}
+def _map(names, components):
+    return pd.DataFrame({"name": names, "pass": "forward", "component": components, "role": "",
+                         "region": components, "op": None, "op_dims": None})
 
 
-def test_each_replayed_kernel_takes_the_name_of_the_same_kernel_of_the_eager_call():
-    acts, mismatches = P.map_replays(_replays([["gemm_a", "softmax_b"], ["gemm_a", "softmax_b"]]), MAP)
+MAPS = {"layer": _map(["gemm_a", "softmax_b"], ["qkv_transform", "softmax"]), "flush": _map(["zero_kernel"], ["flush"])}
+PLANS = [[("layer", 0)]]
+
+
+def test_each_kernel_of_a_round_takes_the_name_of_the_same_kernel_of_the_eager_call():
+    acts, spans, mismatches = P.map_rounds(_rounds([["gemm_a", "softmax_b"]] * 2, prologue=True), MAPS, PLANS)
     assert mismatches == []
     assert list(acts["component"]) == ["qkv_transform", "softmax"] * 2
-    assert list(acts["round"]) == [0, 0, 1, 1] and "zero_kernel" not in set(acts["name"])  # the flush is left out
+    # the flush and replay()'s own fill are left out; the round's span is its graph's kernels
+    assert not {"zero_kernel", "FillFunctor<long>"} & set(acts["name"])
+    assert list(acts["round"]) == [0, 0, 1, 1] and spans == [[28.0, 28.0]]
     assert P.replay_totals(acts)["busy_us"].tolist() == [16.0, 16.0]
 
 
-def test_a_replay_that_ran_other_kernels_is_a_mismatch_and_its_extra_kernel_unattributed():
-    acts, mismatches = P.map_replays(_replays([["gemm_a", "softmax_b"], ["gemm_a", "other_c"]]), MAP)
+def test_a_round_that_ran_other_kernels_is_a_mismatch_and_its_extra_kernel_unattributed():
+    acts, _, mismatches = P.map_rounds(_rounds([["gemm_a", "softmax_b"], ["gemm_a", "other_c"]]), MAPS, PLANS)
     assert len(mismatches) == 1 and mismatches[0]["round"] == 1
-    assert "replayed kernel 1 ('other_c')" in mismatches[0]["first_difference"]
+    assert "replayed kernel 2 ('other_c')" in mismatches[0]["first_difference"]
     round1 = acts[acts["round"] == 1].set_index("name")["component"]
     assert round1["gemm_a"] == "qkv_transform" and round1["other_c"] == "unattributed"
 
 
-def test_a_replay_without_the_eager_calls_memset_still_matches_but_a_missing_kernel_does_not():
-    with_memset = {"layer": pd.concat([MAP["layer"].iloc[:1], pd.DataFrame({
-        "name": ["Memset (Device)"], "pass": "forward", "component": ["qkv_transform"], "role": [""],
-        "region": ["qkv_transform"], "op": ["aten::zero_"], "op_dims": [None]}), MAP["layer"].iloc[1:]],
-        ignore_index=True)}
-    acts, mismatches = P.map_replays(_replays([["gemm_a", "softmax_b"]]), with_memset)
-    assert mismatches == [] and list(acts["component"]) == ["qkv_transform", "softmax"]
-    _, mismatches = P.map_replays(_replays([["gemm_a"]]), MAP)
-    assert "eager kernel 1 ('softmax_b') did not run in the replay" in mismatches[0]["first_difference"]
+def test_a_graph_copy_kernel_matches_the_eager_memcpy_and_a_missing_kernel_does_not():
+    maps = {**MAPS, "layer": _map(["gemm_a", "Memcpy DtoD (Device -> Device)", "softmax_b"],
+                                  ["qkv_transform", "other", "softmax"])}
+    acts, _, mismatches = P.map_rounds(_rounds([["gemm_a", "memcpy128", "softmax_b"]]), maps, PLANS)
+    assert mismatches == [] and list(acts["component"]) == ["qkv_transform", "other", "softmax"]
+    _, _, mismatches = P.map_rounds(_rounds([["gemm_a"]]), MAPS, PLANS)
+    assert "eager kernel 2 ('softmax_b') did not run in the replay" in mismatches[0]["first_difference"]
 
 
 def test_a_stray_kernel_on_the_stream_lowers_coverage_and_fails_it():
     from profiler.attribution import coverage, unattributed_kernels
     from profiler.checks import coverage_check
 
-    clean, _ = P.map_replays(_replays([["gemm_a", "softmax_b"]]), MAP)
+    clean, _, _ = P.map_rounds(_rounds([["gemm_a", "softmax_b"]]), MAPS, PLANS)
     assert coverage_check(coverage(clean), unattributed_kernels(clean)).status == "pass"
-    # a kernel launched outside every unit region runs inside the replay's GPU interval
-    doctored, _ = P.map_replays(_replays([["gemm_a", "softmax_b"]], stray_at=20.0), MAP)
+    # a kernel launched outside every round runs inside the layer instance's GPU interval
+    doctored, _, _ = P.map_rounds(_rounds([["gemm_a", "softmax_b"]], stray_at=20.0), MAPS, PLANS)
     assert "stray_kernel" in set(doctored.loc[doctored["component"] == "unattributed", "name"])
     check = coverage_check(coverage(doctored), unattributed_kernels(doctored))
     assert check.status == "fail" and "stray_kernel" in str(check.details)
