@@ -77,7 +77,7 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K, batch,
 
 # M and the batch count vary with the number of tokens; nothing compiled may depend on them
 MATMUL = Kernel(_matmul_kernel, do_not_specialize=["M", "batch"]) if triton is not None else None
-_chosen: dict[tuple, MatmulConfig] = {}  # (device type, N, K, dtype, plan, bucket) -> the candidate that compiled
+_chosen: dict[tuple, MatmulConfig] = {}  # (device type, N, K, dtype, plan, bucket) -> the candidate that fit
 _families: dict[str, str] = {}  # configuration label (+ bias) -> the MMA instruction its PTX uses
 
 
@@ -94,7 +94,7 @@ def config_for(n: int, k: int, dtype: torch.dtype, device: torch.device | str = 
     if plan is None:
         plan = plan_for(n, k, dtype) if device.type != "cuda" or not torch.cuda.is_available() else _plan(n, k, dtype, device)
     index = plan.bucket_index(m) if m is not None else len(plan.buckets) - 1
-    return _chosen.get((device.type, n, k, dtype, plan.name, index), plan.buckets[index].configs[0])
+    return _chosen.get((device.type, n, k, dtype, plan, index), plan.buckets[index].configs[0])
 
 
 def mma_families() -> dict[str, str]:
@@ -141,7 +141,7 @@ def _launch(a3: torch.Tensor, b3: torch.Tensor, c3: torch.Tensor, bias: torch.Te
     n = b3.shape[-1]
     plan = plan or _plan(n, k, a3.dtype, a3.device)
     index = plan.bucket_index(m)
-    key = (a3.device.type, n, k, a3.dtype, plan.name, index)
+    key = (a3.device.type, n, k, a3.dtype, plan, index)  # the plan itself: two plans may share a bucket index
     candidates = [_chosen[key]] if key in _chosen else list(plan.buckets[index].configs)
     for i, cfg in enumerate(candidates):
         grid = (batch * triton.cdiv(m, cfg.block_m) * triton.cdiv(n, cfg.block_n),)

@@ -81,6 +81,13 @@ class MatmulPlan:
     name: str  # 'buckets' (by M) or 'fixed' (one tile for every M, the kernel before issue 21)
     buckets: tuple[Bucket, ...]
 
+    @functools.cached_property
+    def _hash(self) -> int:
+        return hash((self.name, self.buckets))
+
+    def __hash__(self) -> int:  # the launch looks its plan up on every call: hash the tiles once
+        return self._hash
+
     def bucket_index(self, m: int) -> int:
         for i, bucket in enumerate(self.buckets):
             if bucket.max_m is None or m <= bucket.max_m:
