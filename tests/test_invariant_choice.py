@@ -326,3 +326,23 @@ def test_gpu_pythia_1b_every_gemm_gets_a_proven_kernel_and_its_path_is_invariant
         verdict = probe(lambda a: choice_module.linear(a, ops.weight, ops.bias, choice), ops.x, probe_tokens(quick=True))
         assert verdict.invariant, f"{gemm.label} on {choice.label}: {verdict.summary()}"
     assert set(mma_families().values()) <= {"wgmma", "unknown"}, mma_families()
+
+
+@interpreted
+def test_the_whole_choice_runs_on_stand_in_timings_and_says_what_each_candidate_did():
+    """_probe_and_pick as a GPU runs it, here on CPU tensors (torch's CPU BLAS stands in for cuBLASLt)."""
+    calls = []
+
+    def timer(fn, device):
+        fn()
+        calls.append(device)
+        return 5.0
+
+    choice = choice_module._probe_and_pick(48, 64, torch.float32, True, torch.device("cpu"), (1, 2, 3, 8, 17, 40),
+                                           "custom", {"sms": 132}, timer, None)
+    cands = {c.kernel: c for c in choice.candidates}
+    assert cands["triton"].usable and cands["triton"].verdict["m_checked"] == 6
+    assert cands["cublaslt"].invariant is not None and cands["cublaslt"].accurate
+    assert choice.proven and choice.kernel in ("cublaslt", "triton", "hybrid")
+    assert set(choice.default_us) == {1, 16} and len(calls) >= 4  # the timing M within the operand's 40 rows
+    assert KernelChoice.from_dict(json.loads(json.dumps(choice.to_dict()))) == choice

@@ -205,18 +205,19 @@ def choose(n: int, k: int, dtype: torch.dtype, bias: bool, device: torch.device 
            sweep: str = "thorough", tokens=None, max_m: int = 8192, refresh: bool = False, use_cache: bool = True,
            timer: Callable[[Callable[[], object], torch.device], float] | None = None,
            log: Callable[[str], None] | None = None) -> KernelChoice:
-    """The kernel for F.linear with an (N, K) weight of `dtype` on `device`: cached in memory and on disk,
-    probed (thorough: ~600 M, 1..max_m; quick: ~150) when neither has it or `refresh`."""
+    """The kernel for F.linear with an (N, K) weight of `dtype` on `device`: cached in memory (the first choice
+    of a process stands, whatever sweep later calls ask for) and on disk (a quick verdict answers only quick
+    requests), probed (thorough: ~600 M, 1..max_m; quick: ~150) when neither has it or `refresh`."""
     device = torch.device(device)
     if device.type != "cuda":
         return _cpu_choice(n, k, dtype, bias)
     if device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    tokens = tuple(tokens) if tokens is not None else probe_tokens(max_m, quick=sweep == "quick")
-    sweep = sweep if tokens == probe_tokens(max_m, quick=sweep == "quick") else "custom"
-    memo_key = (device.index, n, k, dtype, bias, sweep, _tokens_digest(tokens))
+    memo_key = (device.index, n, k, dtype, bias)  # a process keeps its first choice per shape (unless refresh)
     if not refresh and memo_key in _memo:
         return _memo[memo_key]
+    tokens = tuple(tokens) if tokens is not None else probe_tokens(max_m, quick=sweep == "quick")
+    sweep = sweep if tokens == probe_tokens(max_m, quick=sweep == "quick") else "custom"
     env = environment(device)
     key = verdict_cache.shape_key(n, k, str(dtype).removeprefix("torch."), bias)
     choice = None

@@ -168,7 +168,8 @@ def plan_for(n: int, k: int, dtype: torch.dtype, sms: int = REFERENCE_SMS) -> Ma
     table, block_k, elem = (FP32_BUCKETS, 32, 4) if fp32 else (SIXTEEN_BIT_BUCKETS, 64, 2)
     buckets, m_lo = [], 1
     for max_m, block_m, warps, widest, most, memory_bound in table:
-        bn = _block_n(n, -(-m_lo // block_m), widest, sms)  # fewest programs at the bucket's smallest M
+        # fewest programs at the bucket's smallest M; fp32 (FMA, no tensor cores) keeps its tile: it is for exactness
+        bn = widest if fp32 else _block_n(n, -(-m_lo // block_m), widest, sms)
         configs = tuple(MatmulConfig(block_m, bn, block_k, num_warps=warps, num_stages=s)
                         for s in _stage_options(n, max_m, block_m, bn, block_k, most, sms, elem, memory_bound))
         buckets.append(Bucket(max_m, configs))
