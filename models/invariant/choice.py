@@ -219,7 +219,7 @@ def choose(n: int, k: int, dtype: torch.dtype, bias: bool, device: torch.device 
     tokens = tuple(tokens) if tokens is not None else probe_tokens(max_m, quick=sweep == "quick")
     sweep = sweep if tokens == probe_tokens(max_m, quick=sweep == "quick") else "custom"
     env = environment(device)
-    key = verdict_cache.shape_key(n, k, str(dtype).removeprefix("torch."), bias)
+    key = f"{verdict_cache.shape_key(n, k, str(dtype).removeprefix('torch.'), bias)}-m{max(tokens)}"
     choice = None
     if use_cache and not refresh:
         record = verdict_cache.load(env, key)
