@@ -211,11 +211,15 @@ def summary(throughput, check, why: list[dict], met: dict, analysis) -> str:
     with pd.option_context("display.width", 250, "display.max_columns", 40, "display.max_colwidth", 70,
                            "display.float_format", "{:,.3f}".format):
         body = table.to_string(index=False)
-    verdict = (f"all (shape, M): median ratio {met.get('median_ratio', float('nan')):.3f} (target >= "
-               f"{analysis.TARGET_MEDIAN}: {'ok' if met.get('median_ok') else 'MISSED'}), min "
-               f"{met.get('min_ratio', float('nan')):.3f} (target >= {analysis.TARGET_MIN}: "
-               f"{'ok' if met.get('min_ok') else 'MISSED'}), bitwise invariant {met.get('pct_invariant', float('nan')):.1f} % "
-               f"of {met.get('pairs_checked', 0)} (shape, M) pairs ({'ok' if met.get('invariant_ok') else 'MISSED'})")
+    def num(key: str) -> float:
+        value = met.get(key)
+        return float("nan") if value is None else value
+
+    verdict = (f"all (shape, M): median ratio {num('median_ratio'):.3f} (target >= {analysis.TARGET_MEDIAN}: "
+               f"{'ok' if met.get('median_ok') else 'MISSED'}), min {num('min_ratio'):.3f} (target >= "
+               f"{analysis.TARGET_MIN}: {'ok' if met.get('min_ok') else 'MISSED'}), bitwise invariant "
+               f"{num('pct_invariant'):.1f} % of {met.get('pairs_checked', 0)} (shape, M) pairs "
+               f"({'ok' if met.get('invariant_ok') else 'MISSED'})")
     return f"== invariant/cuBLAS throughput by shape\n{body}\n== {verdict}"
 
 
