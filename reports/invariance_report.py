@@ -18,7 +18,9 @@ from profiler.invariance.matmul_bench import KERNEL_LABELS
 
 from .html import Section, axis, layout, render_page, table_html
 
-KERNEL_COLORS = {"torch": "#1f77b4", "invariant": "#d62728"}  # the seed chart: blue cuBLAS, red Triton
+KERNEL_COLORS = {"torch": "#1f77b4", "invariant": "#d62728",  # the seed chart: blue cuBLAS, red invariant
+                 "cublaslt": "#9467bd", "triton": "#ff7f0e"}  # the invariant path's candidates, thin and dotted
+CANDIDATE_LINE = {"width": 1, "dash": "dot"}
 SET_COLORS = {"default": "#1f77b4", "invariant": "#d62728"}
 LINE_COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 TOKENS_AXIS = axis("number of tokens M (rows of the GEMM)", type="log")
@@ -28,7 +30,8 @@ def _shape_title(row) -> str:
     return f"{row['config']} {row['component']} (M,{int(row['k'])})x({int(row['k'])},{int(row['n'])})"
 
 
-CPU_LABELS = {"torch": "torch (CPU BLAS)", "invariant": "Batch-invariant (Triton interpreter)"}
+CPU_LABELS = {"torch": "torch (CPU BLAS)", "invariant": "Batch-invariant (Triton interpreter)",
+              "cublaslt": "torch, split-K flags set (CPU BLAS)", "triton": "Batch-invariant Triton (interpreter)"}
 
 
 def kernel_labels(runs: dict[str, dict]) -> dict[str, str]:
@@ -55,9 +58,45 @@ def throughput_figures(throughput: pd.DataFrame, labels: dict[str, str] = KERNEL
                                   for m, t, u, a, b, tile in zip(rows["m"], rows["tflops"], rows["median_us"],
                                                                  rows["p10_us"], rows["p90_us"], rows["tile"])],
                          "hovertemplate": "%{text}<extra></extra>",
-                         "line": {"color": KERNEL_COLORS.get(kernel)}, "marker": {"color": KERNEL_COLORS.get(kernel)}})
+                         "line": {"color": KERNEL_COLORS.get(kernel),
+                                  **(CANDIDATE_LINE if kernel in ("cublaslt", "triton") else {})},
+                         "marker": {"color": KERNEL_COLORS.get(kernel)}})
         figures.append({"data": data, "layout": layout(f"{_shape_title(first)}: TFLOP/s vs number of tokens",
                                                        TOKENS_AXIS, axis("throughput (TFLOP/s)", type="log"))})
+    return figures
+
+
+def search_figure(check: pd.DataFrame, labels: dict[str, str] = KERNEL_LABELS) -> dict | None:
+    """One shape's invariance search: each kernel's M, green where every compared row was bitwise its product
+    alone, a red cross where some row was not (the chart beside that shape's TFLOP/s chart)."""
+    if check.empty:
+        return None
+    first = check.iloc[0]
+    data = []
+    for kernel, rows in check.groupby("kernel", sort=False):
+        name = labels.get(kernel, kernel)
+        for ok, part in rows.groupby(rows["invariant"].astype(bool)):
+            data.append({"type": "scatter", "mode": "markers", "name": f"{name}: {'invariant' if ok else 'NOT invariant'}",
+                         "x": part["m"].tolist(), "y": [name] * len(part),
+                         "text": [f"M={m}: max |diff| {d:.3g}" for m, d in zip(part["m"], part["alone_max_abs_diff"])],
+                         "hovertemplate": "%{text}<extra></extra>",
+                         "marker": {"size": 5 if ok else 8, "color": "#2ca02c" if ok else "#d62728",
+                                    "symbol": "circle-open" if ok else "x"}})
+    return {"data": data, "layout": layout(f"{_shape_title(first)}: bitwise invariance over M", TOKENS_AXIS,
+                                           axis("kernel", type="category", automargin=True), showlegend=False)}
+
+
+def shape_figures(throughput: pd.DataFrame, check: pd.DataFrame | None, labels: dict[str, str]) -> list[dict]:
+    """Per shape, its TFLOP/s chart and (where searched) its invariance search beside it."""
+    figures = []
+    for (config, component, n, k), group in throughput.groupby(["config", "component", "n", "k"], sort=False):
+        figures += throughput_figures(group, labels)
+        if check is not None:
+            mine = check[(check["config"] == config) & (check["component"] == component) & (check["n"] == n)
+                         & (check["k"] == k)]
+            figure = search_figure(mine, labels)
+            if figure:
+                figures.append(figure)
     return figures
 
 
@@ -149,17 +188,36 @@ def layer_figures(steps: pd.DataFrame, latency: pd.DataFrame) -> list[dict]:
 def build_sections(frames: dict[str, pd.DataFrame], runs: dict[str, dict]) -> list[Section]:
     sections = []
     labels = kernel_labels(runs)
+    choice = frames.get("choice")
+    if choice is not None:
+        families = (runs.get("matmul") or {}).get("mma_families") or {}
+        sections.append(Section(
+            "Kernel choice per GEMM",
+            "Each weight-GEMM shape gets the fastest kernel that passed a bitwise probe on this GPU "
+            "(<code>models.invariant.choose</code>): cuBLASLt with split-K off (torch's "
+            "<code>allow_bf16_reduced_precision_reduction = (False, False)</code> on the cuBLASLt backend), the "
+            "Triton kernel (BLOCK_K fixed per (N, K), other tile sizes by M bucket), or both split at an M where "
+            "they agree bit for bit. The probe compares, at every M of its sweep, each row with the same row of the "
+            "largest product and with its one-row product. <i>reason</i> says what passed, what did not and the "
+            "throughput ratios the choice was made on.",
+            tables=[table_html(analysis.choice_table(choice), float_format="{:,.3g}")],
+            notes=[f"MMA instruction per compiled Triton configuration: "
+                   + ", ".join(f"{cfg}: {fam}" for cfg, fam in sorted(families.items()))] if families else []))
     throughput = frames.get("throughput")
     if throughput is not None:
         at = analysis.layer_gemm_ratio(throughput)
         sections.append(Section(
             "Batch-invariant GEMM: throughput vs number of tokens",
             "TFLOP/s of each weight GEMM of the layer (Table II) as the number of tokens M grows, for torch "
-            "(cuBLAS picks a kernel per shape) and the batch-invariant Triton kernel (one tile per (N, K), no split-K, "
-            "one reduction order). Error bars: p10-p90. The ratio chart puts all of them on one axis; the thick "
-            "line weighs every GEMM of the layer by its time.",
-            figures=throughput_figures(throughput, labels) + [ratio_figure(throughput)],
-            tables=[table_html(at, float_format="{:,.3f}")] if not at.empty else [],
+            "(cuBLAS picks a kernel per shape and M, split-K included) and the batch-invariant path (the kernel chosen "
+            "for the shape on this GPU, next section; dotted: its candidates on their own where measured). Beside "
+            "each, the invariance search over M for the same shape. Error bars: p10-p90. The ratio chart puts all "
+            "shapes on one axis; the thick line weighs every GEMM of the layer by its time. The first table: "
+            f"invariant/cuBLAS at the issue's token counts, median and minimum over every M (targets: median >= "
+            f"{analysis.TARGET_MEDIAN}, no M below {analysis.TARGET_MIN}).",
+            figures=shape_figures(throughput, frames.get("check"), labels) + [ratio_figure(throughput)],
+            tables=[table_html(analysis.ratio_summary(throughput), float_format="{:,.3f}")]
+            + ([table_html(at, float_format="{:,.3f}")] if not at.empty else []),
             notes=[f"the invariant kernel differs from torch by at most {throughput['max_abs_diff_vs_torch'].max():.3g} "
                    "(different reduction order, same math)"]))
     check = frames.get("check")
@@ -231,6 +289,11 @@ def summary_tables(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """The closing numbers: throughput ratio at 1/64/1024/8192 tokens, where cuBLAS was not invariant, the
     layer's findings and cost, and the engines' findings."""
     out = {}
+    if "choice" in frames:
+        out["kernel each GEMM got"] = frames["choice"][[c for c in ("config", "component", "n", "k", "kernel", "proven")
+                                                         if c in frames["choice"].columns]]
+    if "throughput" in frames and frames["throughput"]["kernel"].eq("invariant").any():
+        out["invariant/cuBLAS by shape"] = analysis.ratio_summary(frames["throughput"])
     if "throughput" in frames:
         ratio = analysis.throughput_ratio(frames["throughput"])
         ratio = ratio[ratio["m"].isin(analysis.SUMMARY_TOKENS)] if "ratio" in ratio else ratio.iloc[0:0]

@@ -3,7 +3,9 @@
 #   bash scripts/gpu_invariance.sh [DEST]          (default $OUT/invariance, or /tmp/out/invariance)
 # Carry .whl/ (bash ../shared/gpu/fetch-wheels.sh) for the MII rows; without it they say "unavailable".
 #
-#   1. GPU tests of the invariant kernels (pytest -m gpu tests/test_invariance.py): every M in 1..8192 at
+#   (issue 21's kernel choice and its TFLOP/s vs tokens: scripts/bench_invariant_matmul.py, ~3 min on its own)
+#   1. GPU tests of the invariant kernels (pytest -m gpu tests/test_invariance.py tests/test_invariant_choice.py):
+#      the chosen kernel of every pythia-1b GEMM proven and invariant over M; every M in 1..8192 at
 #      pythia-1b's GEMM shapes bitwise, a row anywhere in a batch, correctness vs torch, attention, norms,
 #      the pythia-1b layer's logits alone vs in batches                                        ~60 s
 #   2. matmul: TFLOP/s vs tokens (torch/cuBLAS vs invariant) and the invariance search over M and K,
@@ -65,7 +67,7 @@ else
 fi
 
 # 1. the kernels' GPU tests
-gpu_tests() { python3 -m pytest -q -m gpu tests/test_invariance.py -p no:cacheprovider > "$DEST/gpu-tests.txt" 2>&1; local rc=$?; tail -n 15 "$DEST/gpu-tests.txt"; return $rc; }
+gpu_tests() { python3 -m pytest -q -m gpu tests/test_invariance.py tests/test_invariant_choice.py -p no:cacheprovider > "$DEST/gpu-tests.txt" 2>&1; local rc=$?; tail -n 15 "$DEST/gpu-tests.txt"; return $rc; }
 step gpu-tests gpu_tests
 
 # 2. GEMM throughput and invariance vs tokens

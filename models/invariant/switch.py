@@ -1,5 +1,12 @@
 """The layer switch: `make_batch_invariant(stack)` runs the same LayerStack on batch-invariant kernels.
 
+Each Linear runs on the kernel chosen for its (N, K, dtype, bias) on this GPU (choice.py: cuBLASLt with
+split-K off where a bitwise probe over M = 1..8192 passed, else the M-bucketed Triton kernel, or both split
+by M where they agree bit for bit) and keeps that choice, with its reason, as `module.kernel_choice`;
+`kernel_choices(stack)` lists them per GEMM. Choosing probes the GPU (a second or two per new shape, then
+cached on disk), so it happens in `make_batch_invariant` when the weights are already on the GPU, else at
+the first forward on one: call `choose_kernels(stack)` before capturing a CUDA graph.
+
 models/layer.py is not edited: each module is re-classed to a subclass that keeps its parameters, names and
 state_dict and overrides only `forward` (nn.Linear -> InvariantLinear, the norms -> InvariantLayerNorm /
 InvariantRMSNorm, Attention -> InvariantAttention). The layer's named regions stay where they were, so the
@@ -19,7 +26,8 @@ from torch import nn
 
 from .. import layer as _layer
 from .attention import invariant_attention
-from .matmul import invariant_bmm, invariant_linear
+from .choice import KernelChoice, choose, linear
+from .matmul import invariant_bmm
 from .norms import invariant_layer_norm, invariant_rms_norm
 
 
@@ -30,9 +38,21 @@ def _forward_only(*tensors: torch.Tensor | None) -> None:
 
 
 class InvariantLinear(nn.Linear):
+    """nn.Linear on the invariant kernel chosen for its shape on the weight's device (`kernel_choice`)."""
+
+    kernel_choice: KernelChoice | None = None  # set on first use; an instance attribute from then on
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _forward_only(x, self.weight, self.bias)
-        return invariant_linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self.choose_kernel())
+
+    def choose_kernel(self) -> KernelChoice:
+        w = self.weight
+        where = (w.device, w.dtype)  # a module moved or cast after choosing chooses again
+        if self.__dict__.get("_kernel_for") != where:
+            self.kernel_choice = choose(w.shape[0], w.shape[1], w.dtype, self.bias is not None, w.device)
+            self._kernel_for = where
+        return self.kernel_choice
 
 
 class InvariantLayerNorm(nn.LayerNorm):
@@ -93,7 +113,30 @@ def make_batch_invariant(stack: nn.Module, *, norms: bool = True, inplace: bool 
             if type(module) is base and (norms or base not in (nn.LayerNorm, nn.RMSNorm)):
                 _check_swappable(module)
                 module.__class__ = invariant
+    if any(p.is_cuda for p in target.parameters()):
+        choose_kernels(target)
     return target.eval()
+
+
+def choose_kernels(stack: nn.Module) -> list[dict]:
+    """Choose (probe, or read from the cache) the kernel of every invariant Linear now, on its weight's
+    device; returns `kernel_choices(stack)`."""
+    for module in stack.modules():
+        if isinstance(module, InvariantLinear):
+            module.choose_kernel()
+    return kernel_choices(stack)
+
+
+def kernel_choices(stack: nn.Module) -> list[dict]:
+    """Per invariant GEMM of the stack: its name, (N, K), the kernel it got and why (None until chosen)."""
+    rows = []
+    for name, module in stack.named_modules():
+        if isinstance(module, InvariantLinear):
+            choice = module.kernel_choice
+            rows.append({"module": name, "n": module.out_features, "k": module.in_features,
+                         "bias": module.bias is not None, "kernel": choice.label if choice else None,
+                         "proven": choice.proven if choice else None, "reason": choice.reason if choice else None})
+    return rows
 
 
 def is_batch_invariant(module: nn.Module) -> bool:

@@ -6,24 +6,15 @@ Inputs are the frames the measurements write: `throughput` (matmul_bench.through
 
 from __future__ import annotations
 
+import statistics
+
 import pandas as pd
 
+from models.invariant.probe import ranges  # noqa: F401 - [1, 2, 3, 5] -> '1-3, 5', here for the report's tables
+
 SUMMARY_TOKENS = (1, 64, 1024, 8192)
-
-
-def ranges(values) -> str:
-    """[1, 2, 3, 5, 8, 9] -> '1-3, 5, 8-9'; the steps of a dense search collapse into spans."""
-    values = sorted(set(int(v) for v in values))
-    if not values:
-        return ""
-    spans, start, prev = [], values[0], values[0]
-    for v in values[1:]:
-        if v != prev + 1:
-            spans.append((start, prev))
-            start = v
-        prev = v
-    spans.append((start, prev))
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+REPORT_TOKENS = (1, 16, 64, 256, 1024, 4096, 8192)  # issue 21's table
+TARGET_MEDIAN, TARGET_MIN = 0.95, 0.85  # invariant/cuBLAS throughput: median over M, and no M below
 
 
 def throughput_ratio(throughput: pd.DataFrame) -> pd.DataFrame:
@@ -154,3 +145,56 @@ def engine_findings(engines: pd.DataFrame) -> pd.DataFrame:
                      "first_differing_steps": ", ".join(f"{s} ({n})" for s, n in first.head(3).items()),
                      "reason": ""})
     return pd.DataFrame(rows)
+
+
+def ratio_summary(throughput: pd.DataFrame, tokens=REPORT_TOKENS) -> pd.DataFrame:
+    """Per shape: invariant/cuBLAS throughput at the issue's token counts, and its median and minimum over
+    every M measured (the targets: median >= TARGET_MEDIAN, no M below TARGET_MIN)."""
+    ratio = throughput_ratio(throughput)
+    columns = ["config", "component", "n", "k", *[f"M={m}" for m in tokens], "median", "min", "min_at_m", "m_measured"]
+    if "ratio" not in ratio or ratio.empty:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for (config, component, n, k), group in ratio.groupby(["config", "component", "n", "k"], sort=False):
+        group = group.dropna(subset=["ratio"])
+        by_m = dict(zip(group["m"].astype(int), group["ratio"]))
+        worst = group.loc[group["ratio"].idxmin()]
+        rows.append({"config": config, "component": component, "n": n, "k": k,
+                     **{f"M={m}": by_m.get(m) for m in tokens}, "median": statistics.median(by_m.values()),
+                     "min": worst["ratio"], "min_at_m": int(worst["m"]), "m_measured": len(by_m)})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def invariance_share(check: pd.DataFrame) -> pd.DataFrame:
+    """Per kernel and shape: the share of M at which every compared row was bitwise its product alone."""
+    rows = []
+    for (config, kernel, component, n, k), group in check.groupby(["config", "kernel", "component", "n", "k"], sort=False):
+        ok = group["invariant"].astype(bool)
+        rows.append({"config": config, "kernel": kernel, "component": component, "n": n, "k": k,
+                     "m_checked": len(group), "pct_invariant": 100.0 * ok.mean(), "not_invariant_at": ranges(group.loc[~ok, "m"])})
+    return pd.DataFrame(rows, columns=["config", "kernel", "component", "n", "k", "m_checked", "pct_invariant",
+                                       "not_invariant_at"])
+
+
+def targets(throughput: pd.DataFrame, check: pd.DataFrame | None) -> dict:
+    """Issue 21's acceptance over all (shape, M) pairs: median and minimum ratio, share bitwise invariant."""
+    ratio = throughput_ratio(throughput)
+    r = ratio["ratio"].dropna() if "ratio" in ratio else pd.Series(dtype=float)
+    out = {"pairs_timed": int(len(r)), "median_ratio": float(r.median()) if len(r) else None,
+           "min_ratio": float(r.min()) if len(r) else None}
+    if check is not None and not check.empty:
+        mine = check[check["kernel"] == "invariant"]
+        out["pairs_checked"] = int(len(mine))
+        out["pct_invariant"] = float(100.0 * mine["invariant"].astype(bool).mean()) if len(mine) else None
+    out["median_ok"] = out["median_ratio"] is not None and out["median_ratio"] >= TARGET_MEDIAN
+    out["min_ok"] = out["min_ratio"] is not None and out["min_ratio"] >= TARGET_MIN
+    out["invariant_ok"] = out.get("pct_invariant") == 100.0
+    return out
+
+
+def choice_table(choice: pd.DataFrame) -> pd.DataFrame:
+    """The kernel each GEMM got and why, with each candidate's probe verdict (the report's choice table)."""
+    keep = ["config", "component", "n", "k", "bias", "kernel", "proven", "reason"]
+    verdicts = [c for c in choice.columns if c.endswith("_invariant") or c.endswith("_m_failed")]
+    return choice[[c for c in keep if c in choice.columns] + verdicts + [c for c in ("triton_vs_cublaslt", "plan")
+                                                                          if c in choice.columns]]

@@ -14,6 +14,7 @@ import pandas as pd
 CSV_FILES = {
     "throughput": "matmul_throughput.csv",  # TFLOP/s per shape x kernel x M
     "check": "matmul_invariance.csv",  # row alone vs inside M rows, per shape x kernel x M
+    "choice": "matmul_choice.csv",  # the kernel each GEMM shape got on this GPU, why, and the probe's evidence
     "outputs": "layer_outputs.csv",  # logits / greedy tokens alone vs in a batch, per kernel set x batch x position
     "steps": "layer_steps.csv",  # every region of the forward, alone vs in a batch
     "latency": "layer_latency.csv",  # forward latency per kernel set x batch
@@ -21,7 +22,8 @@ CSV_FILES = {
     "engines": "engines.csv",  # transformers / DeepSpeed-MII: logits and tokens alone vs in a batch
 }
 TEXT_COLUMNS = {"tile", "first_differing_step", "differing_steps", "note", "reason", "tokens_alone",
-                "tokens_in_batch", "output", "step", "shape", "component", "kernel", "kernels", "position", "op"}
+                "tokens_in_batch", "output", "step", "shape", "component", "kernel", "kernels", "position", "op",
+                "plan", "sweep", "triton_vs_cublaslt", "dtype"}
 RUN_FILES = {"matmul": "matmul_run.json", "layer": "layer_run.json", "engines": "engines_run.json"}
 
 
@@ -54,7 +56,8 @@ def load(dirs: list[Path]) -> tuple[dict[str, pd.DataFrame], dict[str, dict]]:
                 except pd.errors.EmptyDataError:
                     continue
                 for column in frame.columns:  # an empty text field reads back as NaN (a blank column as float)
-                    if column in TEXT_COLUMNS or pd.api.types.is_string_dtype(frame[column]):
+                    if (column in TEXT_COLUMNS or column.endswith("_m_failed")
+                            or pd.api.types.is_string_dtype(frame[column])):
                         frame[column] = ["" if pd.isna(v) else str(v) for v in frame[column]]
                 if not frame.empty:
                     frames.setdefault(name, []).append(frame)

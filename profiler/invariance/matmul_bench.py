@@ -1,5 +1,6 @@
 """Two measurements of the layer's weight GEMMs over the number of tokens M, for torch (cuBLAS) and the
-batch-invariant Triton kernel:
+batch-invariant path (the kernel models.invariant.choose picked for the shape on this GPU: cuBLASLt with
+split-K off, the M-bucketed Triton kernel, or both split by M), optionally its two candidates alone:
 
 - `throughput`: TFLOP/s at each M (profiler.timing.bench: CUDA events, L2 flushed, medians and p10/p90),
   with the invariant kernel's largest difference from torch at that M (a correctness check, not a timing);
@@ -22,7 +23,9 @@ from ..timing import bench, summarize
 from .shapes import GemmShape
 
 KERNELS = ("torch", "invariant")
-KERNEL_LABELS = {"torch": "Non-batch-invariant (cuBLAS)", "invariant": "Batch-invariant (Triton)"}
+CANDIDATES = ("cublaslt", "triton")  # the invariant path's candidates on their own (context for the choice)
+KERNEL_LABELS = {"torch": "Non-batch-invariant (cuBLAS)", "invariant": "Batch-invariant (chosen per shape)",
+                 "cublaslt": "cuBLASLt, split-K off", "triton": "Batch-invariant Triton (tiles by M)"}
 ALONE_SAMPLE_ROWS = 64  # rows 0..63 alone, plus the last row of every M checked, plus random ones
 
 
@@ -49,21 +52,76 @@ def make_operands(shape: GemmShape, max_tokens: int, *, dtype: torch.dtype, devi
     return Operands(x, weight, bias)
 
 
+def kernel_choice(shape: GemmShape, dtype: torch.dtype, device: torch.device):
+    """The invariant kernel of this shape on `device` (probed on a GPU the first time, then cached)."""
+    from models.invariant import choose
+
+    return choose(shape.n, shape.k, dtype, shape.bias, device)
+
+
 def kernel_fn(kernel: str, ops: Operands) -> Callable[[torch.Tensor], torch.Tensor]:
     """x (M, K) -> x W^T + b, as nn.Linear runs it (the bias on the GEMM epilogue) through `kernel`."""
+    from models.invariant import cublas_linear, invariant_linear
+    from models.invariant.choice import linear
+
     if kernel == "torch":
         return lambda a: F.linear(a, ops.weight, ops.bias)
     if kernel == "invariant":
-        from models.invariant import invariant_linear
-
+        choice = kernel_choice(GemmShape("", ops.weight.shape[0], ops.weight.shape[1], ops.bias is not None),
+                               ops.weight.dtype, ops.weight.device)
+        return lambda a: linear(a, ops.weight, ops.bias, choice)
+    if kernel == "cublaslt":
+        return lambda a: cublas_linear(a, ops.weight, ops.bias)
+    if kernel == "triton":
         return lambda a: invariant_linear(a, ops.weight, ops.bias)
-    raise ValueError(f"unknown kernel '{kernel}'; one of {', '.join(KERNELS)}")
+    raise ValueError(f"unknown kernel '{kernel}'; one of {', '.join(KERNELS + CANDIDATES)}")
 
 
 def tile_label(shape: GemmShape, dtype: torch.dtype, device: torch.device) -> str:
+    """What the invariant path runs for this shape: the chosen kernel (and its Triton plan where it has one)."""
+    choice = kernel_choice(shape, dtype, device)
+    return choice.label + (f"; {choice.plan}" if choice.plan else "")
+
+
+def kernel_at(kernel: str, shape: GemmShape, m: int, dtype: torch.dtype, device: torch.device) -> str:
+    """What ran at M rows: 'cublaslt', or 'triton <tile>' (the M bucket's configuration)."""
     from models.invariant import config_for
 
-    return config_for(shape.n, shape.k, dtype, device).label
+    if kernel == "torch":
+        return ""
+    name = kernel_choice(shape, dtype, device).kernel_at(m) if kernel == "invariant" else kernel
+    if name == "cublaslt":
+        return "cublaslt"
+    from models.invariant.tiles import fixed_plan
+
+    plan = fixed_plan(shape.n, shape.k, dtype) if name == "triton-fixed" else None
+    return f"{name} {config_for(shape.n, shape.k, dtype, device, m=m, plan=plan).label}"
+
+
+def choice_frame(shapes: list[GemmShape], *, dtype: torch.dtype, device: torch.device,
+                 config_name: str = "") -> pd.DataFrame:
+    """One row per shape: the kernel the invariant path got, why, and each candidate's probe verdict and
+    timings (the evidence the choice was made on)."""
+    rows = []
+    for shape in shapes:
+        choice = kernel_choice(shape, dtype, device)
+        row = {"config": config_name, "component": shape.component, "n": shape.n, "k": shape.k, "bias": shape.bias,
+               "dtype": choice.dtype, "kernel": choice.label, "proven": choice.proven, "sweep": choice.sweep,
+               "reason": choice.reason, "plan": choice.plan,
+               "triton_vs_cublaslt": (choice.agreement or {}).get("summary", "")}
+        for cand in choice.candidates:
+            verdict = cand.verdict or {}
+            row[f"{cand.kernel}_invariant"] = cand.invariant
+            row[f"{cand.kernel}_m_failed"] = verdict.get("m_failed", cand.note)
+            row[f"{cand.kernel}_m_checked"] = verdict.get("m_checked")
+            row[f"{cand.kernel}_accurate"] = cand.accurate
+        for m, us in choice.default_us.items():
+            row[f"torch_us_m{m}"] = us
+        for cand in choice.candidates:
+            for m, us in cand.timings_us.items():
+                row[f"{cand.kernel}_us_m{m}"] = us
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 @torch.inference_mode()
@@ -97,7 +155,7 @@ def throughput(shapes: list[GemmShape], tokens: Iterable[int], *, dtype: torch.d
                              "p90_us": stats.p90_ms * 1e3, "repeats": stats.repeats, "flops": flops,
                              "tflops": flops / (stats.median_ms * 1e-3) / 1e12,
                              "max_abs_diff_vs_torch": diff if kernel != "torch" else 0.0,
-                             "tile": tile_label(shape, dtype, device) if kernel == "invariant" else ""})
+                             "tile": kernel_at(kernel, shape, m, dtype, device)})
                 bar.update()
     bar.close()
     return pd.DataFrame(rows)
@@ -116,8 +174,10 @@ def invariance(shapes: list[GemmShape], tokens: Iterable[int], *, dtype: torch.d
     """One row per shape x kernel x M. `alone_*`: sampled rows (0..63, each M's last row, 32 random ones)
     computed alone (M = 1) vs the same rows inside the M-row product; `invariant` is that comparison bitwise
     equal: the M-row product gives each row exactly what the one-row product gives it. `prefix_*` (context):
-    all M rows vs the first M rows of the largest product."""
+    all M rows vs the first M rows of the largest product. Equal means the same bit patterns."""
     from tqdm import tqdm
+
+    from models.invariant.probe import bitwise_equal
 
     tokens = tuple(sorted(set(tokens)))
     max_tokens = tokens[-1]
@@ -139,8 +199,8 @@ def invariance(shapes: list[GemmShape], tokens: Iterable[int], *, dtype: torch.d
                 keep = index < m
                 alone_diff = (out[index[keep]].float() - alone[keep].float()).abs()
                 rows_differing = int((alone_diff.amax(dim=1) > 0).sum().item()) if alone_diff.numel() else 0
-                prefix_equal = bool(torch.equal(out, full[:m]))
-                alone_equal = bool(torch.equal(out[index[keep]], alone[keep]))
+                prefix_equal = bitwise_equal(out, full[:m])
+                alone_equal = bitwise_equal(out[index[keep]], alone[keep])
                 rows.append({"config": config_name, "component": shape.component, "n": shape.n, "k": shape.k,
                              "bias": shape.bias, "m": m, "kernel": kernel, "dtype": str(dtype).removeprefix("torch."),
                              "invariant": alone_equal, "prefix_equal": prefix_equal,
