@@ -147,7 +147,7 @@ class GreedyDecoder:
         with torch.cuda.stream(side):
             self._warm(WARMUP_STEPS)
         torch.cuda.current_stream().wait_stream(side)
-        self.prefill(input_ids)  # warm-up moved pos: back to a valid start (capture itself runs nothing)
+        self.rewind()  # warm-up moved pos: back to the state after prefill (capture itself runs nothing)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self.logits = self._step()

@@ -6,8 +6,10 @@ then `LogitLayer`), so transformers' GPT-NeoX names map onto them as they do for
 preallocated cache; then each `decode_logits` call processes one token per batch row at a position held in a
 device tensor, with fixed shapes, so that one call can be captured in a CUDA graph.
 
-Both phases share `_layers` (norms, GEMMs, residual) and differ only in attention: prefill runs SDPA over the
-prompt's own k and v, decode runs models/decode_kernels.decode_attention over the cache.
+Both phases share `layers_forward` (norms, GEMMs, residual) and differ only in attention: prefill runs SDPA
+over the prompt's own k and v, decode runs models/decode_kernels.decode_attention over the cache. The GEMMs
+run without their biases, which ride on the fused ops that read their outputs (models/decode_kernels.py says
+why: at batch 1 a biased addmm is two kernels).
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError, ModelConfig
-from .decode_kernels import Splits, decode_attention, residual_norms
+from .decode_kernels import Splits, bias_gelu, decode_attention, residual_norms
 from .kernels import apply_rotary_in_place
-from .layer import MLP, LogitLayer, TransformerLayer, rotary_tables
+from .layer import LogitLayer, TransformerLayer, rotary_tables
 
-# attend(layer index, layer, qkv (rows, 3h)) -> attention output (rows, h), before the out-projection
+# attend(layer index, layer, qkv (rows, 3h) without its bias) -> attention output (rows, h), before the
+# out-projection
 Attend = Callable[[int, TransformerLayer, torch.Tensor], torch.Tensor]
 
 
@@ -72,21 +75,15 @@ class NeoXCausalLM(nn.Module):
     """Token embedding, L x TransformerLayer, final norm and logits (models/layer.py pieces).
 
     `kernels`: "auto" (Triton on CUDA, torch elsewhere), "triton" (also on a CPU, through Triton's
-    interpreter) or "torch" (plain ops everywhere: the reference the kernels are checked against).
-    `gelu_epilogue`: the MLP's up-projection as one cuBLASLt GEMM with bias + GELU in its epilogue
-    (torch._addmm_activation) instead of a GEMM and a GELU kernel; that GELU is the tanh approximation
-    (within ~5e-4 of the exact one, below fp16's resolution at the MLP's activations), so it is off by default
-    and the float32 parity tests run without it."""
+    interpreter) or "torch" (plain ops everywhere: the reference the kernels are checked against)."""
 
-    def __init__(self, cfg: ModelConfig, *, device=None, dtype=None, kernels: str = "auto",
-                 gelu_epilogue: bool = False):
+    def __init__(self, cfg: ModelConfig, *, device=None, dtype=None, kernels: str = "auto"):
         super().__init__()
         reason = unsupported_reason(cfg)
         if reason:
             raise ConfigError(reason)
         self.cfg = cfg
         self.kernels = kernels
-        self.gelu_epilogue = gelu_epilogue
         self.embed = nn.Embedding(cfg.embedding_rows, cfg.hidden_size, device=device, dtype=dtype)
         self.layers = nn.ModuleList(TransformerLayer(cfg, device, dtype) for _ in range(cfg.num_layers))
         self.logit_layer = LogitLayer(cfg, device, dtype)
@@ -119,12 +116,6 @@ class NeoXCausalLM(nn.Module):
             return (layer.input_norm, layer.post_attention_norm)
         return (layer.input_norm,)
 
-    def _mlp(self, mlp: MLP, x: torch.Tensor) -> torch.Tensor:
-        if self.gelu_epilogue and mlp.mlp_up.bias is not None:
-            up = torch._addmm_activation(mlp.mlp_up.bias, x, mlp.mlp_up.weight.t(), use_gelu=True)  # (rows, 4h)
-            return mlp.mlp_down(up)
-        return mlp(x)  # the layer's own MLP: up, exact GELU, down
-
     def embed_and_norm(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """The residual stream x (rows, h) of the tokens and the first layer's norm(s) of it."""
         x = self.embed(input_ids).reshape(-1, self.cfg.hidden_size)  # (b*s, h)
@@ -133,20 +124,27 @@ class NeoXCausalLM(nn.Module):
     def layers_forward(self, x: torch.Tensor, normed: tuple[torch.Tensor, ...], attend: Attend) -> torch.Tensor:
         """Every layer over the residual stream x (updated in place); returns the final norm of it (rows, h).
 
-        Each residual add is fused with the norm(s) that read its result (decode_kernels.residual_norms)."""
+        The layer's Linear modules hold the weights; their biases are added by the op after each GEMM (the
+        attention op for QKV, bias_gelu for MLP-up, residual_norms for the out-projection and MLP-down), and
+        each residual add is fused with the norm(s) that read its result."""
         parallel = self.cfg.residual == "parallel"
         count = len(self.layers)
         for i, layer in enumerate(self.layers):
             following = self.layers[i + 1] if i + 1 < count else None
-            attention = layer.attention
-            attn_out = attention.out_projection(attend(i, layer, attention.qkv_transform(normed[0])))  # (rows, h)
+            qkv_t, out_t = layer.attention.qkv_transform, layer.attention.out_projection
+            up, down = layer.mlp.mlp_up, layer.mlp.mlp_down
+            attn_out = F.linear(attend(i, layer, F.linear(normed[0], qkv_t.weight)), out_t.weight)  # (rows, h)
             if parallel:  # x + attn(norm1(x)) + mlp(norm2(x))
-                mlp_out = self._mlp(layer.mlp, normed[1])
-                normed = residual_norms(x, (mlp_out, attn_out), self._norms_of(following), backend=self.kernels)
+                hidden = bias_gelu(F.linear(normed[1], up.weight), up.bias, backend=self.kernels)  # (rows, 4h)
+                mlp_out = F.linear(hidden, down.weight)
+                normed = residual_norms(x, (mlp_out, attn_out), self._norms_of(following),
+                                        biases=(down.bias, out_t.bias), backend=self.kernels)
             else:  # x + attn(norm1(x)), then + mlp(norm2(.))
-                (mlp_in,) = residual_norms(x, (attn_out,), (layer.post_attention_norm,), backend=self.kernels)
-                mlp_out = self._mlp(layer.mlp, mlp_in)
-                normed = residual_norms(x, (mlp_out,), self._norms_of(following), backend=self.kernels)
+                (mlp_in,) = residual_norms(x, (attn_out,), (layer.post_attention_norm,), biases=(out_t.bias,),
+                                           backend=self.kernels)
+                hidden = bias_gelu(F.linear(mlp_in, up.weight), up.bias, backend=self.kernels)
+                normed = residual_norms(x, (F.linear(hidden, down.weight),), self._norms_of(following),
+                                        biases=(down.bias,), backend=self.kernels)
         return normed[0]
 
     # ---- prefill: the prompt once through, filling the cache -------------------------------------
@@ -159,7 +157,10 @@ class NeoXCausalLM(nn.Module):
         cos, sin = self.rotary_tables(cache.capacity)
 
         def attend(i: int, layer: TransformerLayer, qkv: torch.Tensor) -> torch.Tensor:
-            qkv = apply_rotary_in_place(qkv, cos[:s], sin[:s], heads)  # (b*s, 3h), q and k turned in place
+            bias = layer.attention.qkv_transform.bias
+            if bias is not None:
+                qkv.add_(bias)  # (b*s, 3h); prefill's cost is GEMMs and attention, not this kernel
+            qkv = apply_rotary_in_place(qkv, cos[:s], sin[:s], heads)  # q and k turned in place
             packed = qkv.view(b, s, heads, 3, d)
             q, k, v = (packed[..., j, :].transpose(1, 2) for j in range(3))  # (b, heads, s, d) views
             cache.keys[i, :, :, :s].copy_(k)
@@ -187,7 +188,8 @@ class NeoXCausalLM(nn.Module):
         heads = self.cfg.heads_per_gpu
 
         def attend(i: int, layer: TransformerLayer, qkv: torch.Tensor) -> torch.Tensor:
-            return decode_attention(qkv, cache.keys[i], cache.values[i], pos, cos, sin, heads=heads,
-                                    scale=layer.attention.scale, splits=splits, backend=self.kernels)
+            return decode_attention(qkv, layer.attention.qkv_transform.bias, cache.keys[i], cache.values[i], pos,
+                                    cos, sin, heads=heads, scale=layer.attention.scale, splits=splits,
+                                    backend=self.kernels)
 
         return self.logit_layer.logits(self.layers_forward(x, normed, attend))  # (b, vocab)

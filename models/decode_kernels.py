@@ -1,17 +1,21 @@
-"""The fused ops of one decode step: residual add + layer norms, and attention over a static KV cache.
+"""The fused ops of one decode step: residual add + layer norms, bias + GELU, and attention over a KV cache.
 
 A decode step at batch 1 is ~10 kernels per layer, and in a CUDA graph every kernel that is not a GEMV costs
-~2-4 us of launch latency and tail for almost no bytes. Two ops take what can be fused:
+~2-4 us of launch latency and tail for almost no bytes. So the GEMMs run without their biases (plain cuBLAS
+`mm`: at batch 1 PyTorch's addmm cannot use cuBLASLt's bias epilogue, since its eligibility test wants more
+than one row, and instead copies the bias into the output first, one more kernel per Linear) and the biases
+ride on the ops that read the GEMMs' outputs:
 
-- `residual_norms`: the residual add(s) of a layer and the norm(s) that read the result, one pass per row.
-  With GPT-NeoX's parallel residual the next layer's two norms read the same x, so one kernel does
-  x += mlp + attn, norm1(x), norm2(x) (eager PyTorch: 2 adds + 2 norms = 4 kernels).
-- `decode_attention`: rotary of the new token's q and k, the write of its k and v into the cache at a
-  position held in a device tensor, and attention over the cache positions 0..pos, split over the cache
-  (flash-decoding) so that batch 1 with 8 heads still spreads the cache read over every SM. Splits past pos
-  return at once, so a step reads the filled part of the cache, not the preallocated capacity; shapes
-  (and the grid) stay fixed, so the step can be captured in a CUDA graph. A second small kernel combines
-  the splits; with one split (large batches) the first kernel writes the result itself.
+- `residual_norms`: the residual add(s) of a layer, with the out-projection's and MLP-down's biases, and the
+  norm(s) that read the result, one pass per row. With GPT-NeoX's parallel residual the next layer's two
+  norms read the same x, so one kernel does x += (mlp + b) + (attn + b), norm1(x), norm2(x).
+- `bias_gelu`: the MLP-up's bias and the exact (erf) GELU, in place.
+- `decode_attention`: the QKV bias, rotary of the new token's q and k, the write of its k and v into the
+  cache at a position held in a device tensor, and attention over the cache positions 0..pos, split over
+  the cache (flash-decoding) so that batch 1 with 8 heads still spreads the cache read over every SM.
+  Splits past pos return at once, so a step reads the filled part of the cache, not the preallocated
+  capacity; shapes (and the grid) stay fixed, so the step can be captured in a CUDA graph. A second small
+  kernel combines the splits; with one split (large batches) the first kernel writes the result itself.
 
 On CUDA these are Triton kernels; elsewhere the same ops run as plain torch (the CPU path, and the
 independent reference the GPU kernels are checked against). `backend="triton"` on a CPU tensor runs the
@@ -45,16 +49,21 @@ def use_triton(t: torch.Tensor, backend: str) -> bool:
 
 
 # ---- residual add + layer norms -----------------------------------------------------------------
-def _residual_norms_kernel(x_ptr, a_ptr, c_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, y1_ptr, y2_ptr, n_cols, eps,
-                           N_ADDS: tl.constexpr, TWO_NORMS: tl.constexpr, BLOCK: tl.constexpr):
+def _residual_norms_kernel(x_ptr, a_ptr, a_bias_ptr, c_ptr, c_bias_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, y1_ptr,
+                           y2_ptr, n_cols, eps, N_ADDS: tl.constexpr, A_BIAS: tl.constexpr, C_BIAS: tl.constexpr,
+                           TWO_NORMS: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64) * n_cols  # one row of the residual stream per program
     cols = tl.arange(0, BLOCK)
     ok = cols < n_cols
     x = tl.load(x_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
     if N_ADDS > 0:
         x += tl.load(a_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
+        if A_BIAS:
+            x += tl.load(a_bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
         if N_ADDS > 1:
             x += tl.load(c_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
+            if C_BIAS:
+                x += tl.load(c_bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
         rounded = x.to(x_ptr.dtype.element_ty)  # the residual stream is stored in the model's dtype ...
         tl.store(x_ptr + row + cols, rounded, mask=ok)
         x = rounded.to(tl.float32)  # ... and the norms read what was stored, as they would unfused
@@ -71,35 +80,66 @@ def _residual_norms_kernel(x_ptr, a_ptr, c_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, 
         tl.store(y2_ptr + row + cols, (normed * w2 + b2).to(y2_ptr.dtype.element_ty), mask=ok)
 
 
+def _bias_gelu_kernel(x_ptr, bias_ptr, n_cols, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64) * n_cols
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < n_cols
+    x = tl.load(x_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        x += tl.load(bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    x = x.to(x_ptr.dtype.element_ty).to(tl.float32)  # the GEMM with its bias would round here
+    tl.store(x_ptr + row + cols, (0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))).to(x_ptr.dtype.element_ty),
+             mask=ok)
+
+
 RESIDUAL_NORMS = Kernel(_residual_norms_kernel) if triton is not None else None
+BIAS_GELU = Kernel(_bias_gelu_kernel) if triton is not None else None
+GELU_BLOCK = 1024
+
+
+def _biased(t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return t if bias is None else t + bias
 
 
 def residual_norms(x: torch.Tensor, adds: tuple[torch.Tensor, ...], norms: tuple[nn.LayerNorm, ...], *,
-                   backend: str = "auto") -> tuple[torch.Tensor, ...]:
-    """x (rows, h), the residual stream, becomes sum(adds) + x in place; returns each norm of the result.
-
-    `adds` in transformers' order of summation ((mlp, attn) for the parallel residual: mlp + attn + x).
-    The norms must share one epsilon (a layer's two norms do)."""
+                   biases: tuple[torch.Tensor | None, ...] = (), backend: str = "auto") -> tuple[torch.Tensor, ...]:
+    """x (rows, h), the residual stream, becomes sum(adds + their biases) + x in place; returns each norm of
+    the result. `adds` in transformers' order of summation ((mlp, attn) for the parallel residual: mlp + attn
+    + x); `biases` (one per add, or none) are the biases their GEMMs left out. The norms share one epsilon."""
     if not 1 <= len(norms) <= 2 or len(adds) > 2:
         raise ValueError(f"residual_norms takes 0-2 adds and 1-2 norms, got {len(adds)} and {len(norms)}")
+    biases = tuple(biases) + (None,) * (len(adds) - len(biases))
     eps = norms[0].eps
     if not use_triton(x, backend):
         if adds:
-            total = adds[0]
-            for term in adds[1:]:
-                total = total + term
+            total = _biased(adds[0], biases[0])
+            for term, bias in zip(adds[1:], biases[1:]):
+                total = total + _biased(term, bias)
             x.copy_(total + x)
         return tuple(F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, eps) for norm in norms)
     rows, h = x.shape
     outs = tuple(torch.empty_like(x) for _ in norms)
     a = adds[0] if adds else x
     c = adds[1] if len(adds) > 1 else a
+    a_bias = biases[0] if adds and biases[0] is not None else x
+    c_bias = biases[1] if len(adds) > 1 and biases[1] is not None else x
     second = norms[1] if len(norms) > 1 else norms[0]
     block = triton.next_power_of_2(h)
-    RESIDUAL_NORMS[(rows,)](x, a, c, norms[0].weight, norms[0].bias, second.weight, second.bias, outs[0],
-                            outs[-1], h, eps, N_ADDS=len(adds), TWO_NORMS=len(norms) == 2, BLOCK=block,
+    RESIDUAL_NORMS[(rows,)](x, a, a_bias, c, c_bias, norms[0].weight, norms[0].bias, second.weight, second.bias,
+                            outs[0], outs[-1], h, eps, N_ADDS=len(adds), A_BIAS=bool(adds) and biases[0] is not None,
+                            C_BIAS=len(adds) > 1 and biases[1] is not None, TWO_NORMS=len(norms) == 2, BLOCK=block,
                             num_warps=8 if block >= 4096 else 4)
     return outs
+
+
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, *, backend: str = "auto") -> torch.Tensor:
+    """gelu(x + bias), exact (erf) GELU as GPT-NeoX's hidden_act 'gelu', written into x (rows, 4h)."""
+    if not use_triton(x, backend):
+        return x.copy_(F.gelu(_biased(x, bias)))
+    rows, cols = x.shape
+    BIAS_GELU[(rows, triton.cdiv(cols, GELU_BLOCK))](x, bias if bias is not None else x, cols,
+                                                     HAS_BIAS=bias is not None, BLOCK=GELU_BLOCK, num_warps=4)
+    return x
 
 
 # ---- attention of one new token over the KV cache -----------------------------------------------
@@ -111,6 +151,7 @@ class Splits:
     keys: int  # cache positions each one covers (a multiple of block_n)
     block_n: int  # keys per loop iteration
     block_d: int  # head dim rounded up to a power of two
+    warps: int  # per program
 
     @property
     def direct(self) -> bool:  # one split: the kernel normalises and writes the output itself
@@ -120,21 +161,27 @@ class Splits:
 def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: torch.device,
                      count: int | None = None) -> Splits:
     """Enough programs to cover every SM PROGRAMS_PER_SM times (batch 1 with 8 heads needs ~60 splits of
-    the cache; batch 64 needs none), each at least one tile of keys, at most MAX_SPLITS."""
+    the cache; batch 64 needs none), each at least one tile of keys, at most MAX_SPLITS.
+
+    Tiles of 4096 elements (8 KB of keys and 8 KB of values in flight per program and iteration). Warps from
+    ptxas' register counts for sm_90: a 64-wide tile takes 204 registers a thread at 4 warps (2 programs, 8
+    warps an SM) and 111 at 8 (16 warps an SM); 128- and 256-wide tiles fit 3-5 programs an SM at 4 warps
+    (142 and 91 registers) and lose them at 8."""
     block_d = 1 << max(4, math.ceil(math.log2(head_dim)))
-    block_n = max(16, min(64, 4096 // block_d))  # a (block_n, block_d) tile of 4096 elements per load
+    block_n = max(16, min(64, 4096 // block_d))
     blocks = -(-capacity // block_n)
     if count is None:
         count = -(-PROGRAMS_PER_SM * program_slots(device) // rows_x_heads)
     count = max(1, min(count, blocks, MAX_SPLITS))
     per_split = -(-blocks // count)
-    return Splits(-(-blocks // per_split), per_split * block_n, block_n, block_d)
+    return Splits(-(-blocks // per_split), per_split * block_n, block_n, block_d, 8 if block_d <= 64 else 4)
 
 
-def _decode_attention_kernel(qkv_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr, m_ptr, l_ptr,
-                             acc_ptr, heads, head_dim, rotary_dims, capacity, keys_per_split, n_splits, scale,
+def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr,
+                             m_ptr, l_ptr, acc_ptr, heads, head_dim, rotary_dims, capacity, keys_per_split,
+                             n_splits, scale,
                              HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                             DIRECT: tl.constexpr):
+                             HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr):
     bh = tl.program_id(0)  # one (batch row, head) ...
     split = tl.program_id(1)  # ... and one stretch of its cache
     row, head = bh // heads, bh % heads
@@ -144,16 +191,28 @@ def _decode_attention_kernel(qkv_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr
     # GPT-NeoX packs [q, k, v] per head: (b, heads, 3, d); rotary turns the first rotary_dims of q and k,
     # half-split: x_j cos - x_{j+half} sin below half, x_j cos + x_{j-half} sin above
     packed = qkv_ptr + row.to(tl.int64) * heads * 3 * head_dim + head * 3 * head_dim
+    biases = bias_ptr + head * 3 * head_dim
     rotated = d < rotary_dims
     partner = tl.where(rotated, tl.where(d < HALF, d + HALF, d - HALF), d)
     cos = tl.load(cos_ptr + pos * rotary_dims + d, mask=rotated, other=1.0)
     sin = tl.load(sin_ptr + pos * rotary_dims + d, mask=rotated, other=0.0) * tl.where(d < HALF, -1.0, 1.0)
-    q = tl.load(packed + d, mask=d_ok, other=0.0).to(tl.float32) * cos + \
-        tl.load(packed + partner, mask=d_ok, other=0.0).to(tl.float32) * sin
-    k_new = (tl.load(packed + head_dim + d, mask=d_ok, other=0.0).to(tl.float32) * cos +
-             tl.load(packed + head_dim + partner, mask=d_ok, other=0.0).to(tl.float32) * sin)
+    # q, k (and their rotary partners) and v, each with its bias, rounded as the GEMM with its bias would store it
+    q = tl.load(packed + d, mask=d_ok, other=0.0).to(tl.float32)
+    q_partner = tl.load(packed + partner, mask=d_ok, other=0.0).to(tl.float32)
+    k_own = tl.load(packed + head_dim + d, mask=d_ok, other=0.0).to(tl.float32)
+    k_partner = tl.load(packed + head_dim + partner, mask=d_ok, other=0.0).to(tl.float32)
+    v_new = tl.load(packed + 2 * head_dim + d, mask=d_ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        q += tl.load(biases + d, mask=d_ok, other=0.0).to(tl.float32)
+        q_partner += tl.load(biases + partner, mask=d_ok, other=0.0).to(tl.float32)
+        k_own += tl.load(biases + head_dim + d, mask=d_ok, other=0.0).to(tl.float32)
+        k_partner += tl.load(biases + head_dim + partner, mask=d_ok, other=0.0).to(tl.float32)
+        v_new += tl.load(biases + 2 * head_dim + d, mask=d_ok, other=0.0).to(tl.float32)
+    dtype = qkv_ptr.dtype.element_ty
+    q = q.to(dtype).to(tl.float32) * cos + q_partner.to(dtype).to(tl.float32) * sin
+    k_new = k_own.to(dtype).to(tl.float32) * cos + k_partner.to(dtype).to(tl.float32) * sin
     k_new = k_new.to(k_cache_ptr.dtype.element_ty)  # as stored, so this step sees what later steps will read
-    v_new = tl.load(packed + 2 * head_dim + d, mask=d_ok, other=0.0)
+    v_new = v_new.to(v_cache_ptr.dtype.element_ty)
     cache = bh.to(tl.int64) * capacity * head_dim
     lo = split.to(tl.int64) * keys_per_split  # int64 like pos: the loop bounds share one type
     hi = tl.minimum(lo + keys_per_split, pos + 1)  # splits past pos do no work (fixed grid, filled cache read)
@@ -221,9 +280,11 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return torch.cat((rot * cos + turned * sin, passthrough), dim=-1)
 
 
-def decode_attention_torch(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: torch.Tensor,
-                           cos: torch.Tensor, sin: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
+def decode_attention_torch(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache: torch.Tensor,
+                           v_cache: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int,
+                           scale: float) -> torch.Tensor:
     """The same op in plain torch: reads the whole cache, masks what lies past pos (shapes stay fixed)."""
+    qkv = _biased(qkv, bias)
     b = qkv.shape[0]
     d = k_cache.shape[-1]
     packed = qkv.view(b, heads, 3, d)
@@ -240,15 +301,15 @@ def decode_attention_torch(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: to
     return context.to(qkv.dtype).reshape(b, heads * d)
 
 
-def decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: torch.Tensor,
-                     cos: torch.Tensor, sin: torch.Tensor, *, heads: int, scale: float, splits: Splits,
-                     backend: str = "auto") -> torch.Tensor:
-    """One new token per batch row. qkv (b, heads*3*d) straight from the QKV GEMM; k_cache, v_cache
-    (b, heads, T, d) of one layer; pos a device int64 scalar; cos, sin (T, rotary_dims) float32.
-    Writes the token's k and v at pos and returns its attention output (b, heads*d), ready for the
+def decode_attention(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, heads: int, scale: float,
+                     splits: Splits, backend: str = "auto") -> torch.Tensor:
+    """One new token per batch row. qkv (b, heads*3*d) straight from the QKV GEMM, `bias` its bias (3h,);
+    k_cache, v_cache (b, heads, T, d) of one layer; pos a device int64 scalar; cos, sin (T, rotary_dims)
+    float32. Writes the token's k and v at pos and returns its attention output (b, heads*d), ready for the
     out-projection."""
     if not use_triton(qkv, backend):
-        return decode_attention_torch(qkv, k_cache, v_cache, pos, cos, sin, heads, scale)
+        return decode_attention_torch(qkv, bias, k_cache, v_cache, pos, cos, sin, heads, scale)
     b, _, capacity, d = k_cache.shape
     rows = b * heads
     out = torch.empty(b, heads * d, device=qkv.device, dtype=qkv.dtype)
@@ -260,9 +321,10 @@ def decode_attention(qkv: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
         acc = torch.empty(rows, splits.count, d, device=qkv.device, dtype=torch.float32)
     rotary_dims = cos.shape[-1]
     DECODE_ATTENTION[(rows, splits.count)](
-        qkv, k_cache, v_cache, pos, cos, sin, out, m, l_, acc, heads, d, rotary_dims, capacity, splits.keys,
-        splits.count, scale, HALF=max(1, rotary_dims // 2), BLOCK_N=splits.block_n, BLOCK_D=splits.block_d,
-        DIRECT=splits.direct, num_warps=4)
+        qkv, bias if bias is not None else qkv, k_cache, v_cache, pos, cos, sin, out, m, l_, acc, heads, d,
+        rotary_dims, capacity, splits.keys, splits.count, scale, HALF=max(1, rotary_dims // 2),
+        BLOCK_N=splits.block_n, BLOCK_D=splits.block_d, HAS_BIAS=bias is not None, DIRECT=splits.direct,
+        num_warps=splits.warps)
     if not splits.direct:
         COMBINE_SPLITS[(rows, -(-d // COMBINE_BLOCK_D))](
             m, l_, acc, out, splits.count, d, BLOCK_S=triton.next_power_of_2(splits.count),

@@ -104,7 +104,7 @@ def load_state(model: NeoXCausalLM, tensors: Iterator[tuple[str, torch.Tensor]],
 def load_causal_lm(directory: Path | str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float16,
                    **options) -> NeoXCausalLM:
     """NeoXCausalLM with the shape of directory/config.json and its weights, on `device` in `dtype`;
-    `options` go to NeoXCausalLM (kernels, gelu_epilogue)."""
+    `options` go to NeoXCausalLM (kernels)."""
     directory = Path(directory)
     raw = json.loads((directory / "config.json").read_text())
     if raw.get("model_type") != "gpt_neox":

@@ -54,6 +54,7 @@ DEFAULT_MODELS = ("pythia-160m", "pythia-410m", "pythia-1b", "pythia-1.4b", "pyt
 # the lead's targets: step / floor at most this, for rows matching the condition
 TARGETS = (("params >= 1B at batch 1", lambda r: r["params"] >= 1e9 and r["batch"] == 1, 1.5),
            ("batch >= 16 at a 2048-token prompt", lambda r: r["batch"] >= 16 and r["prompt_len"] == 2048, 1.3))
+UNTIMED_STEPS = 8  # per row before the timed passes
 CHECK_BATCH = 2  # transformers' check: one small row per model
 EOS = 0  # the built tokenizer's end-of-text, masked at every step as generate(min_new_tokens=N) does
 
@@ -72,8 +73,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed passes of the N-1 steps per row")
     p.add_argument("--checkpoints", type=Path, default=DEFAULT_ROOT)
     p.add_argument("--compile", action="store_true", help="torch.compile the step's head and tail")
-    p.add_argument("--exact-gelu", action="store_true",
-                   help="GEMM + exact GELU kernel instead of cuBLASLt's bias+GELU(tanh) epilogue")
     p.add_argument("--check", choices=("all", "first", "none"), default="all",
                    help="transformers' logits and tokens against ours at one small row: every model, the first, none")
     p.add_argument("--no-trace", action="store_true", help="skip the profiler trace of one replay per row")
@@ -102,18 +101,19 @@ class Clock:
 
 
 def time_steps(decoder: GreedyDecoder, clock: Clock, repeats: int) -> list[float]:
-    """Step times (ms) of `repeats` passes of the N-1 decode steps, each from the state after prefill; one
-    untimed pass first (the clock ramps, the first replay of a graph uploads it)."""
+    """Step times (ms) of `repeats` passes of the N-1 decode steps, each from the state after prefill, after
+    a short untimed pass (the first replay of a graph uploads it; the clock ramps)."""
     samples: list[float] = []
-    for timed in [False] + [True] * repeats:
+    passes = [(min(UNTIMED_STEPS, decoder.new_tokens - 1), False)] + [(decoder.new_tokens - 1, True)] * repeats
+    for steps, timed in passes:
         decoder.rewind()
         marks = [clock.mark()]
-        for _ in range(decoder.new_tokens - 1):
+        for _ in range(steps):
             decoder.step()
             marks.append(clock.mark())
-        steps = clock.intervals_ms(marks)
+        times = clock.intervals_ms(marks)
         if timed:
-            samples.extend(steps)
+            samples.extend(times)
     return samples
 
 
@@ -198,7 +198,7 @@ def run_row(model, cfg, *, name: str, batch: int, prompt_len: int, args, device,
         started = time.perf_counter()
         decoder.capture(ids)  # prefill, warm-up, capture (and compile)
         row["capture_s"] = time.perf_counter() - started
-        prefill = summarize(time_prefill(decoder, ids, clock, 2 if batch * prompt_len < 2**16 else 1))
+        prefill = summarize(time_prefill(decoder, ids, clock, 2 if batch * prompt_len < 2**15 else 1))
         steps = summarize(time_steps(decoder, clock, args.repeats))
         floors = decode_floors(cfg, batch=batch, prompt_len=prompt_len, new_tokens=args.new_tokens, dtype=dtype,
                                tensor_parallel=1, bandwidth_tbps=bandwidth, peak_tflops=None)
@@ -285,15 +285,13 @@ def run_model(name: str, index: int, args, device: torch.device, dtype: str, ban
         reference = build_hf_reference(checkpoint, min(args.contexts), args.new_tokens, device, dtype)
         info["reference_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    cuda = device.type == "cuda"
-    model = load_causal_lm(checkpoint, device=device, dtype=getattr(torch, dtype), gelu_epilogue=cuda and not args.exact_gelu)
+    model = load_causal_lm(checkpoint, device=device, dtype=getattr(torch, dtype))
     info["load_s"] = time.perf_counter() - t
     cfg = model.cfg
     params = count_parameters(cfg).total
     info.update({"params": params, "hidden_size": cfg.hidden_size, "num_layers": cfg.num_layers,
                  "num_attention_heads": cfg.num_attention_heads, "head_dim": cfg.head_dim,
-                 "rotary_dims": cfg.rotary_dims, "vocab": cfg.embedding_rows, "residual": cfg.residual,
-                 "gelu_epilogue": model.gelu_epilogue})
+                 "rotary_dims": cfg.rotary_dims, "vocab": cfg.embedding_rows, "residual": cfg.residual})
     try:
         if reference is not None:
             t = time.perf_counter()
@@ -330,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": environment(device), "copy_bandwidth": bandwidth,
         "settings": {"models": models, "batches": list(args.batches), "prompt_lens": list(args.contexts),
                      "new_tokens": args.new_tokens, "repeats": args.repeats, "dtype": dtype,
-                     "compile": args.compile, "gelu": "exact" if args.exact_gelu or not cuda else "cuBLASLt epilogue (tanh)",
+                     "compile": args.compile,
                      "check": args.check, "timing": "CUDA events between graph replays, one sync per pass; "
                      "repeats x (new_tokens - 1) steps from the state after prefill, after one untimed pass"},
         "models": [], "rows": [], "targets": [],

@@ -194,20 +194,32 @@ def norm(h: int, seed: int) -> torch.nn.LayerNorm:
 @pytest.mark.parametrize("adds", [0, 1, 2])
 @pytest.mark.parametrize("norms", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_residual_norms_kernel_equals_adds_then_layer_norms(adds, norms, dtype):
+def test_residual_norms_kernel_equals_biased_adds_then_layer_norms(adds, norms, dtype):
     h, rows = 96, 3  # h not a power of two: the row is masked
     gen = torch.Generator().manual_seed(adds * 10 + norms)
     x = torch.randn(rows, h, generator=gen).to(dtype)
     terms = tuple(torch.randn(rows, h, generator=gen).to(dtype) for _ in range(adds))
+    biases = (torch.randn(h, generator=gen).to(dtype), None)[:adds]  # the second add without a bias
     layers = tuple(norm(h, i).to(dtype) for i in range(norms))
     x_torch, x_triton = x.clone(), x.clone()
     with torch.no_grad():
-        expected = K.residual_norms(x_torch, terms, layers, backend="torch")
-        got = K.residual_norms(x_triton, terms, layers, backend="triton")
+        expected = K.residual_norms(x_torch, terms, layers, biases=biases, backend="torch")
+        got = K.residual_norms(x_triton, terms, layers, biases=biases, backend="triton")
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(x_triton.float(), x_torch.float(), atol=tolerance, rtol=0)  # the residual stream
     for e, g in zip(expected, got):
         torch.testing.assert_close(g.float(), e.float(), atol=tolerance, rtol=0)
+
+
+@interpreted
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_bias_gelu_kernel_is_the_exact_gelu_of_the_biased_input(with_bias):
+    gen = torch.Generator().manual_seed(1)
+    x = 3 * torch.randn(2, 1500, generator=gen)  # two column blocks, the second one masked
+    bias = torch.randn(1500, generator=gen) if with_bias else None
+    expected = torch.nn.functional.gelu(x + bias if with_bias else x)  # approximate="none": erf, as Pythia's
+    got = K.bias_gelu(x.clone(), bias, backend="triton")
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
 def attention_case(batch: int, heads: int, d: int, rotary_dims: int, capacity: int, dtype, seed: int = 0):
@@ -215,37 +227,40 @@ def attention_case(batch: int, heads: int, d: int, rotary_dims: int, capacity: i
 
     gen = torch.Generator().manual_seed(seed)
     qkv = torch.randn(batch, heads * 3 * d, generator=gen).to(dtype)
+    bias = (0.3 * torch.randn(heads * 3 * d, generator=gen)).to(dtype)
     k_cache = torch.randn(batch, heads, capacity, d, generator=gen).to(dtype)
     v_cache = torch.randn(batch, heads, capacity, d, generator=gen).to(dtype)
     cos, sin = rotary_tables(capacity, rotary_dims, 10000.0)
-    return qkv, k_cache, v_cache, cos, sin
+    return qkv, bias, k_cache, v_cache, cos, sin
 
 
 @interpreted
-@pytest.mark.parametrize("batch, heads, d, rotary_dims", [(1, 2, 40, 10), (3, 2, 64, 16), (2, 1, 32, 32)])
+@pytest.mark.parametrize("batch, heads, d, rotary_dims, with_bias",
+                         [(1, 2, 40, 10, True), (3, 2, 64, 16, True), (2, 1, 32, 32, False)])
 @pytest.mark.parametrize("splits", [1, 3, None])
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
 def test_decode_attention_kernel_equals_torch_and_writes_the_new_key_and_value(batch, heads, d, rotary_dims,
-                                                                               splits, where):
+                                                                               with_bias, splits, where):
     capacity = 70
     pos = {"first": 0, "middle": 33, "last": capacity - 1}[where]
-    qkv, k_cache, v_cache, cos, sin = attention_case(batch, heads, d, rotary_dims, capacity, torch.float32)
+    qkv, bias, k_cache, v_cache, cos, sin = attention_case(batch, heads, d, rotary_dims, capacity, torch.float32)
+    bias = bias if with_bias else None
     plan = K.attention_splits(batch * heads, capacity, d, CPU, count=splits)
     position = torch.tensor(pos)
     k_ref, v_ref = k_cache.clone(), v_cache.clone()
-    expected = K.decode_attention(qkv, k_ref, v_ref, position, cos, sin, heads=heads, scale=d ** -0.5, splits=plan,
-                                  backend="torch")
-    got = K.decode_attention(qkv, k_cache, v_cache, position, cos, sin, heads=heads, scale=d ** -0.5, splits=plan,
-                             backend="triton")
+    expected = K.decode_attention(qkv, bias, k_ref, v_ref, position, cos, sin, heads=heads, scale=d ** -0.5,
+                                  splits=plan, backend="torch")
+    got = K.decode_attention(qkv, bias, k_cache, v_cache, position, cos, sin, heads=heads, scale=d ** -0.5,
+                             splits=plan, backend="triton")
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(k_cache, k_ref, atol=1e-6, rtol=0)  # the rotated key at pos, the rest untouched
-    torch.testing.assert_close(v_cache, v_ref, atol=0, rtol=0)
+    torch.testing.assert_close(v_cache, v_ref, atol=1e-6, rtol=0)
 
 
 @interpreted
 def test_decode_attention_kernel_reads_no_cache_position_past_pos():
     """NaN beyond pos: the torch path would need the zeroed cache (0 x NaN), the kernel never loads there."""
-    qkv, k_cache, v_cache, cos, sin = attention_case(2, 2, 64, 16, 96, torch.float16, seed=3)
+    qkv, bias, k_cache, v_cache, cos, sin = attention_case(2, 2, 64, 16, 96, torch.float16, seed=3)
     pos = torch.tensor(40)
     k_clean, v_clean = k_cache.clone(), v_cache.clone()
     k_clean[:, :, 41:] = 0
@@ -253,9 +268,9 @@ def test_decode_attention_kernel_reads_no_cache_position_past_pos():
     k_cache[:, :, 41:] = float("nan")
     v_cache[:, :, 41:] = float("nan")
     plan = K.attention_splits(4, 96, 64, CPU, count=4)  # splits 2 and 3 lie wholly past pos
-    expected = K.decode_attention(qkv, k_clean, v_clean, pos, cos, sin, heads=2, scale=0.125, splits=plan,
+    expected = K.decode_attention(qkv, bias, k_clean, v_clean, pos, cos, sin, heads=2, scale=0.125, splits=plan,
                                   backend="torch")
-    got = K.decode_attention(qkv, k_cache, v_cache, pos, cos, sin, heads=2, scale=0.125, splits=plan,
+    got = K.decode_attention(qkv, bias, k_cache, v_cache, pos, cos, sin, heads=2, scale=0.125, splits=plan,
                              backend="triton")
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got.float(), expected.float(), atol=2e-3, rtol=0)
@@ -411,3 +426,45 @@ def test_the_decode_benchmark_script_runs_on_cpu_and_writes_json_and_csv(checkpo
         assert r["status"] == "ok" and r["graph_check"]["passed"] and r["steps_timed"] == 3
         assert r["step_ms"] > 0 and r["floor_ms"] > 0 and r["prefill_ms"] > 0 and r["graph"] is False
     assert len((tmp_path / "out" / "decode.csv").read_text().splitlines()) == 5
+
+
+# ---- on the GPU machine (pytest -m gpu) -----------------------------------------------------------
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_on_gpu_the_engine_passes_both_checks_through_the_bench(tmp_path):
+    (tmp_path / "tiny-gpu.yaml").write_text(TINY.format(name="tiny-gpu", h=256, extra=""))
+    spec = BenchSpec(models=(str(tmp_path / "tiny-gpu.yaml"),), engines=("hf", "neox-graph"), batches=(1, 3),
+                     prompt_lens=(12, 200), new_tokens=8, repeats=2, warmup_s=0, out=tmp_path / "out",
+                     checkpoints=tmp_path / "ckpt")
+    ours = [r for r in run_bench(spec, log=lambda _: None, progress=False, write_report=False).rows
+            if r["engine"] == "neox-graph"]
+    assert len(ours) == 4
+    for r in ours:
+        assert r["status"] == "ok", r["reason"]
+        assert r["logits_check"] == "pass" and r["token_check"] == "pass" and r["compute_dtype"] == "float16"
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("batch, splits", [(1, None), (2, 1), (3, 5)])
+def test_on_gpu_the_captured_step_equals_the_plain_torch_step(tmp_path, batch, splits):
+    from inference.step_kernels import trace_step
+
+    (tmp_path / "tiny-gpu.yaml").write_text(TINY.format(name="tiny-gpu", h=160, extra=""))  # h/a = 40
+    checkpoint = ensure_checkpoint(resolve_model(str(tmp_path / "tiny-gpu.yaml")), tmp_path / "ckpt",
+                                   device=torch.device("cuda"), log=lambda _: None)
+    model = load_causal_lm(checkpoint, device="cuda", dtype=torch.float16)
+    ids = prompt_ids(batch, 150).cuda()
+    decoder = GreedyDecoder(model, batch=batch, prompt_len=150, new_tokens=8, banned_token=0, splits=splits)
+    decoder.capture(ids)
+    assert decoder.graph is not None
+    for _ in range(3):  # along the decode: positions 150, 151, 152
+        expected = decoder.reference_step().float()
+        decoder.step()
+        check = compare_logits(expected[:, None], decoder.logits.float()[:, None], "graph vs torch")
+        assert check.passed and check.max_abs_diff <= 0.01 * check.ref_max_abs, check
+    decoder.rewind()
+    assert len(trace_step(decoder.step, torch.device("cuda"))) > 0  # the profiler sees the replay's kernels
