@@ -9,11 +9,12 @@ launches) and picks the first token.
 
 On a CPU there is no graph: `step` runs the same function eagerly, so the CPU tests run the same math.
 
-torch.compile (optional, `compile=True`): the per-layer work is already fused by hand (decode_kernels), so
-what is left for inductor is the step's head (embedding gather + the first layer's norms: 2 kernels -> 1)
-and tail (banned-token mask, argmax, three writes, position increment: ~5 kernels -> 2). Both are compiled
-with fullgraph=True and run inside our own graph (inductor's cudagraphs stay off). A compile that fails,
-or a capture that fails with it, falls back to the plain functions and `compile_status` says why.
+torch.compile (optional, `compile=True`): the per-layer work is already fused by hand
+(models/decode_kernels.py: 6 kernels a layer, 3 of them GEMMs), so what is left for inductor is the step's
+head (embedding gather + the first layer's norms: 2 kernels -> 1) and tail (banned-token mask, argmax, three
+writes, position increment: ~6 kernels -> 2). Both are compiled with fullgraph=True and run inside our own
+graph (inductor's cudagraphs stay off). A compile that fails, or a capture that fails with it, falls back to
+the plain functions and `compile_status` says why.
 """
 
 from __future__ import annotations

@@ -80,8 +80,8 @@ class StepKernels:
 def summarize_kernels(kernels: pd.DataFrame, source: str) -> StepKernels | None:
     if kernels.empty:
         return None
-    by_class = {cls: {"count": int(len(group)), "us": float(group["dur_us"].sum()), "min_us": float(group["dur_us"].min())}
-                for cls, group in kernels.groupby("cls")}
+    by_class = {cls: {"count": int(len(group)), "us": float(group["dur_us"].sum()),
+                      "min_us": float(group["dur_us"].min())} for cls, group in kernels.groupby("cls")}
     shortest = kernels.loc[kernels["dur_us"].idxmin()]
     return StepKernels(source, int(len(kernels)), float(kernels["dur_us"].sum()), float(shortest["dur_us"]),
                        str(shortest["name"])[:120], by_class)

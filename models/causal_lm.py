@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError, ModelConfig
-from .decode_kernels import Splits, bias_gelu, decode_attention, residual_norms
+from .decode_kernels import Splits, bias_gelu, decode_attention, decode_attention_and_gelu, residual_norms
 from .kernels import apply_rotary_in_place
 from .layer import LogitLayer, TransformerLayer, rotary_tables
 
@@ -88,6 +88,28 @@ class NeoXCausalLM(nn.Module):
         self.layers = nn.ModuleList(TransformerLayer(cfg, device, dtype) for _ in range(cfg.num_layers))
         self.logit_layer = LogitLayer(cfg, device, dtype)
         self._tables: dict = {}
+        self.pack_output_weights()
+
+    def pack_output_weights(self) -> None:
+        """Parallel residual: each layer's out-projection and MLP-down weights become views of one (h, h + 4h)
+        tensor [W_out | W_down], so that decoding runs the two as one GEMM over [attention | gelu(up)]; the
+        modules keep their names and shapes (loading and the profiler see no difference). Run again after
+        anything that re-creates parameters one by one (to_empty, .to(device))."""
+        if self.cfg.residual != "parallel":
+            return
+        for layer in self.layers:
+            out, down = layer.attention.out_projection, layer.mlp.mlp_down
+            packed = torch.cat((out.weight.detach(), down.weight.detach()), dim=1)  # (h, h + 4h)
+            out.weight = nn.Parameter(packed[:, :out.in_features], requires_grad=out.weight.requires_grad)
+            down.weight = nn.Parameter(packed[:, out.in_features:], requires_grad=down.weight.requires_grad)
+
+    def output_weight(self, layer: TransformerLayer) -> torch.Tensor | None:
+        """[W_out | W_down] (h, h + 4h) of a packed layer, None where the views no longer share one tensor."""
+        out, down = layer.attention.out_projection.weight, layer.mlp.mlp_down.weight
+        width = out.shape[1] + down.shape[1]
+        shared = (out.stride() == (width, 1) and down.stride() == (width, 1) and out.device == down.device
+                  and down.data_ptr() == out.data_ptr() + out.shape[1] * out.element_size())
+        return out.as_strided((out.shape[0], width), (width, 1)) if shared else None
 
     @property
     def device(self) -> torch.device:
@@ -186,6 +208,8 @@ class NeoXCausalLM(nn.Module):
         """decode_logits after the embedding and first norm (which torch.compile may have fused)."""
         cos, sin = tables
         heads = self.cfg.heads_per_gpu
+        if self.cfg.residual == "parallel" and all(self.output_weight(layer) is not None for layer in self.layers):
+            return self.logit_layer.logits(self._parallel_decode(x, normed, cache, pos, splits, tables))
 
         def attend(i: int, layer: TransformerLayer, qkv: torch.Tensor) -> torch.Tensor:
             return decode_attention(qkv, layer.attention.qkv_transform.bias, cache.keys[i], cache.values[i], pos,
@@ -193,3 +217,24 @@ class NeoXCausalLM(nn.Module):
                                     backend=self.kernels)
 
         return self.logit_layer.logits(self.layers_forward(x, normed, attend))  # (b, vocab)
+
+    def _parallel_decode(self, x: torch.Tensor, normed: tuple[torch.Tensor, ...], cache: KVCache, pos: torch.Tensor,
+                         splits: Splits, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """layers_forward for one token per row with the parallel residual's output GEMMs joined: per layer a
+        norm kernel, the QKV and MLP-up GEMMs, the attention kernel, one small kernel (split combine + bias +
+        GELU) and one GEMM [attention | gelu(up)] x [W_out | W_down]^T. Returns the final norm (b, h)."""
+        cos, sin = tables
+        heads = self.cfg.heads_per_gpu
+        count = len(self.layers)
+        for i, layer in enumerate(self.layers):
+            following = self.layers[i + 1] if i + 1 < count else None
+            attention, mlp = layer.attention, layer.mlp
+            qkv = F.linear(normed[0], attention.qkv_transform.weight)  # (b, 3h)
+            up = F.linear(normed[1], mlp.mlp_up.weight)  # (b, 4h)
+            joined = decode_attention_and_gelu(qkv, attention.qkv_transform.bias, cache.keys[i], cache.values[i], pos,
+                                               cos, sin, up, mlp.mlp_up.bias, heads=heads, scale=attention.scale,
+                                               splits=splits, backend=self.kernels)  # (b, h + 4h)
+            both = F.linear(joined, self.output_weight(layer))  # (b, h): attn + mlp before their biases
+            normed = residual_norms(x, (both,), self._norms_of(following),
+                                    biases=(mlp.mlp_down.bias, attention.out_projection.bias), backend=self.kernels)
+        return normed[0]

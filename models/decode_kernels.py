@@ -49,8 +49,8 @@ def use_triton(t: torch.Tensor, backend: str) -> bool:
 
 
 # ---- residual add + layer norms -----------------------------------------------------------------
-def _residual_norms_kernel(x_ptr, a_ptr, a_bias_ptr, c_ptr, c_bias_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, y1_ptr,
-                           y2_ptr, n_cols, eps, N_ADDS: tl.constexpr, A_BIAS: tl.constexpr, C_BIAS: tl.constexpr,
+def _residual_norms_kernel(x_ptr, a_ptr, c_ptr, bias1_ptr, bias2_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, y1_ptr,
+                           y2_ptr, n_cols, eps, N_ADDS: tl.constexpr, N_BIASES: tl.constexpr,
                            TWO_NORMS: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64) * n_cols  # one row of the residual stream per program
     cols = tl.arange(0, BLOCK)
@@ -58,12 +58,12 @@ def _residual_norms_kernel(x_ptr, a_ptr, a_bias_ptr, c_ptr, c_bias_ptr, w1_ptr, 
     x = tl.load(x_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
     if N_ADDS > 0:
         x += tl.load(a_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
-        if A_BIAS:
-            x += tl.load(a_bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
         if N_ADDS > 1:
             x += tl.load(c_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
-            if C_BIAS:
-                x += tl.load(c_bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+        if N_BIASES > 0:
+            x += tl.load(bias1_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+            if N_BIASES > 1:
+                x += tl.load(bias2_ptr + cols, mask=ok, other=0.0).to(tl.float32)
         rounded = x.to(x_ptr.dtype.element_ty)  # the residual stream is stored in the model's dtype ...
         tl.store(x_ptr + row + cols, rounded, mask=ok)
         x = rounded.to(tl.float32)  # ... and the norms read what was stored, as they would unfused
@@ -103,32 +103,32 @@ def _biased(t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
 
 def residual_norms(x: torch.Tensor, adds: tuple[torch.Tensor, ...], norms: tuple[nn.LayerNorm, ...], *,
                    biases: tuple[torch.Tensor | None, ...] = (), backend: str = "auto") -> tuple[torch.Tensor, ...]:
-    """x (rows, h), the residual stream, becomes sum(adds + their biases) + x in place; returns each norm of
-    the result. `adds` in transformers' order of summation ((mlp, attn) for the parallel residual: mlp + attn
-    + x); `biases` (one per add, or none) are the biases their GEMMs left out. The norms share one epsilon."""
-    if not 1 <= len(norms) <= 2 or len(adds) > 2:
-        raise ValueError(f"residual_norms takes 0-2 adds and 1-2 norms, got {len(adds)} and {len(norms)}")
-    biases = tuple(biases) + (None,) * (len(adds) - len(biases))
+    """x (rows, h), the residual stream, becomes sum(adds) + sum(biases) + x in place; returns each norm of
+    the result. `adds`: the GEMM outputs, in transformers' order of summation ((mlp, attn) for the parallel
+    residual: mlp + attn + x); `biases` (h,): the biases those GEMMs left out. The norms share one epsilon."""
+    biases = tuple(b for b in biases if b is not None)
+    if not 1 <= len(norms) <= 2 or len(adds) > 2 or len(biases) > 2 or (biases and not adds):
+        raise ValueError(f"residual_norms takes 0-2 adds, as many biases and 1-2 norms, got {len(adds)}, "
+                         f"{len(biases)} and {len(norms)}")
     eps = norms[0].eps
     if not use_triton(x, backend):
         if adds:
-            total = _biased(adds[0], biases[0])
-            for term, bias in zip(adds[1:], biases[1:]):
-                total = total + _biased(term, bias)
+            total = adds[0]
+            for term in adds[1:] + biases:
+                total = total + term
             x.copy_(total + x)
         return tuple(F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, eps) for norm in norms)
     rows, h = x.shape
     outs = tuple(torch.empty_like(x) for _ in norms)
     a = adds[0] if adds else x
     c = adds[1] if len(adds) > 1 else a
-    a_bias = biases[0] if adds and biases[0] is not None else x
-    c_bias = biases[1] if len(adds) > 1 and biases[1] is not None else x
+    bias1 = biases[0] if biases else x
+    bias2 = biases[1] if len(biases) > 1 else bias1
     second = norms[1] if len(norms) > 1 else norms[0]
     block = triton.next_power_of_2(h)
-    RESIDUAL_NORMS[(rows,)](x, a, a_bias, c, c_bias, norms[0].weight, norms[0].bias, second.weight, second.bias,
-                            outs[0], outs[-1], h, eps, N_ADDS=len(adds), A_BIAS=bool(adds) and biases[0] is not None,
-                            C_BIAS=len(adds) > 1 and biases[1] is not None, TWO_NORMS=len(norms) == 2, BLOCK=block,
-                            num_warps=8 if block >= 4096 else 4)
+    RESIDUAL_NORMS[(rows,)](x, a, c, bias1, bias2, norms[0].weight, norms[0].bias, second.weight, second.bias,
+                            outs[0], outs[-1], h, eps, N_ADDS=len(adds), N_BIASES=len(biases),
+                            TWO_NORMS=len(norms) == 2, BLOCK=block, num_warps=8 if block >= 4096 else 4)
     return outs
 
 
@@ -178,7 +178,7 @@ def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: to
 
 
 def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr,
-                             m_ptr, l_ptr, acc_ptr, heads, head_dim, rotary_dims, capacity, keys_per_split,
+                             out_stride, m_ptr, l_ptr, acc_ptr, heads, head_dim, rotary_dims, capacity, keys_per_split,
                              n_splits, scale,
                              HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
                              HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr):
@@ -240,8 +240,9 @@ def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_pt
         l_i = l_i * alpha + tl.sum(p, axis=0)
         acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
         m_i = m_new
-    if DIRECT:
-        tl.store(out_ptr + bh.to(tl.int64) * head_dim + d, (acc / l_i).to(out_ptr.dtype.element_ty), mask=d_ok)
+    if DIRECT:  # out (b, >= heads*d) with row stride out_stride: the output GEMM's input, or a plain (b, h)
+        where = out_ptr + row.to(tl.int64) * out_stride + head * head_dim + d
+        tl.store(where, (acc / l_i).to(out_ptr.dtype.element_ty), mask=d_ok)
     else:
         part = bh.to(tl.int64) * n_splits + split
         tl.store(m_ptr + part, m_i)
@@ -249,24 +250,45 @@ def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_pt
         tl.store(acc_ptr + part * head_dim + d, acc, mask=d_ok)
 
 
-def _combine_splits_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, n_splits, head_dim,
-                           BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
-    bh = tl.program_id(0).to(tl.int64)
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    s = tl.arange(0, BLOCK_S)
-    s_ok = s < n_splits
-    d_ok = d < head_dim
-    m = tl.load(m_ptr + bh * n_splits + s, mask=s_ok, other=float("-inf"))
-    weight = tl.exp(m - tl.max(m, axis=0))  # a split with no keys has m = -inf: weight 0
-    total = tl.sum(weight * tl.load(l_ptr + bh * n_splits + s, mask=s_ok, other=0.0), axis=0)
-    acc = tl.load(acc_ptr + (bh * n_splits + s)[:, None] * head_dim + d[None, :],
-                  mask=s_ok[:, None] & d_ok[None, :], other=0.0)
-    out = tl.sum(weight[:, None] * acc, axis=0) / total
-    tl.store(out_ptr + bh * head_dim + d, out.to(out_ptr.dtype.element_ty), mask=d_ok)
+def _join_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, out_stride, n_splits, heads, head_dim, combine_programs,
+                 up_ptr, up_bias_ptr, ffn, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, HAS_GELU: tl.constexpr,
+                 HAS_UP_BIAS: tl.constexpr, GELU_BLOCK: tl.constexpr):
+    """The two small jobs between the attention kernel and the output GEMM, in one launch. Programs below
+    combine_programs merge the attention splits of one (batch row, head, BLOCK_D dims) into out[:, :h]; the
+    rest (HAS_GELU) write gelu(up + bias) of one (batch row, GELU_BLOCK columns) into out[:, h:]."""
+    pid = tl.program_id(0)
+    if pid < combine_programs:
+        d_blocks = tl.cdiv(head_dim, BLOCK_D)
+        bh = (pid // d_blocks).to(tl.int64)
+        d = (pid % d_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        s = tl.arange(0, BLOCK_S)
+        s_ok = s < n_splits
+        d_ok = d < head_dim
+        m = tl.load(m_ptr + bh * n_splits + s, mask=s_ok, other=float("-inf"))
+        weight = tl.exp(m - tl.max(m, axis=0))  # a split with no keys has m = -inf: weight 0
+        total = tl.sum(weight * tl.load(l_ptr + bh * n_splits + s, mask=s_ok, other=0.0), axis=0)
+        acc = tl.load(acc_ptr + (bh * n_splits + s)[:, None] * head_dim + d[None, :],
+                      mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+        out = tl.sum(weight[:, None] * acc, axis=0) / total
+        where = out_ptr + (bh // heads) * out_stride + (bh % heads) * head_dim + d
+        tl.store(where, out.to(out_ptr.dtype.element_ty), mask=d_ok)
+    else:
+        if HAS_GELU:
+            job = pid - combine_programs
+            col_blocks = tl.cdiv(ffn, GELU_BLOCK)
+            row = (job // col_blocks).to(tl.int64)
+            cols = (job % col_blocks) * GELU_BLOCK + tl.arange(0, GELU_BLOCK)
+            ok = cols < ffn
+            x = tl.load(up_ptr + row * ffn + cols, mask=ok, other=0.0).to(tl.float32)
+            if HAS_UP_BIAS:
+                x += tl.load(up_bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+            x = x.to(up_ptr.dtype.element_ty).to(tl.float32)  # the GEMM with its bias would round here
+            y = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+            tl.store(out_ptr + row * out_stride + heads * head_dim + cols, y.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 DECODE_ATTENTION = Kernel(_decode_attention_kernel) if triton is not None else None
-COMBINE_SPLITS = Kernel(_combine_splits_kernel) if triton is not None else None
+JOIN = Kernel(_join_kernel) if triton is not None else None
 COMBINE_BLOCK_D = 32
 
 
@@ -301,6 +323,35 @@ def decode_attention_torch(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache
     return context.to(qkv.dtype).reshape(b, heads * d)
 
 
+def _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, *, heads, scale, splits, up=None,
+                       up_bias=None) -> None:
+    """Launch the attention kernel (and the join kernel: split combine, and bias + GELU of `up` into
+    out[:, h:] when given) writing into out (b, >= h), which may be a row-strided view."""
+    b, _, capacity, d = k_cache.shape
+    rows = b * heads
+    if splits.direct:
+        m = l_ = acc = out  # unused
+    else:
+        m = torch.empty(rows, splits.count, device=qkv.device, dtype=torch.float32)
+        l_ = torch.empty_like(m)
+        acc = torch.empty(rows, splits.count, d, device=qkv.device, dtype=torch.float32)
+    rotary_dims = cos.shape[-1]
+    DECODE_ATTENTION[(rows, splits.count)](
+        qkv, bias if bias is not None else qkv, k_cache, v_cache, pos, cos, sin, out, out.stride(0), m, l_, acc,
+        heads, d, rotary_dims, capacity, splits.keys, splits.count, scale, HALF=max(1, rotary_dims // 2),
+        BLOCK_N=splits.block_n, BLOCK_D=splits.block_d, HAS_BIAS=bias is not None, DIRECT=splits.direct,
+        num_warps=splits.warps)
+    combine = 0 if splits.direct else rows * triton.cdiv(d, COMBINE_BLOCK_D)
+    ffn = up.shape[1] if up is not None else 0
+    gelu = b * triton.cdiv(ffn, GELU_BLOCK) if up is not None else 0
+    if combine + gelu:
+        JOIN[(combine + gelu,)](m, l_, acc, out, out.stride(0), splits.count, heads, d, combine,
+                                up if up is not None else out, up_bias if up_bias is not None else out, ffn,
+                                BLOCK_S=triton.next_power_of_2(splits.count), BLOCK_D=COMBINE_BLOCK_D,
+                                HAS_GELU=up is not None, HAS_UP_BIAS=up_bias is not None, GELU_BLOCK=GELU_BLOCK,
+                                num_warps=4)
+
+
 def decode_attention(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, heads: int, scale: float,
                      splits: Splits, backend: str = "auto") -> torch.Tensor:
@@ -310,23 +361,24 @@ def decode_attention(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache: torc
     out-projection."""
     if not use_triton(qkv, backend):
         return decode_attention_torch(qkv, bias, k_cache, v_cache, pos, cos, sin, heads, scale)
-    b, _, capacity, d = k_cache.shape
-    rows = b * heads
+    b, _, _, d = k_cache.shape
     out = torch.empty(b, heads * d, device=qkv.device, dtype=qkv.dtype)
-    if splits.direct:
-        m = l_ = acc = out  # unused
-    else:
-        m = torch.empty(rows, splits.count, device=qkv.device, dtype=torch.float32)
-        l_ = torch.empty_like(m)
-        acc = torch.empty(rows, splits.count, d, device=qkv.device, dtype=torch.float32)
-    rotary_dims = cos.shape[-1]
-    DECODE_ATTENTION[(rows, splits.count)](
-        qkv, bias if bias is not None else qkv, k_cache, v_cache, pos, cos, sin, out, m, l_, acc, heads, d,
-        rotary_dims, capacity, splits.keys, splits.count, scale, HALF=max(1, rotary_dims // 2),
-        BLOCK_N=splits.block_n, BLOCK_D=splits.block_d, HAS_BIAS=bias is not None, DIRECT=splits.direct,
-        num_warps=splits.warps)
-    if not splits.direct:
-        COMBINE_SPLITS[(rows, -(-d // COMBINE_BLOCK_D))](
-            m, l_, acc, out, splits.count, d, BLOCK_S=triton.next_power_of_2(splits.count),
-            BLOCK_D=COMBINE_BLOCK_D, num_warps=4)
+    _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, heads=heads, scale=scale, splits=splits)
     return out
+
+
+def decode_attention_and_gelu(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache: torch.Tensor,
+                              v_cache: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                              up: torch.Tensor, up_bias: torch.Tensor | None, *, heads: int, scale: float,
+                              splits: Splits, backend: str = "auto") -> torch.Tensor:
+    """The parallel residual's two branches up to their output GEMM: [decode_attention | gelu(up + up_bias)],
+    (b, h + 4h), the input of one GEMM with [out-projection | MLP-down] (one GEMM and, split or not, one small
+    kernel fewer per layer than two branches apart)."""
+    if not use_triton(qkv, backend):
+        context = decode_attention_torch(qkv, bias, k_cache, v_cache, pos, cos, sin, heads, scale)
+        return torch.cat((context, F.gelu(_biased(up, up_bias))), dim=1)
+    b, _, _, d = k_cache.shape
+    joined = torch.empty(b, heads * d + up.shape[1], device=qkv.device, dtype=qkv.dtype)
+    _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, joined, heads=heads, scale=scale, splits=splits,
+                       up=up, up_bias=up_bias)
+    return joined

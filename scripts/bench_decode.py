@@ -244,8 +244,13 @@ def describe(row: dict) -> str:
         return f"{head} {row['status']}: {row.get('reason', '')}"
     ratio = f"{row['step_vs_floor']:.2f}x" if row.get("step_vs_floor") else "-"
     floor = f"{row['floor_ms']:.3f}" if row.get("floor_ms") else "-"
-    kernels = (f", {row['kernels']} kernels (min {row['min_kernel_us']:.1f} us), holds back: {row['holds_back']}"
-               if row.get("kernels") else "")
+    kernels = ""
+    if row.get("kernels"):
+        rates = ", ".join(f"{what} {row[key]:.2f} TB/s" for what, key in (("GEMV", "gemv_tbps"),
+                                                                          ("attention", "attention_tbps"))
+                          if row.get(key))
+        kernels = (f", {row['kernels']} kernels (min {row['min_kernel_us']:.1f} us; {rates}), "
+                   f"holds back: {row['holds_back']}")
     return (f"{head} step {row['step_ms']:.3f} ms (p10 {row['step_p10_ms']:.3f}, p90 {row['step_p90_ms']:.3f}) "
             f"floor {floor} ms = {ratio}; prefill {row['prefill_ms']:.1f} ms{kernels}"
             f"{'' if row['graph_check']['passed'] else '  [GRAPH CHECK FAILED]'}")
@@ -334,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         "models": [], "rows": [], "targets": [],
     }
     print(f"{record['environment'].get('gpu_name') or 'cpu'}: copy bandwidth {bandwidth['tbps']:.2f} TB/s; "
-          f"{dtype}; rows {list(args.batches)} x {list(args.contexts)}, {args.new_tokens} tokens, {args.repeats} repeats")
+          f"{dtype}; rows {list(args.batches)} x {list(args.contexts)}, {args.new_tokens} tokens, "
+          f"{args.repeats} repeats")
     for index, name in enumerate(models):
         try:
             record["models"].append(run_model(name, index, args, device, dtype, bandwidth["tbps"], record["rows"]))

@@ -130,9 +130,11 @@ def test_a_row_in_a_batch_equals_the_same_prompt_alone(checkpoints):
 
 
 @pytest.mark.parametrize("kernels", ["torch", pytest.param("triton", marks=interpreted)])
-def test_decode_steps_through_the_cache_equal_the_prefill_of_the_longer_prompt(checkpoints, kernels):
-    """The cache path on its own terms: the logits of step k equal a prefill of prompt + tokens so far."""
-    model = load_causal_lm(checkpoints["tiny-par"], dtype=torch.float32, kernels=kernels)
+@pytest.mark.parametrize("shape", ["tiny-par", "tiny-seq"])
+def test_decode_steps_through_the_cache_equal_the_prefill_of_the_longer_prompt(checkpoints, kernels, shape):
+    """The cache path on its own terms: the logits of step k equal a prefill of prompt + tokens so far (the
+    parallel residual through the joined output GEMM, the sequential one through two)."""
+    model = load_causal_lm(checkpoints[shape], dtype=torch.float32, kernels=kernels)
     ids = prompt_ids(2, 10, seed=2)
     decoder = GreedyDecoder(model, batch=2, prompt_len=10, new_tokens=4, splits=2)
     decoder.capture(ids)
@@ -143,6 +145,27 @@ def test_decode_steps_through_the_cache_equal_the_prefill_of_the_longer_prompt(c
         expected = prefill_logits(model, context, positions=1)[:, -1]
         check = compare_logits(expected, decoder.logits, "decode step vs prefill")
         assert check.passed and check.max_abs_diff <= FLOAT32_TOLERANCE * max(1.0, check.ref_max_abs)
+
+
+def test_the_out_projection_and_mlp_down_weights_are_views_of_one_joined_weight(checkpoints):
+    from safetensors.torch import load_file
+
+    model = load_causal_lm(checkpoints["tiny-par"], dtype=torch.float32)
+    state = load_file(str(checkpoints["tiny-par"] / "model.safetensors"))
+    joined = model.output_weight(model.layers[1])  # (h, h + 4h)
+    assert joined is not None and joined.shape == (64, 64 + 256)
+    assert torch.equal(joined[:, :64], state["gpt_neox.layers.1.attention.dense.weight"].float())
+    assert torch.equal(joined[:, 64:], state["gpt_neox.layers.1.mlp.dense_4h_to_h.weight"].float())
+
+
+def test_a_layer_whose_weights_were_unpacked_decodes_through_two_output_gemms(checkpoints):
+    model = load_causal_lm(checkpoints["tiny-par"], dtype=torch.float32)
+    ids = prompt_ids(2, 12, seed=6)
+    joined = greedy(model, ids, 5)
+    down = model.layers[0].mlp.mlp_down
+    down.weight = torch.nn.Parameter(down.weight.detach().clone(), requires_grad=False)  # as .to(device) would
+    assert model.output_weight(model.layers[0]) is None
+    assert greedy(model, ids, 5) == joined
 
 
 # ---- the checks can fail ------------------------------------------------------------------------
@@ -255,6 +278,27 @@ def test_decode_attention_kernel_equals_torch_and_writes_the_new_key_and_value(b
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(k_cache, k_ref, atol=1e-6, rtol=0)  # the rotated key at pos, the rest untouched
     torch.testing.assert_close(v_cache, v_ref, atol=1e-6, rtol=0)
+
+
+@interpreted
+@pytest.mark.parametrize("batch, heads, d, splits", [(1, 2, 40, 3), (2, 2, 64, 1)])
+def test_attention_and_gelu_kernels_write_the_joined_input_of_the_output_gemm(batch, heads, d, splits):
+    """Split (combine + GELU in one launch) and direct (GELU alone): [attention | gelu(up + bias)]."""
+    capacity, ffn = 50, 4 * heads * d
+    qkv, bias, k_cache, v_cache, cos, sin = attention_case(batch, heads, d, 10 if d == 40 else 16, capacity,
+                                                           torch.float32, seed=batch)
+    gen = torch.Generator().manual_seed(7)
+    up, up_bias = torch.randn(batch, ffn, generator=gen), torch.randn(ffn, generator=gen)
+    plan = K.attention_splits(batch * heads, capacity, d, CPU, count=splits)
+    pos = torch.tensor(capacity - 9)
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    expected = K.decode_attention_and_gelu(qkv, bias, k_ref, v_ref, pos, cos, sin, up, up_bias, heads=heads,
+                                           scale=d ** -0.5, splits=plan, backend="torch")
+    got = K.decode_attention_and_gelu(qkv, bias, k_cache, v_cache, pos, cos, sin, up, up_bias, heads=heads,
+                                      scale=d ** -0.5, splits=plan, backend="triton")
+    assert got.shape == (batch, heads * d + ffn)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(k_cache, k_ref, atol=1e-6, rtol=0)
 
 
 @interpreted
