@@ -2,8 +2,8 @@
 
 `trace_step` records one call of a step (a CUDA graph replay) under torch.profiler and returns its device
 events; the rest are pure functions: each kernel gets a class (gemm: cuBLAS' GEMV/GEMM; attention: the decode
-attention kernels; norm: the fused residual + norm kernel; other: everything else: embedding gather,
-argmax, writes, inductor's fused kernels), and `holds_back` splits the step's time over the floor into
+attention kernel, which reads the KV cache; norm: the fused residual + norm kernel; other: everything else:
+the split-combine + GELU kernel, embedding gather, argmax, writes, inductor's fused kernels), and `holds_back` splits the step's time over the floor into
 what each class costs beyond the bytes it must move:
 
   GEMV bandwidth   gemm kernel time - weight bytes / copy bandwidth
@@ -31,7 +31,7 @@ _GEMM_MARKERS = ("gemm", "gemv", "cutlass", "nvjet", "xmma", "splitk", "cublas",
 
 def kernel_class(name: str) -> str:
     lowered = name.lower()
-    if "_decode_attention_kernel" in lowered or "_combine_splits_kernel" in lowered:
+    if "_decode_attention_kernel" in lowered:  # the kernel that reads the KV cache
         return "attention"
     if "_residual_norms_kernel" in lowered:
         return "norm"
