@@ -93,6 +93,10 @@ ENGINES = {
                      "DeepSpeed-MII legacy without kernel injection: for shapes the fused kernels refuse"),
     "mii-cudagraph": ("inference.engines.mii", "MIICudaGraphEngine",
                       "DeepSpeed-MII legacy with enable_cuda_graph (its rows say why it cannot run GPT-NeoX)"),
+    "neox-graph": ("inference.engines.graph", "GraphDecodeEngine",
+                   "the project's own GPT-NeoX with the whole decode step in one CUDA graph"),
+    "neox-graph-compile": ("inference.engines.graph", "GraphDecodeCompileEngine",
+                           "neox-graph with torch.compile fusing the step's head and tail (falls back, and says so)"),
 }
 FALLBACK = {"mii": "mii-noinject"}  # a shape an engine refuses still gets a row from this variant
 

@@ -1,0 +1,178 @@
+"""Greedy decoding of one (batch, prompt length, new tokens) row: static buffers, one CUDA graph per step.
+
+A step reads only device buffers and writes only device buffers: `tokens` (the last token of each row),
+`pos` (its position, where its k and v go), the KV cache, `generated` (the new tokens so far) and `count`.
+So one step has fixed shapes and no host sync, and is captured once and replayed: embedding gather, every
+layer, final norm, logits, argmax, the writes and the position increment are all in the graph. The prompt
+is not: `prefill` runs it once through the model eagerly (its cost is GEMMs and flash attention, not
+launches) and picks the first token.
+
+On a CPU there is no graph: `step` runs the same function eagerly, so the CPU tests run the same math.
+
+torch.compile (optional, `compile=True`): the per-layer work is already fused by hand
+(models/decode_kernels.py: 6 kernels a layer, 3 of them GEMMs), so what is left for inductor is the step's
+head (embedding gather + the first layer's norms: 2 kernels -> 1) and tail (banned-token mask, argmax, three
+writes, position increment: ~6 kernels -> 2). Both are compiled with fullgraph=True and run inside our own
+graph (inductor's cudagraphs stay off). A compile that fails, or a capture that fails with it, falls back to
+the plain functions and `compile_status` says why.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from models.causal_lm import KVCache, NeoXCausalLM
+from models.decode_kernels import Splits, attention_splits
+
+WARMUP_STEPS = 3  # before capture, on a side stream: Triton JIT, cuBLAS handles and heuristics, compile
+
+
+def greedy_pick(logits: torch.Tensor, banned: torch.Tensor | None, tokens: torch.Tensor, generated: torch.Tensor,
+                count: torch.Tensor, pos: torch.Tensor) -> None:
+    """argmax of logits (b, vocab), `banned` (vocab,) bool masked out first, written as the next token of
+    every row; count and pos advance by one. In place, on device: capturable."""
+    scores = logits if banned is None else logits.masked_fill(banned, float("-inf"))
+    chosen = scores.argmax(dim=-1)  # (b,)
+    tokens.copy_(chosen)
+    generated.index_copy_(1, count.view(1), chosen.view(-1, 1))  # (b, N) at column count
+    count.add_(1)
+    pos.add_(1)
+
+
+class GreedyDecoder:
+    """Static state for one row and the step over it. `banned_token`: generate()'s min_new_tokens masks
+    end-of-text at every step when min_new_tokens = max_new_tokens, so the same token is masked here."""
+
+    def __init__(self, model: NeoXCausalLM, *, batch: int, prompt_len: int, new_tokens: int,
+                 banned_token: int | None = None, use_graph: bool | None = None, compile: bool = False,
+                 splits: int | None = None):
+        if new_tokens < 2:
+            raise ValueError("new_tokens must be >= 2: the first comes from prefill, the rest from decode steps")
+        cfg, device = model.cfg, model.device
+        self.model, self.batch, self.prompt_len, self.new_tokens = model, batch, prompt_len, new_tokens
+        capacity = prompt_len + new_tokens
+        self.cache = KVCache.allocate(cfg, batch=batch, capacity=capacity, device=device, dtype=model.dtype)
+        self.tables = model.rotary_tables(capacity)  # held here: the graph reads them at every replay
+        self.splits: Splits = attention_splits(batch * cfg.heads_per_gpu, capacity, cfg.head_dim, device, splits)
+        self.tokens = torch.zeros(batch, dtype=torch.long, device=device)
+        self.pos = torch.zeros((), dtype=torch.long, device=device)
+        self.count = torch.zeros((), dtype=torch.long, device=device)
+        self.generated = torch.zeros(batch, new_tokens, dtype=torch.long, device=device)
+        self.first = torch.zeros(batch, dtype=torch.long, device=device)
+        self.banned = None
+        if banned_token is not None:
+            self.banned = torch.zeros(cfg.embedding_rows, dtype=torch.bool, device=device)
+            self.banned[banned_token] = True
+        self.use_graph = device.type == "cuda" if use_graph is None else use_graph
+        self.compile_status = "off"
+        self._head, self._tail = model.embed_and_norm, greedy_pick
+        if compile:
+            self._head = torch.compile(model.embed_and_norm, fullgraph=True)
+            self._tail = torch.compile(greedy_pick, fullgraph=True)
+            self.compile_status = "on"
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None  # the step's output (b, vocab): static once captured
+
+    # ---- the two phases ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Run the prompt (b, prompt_len) once, filling the cache; pick the first new token. Returns the
+        last prompt position's logits (b, vocab)."""
+        if tuple(input_ids.shape) != (self.batch, self.prompt_len):
+            raise ValueError(f"prompt ids of shape {tuple(input_ids.shape)}; this decoder was built for "
+                             f"({self.batch}, {self.prompt_len})")
+        logits = self.model.prefill(input_ids, self.cache)[:, -1]  # (b, vocab)
+        self.pos.fill_(self.prompt_len - 1)  # the position those logits came from; the pick advances it
+        self.count.zero_()
+        greedy_pick(logits, self.banned, self.tokens, self.generated, self.count, self.pos)
+        self.first.copy_(self.tokens)
+        return logits
+
+    def rewind(self) -> None:
+        """Back to the state right after prefill (the cache up to the prompt is untouched by steps), so the
+        decode steps can be timed again without another prefill."""
+        self.tokens.copy_(self.first)
+        self.pos.fill_(self.prompt_len)
+        self.count.fill_(1)
+
+    def _step(self) -> torch.Tensor:
+        x, normed = self._head(self.tokens)
+        logits = self.model.decode_from(x, normed, self.cache, self.pos, self.splits, self.tables)  # (b, vocab)
+        self._tail(logits, self.banned, self.tokens, self.generated, self.count, self.pos)
+        return logits
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One decode step: one graph replay once captured, else the same function eagerly."""
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self.logits = self._step()
+
+    @torch.no_grad()
+    def reference_step(self) -> torch.Tensor:
+        """The step's logits (b, vocab) from plain torch ops, eagerly, without advancing the state: the
+        independent computation the kernels in the graph are checked against."""
+        kernels, self.model.kernels = self.model.kernels, "torch"
+        try:
+            x, normed = self.model.embed_and_norm(self.tokens)
+            return self.model.decode_from(x, normed, self.cache, self.pos, self.splits, self.tables)
+        finally:
+            self.model.kernels = kernels
+
+    # ---- capture ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def capture(self, input_ids: torch.Tensor) -> None:
+        """Prefill, warm the step up on a side stream, capture it (on a CPU, or use_graph=False: prefill and
+        one eager step). With compile, a failure falls back to the plain step and compile_status says why."""
+        try:
+            self._prepare(input_ids)
+        except Exception as exc:  # noqa: BLE001 - only a compiled step may fail here; the plain one must not
+            if self.compile_status != "on" or isinstance(exc, torch.cuda.OutOfMemoryError):
+                raise
+            self.compile_status = (f"fell back to the plain step: {type(exc).__name__}: "
+                                   f"{(str(exc).strip().splitlines() or [''])[0][:160]}")
+            self._head, self._tail = self.model.embed_and_norm, greedy_pick
+            self.graph = None
+            self._prepare(input_ids)
+
+    def _prepare(self, input_ids: torch.Tensor) -> None:
+        self.prefill(input_ids)
+        if not self.use_graph:
+            self._warm(1)
+            return
+        side = torch.cuda.Stream(self.model.device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._warm(WARMUP_STEPS)
+        torch.cuda.current_stream().wait_stream(side)
+        self.rewind()  # warm-up moved pos: back to the state after prefill (capture itself runs nothing)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.logits = self._step()
+        self.graph = graph
+
+    def _warm(self, steps: int) -> None:
+        for _ in range(min(steps, self.new_tokens - 1)):  # never past the cache: pos stays < capacity
+            self.logits = self._step()
+
+    # ---- one generation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, mark: Callable[[], None] | None = None) -> torch.Tensor:
+        """Greedy continuation of the prompts: (b, new_tokens) on the device. `mark` is called after the
+        first token and after each step (a timer's event; no host sync in between)."""
+        self.prefill(input_ids)
+        if mark is not None:
+            mark()
+        for _ in range(self.new_tokens - 1):
+            self.step()
+            if mark is not None:
+                mark()
+        return self.generated
+
+    def release(self) -> None:
+        self.graph = None
+        self.logits = None
+        self.cache = None  # type: ignore[assignment]

@@ -1,0 +1,240 @@
+"""A GPT-NeoX causal LM for generation, stacked from the profiler's own layer pieces, with a static KV cache.
+
+The weights live in the same modules the layer profiler traces (models/layer.py: `TransformerLayer` L times,
+then `LogitLayer`), so transformers' GPT-NeoX names map onto them as they do for one layer
+(models/hf_weights.py). Only the forward differs: a prompt runs once through `prefill`, which fills a
+preallocated cache; then each `decode_logits` call processes one token per batch row at a position held in a
+device tensor, with fixed shapes, so that one call can be captured in a CUDA graph.
+
+Both phases share `layers_forward` (norms, GEMMs, residual) and differ only in attention: prefill runs SDPA
+over the prompt's own k and v, decode runs models/decode_kernels.decode_attention over the cache. The GEMMs
+run without their biases, which ride on the fused ops that read their outputs (models/decode_kernels.py says
+why: at batch 1 a biased addmm is two kernels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ConfigError, ModelConfig
+from .decode_kernels import Splits, bias_gelu, decode_attention, decode_attention_and_gelu, residual_norms
+from .kernels import apply_rotary_in_place
+from .layer import LogitLayer, TransformerLayer, rotary_tables
+
+# attend(layer index, layer, qkv (rows, 3h) without its bias) -> attention output (rows, h), before the
+# out-projection
+Attend = Callable[[int, TransformerLayer, torch.Tensor], torch.Tensor]
+
+
+def unsupported_reason(cfg: ModelConfig) -> str | None:
+    """None for a GPT-NeoX shape this model builds, else one line saying what is not."""
+    wanted = (("activation", "gelu"), ("norm", "layernorm"), ("positional", "rotary"))
+    for field_name, value in wanted:
+        if getattr(cfg, field_name) != value:
+            return f"{field_name}: '{getattr(cfg, field_name)}' is not GPT-NeoX's {value}"
+    if cfg.tensor_parallel != 1:
+        return f"tensor_parallel: {cfg.tensor_parallel}; the causal LM runs on one GPU"
+    return None
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer, preallocated for (batch, capacity = prompt + new tokens).
+
+    (L, b, heads, T, d): one (batch row, head) is a contiguous (T, d) block, so the attention kernel reads
+    keys as whole tiles and one layer's cache is a view. Zeroed, not empty: the torch path multiplies the
+    masked positions by 0, and 0 x garbage can be NaN."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    @classmethod
+    def allocate(cls, cfg: ModelConfig, *, batch: int, capacity: int, device, dtype: torch.dtype) -> KVCache:
+        shape = (cfg.num_layers, batch, cfg.heads_per_gpu, capacity, cfg.head_dim)
+        return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+    @property
+    def batch(self) -> int:
+        return self.keys.shape[1]
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[3]
+
+    @property
+    def bytes(self) -> int:
+        return 2 * self.keys.numel() * self.keys.element_size()
+
+
+class NeoXCausalLM(nn.Module):
+    """Token embedding, L x TransformerLayer, final norm and logits (models/layer.py pieces).
+
+    `kernels`: "auto" (Triton on CUDA, torch elsewhere), "triton" (also on a CPU, through Triton's
+    interpreter) or "torch" (plain ops everywhere: the reference the kernels are checked against)."""
+
+    def __init__(self, cfg: ModelConfig, *, device=None, dtype=None, kernels: str = "auto"):
+        super().__init__()
+        reason = unsupported_reason(cfg)
+        if reason:
+            raise ConfigError(reason)
+        self.cfg = cfg
+        self.kernels = kernels
+        self.embed = nn.Embedding(cfg.embedding_rows, cfg.hidden_size, device=device, dtype=dtype)
+        self.layers = nn.ModuleList(TransformerLayer(cfg, device, dtype) for _ in range(cfg.num_layers))
+        self.logit_layer = LogitLayer(cfg, device, dtype)
+        self._tables: dict = {}
+        self.pack_output_weights()
+
+    def pack_output_weights(self) -> None:
+        """Parallel residual: each layer's out-projection and MLP-down weights become views of one (h, h + 4h)
+        tensor [W_out | W_down], so that decoding runs the two as one GEMM over [attention | gelu(up)]; the
+        modules keep their names and shapes (loading and the profiler see no difference). Run again after
+        anything that re-creates parameters one by one (to_empty, .to(device))."""
+        if self.cfg.residual != "parallel":
+            return
+        for layer in self.layers:
+            out, down = layer.attention.out_projection, layer.mlp.mlp_down
+            packed = torch.cat((out.weight.detach(), down.weight.detach()), dim=1)  # (h, h + 4h)
+            out.weight = nn.Parameter(packed[:, :out.in_features], requires_grad=out.weight.requires_grad)
+            down.weight = nn.Parameter(packed[:, out.in_features:], requires_grad=down.weight.requires_grad)
+
+    def output_weight(self, layer: TransformerLayer) -> torch.Tensor | None:
+        """[W_out | W_down] (h, h + 4h) of a packed layer, None where the views no longer share one tensor."""
+        out, down = layer.attention.out_projection.weight, layer.mlp.mlp_down.weight
+        width = out.shape[1] + down.shape[1]
+        shared = (out.stride() == (width, 1) and down.stride() == (width, 1) and out.device == down.device
+                  and down.data_ptr() == out.data_ptr() + out.shape[1] * out.element_size())
+        return out.as_strided((out.shape[0], width), (width, 1)) if shared else None
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    def rotary_tables(self, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (capacity, rotary_dims) in float32, as transformers keeps them (its q and k rotate in
+        float32 even in an fp16 model); built once per capacity, outside any captured step."""
+        key = (capacity, self.device)
+        if key not in self._tables:
+            cos, sin = rotary_tables(capacity, self.cfg.rotary_dims, self.cfg.rotary_base, self.device)
+            self._tables = {key: (cos.contiguous(), sin.contiguous())}  # one row's tables at a time
+        return self._tables[key]
+
+    # ---- shared by both phases -------------------------------------------------------------------
+    def _norms_of(self, layer: TransformerLayer | None) -> tuple[nn.LayerNorm, ...]:
+        """The norms that read the residual stream next: a layer's (both of them when its attention and MLP
+        branch off the same x), or the final norm after the last layer."""
+        if layer is None:
+            return (self.logit_layer.final_norm,)
+        if self.cfg.residual == "parallel":
+            return (layer.input_norm, layer.post_attention_norm)
+        return (layer.input_norm,)
+
+    def embed_and_norm(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The residual stream x (rows, h) of the tokens and the first layer's norm(s) of it."""
+        x = self.embed(input_ids).reshape(-1, self.cfg.hidden_size)  # (b*s, h)
+        return x, residual_norms(x, (), self._norms_of(self.layers[0]), backend=self.kernels)
+
+    def layers_forward(self, x: torch.Tensor, normed: tuple[torch.Tensor, ...], attend: Attend) -> torch.Tensor:
+        """Every layer over the residual stream x (updated in place); returns the final norm of it (rows, h).
+
+        The layer's Linear modules hold the weights; their biases are added by the op after each GEMM (the
+        attention op for QKV, bias_gelu for MLP-up, residual_norms for the out-projection and MLP-down), and
+        each residual add is fused with the norm(s) that read its result."""
+        parallel = self.cfg.residual == "parallel"
+        count = len(self.layers)
+        for i, layer in enumerate(self.layers):
+            following = self.layers[i + 1] if i + 1 < count else None
+            qkv_t, out_t = layer.attention.qkv_transform, layer.attention.out_projection
+            up, down = layer.mlp.mlp_up, layer.mlp.mlp_down
+            attn_out = F.linear(attend(i, layer, F.linear(normed[0], qkv_t.weight)), out_t.weight)  # (rows, h)
+            if parallel:  # x + attn(norm1(x)) + mlp(norm2(x))
+                hidden = bias_gelu(F.linear(normed[1], up.weight), up.bias, backend=self.kernels)  # (rows, 4h)
+                mlp_out = F.linear(hidden, down.weight)
+                normed = residual_norms(x, (mlp_out, attn_out), self._norms_of(following),
+                                        biases=(down.bias, out_t.bias), backend=self.kernels)
+            else:  # x + attn(norm1(x)), then + mlp(norm2(.))
+                (mlp_in,) = residual_norms(x, (attn_out,), (layer.post_attention_norm,), biases=(out_t.bias,),
+                                           backend=self.kernels)
+                hidden = bias_gelu(F.linear(mlp_in, up.weight), up.bias, backend=self.kernels)
+                normed = residual_norms(x, (F.linear(hidden, down.weight),), self._norms_of(following),
+                                        biases=(down.bias,), backend=self.kernels)
+        return normed[0]
+
+    # ---- prefill: the prompt once through, filling the cache -------------------------------------
+    def prefill(self, input_ids: torch.Tensor, cache: KVCache, *, logits_positions: int = 1) -> torch.Tensor:
+        """input_ids (b, s), s <= cache capacity: writes every layer's k and v at positions 0..s-1 and
+        returns the logits of the last `logits_positions` positions (b, positions, vocab)."""
+        cfg = self.cfg
+        b, s = input_ids.shape
+        heads, d = cfg.heads_per_gpu, cfg.head_dim
+        cos, sin = self.rotary_tables(cache.capacity)
+
+        def attend(i: int, layer: TransformerLayer, qkv: torch.Tensor) -> torch.Tensor:
+            bias = layer.attention.qkv_transform.bias
+            if bias is not None:
+                qkv.add_(bias)  # (b*s, 3h); prefill's cost is GEMMs and attention, not this kernel
+            qkv = apply_rotary_in_place(qkv, cos[:s], sin[:s], heads)  # q and k turned in place
+            packed = qkv.view(b, s, heads, 3, d)
+            q, k, v = (packed[..., j, :].transpose(1, 2) for j in range(3))  # (b, heads, s, d) views
+            cache.keys[i, :, :, :s].copy_(k)
+            cache.values[i, :, :, :s].copy_(v)
+            context = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=layer.attention.scale)
+            return context.transpose(1, 2).reshape(b * s, heads * d)  # (b*s, h)
+
+        x, normed = self.embed_and_norm(input_ids)
+        final = self.layers_forward(x, normed, attend).view(b, s, -1)[:, -logits_positions:]  # (b, p, h)
+        return self.logit_layer.logits(final)  # (b, p, vocab)
+
+    # ---- decode: one token per row at a device-held position --------------------------------------
+    def decode_logits(self, tokens: torch.Tensor, cache: KVCache, pos: torch.Tensor, splits: Splits,
+                      tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """tokens (b,) at position `pos` (a device int64 scalar, the same for every row): writes their k and
+        v at pos and returns their logits (b, vocab). No host sync and no shape depends on pos. `tables`:
+        rotary_tables(cache.capacity), held by the caller (a captured graph reads them at replay)."""
+        x, normed = self.embed_and_norm(tokens)
+        return self.decode_from(x, normed, cache, pos, splits, tables)
+
+    def decode_from(self, x: torch.Tensor, normed: tuple[torch.Tensor, ...], cache: KVCache, pos: torch.Tensor,
+                    splits: Splits, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """decode_logits after the embedding and first norm (which torch.compile may have fused)."""
+        cos, sin = tables
+        heads = self.cfg.heads_per_gpu
+        if self.cfg.residual == "parallel" and all(self.output_weight(layer) is not None for layer in self.layers):
+            return self.logit_layer.logits(self._parallel_decode(x, normed, cache, pos, splits, tables))
+
+        def attend(i: int, layer: TransformerLayer, qkv: torch.Tensor) -> torch.Tensor:
+            return decode_attention(qkv, layer.attention.qkv_transform.bias, cache.keys[i], cache.values[i], pos,
+                                    cos, sin, heads=heads, scale=layer.attention.scale, splits=splits,
+                                    backend=self.kernels)
+
+        return self.logit_layer.logits(self.layers_forward(x, normed, attend))  # (b, vocab)
+
+    def _parallel_decode(self, x: torch.Tensor, normed: tuple[torch.Tensor, ...], cache: KVCache, pos: torch.Tensor,
+                         splits: Splits, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """layers_forward for one token per row with the parallel residual's output GEMMs joined: per layer a
+        norm kernel, the QKV and MLP-up GEMMs, the attention kernel, one small kernel (split combine + bias +
+        GELU) and one GEMM [attention | gelu(up)] x [W_out | W_down]^T. Returns the final norm (b, h)."""
+        cos, sin = tables
+        heads = self.cfg.heads_per_gpu
+        count = len(self.layers)
+        for i, layer in enumerate(self.layers):
+            following = self.layers[i + 1] if i + 1 < count else None
+            attention, mlp = layer.attention, layer.mlp
+            qkv = F.linear(normed[0], attention.qkv_transform.weight)  # (b, 3h)
+            up = F.linear(normed[1], mlp.mlp_up.weight)  # (b, 4h)
+            joined = decode_attention_and_gelu(qkv, attention.qkv_transform.bias, cache.keys[i], cache.values[i], pos,
+                                               cos, sin, up, mlp.mlp_up.bias, heads=heads, scale=attention.scale,
+                                               splits=splits, backend=self.kernels)  # (b, h + 4h)
+            both = F.linear(joined, self.output_weight(layer))  # (b, h): attn + mlp before their biases
+            normed = residual_norms(x, (both,), self._norms_of(following),
+                                    biases=(mlp.mlp_down.bias, attention.out_projection.bias), backend=self.kernels)
+        return normed[0]

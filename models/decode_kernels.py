@@ -1,0 +1,384 @@
+"""The fused ops of one decode step: residual add + layer norms, bias + GELU, and attention over a KV cache.
+
+A decode step at batch 1 is ~10 kernels per layer, and in a CUDA graph every kernel that is not a GEMV costs
+~2-4 us of launch latency and tail for almost no bytes. So the GEMMs run without their biases (plain cuBLAS
+`mm`: at batch 1 PyTorch's addmm cannot use cuBLASLt's bias epilogue, since its eligibility test wants more
+than one row, and instead copies the bias into the output first, one more kernel per Linear) and the biases
+ride on the ops that read the GEMMs' outputs:
+
+- `residual_norms`: the residual add(s) of a layer, with the out-projection's and MLP-down's biases, and the
+  norm(s) that read the result, one pass per row. With GPT-NeoX's parallel residual the next layer's two
+  norms read the same x, so one kernel does x += (mlp + b) + (attn + b), norm1(x), norm2(x).
+- `bias_gelu`: the MLP-up's bias and the exact (erf) GELU, in place.
+- `decode_attention`: the QKV bias, rotary of the new token's q and k, the write of its k and v into the
+  cache at a position held in a device tensor, and attention over the cache positions 0..pos, split over
+  the cache (flash-decoding) so that batch 1 with 8 heads still spreads the cache read over every SM.
+  Splits past pos return at once, so a step reads the filled part of the cache, not the preallocated
+  capacity; shapes (and the grid) stay fixed, so the step can be captured in a CUDA graph. A second small
+  kernel combines the splits; with one split (large batches) the first kernel writes the result itself.
+
+On CUDA these are Triton kernels; elsewhere the same ops run as plain torch (the CPU path, and the
+independent reference the GPU kernels are checked against). `backend="triton"` on a CPU tensor runs the
+kernels in Triton's interpreter (models/invariant/backend.py), which is how the CPU tests check their logic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .invariant.backend import Kernel, program_slots, triton, tl
+
+BACKENDS = ("auto", "triton", "torch")
+MAX_SPLITS = 64  # the combine kernel holds all splits of a head in one tile
+PROGRAMS_PER_SM = 4  # enough (b, head, split) programs in flight to keep HBM busy at batch 1
+
+
+def use_triton(t: torch.Tensor, backend: str) -> bool:
+    """auto: Triton on CUDA, torch elsewhere; under torch.compile always torch, so inductor sees (and fuses)
+    the plain ops instead of an opaque kernel."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if torch.compiler.is_compiling() or backend == "torch" or triton is None:
+        return False
+    return backend == "triton" or t.is_cuda
+
+
+# ---- residual add + layer norms -----------------------------------------------------------------
+def _residual_norms_kernel(x_ptr, a_ptr, c_ptr, bias1_ptr, bias2_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, y1_ptr,
+                           y2_ptr, n_cols, eps, N_ADDS: tl.constexpr, N_BIASES: tl.constexpr,
+                           TWO_NORMS: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64) * n_cols  # one row of the residual stream per program
+    cols = tl.arange(0, BLOCK)
+    ok = cols < n_cols
+    x = tl.load(x_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
+    if N_ADDS > 0:
+        x += tl.load(a_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
+        if N_ADDS > 1:
+            x += tl.load(c_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
+        if N_BIASES > 0:
+            x += tl.load(bias1_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+            if N_BIASES > 1:
+                x += tl.load(bias2_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+        rounded = x.to(x_ptr.dtype.element_ty)  # the residual stream is stored in the model's dtype ...
+        tl.store(x_ptr + row + cols, rounded, mask=ok)
+        x = rounded.to(tl.float32)  # ... and the norms read what was stored, as they would unfused
+    mean = tl.sum(x, axis=0) / n_cols
+    centred = tl.where(ok, x - mean, 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0) / n_cols + eps)
+    normed = centred * rstd
+    w1 = tl.load(w1_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    b1 = tl.load(b1_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    tl.store(y1_ptr + row + cols, (normed * w1 + b1).to(y1_ptr.dtype.element_ty), mask=ok)
+    if TWO_NORMS:
+        w2 = tl.load(w2_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+        b2 = tl.load(b2_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+        tl.store(y2_ptr + row + cols, (normed * w2 + b2).to(y2_ptr.dtype.element_ty), mask=ok)
+
+
+def _bias_gelu_kernel(x_ptr, bias_ptr, n_cols, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64) * n_cols
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < n_cols
+    x = tl.load(x_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        x += tl.load(bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    x = x.to(x_ptr.dtype.element_ty).to(tl.float32)  # the GEMM with its bias would round here
+    tl.store(x_ptr + row + cols, (0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))).to(x_ptr.dtype.element_ty),
+             mask=ok)
+
+
+RESIDUAL_NORMS = Kernel(_residual_norms_kernel) if triton is not None else None
+BIAS_GELU = Kernel(_bias_gelu_kernel) if triton is not None else None
+GELU_BLOCK = 1024
+
+
+def _biased(t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return t if bias is None else t + bias
+
+
+def residual_norms(x: torch.Tensor, adds: tuple[torch.Tensor, ...], norms: tuple[nn.LayerNorm, ...], *,
+                   biases: tuple[torch.Tensor | None, ...] = (), backend: str = "auto") -> tuple[torch.Tensor, ...]:
+    """x (rows, h), the residual stream, becomes sum(adds) + sum(biases) + x in place; returns each norm of
+    the result. `adds`: the GEMM outputs, in transformers' order of summation ((mlp, attn) for the parallel
+    residual: mlp + attn + x); `biases` (h,): the biases those GEMMs left out. The norms share one epsilon."""
+    biases = tuple(b for b in biases if b is not None)
+    if not 1 <= len(norms) <= 2 or len(adds) > 2 or len(biases) > 2 or (biases and not adds):
+        raise ValueError(f"residual_norms takes 0-2 adds, as many biases and 1-2 norms, got {len(adds)}, "
+                         f"{len(biases)} and {len(norms)}")
+    eps = norms[0].eps
+    if not use_triton(x, backend):
+        if adds:
+            total = adds[0]
+            for term in adds[1:] + biases:
+                total = total + term
+            x.copy_(total + x)
+        return tuple(F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, eps) for norm in norms)
+    rows, h = x.shape
+    outs = tuple(torch.empty_like(x) for _ in norms)
+    a = adds[0] if adds else x
+    c = adds[1] if len(adds) > 1 else a
+    bias1 = biases[0] if biases else x
+    bias2 = biases[1] if len(biases) > 1 else bias1
+    second = norms[1] if len(norms) > 1 else norms[0]
+    block = triton.next_power_of_2(h)
+    RESIDUAL_NORMS[(rows,)](x, a, c, bias1, bias2, norms[0].weight, norms[0].bias, second.weight, second.bias,
+                            outs[0], outs[-1], h, eps, N_ADDS=len(adds), N_BIASES=len(biases),
+                            TWO_NORMS=len(norms) == 2, BLOCK=block, num_warps=8 if block >= 4096 else 4)
+    return outs
+
+
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, *, backend: str = "auto") -> torch.Tensor:
+    """gelu(x + bias), exact (erf) GELU as GPT-NeoX's hidden_act 'gelu', written into x (rows, 4h)."""
+    if not use_triton(x, backend):
+        return x.copy_(F.gelu(_biased(x, bias)))
+    rows, cols = x.shape
+    BIAS_GELU[(rows, triton.cdiv(cols, GELU_BLOCK))](x, bias if bias is not None else x, cols,
+                                                     HAS_BIAS=bias is not None, BLOCK=GELU_BLOCK, num_warps=4)
+    return x
+
+
+# ---- attention of one new token over the KV cache -----------------------------------------------
+@dataclass(frozen=True)
+class Splits:
+    """How the cache of one (batch row, head) is cut for the attention kernel: fixed per captured graph."""
+
+    count: int  # programs per (batch row, head)
+    keys: int  # cache positions each one covers (a multiple of block_n)
+    block_n: int  # keys per loop iteration
+    block_d: int  # head dim rounded up to a power of two
+    warps: int  # per program
+
+    @property
+    def direct(self) -> bool:  # one split: the kernel normalises and writes the output itself
+        return self.count == 1
+
+
+def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: torch.device,
+                     count: int | None = None) -> Splits:
+    """Enough programs to cover every SM PROGRAMS_PER_SM times (batch 1 with 8 heads needs ~60 splits of
+    the cache; batch 64 needs none), each at least one tile of keys, at most MAX_SPLITS.
+
+    Tiles of 4096 elements (8 KB of keys and 8 KB of values in flight per program and iteration). Warps from
+    ptxas' register counts for sm_90: a 64-wide tile takes 204 registers a thread at 4 warps (2 programs, 8
+    warps an SM) and 111 at 8 (16 warps an SM); 128- and 256-wide tiles fit 3-5 programs an SM at 4 warps
+    (142 and 91 registers) and lose them at 8."""
+    block_d = 1 << max(4, math.ceil(math.log2(head_dim)))
+    block_n = max(16, min(64, 4096 // block_d))
+    blocks = -(-capacity // block_n)
+    if count is None:
+        count = -(-PROGRAMS_PER_SM * program_slots(device) // rows_x_heads)
+    count = max(1, min(count, blocks, MAX_SPLITS))
+    per_split = -(-blocks // count)
+    return Splits(-(-blocks // per_split), per_split * block_n, block_n, block_d, 8 if block_d <= 64 else 4)
+
+
+def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr,
+                             out_stride, m_ptr, l_ptr, acc_ptr, heads, head_dim, rotary_dims, capacity, keys_per_split,
+                             n_splits, scale,
+                             HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                             HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr):
+    bh = tl.program_id(0)  # one (batch row, head) ...
+    split = tl.program_id(1)  # ... and one stretch of its cache
+    row, head = bh // heads, bh % heads
+    pos = tl.load(pos_ptr)  # where this step's token sits: it attends to positions 0..pos
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < head_dim
+    # GPT-NeoX packs [q, k, v] per head: (b, heads, 3, d); rotary turns the first rotary_dims of q and k,
+    # half-split: x_j cos - x_{j+half} sin below half, x_j cos + x_{j-half} sin above
+    packed = qkv_ptr + row.to(tl.int64) * heads * 3 * head_dim + head * 3 * head_dim
+    biases = bias_ptr + head * 3 * head_dim
+    rotated = d < rotary_dims
+    partner = tl.where(rotated, tl.where(d < HALF, d + HALF, d - HALF), d)
+    cos = tl.load(cos_ptr + pos * rotary_dims + d, mask=rotated, other=1.0)
+    sin = tl.load(sin_ptr + pos * rotary_dims + d, mask=rotated, other=0.0) * tl.where(d < HALF, -1.0, 1.0)
+    # q, k (and their rotary partners) and v, each with its bias, rounded as the GEMM with its bias would store it
+    q = tl.load(packed + d, mask=d_ok, other=0.0).to(tl.float32)
+    q_partner = tl.load(packed + partner, mask=d_ok, other=0.0).to(tl.float32)
+    k_own = tl.load(packed + head_dim + d, mask=d_ok, other=0.0).to(tl.float32)
+    k_partner = tl.load(packed + head_dim + partner, mask=d_ok, other=0.0).to(tl.float32)
+    v_new = tl.load(packed + 2 * head_dim + d, mask=d_ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        q += tl.load(biases + d, mask=d_ok, other=0.0).to(tl.float32)
+        q_partner += tl.load(biases + partner, mask=d_ok, other=0.0).to(tl.float32)
+        k_own += tl.load(biases + head_dim + d, mask=d_ok, other=0.0).to(tl.float32)
+        k_partner += tl.load(biases + head_dim + partner, mask=d_ok, other=0.0).to(tl.float32)
+        v_new += tl.load(biases + 2 * head_dim + d, mask=d_ok, other=0.0).to(tl.float32)
+    dtype = qkv_ptr.dtype.element_ty
+    q = q.to(dtype).to(tl.float32) * cos + q_partner.to(dtype).to(tl.float32) * sin
+    k_new = k_own.to(dtype).to(tl.float32) * cos + k_partner.to(dtype).to(tl.float32) * sin
+    k_new = k_new.to(k_cache_ptr.dtype.element_ty)  # as stored, so this step sees what later steps will read
+    v_new = v_new.to(v_cache_ptr.dtype.element_ty)
+    cache = bh.to(tl.int64) * capacity * head_dim
+    lo = split.to(tl.int64) * keys_per_split  # int64 like pos: the loop bounds share one type
+    hi = tl.minimum(lo + keys_per_split, pos + 1)  # splits past pos do no work (fixed grid, filled cache read)
+    owner = (lo <= pos) & (pos < lo + keys_per_split) & (pos < capacity)  # one split writes the new k, v
+    store_ok = d < tl.where(owner, head_dim, 0)  # (not d_ok & owner: the interpreter mis-types vector & scalar)
+    tl.store(k_cache_ptr + cache + pos * head_dim + d, k_new, mask=store_ok)
+    tl.store(v_cache_ptr + cache + pos * head_dim + d, v_new, mask=store_ok)
+    k_new = k_new.to(tl.float32)
+    v_new = v_new.to(tl.float32)
+    m_i = tl.max(tl.full([BLOCK_N], float("-inf"), tl.float32), axis=0)  # running max, sum, output (online softmax)
+    l_i = tl.sum(tl.zeros([BLOCK_N], tl.float32), axis=0)
+    acc = tl.zeros([BLOCK_D], tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        n = start + tl.arange(0, BLOCK_N)
+        n_ok = n < hi
+        tile = cache + n[:, None].to(tl.int64) * head_dim + d[None, :]
+        tile_ok = n_ok[:, None] & d_ok[None, :]
+        is_new = (n == pos)[:, None]  # the new key is in registers; its cache slot is written above
+        k = tl.where(is_new, k_new[None, :], tl.load(k_cache_ptr + tile, mask=tile_ok, other=0.0).to(tl.float32))
+        s = tl.where(n_ok, tl.sum(k * q[None, :], axis=1) * scale, float("-inf"))  # (BLOCK_N,)
+        m_new = tl.maximum(m_i, tl.max(s, axis=0))
+        p = tl.exp(s - m_new)
+        alpha = tl.exp(m_i - m_new)
+        v = tl.where(is_new, v_new[None, :], tl.load(v_cache_ptr + tile, mask=tile_ok, other=0.0).to(tl.float32))
+        l_i = l_i * alpha + tl.sum(p, axis=0)
+        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+        m_i = m_new
+    if DIRECT:  # out (b, >= heads*d) with row stride out_stride: the output GEMM's input, or a plain (b, h)
+        where = out_ptr + row.to(tl.int64) * out_stride + head * head_dim + d
+        tl.store(where, (acc / l_i).to(out_ptr.dtype.element_ty), mask=d_ok)
+    else:
+        part = bh.to(tl.int64) * n_splits + split
+        tl.store(m_ptr + part, m_i)
+        tl.store(l_ptr + part, l_i)
+        tl.store(acc_ptr + part * head_dim + d, acc, mask=d_ok)
+
+
+def _join_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, out_stride, n_splits, heads, head_dim, combine_programs,
+                 up_ptr, up_bias_ptr, ffn, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, HAS_GELU: tl.constexpr,
+                 HAS_UP_BIAS: tl.constexpr, GELU_BLOCK: tl.constexpr):
+    """The two small jobs between the attention kernel and the output GEMM, in one launch. Programs below
+    combine_programs merge the attention splits of one (batch row, head, BLOCK_D dims) into out[:, :h]; the
+    rest (HAS_GELU) write gelu(up + bias) of one (batch row, GELU_BLOCK columns) into out[:, h:]."""
+    pid = tl.program_id(0)
+    if pid < combine_programs:
+        d_blocks = tl.cdiv(head_dim, BLOCK_D)
+        bh = (pid // d_blocks).to(tl.int64)
+        d = (pid % d_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
+        s = tl.arange(0, BLOCK_S)
+        s_ok = s < n_splits
+        d_ok = d < head_dim
+        m = tl.load(m_ptr + bh * n_splits + s, mask=s_ok, other=float("-inf"))
+        weight = tl.exp(m - tl.max(m, axis=0))  # a split with no keys has m = -inf: weight 0
+        total = tl.sum(weight * tl.load(l_ptr + bh * n_splits + s, mask=s_ok, other=0.0), axis=0)
+        acc = tl.load(acc_ptr + (bh * n_splits + s)[:, None] * head_dim + d[None, :],
+                      mask=s_ok[:, None] & d_ok[None, :], other=0.0)
+        out = tl.sum(weight[:, None] * acc, axis=0) / total
+        where = out_ptr + (bh // heads) * out_stride + (bh % heads) * head_dim + d
+        tl.store(where, out.to(out_ptr.dtype.element_ty), mask=d_ok)
+    else:
+        if HAS_GELU:
+            job = pid - combine_programs
+            col_blocks = tl.cdiv(ffn, GELU_BLOCK)
+            row = (job // col_blocks).to(tl.int64)
+            cols = (job % col_blocks) * GELU_BLOCK + tl.arange(0, GELU_BLOCK)
+            ok = cols < ffn
+            x = tl.load(up_ptr + row * ffn + cols, mask=ok, other=0.0).to(tl.float32)
+            if HAS_UP_BIAS:
+                x += tl.load(up_bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+            x = x.to(up_ptr.dtype.element_ty).to(tl.float32)  # the GEMM with its bias would round here
+            y = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+            tl.store(out_ptr + row * out_stride + heads * head_dim + cols, y.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+DECODE_ATTENTION = Kernel(_decode_attention_kernel) if triton is not None else None
+JOIN = Kernel(_join_kernel) if triton is not None else None
+COMBINE_BLOCK_D = 32
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """GPT-NeoX rotary (rotate_half) on the first cos.shape[-1] dims of x (..., d), in float32."""
+    rotary_dims = cos.shape[-1]
+    half = rotary_dims // 2
+    x = x.float()
+    rot, passthrough = x[..., :rotary_dims], x[..., rotary_dims:]
+    turned = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+    return torch.cat((rot * cos + turned * sin, passthrough), dim=-1)
+
+
+def decode_attention_torch(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache: torch.Tensor,
+                           v_cache: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int,
+                           scale: float) -> torch.Tensor:
+    """The same op in plain torch: reads the whole cache, masks what lies past pos (shapes stay fixed)."""
+    qkv = _biased(qkv, bias)
+    b = qkv.shape[0]
+    d = k_cache.shape[-1]
+    packed = qkv.view(b, heads, 3, d)
+    at = pos.view(1)
+    c, s = cos.index_select(0, at), sin.index_select(0, at)  # (1, rotary_dims)
+    q = rotate(packed[:, :, 0], c, s)  # (b, heads, d) float32
+    k = rotate(packed[:, :, 1], c, s)
+    k_cache.index_copy_(2, at, k.to(k_cache.dtype).unsqueeze(2))  # (b, heads, 1, d) into (b, heads, T, d)
+    v_cache.index_copy_(2, at, packed[:, :, 2].unsqueeze(2))
+    scores = torch.matmul(k_cache.float(), q.unsqueeze(-1)).squeeze(-1) * scale  # (b, heads, T)
+    future = torch.arange(k_cache.shape[2], device=qkv.device) > pos
+    probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+    context = torch.matmul(probs.unsqueeze(-2), v_cache.float()).squeeze(-2)  # (b, heads, d)
+    return context.to(qkv.dtype).reshape(b, heads * d)
+
+
+def _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, *, heads, scale, splits, up=None,
+                       up_bias=None) -> None:
+    """Launch the attention kernel (and the join kernel: split combine, and bias + GELU of `up` into
+    out[:, h:] when given) writing into out (b, >= h), which may be a row-strided view."""
+    b, _, capacity, d = k_cache.shape
+    rows = b * heads
+    if splits.direct:
+        m = l_ = acc = out  # unused
+    else:
+        m = torch.empty(rows, splits.count, device=qkv.device, dtype=torch.float32)
+        l_ = torch.empty_like(m)
+        acc = torch.empty(rows, splits.count, d, device=qkv.device, dtype=torch.float32)
+    rotary_dims = cos.shape[-1]
+    DECODE_ATTENTION[(rows, splits.count)](
+        qkv, bias if bias is not None else qkv, k_cache, v_cache, pos, cos, sin, out, out.stride(0), m, l_, acc,
+        heads, d, rotary_dims, capacity, splits.keys, splits.count, scale, HALF=max(1, rotary_dims // 2),
+        BLOCK_N=splits.block_n, BLOCK_D=splits.block_d, HAS_BIAS=bias is not None, DIRECT=splits.direct,
+        num_warps=splits.warps)
+    combine = 0 if splits.direct else rows * triton.cdiv(d, COMBINE_BLOCK_D)
+    ffn = up.shape[1] if up is not None else 0
+    gelu = b * triton.cdiv(ffn, GELU_BLOCK) if up is not None else 0
+    if combine + gelu:
+        JOIN[(combine + gelu,)](m, l_, acc, out, out.stride(0), splits.count, heads, d, combine,
+                                up if up is not None else out, up_bias if up_bias is not None else out, ffn,
+                                BLOCK_S=triton.next_power_of_2(splits.count), BLOCK_D=COMBINE_BLOCK_D,
+                                HAS_GELU=up is not None, HAS_UP_BIAS=up_bias is not None, GELU_BLOCK=GELU_BLOCK,
+                                num_warps=4)
+
+
+def decode_attention(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, heads: int, scale: float,
+                     splits: Splits, backend: str = "auto") -> torch.Tensor:
+    """One new token per batch row. qkv (b, heads*3*d) straight from the QKV GEMM, `bias` its bias (3h,);
+    k_cache, v_cache (b, heads, T, d) of one layer; pos a device int64 scalar; cos, sin (T, rotary_dims)
+    float32. Writes the token's k and v at pos and returns its attention output (b, heads*d), ready for the
+    out-projection."""
+    if not use_triton(qkv, backend):
+        return decode_attention_torch(qkv, bias, k_cache, v_cache, pos, cos, sin, heads, scale)
+    b, _, _, d = k_cache.shape
+    out = torch.empty(b, heads * d, device=qkv.device, dtype=qkv.dtype)
+    _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, heads=heads, scale=scale, splits=splits)
+    return out
+
+
+def decode_attention_and_gelu(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache: torch.Tensor,
+                              v_cache: torch.Tensor, pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                              up: torch.Tensor, up_bias: torch.Tensor | None, *, heads: int, scale: float,
+                              splits: Splits, backend: str = "auto") -> torch.Tensor:
+    """The parallel residual's two branches up to their output GEMM: [decode_attention | gelu(up + up_bias)],
+    (b, h + 4h), the input of one GEMM with [out-projection | MLP-down] (one GEMM and, split or not, one small
+    kernel fewer per layer than two branches apart)."""
+    if not use_triton(qkv, backend):
+        context = decode_attention_torch(qkv, bias, k_cache, v_cache, pos, cos, sin, heads, scale)
+        return torch.cat((context, F.gelu(_biased(up, up_bias))), dim=1)
+    b, _, _, d = k_cache.shape
+    joined = torch.empty(b, heads * d + up.shape[1], device=qkv.device, dtype=qkv.dtype)
+    _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, joined, heads=heads, scale=scale, splits=splits,
+                       up=up, up_bias=up_bias)
+    return joined
