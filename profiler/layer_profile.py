@@ -263,6 +263,9 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
     attempts: list[Attempt] = []
     scratch = Path(out_dir) / "tb" / f".{cfg.name}.attempts"
     for number in range(1, P.MAX_ATTEMPTS + 1):
+        if number > 1 and on_gpu:  # the last attempt's trace export left the GPU idle for seconds: warm up again
+            with (telemetry.phase(f"{cfg.name}:a{number}:rewarm") if telemetry is not None else nullcontext()):
+                P.warm_up(rounds, device=device, min_windows=2, max_windows=options.max_trace_warmup_steps)
         note(f"interleaved rounds, attempt {number}: timed (CUDA events) and traced" if on_gpu else
              "interleaved rounds: host clock and trace")
         attempts.append(measure_attempt(number, rounds, units, maps, cfg=cfg, options=options, device=device,
