@@ -131,6 +131,13 @@ def validate(cfg: ModelConfig) -> None:
         _require(isinstance(value, int) and not isinstance(value, bool), name,
                  f"must be a whole number, got {value!r}")
         _require(value > 0, name, f"must be positive, got {value}")
+    for name in ("norm_epsilon", "rotary_pct", "rotary_base", "attention_dropout", "hidden_dropout"):
+        value = getattr(cfg, name)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as text, the commonest trap
+            raise ConfigError(f"{name}: {value!r} is text, not a number; YAML reads an exponent without a dot as "
+                              f"text: write it with a dot (e.g. 1.0e-5) or as a decimal")
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), name,
+                 f"must be a number, got {value!r}")
     for name in ("padded_vocab_size", "intermediate_size"):
         value = getattr(cfg, name)
         if value is not None:
@@ -143,8 +150,9 @@ def validate(cfg: ModelConfig) -> None:
     _choice(cfg.attention, "attention", ATTENTIONS)
     _choice(cfg.dtype, "dtype", DTYPES)
     h, a, t = cfg.hidden_size, cfg.num_attention_heads, cfg.tensor_parallel
-    _require(h % a == 0, "num_attention_heads",
-             f"hidden_size {h} is not divisible by {a} heads; pick a that divides h (e.g. {_nearest_divisor(h, a)})")
+    if h % a:  # the hint is worked out only for a config that needs it (h can be 10^12)
+        raise ConfigError(f"num_attention_heads: hidden_size {h} is not divisible by {a} heads; pick a that divides h "
+                          f"(e.g. {_nearest_divisor(h, a)})")
     _require(a % t == 0, "tensor_parallel", f"{a} heads cannot be split over t={t} GPUs; t must divide a")
     _require(h % t == 0, "tensor_parallel", f"hidden_size {h} cannot be split over t={t} GPUs")
     if cfg.activation == "swiglu":
@@ -173,5 +181,11 @@ def validate(cfg: ModelConfig) -> None:
 
 
 def _nearest_divisor(n: int, near: int) -> int:
-    divisors = [d for d in range(1, n + 1) if n % d == 0]
-    return min(divisors, key=lambda d: (abs(d - near), d))
+    """The divisor of n nearest `near`, from the pairs (d, n/d) up to sqrt(n): fast for any n."""
+    divisors = set()
+    d = 1
+    while d * d <= n:
+        if n % d == 0:
+            divisors.update((d, n // d))
+        d += 1
+    return min(divisors, key=lambda x: (abs(x - near), x))

@@ -61,11 +61,10 @@ def config_from_mapping(raw: dict, *, source: str = "<dict>", default_name: str 
         if value is not None:
             _reject_unknown({key: value}, FIELD_NAMES, "overrides")
             values[key] = value
-    try:
-        return ModelConfig(**values)
-    except TypeError as exc:  # a required field is missing
-        missing = [f for f in ("hidden_size", "num_attention_heads", "num_layers") if f not in values]
-        raise ConfigError(f"{missing[0] if missing else 'config'}: required in {source}") from exc
+    missing = [f for f in ("hidden_size", "num_attention_heads", "num_layers") if f not in values]
+    if missing:
+        raise ConfigError(f"{missing[0]}: required in {source}")
+    return ModelConfig(**values)
 
 
 def _read_file(path: Path) -> dict:
@@ -158,6 +157,9 @@ def _from_gpt_neox(raw: dict, source: str) -> dict:
 
 
 # ---- transformers config.json -------------------------------------------------------------------
+HF_DTYPES = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32"}
+
+
 def _from_transformers(raw: dict, source: str) -> dict:
     model_type = raw.get("model_type")
     common = {
@@ -166,6 +168,12 @@ def _from_transformers(raw: dict, source: str) -> dict:
         "max_position_embeddings": raw.get("max_position_embeddings", 2048),
         "tie_word_embeddings": bool(raw.get("tie_word_embeddings", False)),
     }
+    dtype = raw.get("torch_dtype") or raw.get("dtype")  # transformers 4.x writes torch_dtype, 5.x dtype
+    if dtype is not None:  # the precision the checkpoint was saved in is the one it runs in, unless overridden
+        if dtype not in HF_DTYPES:
+            raise ConfigError(f"torch_dtype: '{dtype}' in {source} is not one of {', '.join(HF_DTYPES)}; "
+                              "pass --dtype to choose the precision")
+        common["dtype"] = HF_DTYPES[dtype]
     if raw.get("vocab_size") is not None:  # transformers' vocab_size is the embedding's row count
         common["vocab_size"] = raw["vocab_size"]
         common["padded_vocab_size"] = raw["vocab_size"]

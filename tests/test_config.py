@@ -5,7 +5,7 @@ import json
 import pytest
 from transformers import GPTNeoXConfig, LlamaConfig
 
-from models import ConfigError, bundled_names, count_parameters, load_config
+from models import ConfigError, bundled_names, config_from_mapping, count_parameters, load_config
 
 # The Pythia suite's published parameter counts (total, non-embedding)
 PYTHIA_PUBLISHED = {
@@ -134,3 +134,36 @@ def test_sizing_alignment_is_128_bytes_of_the_configs_dtype():
     assert head_dim_findings(cfg.replace(dtype="float32")) == []  # 32 fp32 elements are 128 bytes
     (gpt3,) = head_dim_findings(load_config("gpt3-2.7b"))
     assert gpt3["value"] == "80" and "largest power of two dividing it: 16" in gpt3["message"]
+
+
+def test_a_huge_hidden_size_loads_at_once_and_its_divisor_hint_is_fast():
+    """The divisor hint of an error message is worked out only when the size does not divide (it once ran in
+    time proportional to h, so hidden_size: 1000000000000 never finished loading)."""
+    import time
+
+    t0 = time.perf_counter()
+    cfg = config_from_mapping({"name": "big", "hidden_size": 10**12, "num_attention_heads": 8, "num_layers": 2})
+    assert cfg.head_dim == 125_000_000_000 and time.perf_counter() - t0 < 1.0
+    with pytest.raises(ConfigError, match=r"not divisible by 7 heads; pick a that divides h \(e.g. 8\)"):
+        config_from_mapping({"name": "big", "hidden_size": 10**12, "num_attention_heads": 7, "num_layers": 2})
+
+
+def test_an_exponent_without_a_dot_is_named_as_the_yaml_text_it_is(tmp_path):
+    path = tmp_path / "eps.yaml"
+    path.write_text("name: eps\nhidden_size: 512\nnum_attention_heads: 8\nnum_layers: 2\nnorm_epsilon: 1e-5\n")
+    with pytest.raises(ConfigError, match=r"^norm_epsilon: '1e-5' is text, not a number.*1\.0e-5"):
+        load_config(path)
+    path.write_text("name: eps\nhidden_size: 512\nnum_attention_heads: 8\nnorm_epsilon: 1.0e-5\n")
+    with pytest.raises(ConfigError, match="^num_layers: required in"):
+        load_config(path)
+
+
+def test_a_transformers_config_runs_in_the_precision_it_was_saved_in(tmp_path):
+    raw = {"model_type": "gpt_neox", "hidden_size": 512, "num_attention_heads": 8, "num_hidden_layers": 2,
+           "vocab_size": 50304, "torch_dtype": "float16"}
+    (tmp_path / "config.json").write_text(json.dumps(raw))
+    assert load_config(tmp_path / "config.json").dtype == "float16"
+    assert load_config(tmp_path / "config.json", dtype="bfloat16").dtype == "bfloat16"  # an explicit choice wins
+    (tmp_path / "config.json").write_text(json.dumps({**raw, "torch_dtype": "int8"}))
+    with pytest.raises(ConfigError, match="torch_dtype: 'int8'"):
+        load_config(tmp_path / "config.json")

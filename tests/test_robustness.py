@@ -197,3 +197,19 @@ def test_the_layer_report_has_one_ceiling_that_no_gemm_exceeds():
     ceiling, note = gemm_ceiling(786.0, rows)
     assert ceiling == 805.4 and "above the measured matmul peak of 786" in note
     assert gemm_ceiling(810.0, rows) == (810.0, "the measured matmul peak (see the environment)")
+
+
+def test_outputs_are_readable_by_others_not_only_their_writer(tmp_path):
+    """The atomic writer's temporary file is 0600 (mkstemp): the renamed result gets the mode an ordinary
+    open() gives under the umask, so a colleague can open report.html or components.csv."""
+    import os
+    import stat
+
+    from profiler.outputs import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        path = write_atomic(tmp_path / "report.html", "<html></html>")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
