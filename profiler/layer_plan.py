@@ -114,14 +114,14 @@ def resolve_options(request: LayerRequest, device: torch.device) -> tuple[Profil
         options = replace(options, active_steps=request.iters)
     elif on_cpu:
         options = replace(options, active_steps=CPU_ACTIVE_STEPS)
-        made.append(Switch("iters", GPU_ACTIVE_STEPS, CPU_ACTIVE_STEPS, "CPU default: fewer profiled steps"))
+        made.append(Switch("iters", GPU_ACTIVE_STEPS, CPU_ACTIVE_STEPS, "CPU default: fewer interleaved rounds"))
     if on_cpu:
         warmup_ms, rep_ms = CPU_BENCH_MS
         options = replace(options, bench_warmup_ms=warmup_ms, bench_rep_ms=rep_ms)
         made.append(Switch("timing budget (warm-up, repetitions)", f"{GPU_BENCH_MS[0]:g}+{GPU_BENCH_MS[1]:g} ms",
                            f"{warmup_ms:g}+{rep_ms:g} ms", "CPU default: host-clock timings prove the wiring only"))
         cap = max(CPU_MAX_TRACE_WARMUP_STEPS, min_warmup)
-        made.append(Switch("most traced warm-up steps", options.max_trace_warmup_steps, cap,
+        made.append(Switch("most warm-up windows", options.max_trace_warmup_steps, cap,
                            "a shared CPU's host clock may never settle; the cap ends the warm-up"))
         options = replace(options, max_trace_warmup_steps=cap)
     else:

@@ -161,8 +161,8 @@ def test_a_cpu_report_says_host_clock_gflops_and_what_was_switched(tmp_path, cap
     entry = json.loads((out / "run.json").read_text())["configs"][0]
     # --seq-len was asked for; the CPU's option defaults are switches too, printed and recorded
     assert {s["field"] for s in entry["switches"]} == {"attention", "dtype", "timing budget (warm-up, repetitions)",
-                                                       "most traced warm-up steps"}
-    assert "most traced warm-up steps 40 -> 4" in err
+                                                       "most warm-up windows"}
+    assert "most warm-up windows 40 -> 4" in err
 
 
 def test_a_gpu_sized_run_on_a_cpu_asks_for_device_cpu(tmp_path, capsys):
