@@ -201,7 +201,7 @@ def build_sections(frames: dict[str, pd.DataFrame], runs: dict[str, dict]) -> li
             "largest product and with its one-row product. <i>reason</i> says what passed, what did not and the "
             "throughput ratios the choice was made on.",
             tables=[table_html(analysis.choice_table(choice), float_format="{:,.3g}")],
-            notes=[f"MMA instruction per compiled Triton configuration: "
+            notes=["MMA instruction per compiled Triton configuration: "
                    + ", ".join(f"{cfg}: {fam}" for cfg, fam in sorted(families.items()))] if families else []))
     throughput = frames.get("throughput")
     if throughput is not None:

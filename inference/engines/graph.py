@@ -18,7 +18,7 @@ from models.causal_lm import KVCache, NeoXCausalLM, unsupported_reason
 from models.kernel_support import KernelSupport
 from models.neox_checkpoint import load_causal_lm
 
-from ..checks import CHECK_POSITIONS, LogitsCheck, compare_logits
+from ..checks import LogitsCheck, compare_logits
 from ..graph_decoder import GreedyDecoder
 from ..hf_model import dtype_on, release
 from ..metrics import PeakMemory, time_row
