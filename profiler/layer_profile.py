@@ -195,15 +195,12 @@ def measure_attempt(number: int, rounds: P.Rounds, units: dict, maps: P.KernelMa
                     options: ProfileOptions, device: torch.device, trace_dir: Path, telemetry) -> Attempt:
     on_gpu = device.type == "cuda"
 
-    def tag(name: str):  # telemetry phase of this attempt
-        return (lambda: telemetry.set_phase(f"{cfg.name}:a{number}:{name}")) if telemetry is not None else None
+    def tag(name: str | None) -> None:  # telemetry phase of this attempt
+        if telemetry is not None:
+            telemetry.set_phase(f"{cfg.name}:a{number}:{name}" if name else None)
 
-    n = options.active_steps
-    timed = P.timed_rounds(rounds, units[P.LAYER], device=device, n=n, on_rounds=tag("latency"), on_eager=tag("eager"))
-    traced = P.traced_rounds(rounds, maps, device=device, trace_dir=trace_dir, worker_name=cfg.name, n=n,
-                             on_recording=tag("trace"), on_recorded=tag("trace-export"))
-    if telemetry is not None:
-        telemetry.set_phase(None)
+    timed, traced = P.interleaved_rounds(rounds, maps, units[P.LAYER], device=device, trace_dir=trace_dir,
+                                         worker_name=cfg.name, n=options.active_steps, phase=tag)
     latency = summarize(timed.eager)
     layer = P.unit_activities(traced.activities, P.LAYER)
     totals = P.replay_totals(layer)

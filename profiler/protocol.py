@@ -15,11 +15,12 @@ whose figures are compared are interleaved in the same rounds so that they share
   (profiler.attribution, by region and autograd sequence number); a graph replays the kernels it captured in
   the order it captured them, so each round's kernels are aligned by name with its plan's eager kernels
   (a check that can fail);
-- `timed_rounds`: CUDA events around each round graph's replay (compared with the traced rounds' span), then
-  eager rounds of the layer step, each step bracketed by events (the eager latency, host included);
-- `traced_rounds`: one torch.profiler session of round replays: the layer's per-component kernel times and
-  each call alone (the floor) come from the same rounds;
-- NVML clock and power are sampled in both kinds of round (profiler.telemetry) and compared.
+- `interleaved_rounds`: one torch.profiler session whose traced rounds (the layer's per-component kernel
+  times and each call alone, the floor, from the same rounds) alternate with untraced blocks, the profiler's
+  collection switched off: CUDA events around a round graph's replay (compared with the traced rounds' span)
+  and an eager round of the layer step, each step bracketed by events (the eager latency, host included). The
+  compared figures thus sample one stretch of the clock in alternation, not two phases one after the other;
+- NVML clock and power are sampled in every block, tagged by what runs (profiler.telemetry), and compared.
 
 A CPU has no graphs and no kernels: there every unit runs eagerly and the trace's ops stand for kernels (the
 wiring, not the numbers). All of this returns small typed results; profiler.layer_profile composes them and
@@ -120,9 +121,13 @@ def _schedule(recorded: int):
 def _record(plan: list[tuple[str, Callable[[], object], str]], *, device: torch.device, trace_dir: Path,
             worker_name: str, flush: Callable[[], object], record_shapes: bool,
             on_recording: Callable[[], object] | None = None,
-            on_recorded: Callable[[], object] | None = None) -> Path:
+            on_recorded: Callable[[], object] | None = None,
+            between: Callable[[int], object] | None = None) -> Path:
     """Trace `plan` (label, fn, region): one profiler step per entry, the flush before each in its own region,
-    `fn` inside `region` (if any). The first entry is the profiler's warm-up and is not recorded."""
+    `fn` inside `region` (if any). The first entry is the profiler's warm-up and is not recorded. With
+    `between`, after each recorded entry i (from 0) the profiler's collection is switched off (no CUPTI, no op
+    callbacks), `between(i)` runs untraced, and collection is switched on again: traced and untraced work
+    interleave inside one session, with no trace export between them."""
     trace_dir.mkdir(parents=True, exist_ok=True)
     before = set(trace_dir.glob("*.pt.trace.json"))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -138,6 +143,12 @@ def _record(plan: list[tuple[str, Callable[[], object], str]], *, device: torch.
                 fn()
             if i == 1 and on_recording is not None:
                 on_recording()
+            if between is not None and i >= 1:
+                _sync(device)  # the traced work ends inside the trace (toggling off synchronises too)
+                prof.toggle_collection_dynamic(False, activities)
+                between(i - 1)
+                _sync(device)
+                prof.toggle_collection_dynamic(True, activities)
             if i == len(plan) - 1:
                 _sync(device)
                 if on_recorded is not None:
@@ -318,30 +329,52 @@ class TimedRounds:
         return [x for r in self.eager_ms for x in r]
 
 
-def timed_rounds(rounds: Rounds, layer: Unit, *, device: torch.device, n: int = TIMED_ROUNDS,
-                 eager_steps: int = EAGER_STEPS, on_eager: Callable[[], object] | None = None,
-                 on_rounds: Callable[[], object] | None = None) -> TimedRounds:
-    """`n` rounds back to back, each round graph's replay bracketed by CUDA events (the traced rounds' span is
-    compared with these); then `n` eager rounds of `eager_steps` eager layer steps, each step bracketed by
-    its own events with the L2 flushed before it, one round graph replayed between eager rounds so the GPU
-    keeps the rounds' load. An eager step's time includes whatever the host leaves the GPU idle."""
-    if on_rounds is not None:
-        on_rounds()
-    marks = [[] for _ in rounds.plans]
-    for r in range(n):
-        marks[r % len(rounds.plans)].append(_timed(lambda r=r: rounds.run(r), device))
-    round_ms = [_read(m, device) for m in marks]
-    if on_eager is not None:
-        on_eager()
-    eager = []
-    for r in range(n):
-        rounds.run(r)
-        steps = []
-        for _ in range(eager_steps):
-            rounds.flush()
-            steps.append(_timed(layer.eager, device))
-        eager.append(_read(steps, device))
-    return TimedRounds(round_ms, eager)
+def _timed_block(rounds: Rounds, layer: Unit, r: int, *, device: torch.device, eager_steps: int,
+                 marks: list[list], eager: list[list[float]], phase: Callable[[str], object]) -> None:
+    """Round r's graph replayed between CUDA events, then `eager_steps` eager layer steps, each bracketed by its
+    own events with the L2 flushed before it. The phase tag follows the GPU: each part is synchronised before
+    the next tag, so the NVML samples of a part are taken while its kernels run."""
+    phase("latency")
+    marks[r % len(rounds.plans)].append(_timed(lambda: rounds.run(r), device))
+    _sync(device)
+    phase("eager")
+    steps = []
+    for _ in range(eager_steps):
+        rounds.flush()
+        steps.append(_timed(layer.eager, device))
+    eager.append(_read(steps, device))
+
+
+def interleaved_rounds(rounds: Rounds, maps: KernelMaps, layer: Unit, *, device: torch.device, trace_dir: Path,
+                       worker_name: str, n: int = TRACED_ROUNDS, eager_steps: int = EAGER_STEPS,
+                       phase: Callable[[str | None], object] | None = None) -> tuple[TimedRounds, TracedRounds]:
+    """`n` blocks inside one profiler session, each: one traced round (region round/<plan>#<round>), then,
+    with the profiler's collection switched off, one timed round (CUDA events around its graph's replay) and
+    one eager round of the layer step. The figures that are compared (the traced rounds' span and kernel times
+    against the timed rounds' events, and the eager step against both) then sample one stretch of the clock
+    in alternation, tens of milliseconds apart, instead of two phases one after another: under a power cap the
+    SM clock wanders by 100-200 MHz over a few hundred milliseconds (H200, 2026-12-01), which phases of ~150 ms
+    one after the other saw as different power states. No trace export sits between them either."""
+    tag = phase if phase is not None else (lambda _name: None)
+    gpu = bool(rounds.graphs)
+    marks: list[list] = [[] for _ in rounds.plans]
+    eager: list[list[float]] = []
+
+    def traced(r: int):
+        def run():
+            tag("trace")
+            rounds.run(r, regions=not gpu)
+        return run
+
+    plan = [("warm-up", lambda: rounds.run(0), "")]
+    plan += [(f"round {r}", traced(r), f"{ROUND_REGION}{r % len(rounds.plans)}#{r}") for r in range(n)]
+    path = _record(plan, device=device, trace_dir=trace_dir, worker_name=worker_name, flush=lambda: None,
+                   record_shapes=not gpu, on_recorded=lambda: tag("trace-export"),
+                   between=lambda r: _timed_block(rounds, layer, r, device=device, eager_steps=eager_steps,
+                                                  marks=marks, eager=eager, phase=tag))
+    tag(None)
+    timed = TimedRounds([_read(m, device) for m in marks], eager)
+    return timed, _traced_from(path, rounds, maps)
 
 
 # ---- traced rounds: the round graphs under one profiler session -----------------------------------------------
@@ -364,8 +397,12 @@ def traced_rounds(rounds: Rounds, maps: KernelMaps, *, device: torch.device, tra
         plan.append((f"round {r}", (lambda r=r: rounds.run(r, regions=not gpu)), f"{ROUND_REGION}{r % len(rounds.plans)}#{r}"))
     path = _record(plan, device=device, trace_dir=trace_dir, worker_name=worker_name, flush=lambda: None,
                    record_shapes=not gpu, on_recording=on_recording, on_recorded=on_recorded)
+    return _traced_from(path, rounds, maps)
+
+
+def _traced_from(path: Path, rounds: Rounds, maps: KernelMaps) -> TracedRounds:
     events = load_trace(path)
-    if gpu:
+    if rounds.graphs:
         activities, spans, mismatches = map_rounds(events, maps.maps, rounds.plans)
     else:
         activities, mismatches = attribute_units(events), []
