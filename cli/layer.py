@@ -248,8 +248,11 @@ def run_distributed(args, request: LayerRequest) -> int:
 def _print_result(summary: dict, components: pd.DataFrame) -> None:
     lat = summary["latency_us"]
     unit, scale = ("TFLOP/s", 1.0) if summary["layer_tflops"] >= 1 else ("GFLOP/s", 1e3)
-    line = (f"  latency {lat['median']:.1f} us (p10 {lat['p10']:.1f}, p90 {lat['p90']:.1f}, n={lat['repeats']}); "
-            f"kernels {summary['busy_us']:.1f} us, idle/launch gaps {summary['idle_us']:.1f} us; "
+    eager = summary.get("latency_eager_us") if lat.get("basis") == "graph" else None
+    basis = f" back to back; eager step {eager['median']:.1f} us, host included" if eager else ""
+    gaps = "idle" if eager else "idle/launch gaps"
+    line = (f"  latency {lat['median']:.1f} us (p10 {lat['p10']:.1f}, p90 {lat['p90']:.1f}, n={lat['repeats']}{basis}); "
+            f"kernels {summary['busy_us']:.1f} us, {gaps} {summary['idle_us']:.1f} us; "
             f"{summary['layer_tflops'] * scale:.1f} {unit}; GEMM share {100 * summary['gemm_share']:.1f}% of kernel time, "
             f"{100 * summary['gemm_share_of_latency']:.1f}% of latency; coverage {100 * summary['coverage']:.2f}%")
     if summary.get("floor_ratio"):

@@ -35,7 +35,7 @@ from .floor import floor_calls
 from .flops import CONVENTIONS, check_rows, component_flops, counted_flops, flops_for, ran_fused_attention
 from .perfetto import annotate_trace
 from .shape_check import attention_ops, check_shapes
-from .telemetry import compare_phases
+from .telemetry import compare_phases, window_clocks
 from .timing import POLICY, TimingStats, summarize
 from .trace import device_properties
 
@@ -153,7 +153,7 @@ class Attempt:
     number: int
     timed: P.TimedRounds
     traced: P.TracedRounds
-    latency: TimingStats  # the eager layer step
+    latency: TimingStats  # the eager layer step (host included)
     graph: TimingStats | None  # the layer's instances inside the round graphs (GPU span)
     layer: pd.DataFrame  # the layer unit's kernels
     totals: pd.DataFrame  # per layer instance: busy, span
@@ -216,11 +216,18 @@ def measure_attempt(number: int, rounds: P.Rounds, units: dict, maps: P.KernelMa
         for column in ("alone_us", "alone_p10_us", "alone_p90_us", "vs_alone_pct", "vs_alone_allowed_pct", "vs_alone_check"):
             summary[column] = None
     clock = _clock(telemetry, cfg, number)
+    round_clocks = window_clocks(telemetry.samples, traced.windows) \
+        if telemetry is not None and telemetry.available and traced.windows else []
+    if clock is not None:
+        clock["per_round_mhz"] = round_clocks
+    ordered = totals.sort_values("step")
+    step_clocks = [round_clocks[int(r)] if int(r) < len(round_clocks) else None for r in ordered["round"]] \
+        if round_clocks else None
     checks = []
     if on_gpu:
         span_us, events_us, spread = rounds_vs_trace(timed, traced)
         checks = [
-            C.trace_drift_check(totals.sort_values("step")["busy_us"].tolist()),
+            C.trace_drift_check(ordered["busy_us"].tolist(), step_clocks),
             C.trace_vs_events_check(span_us, events_us, spread, what="round graphs'"),
             C.clock_check(clock["comparison"] if clock else None,
                           reason=telemetry.reason if telemetry is not None else "telemetry off (--no-telemetry)"),
@@ -278,17 +285,24 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
     if on_gpu:
         torch.cuda.empty_cache()
 
-    latency, graph, summary, totals = final.latency, final.graph, final.summary, final.totals
-    latency_us = latency.median_ms * 1e3
+    eager, graph, summary, totals = final.latency, final.graph, final.summary, final.totals
+    # The latency is the layer's GPU time back to back (its instances' span in the round graphs: the sustained
+    # definition, and the same rounds as its kernel times and its floor); the eager step, host included, is
+    # reported beside it and decides launch-boundness. Without graphs (a CPU, a failed capture) the latency is
+    # the eager step.
+    latency = graph if graph else eager
+    latency_us, eager_us = latency.median_ms * 1e3, eager.median_ms * 1e3
     graph_us = graph.median_ms * 1e3 if graph else None
     busy_us = float(totals["busy_us"].median()) if len(totals) else 0.0
     span_us = float(totals["span_us"].median()) if len(totals) else 0.0
-    # idle, in two parts that cannot be negative. The gaps between the graph's own kernels: each instance's span
-    # holds its kernels, which do not overlap on one stream, so span >= busy instance by instance and so in the
-    # median. The host's launch gaps: the eager step's excess over its instances in the round graphs (an eager
-    # step cannot run its kernels faster than the same kernels back to back; a median below that is noise)
+    # Idle cannot be negative. The gaps between the graph's own kernels: each instance's span holds its kernels,
+    # which do not overlap on one stream, so span >= busy instance by instance and so in the median. The host's
+    # launch gaps: the eager step's excess over its instances in the round graphs (an eager step cannot run its
+    # kernels faster than the same kernels back to back; a median below that is noise); they are part of the
+    # latency only where the latency is the eager step.
     graph_gaps_us = span_us - busy_us if on_gpu else 0.0
-    launch_gaps_us = max(0.0, latency_us - (graph_us if graph_us else busy_us))
+    launch_gaps_us = max(0.0, eager_us - (graph_us if graph_us else busy_us))
+    idle_us = graph_gaps_us if graph else graph_gaps_us + launch_gaps_us
     rounds_span, rounds_events, _ = rounds_vs_trace(final.timed, final.traced)
     summary["share_of_latency"] = summary["time_us"] / latency_us
     floor_total_us = sum(t.median_ms for t in final.alone.values()) * 1e3 if final.alone else None
@@ -320,7 +334,7 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
     summary = join_depth(summary, depth)
     annotate_trace(trace_path, final.traced.activities)  # component names as slices on the GPU timeline (Perfetto)
 
-    is_launch_bound, launch_note = launch_bound(latency_us, graph_us, busy_us) if on_gpu else \
+    is_launch_bound, launch_note = launch_bound(eager_us, graph_us, busy_us) if on_gpu else \
         (False, "not judged on a CPU (an op's host time is not a kernel's)")
     cover = coverage(final.layer) if len(final.layer) else 0.0
     checks = [
@@ -345,11 +359,13 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
         "timing_policy": POLICY,
         "flop_conventions": {"layer_tflops": CONVENTIONS["model"], "components.tflops": CONVENTIONS["executed"],
                              "flops_check": CONVENTIONS["counted"]},
-        "latency_us": _latency_dict(latency, warmup),
+        "latency_us": {**_latency_dict(latency, warmup),
+                       "basis": "graph" if graph else "eager"},  # graph: the GPU span back to back; eager: host included
+        "latency_eager_us": _latency_dict(eager),
         "latency_graph_us": graph_dict,
         "latency_profiled_us": span_us,
         "busy_us": busy_us,
-        "idle_us": graph_gaps_us + launch_gaps_us,
+        "idle_us": idle_us,
         "graph_gaps_us": graph_gaps_us,
         "launch_gaps_us": launch_gaps_us,
         "launch_bound": is_launch_bound,
@@ -360,7 +376,7 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
                          "unit": "round"},
         "rounds": {"per_attempt": options.active_steps, "instances_per_round": reps, "plans": P.PLANS, "attempts": [
             {"attempt": a.number, "failed": a.failed,
-             "latency_us": round(a.latency.median_ms * 1e3, 3),
+             "eager_us": round(a.latency.median_ms * 1e3, 3),
              "graph_us": round(a.graph.median_ms * 1e3, 3) if a.graph else None} for a in attempts],
             "eager_rounds": eager_reason},
         "coverage": cover,

@@ -15,11 +15,12 @@ whose figures are compared are interleaved in the same rounds so that they share
   (profiler.attribution, by region and autograd sequence number); a graph replays the kernels it captured in
   the order it captured them, so each round's kernels are aligned by name with its plan's eager kernels
   (a check that can fail);
-- `interleaved_rounds`: one torch.profiler session whose traced rounds (the layer's per-component kernel
-  times and each call alone, the floor, from the same rounds) alternate with untraced blocks, the profiler's
-  collection switched off: CUDA events around a round graph's replay (compared with the traced rounds' span)
-  and an eager round of the layer step, each step bracketed by events (the eager latency, host included). The
-  compared figures thus sample one stretch of the clock in alternation, not two phases one after the other;
+- `interleaved_rounds`: eager rounds of the layer step, each step bracketed by events (the eager step, host
+  included: the launch-bound verdict), then one torch.profiler session whose traced rounds (the layer's
+  latency, i.e. its instances' GPU span, its per-component kernel times and each call alone, the floor, all
+  from the same rounds) alternate with untraced blocks, the profiler's collection switched off, of CUDA
+  events around a round graph's replay (compared with the traced rounds' span). The compared figures thus
+  sample one stretch of the clock in alternation, not two phases one after the other;
 - NVML clock and power are sampled in every block, tagged by what runs (profiler.telemetry), and compared.
 
 A CPU has no graphs and no kernels: there every unit runs eagerly and the trace's ops stand for kernels (the
@@ -329,52 +330,65 @@ class TimedRounds:
         return [x for r in self.eager_ms for x in r]
 
 
-def _timed_block(rounds: Rounds, layer: Unit, r: int, *, device: torch.device, eager_steps: int,
-                 marks: list[list], eager: list[list[float]], phase: Callable[[str], object]) -> None:
-    """Round r's graph replayed between CUDA events, then `eager_steps` eager layer steps, each bracketed by its
-    own events with the L2 flushed before it. The phase tag follows the GPU: each part is synchronised before
-    the next tag, so the NVML samples of a part are taken while its kernels run."""
-    phase("latency")
-    marks[r % len(rounds.plans)].append(_timed(lambda: rounds.run(r), device))
-    _sync(device)
-    phase("eager")
-    steps = []
-    for _ in range(eager_steps):
-        rounds.flush()
-        steps.append(_timed(layer.eager, device))
-    eager.append(_read(steps, device))
+def eager_rounds(rounds: Rounds, layer: Unit, *, device: torch.device, n: int, eager_steps: int = EAGER_STEPS) -> list[list[float]]:
+    """`n` eager rounds of `eager_steps` eager layer steps, each bracketed by its own events with the L2
+    flushed before it, one round graph replayed before each eager round so the GPU keeps the rounds' load.
+    An eager step's time includes whatever the host leaves the GPU idle. Taken outside the profiler's session:
+    inside it, even with collection off, the profiler's hooks slowed each launch (pythia-1b's eager step took
+    1.1-1.6 ms there against 0.41 ms outside, H200)."""
+    eager = []
+    for r in range(n):
+        rounds.run(r)
+        steps = []
+        for _ in range(eager_steps):
+            rounds.flush()
+            steps.append(_timed(layer.eager, device))
+        eager.append(_read(steps, device))
+    return eager
 
 
 def interleaved_rounds(rounds: Rounds, maps: KernelMaps, layer: Unit, *, device: torch.device, trace_dir: Path,
                        worker_name: str, n: int = TRACED_ROUNDS, eager_steps: int = EAGER_STEPS,
                        phase: Callable[[str | None], object] | None = None) -> tuple[TimedRounds, TracedRounds]:
-    """`n` blocks inside one profiler session, each: one traced round (region round/<plan>#<round>), then,
-    with the profiler's collection switched off, one timed round (CUDA events around its graph's replay) and
-    one eager round of the layer step. The figures that are compared (the traced rounds' span and kernel times
-    against the timed rounds' events, and the eager step against both) then sample one stretch of the clock
-    in alternation, tens of milliseconds apart, instead of two phases one after another: under a power cap the
+    """`n` eager rounds of the layer step (`eager_rounds`), then one profiler session of `n` blocks, each: one
+    traced round (region round/<plan>#<round>), then, with the profiler's collection switched off, one timed
+    round (CUDA events around its graph's replay). The figures that are compared (the traced rounds' span,
+    kernel times and floor against the timed rounds' events) then sample one stretch of the clock in
+    alternation, tens of milliseconds apart, instead of two phases one after the other: under a power cap the
     SM clock wanders by 100-200 MHz over a few hundred milliseconds (H200, 2026-12-01), which phases of ~150 ms
-    one after the other saw as different power states. No trace export sits between them either."""
+    one after the other saw as different power states. No trace export sits between them either. The phase
+    tag follows the GPU: each part is synchronised before the next tag, so a part's NVML samples are taken
+    while its kernels run."""
     tag = phase if phase is not None else (lambda _name: None)
     gpu = bool(rounds.graphs)
+    tag("eager")
+    eager = eager_rounds(rounds, layer, device=device, n=n, eager_steps=eager_steps)
     marks: list[list] = [[] for _ in rounds.plans]
-    eager: list[list[float]] = []
+
+    windows: list[list[float]] = []  # per traced round: perf_counter() from its launch to its end (synchronised)
 
     def traced(r: int):
         def run():
             tag("trace")
+            windows.append([time.perf_counter(), float("nan")])
             rounds.run(r, regions=not gpu)
         return run
 
+    def timed(r: int) -> None:
+        windows[r][1] = time.perf_counter()  # _record synchronised after the traced round
+        tag("latency")
+        marks[r % len(rounds.plans)].append(_timed(lambda: rounds.run(r), device))
+        _sync(device)
+
+    tag(None)  # the profiler's own warm-up step
     plan = [("warm-up", lambda: rounds.run(0), "")]
     plan += [(f"round {r}", traced(r), f"{ROUND_REGION}{r % len(rounds.plans)}#{r}") for r in range(n)]
     path = _record(plan, device=device, trace_dir=trace_dir, worker_name=worker_name, flush=lambda: None,
-                   record_shapes=not gpu, on_recorded=lambda: tag("trace-export"),
-                   between=lambda r: _timed_block(rounds, layer, r, device=device, eager_steps=eager_steps,
-                                                  marks=marks, eager=eager, phase=tag))
+                   record_shapes=not gpu, on_recorded=lambda: tag("trace-export"), between=timed)
     tag(None)
-    timed = TimedRounds([_read(m, device) for m in marks], eager)
-    return timed, _traced_from(path, rounds, maps)
+    traced_rounds_ = _traced_from(path, rounds, maps)
+    traced_rounds_.windows = [(a, b) for a, b in windows]
+    return TimedRounds([_read(m, device) for m in marks], eager), traced_rounds_
 
 
 # ---- traced rounds: the round graphs under one profiler session -----------------------------------------------
@@ -384,6 +398,7 @@ class TracedRounds:
     activities: pd.DataFrame  # one row per kernel of every unit instance: unit, round, rep, step, pass, component, ...
     round_spans_us: list[list[float]]  # per plan: every traced round's GPU span
     mismatches: list[dict] = field(default_factory=list)  # rounds whose kernels differ from their plan's expectation
+    windows: list[tuple[float, float]] = field(default_factory=list)  # per round: host perf_counter() start, end
 
 
 def traced_rounds(rounds: Rounds, maps: KernelMaps, *, device: torch.device, trace_dir: Path, worker_name: str,

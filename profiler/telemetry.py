@@ -8,6 +8,7 @@ Without NVML (a CPU run, or nvidia-ml-py missing) nothing is sampled and the com
 
 from __future__ import annotations
 
+import bisect
 import statistics
 import threading
 import time
@@ -98,6 +99,20 @@ class Telemetry:
         if not self.available:
             return {"available": False, "reason": self.reason}
         return {"available": True, "interval_s": self.interval_s, "phases": summarize_phases(self.samples)}
+
+
+def window_clocks(samples: list[Sample], windows: list[tuple[float, float]]) -> list[float | None]:
+    """The median SM clock of the samples taken inside each (start, end) window of time.perf_counter() seconds;
+    None where no sample fell inside (a window shorter than the sampling interval)."""
+    times = [s.t_s for s in samples]
+    order = sorted(range(len(samples)), key=times.__getitem__)
+    ts = [times[i] for i in order]
+    out = []
+    for start, end in windows:
+        lo, hi = bisect.bisect_left(ts, start), bisect.bisect_right(ts, end)
+        inside = [samples[order[i]].sm_clock_mhz for i in range(lo, hi)]
+        out.append(statistics.median(inside) if inside else None)
+    return out
 
 
 def summarize_phases(samples: list[Sample]) -> dict[str, dict]:

@@ -27,14 +27,18 @@ POLICY = {
                   "(no rests, no synchronisation inside a round), so a power-capped GPU is measured power-capped",
     "protocol": "a layer run's units (the layer step, each GEMM and fused attention alone, the ceiling GEMM 8192^3) "
                 "are replayed from CUDA graphs in shuffled, interleaved rounds, so every figure that is compared "
-                "with another shares each round's clock; the timed rounds (CUDA events: eager step and graph "
-                "replay) and the traced rounds (torch.profiler: every unit's kernels) alternate per attempt, and a "
-                "failed comparison is measured again at most twice (profiler/protocol.py)",
+                "with another shares each round's clock; inside one profiler session each traced round "
+                "(torch.profiler: every unit's kernels) is followed by a timed round (CUDA events around the "
+                "round graph, the profiler's collection switched off), so both sample one stretch of the clock; "
+                "the layer's latency is its instances' GPU span in the traced rounds (checked against the events), "
+                "the eager step (host included, taken just before, outside the profiler) decides launch-boundness; "
+                "a failed comparison is measured again at most twice (profiler/protocol.py)",
     "l2": "flushed at the start of every timed unit (a layer step, a CUDA-graph replay, one GEMM or attention "
           "call of the floor, one repetition of a sweep point) by writing a buffer of twice the L2 size; "
           "never flushed inside a unit, so a kernel reads what the previous kernel of the same unit left in L2",
     "clock": "the GPU is measured as found (clocks, power limit untouched); SM clock and power are sampled "
-             "through NVML in every measured phase and the timed and traced rounds are compared",
+             "through NVML in every measured phase and per traced round; the timed and traced rounds' clocks "
+             "are compared, and a trace's drift is judged at one clock (its rounds' sampled clocks)",
     "warmup": f"until stable: rounds (or windows of at least {MIN_WINDOW_CALLS} calls) until two consecutive "
               f"medians agree within {STABLE_TOLERANCE:.0%} (or {STABLE_ABS_MS * 1e3:.0f} us) and at least "
               "1 s of back-to-back work on a GPU (windows of 100 ms of rounds), capped at 5 s; a cap reached is "

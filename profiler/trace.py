@@ -34,7 +34,8 @@ DEVICE_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 LAUNCH_ARGS = {"grid": "grid", "block": "block", "registers per thread": "registers",
                "shared memory": "shared_memory", "blocks per SM": "blocks_per_sm", "stream": "stream"}
 # libkineto prints these on fd 2 at every profiler start and stop, whatever KINETO_LOG_LEVEL says
-KINETO_NOISE = re.compile(r"^(USDT|STAGE):\d{4}-\d\d-\d\d .*(profiler_start|profiler_stop|Completed Stage)")
+KINETO_NOISE = re.compile(r"^(USDT|STAGE):\d{4}-\d\d-\d\d .*(profiler_start|profiler_stop|Completed Stage)"
+                          r"|^\[W\d{4} [\d:.]+ profiler_kineto\.cpp:\d+\] Toggling (CPU|GPU) activity with")
 
 
 @contextmanager

@@ -7,7 +7,8 @@
 # Parts:
 #   tests      the GPU-only tests (pytest -m gpu)                                              ~1 min
 #   readme     the README's main command README_RUNS times in a row (default 5), exit codes kept  ~2 min
-#   layer      the layer evidence: Figures 1, 2, 11, pythia-1b fwd and fwd+bwd, the Pythia suite  ~3 min
+#   layer      the layer evidence: Figures 1, 2, 11, pythia-1b fwd and fwd+bwd, the Pythia suite  ~3.5 min
+#              (LAYER_RUNS=N runs it N times in a row, one archive layer-<i>.tgz each)
 #   speed      the sweep speed/accuracy benchmark (120 mixed points vs do_bench)                  ~1 min
 #   sweeps     the full evidence sweeps (scripts/gpu_sweeps.sh)                                   ~4 min
 #   advise     the sizing advisor with --measure (scripts/gpu_advise.sh)                           ~4 min
@@ -50,8 +51,9 @@ if want readme; then
   bundle readme $R
   elapsed readme
 fi
+for run in $(seq 1 ${LAYER_RUNS:-1}); do
 if want layer; then
-  R=/tmp/layer; rm -rf $R
+  R=/tmp/layer-$run; rm -rf $R
   L="python3 -m profiler layer"
   # paper Figure 2 / 11: small, large, large + flash (forward, bf16, s=2048)
   $L --config paper-small --config paper-large --config paper-large-flash --out $R/figure2
@@ -63,9 +65,10 @@ if want layer; then
   # the Pythia suite's layers (forward, b=1, s=2048): the training-shape side of the inference comparison
   $L --config pythia-70m --config pythia-160m --config pythia-410m --config pythia-1b --config pythia-1.4b \
      --config pythia-2.8b --config pythia-6.9b --config pythia-12b --attention flash --out $R/pythia-suite
-  bundle layer $R
-  elapsed layer
+  bundle layer-$run $R
+  elapsed layer-$run
 fi
+done
 if want speed; then
   python3 scripts/bench_sweep_speed.py --points ${SPEED_POINTS:-100} --out /tmp/speed 2>&1 | tail -n 20
   bundle speed /tmp/speed

@@ -48,6 +48,28 @@ def test_trace_drift_check_fails_on_a_trace_that_was_still_warming_up():
     assert C.trace_drift_check([1.0, 1.0]).status == "skipped"
 
 
+def test_trace_drift_is_judged_at_one_sm_clock_where_each_step_clock_was_sampled():
+    # gpt3-2.7b (eager) at the H200's power cap: kernels 3837 -> 3643 us (-5.1%) while the clock rose
+    busy = [3837.0] * 5 + [3643.0] * 5
+    following = [1650.0] * 5 + [1650.0 * 3837 / 3643] * 5  # the drift is the clock's: passes
+    result = C.trace_drift_check(busy, following)
+    assert result.status == "pass" and "at one clock" in result.observed
+    assert C.trace_drift_check(busy, [1650.0] * 10).status == "fail"  # a steady clock: the kernels drifted
+    assert C.trace_drift_check(busy).status == "fail"  # no clock sampled: judged as measured
+    # a clock that moved the other way makes it worse, not better
+    assert C.trace_drift_check([3700.0] * 10, [1650.0] * 5 + [1560.0] * 5).status == "fail"
+    # rounds without a sample (shorter than the sampling interval) are left out of the halves' clocks
+    assert C.trace_drift_check(busy, [None, 1650.0, None, 1650.0, 1650.0] + [following[-1], None] * 2 + [None]
+                               ).status == "pass"
+
+
+def test_window_clocks_take_the_samples_inside_each_round():
+    from profiler.telemetry import Sample, window_clocks
+
+    samples = [Sample("trace", t, clock, 690.0) for t, clock in ((0.005, 1600), (0.012, 1620), (0.031, 1700))]
+    assert window_clocks(samples, [(0.0, 0.015), (0.02, 0.025), (0.03, 0.04)]) == [1610.0, None, 1700.0]
+
+
 def test_warmup_check_fails_when_a_phase_never_settled():
     assert C.warmup_check({"latency": {"stable": True}, "trace": {"stable": True}}).status == "pass"
     failed = C.warmup_check({"latency": {"stable": True}, "floor:mlp_up": {"stable": False}})

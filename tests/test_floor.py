@@ -80,9 +80,9 @@ def test_every_unit_runs_in_every_round_and_a_layer_in_the_same_rounds_is_cut_fr
 
 
 def test_timed_and_eager_blocks_alternate_with_traced_rounds_and_stay_out_of_the_trace(tmp_path):
-    """One profiler session: every traced round is followed by an untraced block (a timed round and an eager
-    round of the layer) with the profiler's collection off; the telemetry tags alternate block by block, so the
-    compared figures sample one stretch of the clock; the trace holds the traced rounds only."""
+    """Eager rounds first, outside the profiler; then one profiler session in which every traced round is
+    followed by a timed round with the profiler's collection off: the telemetry tags alternate round by round,
+    so the compared figures sample one stretch of the clock; the trace holds the traced rounds only."""
     call = gemm_call("mlp_up", 1, 16, 64, 32, dtype=torch.float32, device=CPU, bias=False, backward=False)
     marker = torch.zeros(3)
 
@@ -95,12 +95,13 @@ def test_timed_and_eager_blocks_alternate_with_traced_rounds_and_stay_out_of_the
     tags = []
     timed, traced = P.interleaved_rounds(rounds, maps, units[P.LAYER], device=CPU, trace_dir=tmp_path,
                                          worker_name="t", n=4, eager_steps=2, phase=tags.append)
-    assert tags == ["trace", "latency", "eager"] * 4 + ["trace-export", None]
+    assert tags == ["eager", None] + ["trace", "latency"] * 4 + ["trace-export", None]
     assert [len(m) for m in timed.round_ms] == [2, 1, 1] and len(timed.eager) == 8
     assert sorted(traced.activities["round"].unique()) == [0, 1, 2, 3]
     events = pd.read_json(traced.trace_path, orient="records", typ="series")["traceEvents"]
     names = [e.get("name", "") for e in events]
-    # the traced rounds' layer calls ran cumsum inside unit regions; the eager blocks' 8 steps are not traced
+    # the traced rounds' layer calls ran cumsum inside unit regions; the timed rounds' 4 layer calls did not
+    assert len(traced.windows) == 4 and all(a < b for a, b in traced.windows)
     assert sum(n == "aten::cumsum" for n in names) == 4
 
 
