@@ -48,16 +48,21 @@ def test_trace_drift_check_fails_on_a_trace_that_was_still_warming_up():
     assert C.trace_drift_check([1.0, 1.0]).status == "skipped"
 
 
-def test_trace_drift_is_judged_at_one_sm_clock_where_each_step_clock_was_sampled():
+def test_trace_drift_is_judged_over_what_the_sm_clock_can_explain():
     # gpt3-2.7b (eager) at the H200's power cap: kernels 3837 -> 3643 us (-5.1%) while the clock rose
     busy = [3837.0] * 5 + [3643.0] * 5
-    following = [1650.0] * 5 + [1650.0 * 3837 / 3643] * 5  # the drift is the clock's: passes
+    following = [1650.0] * 5 + [1650.0 * 3837 / 3643] * 5  # a compute-bound layer following its clock: passes
     result = C.trace_drift_check(busy, following)
-    assert result.status == "pass" and "at one clock" in result.observed
+    assert result.status == "pass" and "in proportion" in result.observed
     assert C.trace_drift_check(busy, [1650.0] * 10).status == "fail"  # a steady clock: the kernels drifted
     assert C.trace_drift_check(busy).status == "fail"  # no clock sampled: judged as measured
-    # a clock that moved the other way makes it worse, not better
-    assert C.trace_drift_check([3700.0] * 10, [1650.0] * 5 + [1560.0] * 5).status == "fail"
+    # a clock that moved the other way explains nothing
+    assert C.trace_drift_check(busy, [1650.0] * 5 + [1560.0] * 5).status == "fail"
+    # pythia-1b (README run): +0.2% of kernel time while the clock rose 3.3%: a memory-bound share ignores the
+    # clock, so a flat time is within what the clock explains (the proportional reading, +3.5%, is one end)
+    assert C.trace_drift_check([387.8] * 5 + [388.6] * 5, [1830.0] * 5 + [1890.0] * 5).status == "pass"
+    # a drift beyond even the proportional reading fails
+    assert C.trace_drift_check([3837.0] * 5 + [3400.0] * 5, following).status == "fail"
     # rounds without a sample (shorter than the sampling interval) are left out of the halves' clocks
     assert C.trace_drift_check(busy, [None, 1650.0, None, 1650.0, 1650.0] + [following[-1], None] * 2 + [None]
                                ).status == "pass"
