@@ -27,7 +27,7 @@ EXAMPLES = """examples:
   python -m profiler invariance matmul --config llama-2-7b-like --no-k-search --max-tokens 4096
   python -m profiler invariance layer --config pythia-1b --batch 2,8,32,64 --out runs/invariance
   python -m profiler invariance report runs/invariance runs/engines --out runs/invariance-all
-without a GPU the invariant kernels run in Triton's interpreter (pip install triton): small defaults, and the
+without a GPU the invariant kernels run in Triton's interpreter (pip install -e ".[invariance]"): small defaults, and the
 numbers prove the wiring, not the speed."""
 CPU = {"max_tokens": 8, "prompt_len": 16, "batches": "2,3", "dtype": "float32"}
 GPU = {"max_tokens": 8192, "prompt_len": 128, "batches": "2,4,8,16,32,64", "dtype": "bfloat16"}
@@ -123,38 +123,76 @@ def run_matmul(args) -> int:
     configs = _configs(args)
     _notice_cpu(device)
     k_search = not args.no_k_search and (device.type == "cuda" or args.k_search is not None)
-    budget = matmul_bench.Budget(args.warmup_ms, args.rep_ms)
-    throughput, checks, tiles = [], [], {}
-    for cfg in configs:
-        gemms = shapes.weight_gemm_shapes(cfg, include_logits=args.logits)
-        started = time.perf_counter()
-        frame = matmul_bench.throughput(gemms, sweep, dtype=dtype, device=device, budget=budget,
-                                        progress=_progress(args), config_name=cfg.name)
-        throughput.append(frame)
-        tiles[cfg.name] = {g.label: matmul_bench.tile_label(g, dtype, device) for g in gemms}
-        print(f"{cfg.name}: TFLOP/s at {len(sweep)} token counts x {len(gemms)} shapes in {time.perf_counter() - started:.1f} s")
-        if not args.no_check:
-            started = time.perf_counter()
-            checks.append(matmul_bench.invariance(gemms, check, dtype=dtype, device=device, progress=_progress(args),
-                                                  config_name=cfg.name))
-            if k_search:
-                checks.append(matmul_bench.invariance(shapes.k_search_shapes(cfg, ks), shapes.k_search_tokens(max(check)),
-                                                      dtype=dtype, device=device, progress=_progress(args),
-                                                      config_name=cfg.name))
-            print(f"{cfg.name}: invariance over {len(check)} token counts"
-                  f"{f' and K in {ks}' if k_search else ''} in {time.perf_counter() - started:.1f} s")
+    # a CPU's interpreter makes every call seconds long: one warm-up and one timed call per point say the wiring
+    budget = matmul_bench.Budget(args.warmup_ms, args.rep_ms, min_reps=5 if device.type == "cuda" else 1)
+    if device.type == "cpu":
+        _estimate_cpu(configs, args, sweep, check, ks if k_search else (), budget, dtype, device)
     import pandas as pd
 
-    frames = {"throughput": pd.concat(throughput, ignore_index=True)}
-    if checks:
-        frames["check"] = pd.concat(checks, ignore_index=True)
     run = {"environment": environment(device), "dtype": str(dtype).removeprefix("torch."), "sweep_tokens": list(sweep),
            "check_tokens": list(check), "k_search": list(ks) if k_search else [], "budget": budget.__dict__,
-           "configs": {c: {"tiles": t} for c, t in tiles.items()},
+           "configs": {}, "complete": False,
            "kernels": {"torch": "torch.nn.functional.linear (cuBLAS / cuBLASLt on CUDA)",
                        "invariant": f"models.invariant.invariant_linear: {DESCRIPTION}"}}
-    files.save(args.out, "matmul", frames, run)
+    throughput, checks = [], []
+
+    def save() -> None:  # after every part: a stopped run keeps what it measured
+        frames = {"throughput": pd.concat(throughput, ignore_index=True)} if throughput else {}
+        if checks:
+            frames["check"] = pd.concat(checks, ignore_index=True)
+        files.save(args.out, "matmul", frames, run)
+
+    try:
+        for cfg in configs:
+            gemms = shapes.weight_gemm_shapes(cfg, include_logits=args.logits)
+            started = time.perf_counter()
+            throughput.append(matmul_bench.throughput(gemms, sweep, dtype=dtype, device=device, budget=budget,
+                                                      progress=_progress(args), config_name=cfg.name))
+            run["configs"][cfg.name] = {"tiles": {g.label: matmul_bench.tile_label(g, dtype, device) for g in gemms}}
+            save()
+            print(f"{cfg.name}: TFLOP/s at {len(sweep)} token counts x {len(gemms)} shapes in {time.perf_counter() - started:.1f} s")
+            if not args.no_check:
+                started = time.perf_counter()
+                checks.append(matmul_bench.invariance(gemms, check, dtype=dtype, device=device, progress=_progress(args),
+                                                      config_name=cfg.name))
+                if k_search:
+                    checks.append(matmul_bench.invariance(shapes.k_search_shapes(cfg, ks), shapes.k_search_tokens(max(check)),
+                                                          dtype=dtype, device=device, progress=_progress(args),
+                                                          config_name=cfg.name))
+                save()
+                print(f"{cfg.name}: invariance over {len(check)} token counts"
+                      f"{f' and K in {ks}' if k_search else ''} in {time.perf_counter() - started:.1f} s")
+    except KeyboardInterrupt:
+        if throughput or checks:
+            save()
+        print(f"interrupted: what was measured is in {args.out} ({len(throughput)} config(s) timed, {len(checks)} "
+              "check(s)); run again to measure the rest", file=sys.stderr)
+        return 130
+    run["complete"] = True
+    save()
     return _finish(args, [args.out])
+
+
+def _estimate_cpu(configs, args, sweep, check, ks, budget, dtype, device) -> None:
+    """Say before starting how long the interpreter will take, from one probe call (issue 25: a run that
+    gave no estimate ran past ten minutes)."""
+    from profiler.invariance import matmul_bench, shapes
+
+    calls = []
+    for cfg in configs:
+        gemms = shapes.weight_gemm_shapes(cfg, include_logits=args.logits)
+        calls += matmul_bench.invariant_calls(
+            gemms, sweep, () if args.no_check else check, budget=budget,
+            check_shapes=shapes.k_search_shapes(cfg, ks) if ks and not args.no_check else [],
+            check_shape_tokens=shapes.k_search_tokens(max(check)) if ks and not args.no_check else ())
+    seconds, probe = matmul_bench.estimate_seconds(calls, dtype=dtype, device=device)
+    print(f"estimate: about {_duration(seconds)} on this CPU ({len(calls)} calls of the invariant kernel in Triton's "
+          f"interpreter; the smallest took {probe:.2f} s). --max-tokens, --no-check or a smaller --config shorten it; "
+          "results are saved after every part, so Ctrl-C keeps what was measured.", file=sys.stderr)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def run_layer(args) -> int:

@@ -326,6 +326,39 @@ def test_cli_matmul_then_layer_then_one_report(tmp_path, capsys):
 
 
 @interpreted
+def test_cli_matmul_on_a_cpu_says_how_long_before_it_starts_and_keeps_what_it_measured_when_stopped(
+        tmp_path, capsys, monkeypatch):
+    """Issue 25: on a CPU `invariance matmul` gave no estimate, ran past ten minutes and left nothing when
+    stopped. Now it estimates from one probe call first, saves after every part, and Ctrl-C (here raised where
+    the check would start) leaves the timed part readable, marked incomplete, with exit 130."""
+    config = tiny_config(tmp_path)
+    out = tmp_path / "out"
+
+    def stopped(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(matmul_bench, "invariance", stopped)
+    code = profiler_main(["invariance", "matmul", "--config", str(config), "--max-tokens", "4", "--warmup-ms", "0",
+                          "--rep-ms", "0", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 130 and "interrupted: what was measured is in" in err
+    assert "estimate: about" in err and "calls of the invariant kernel" in err
+    frames, runs = files.load([out])
+    assert "throughput" in frames and len(frames["throughput"]) > 0 and "check" not in frames
+    assert runs["matmul"]["complete"] is False
+
+
+def test_the_cpu_estimate_counts_every_invariant_call_the_run_makes():
+    gemm = [shapes.GemmShape("mlp_up", 64, 32, False), shapes.GemmShape("mlp_down", 32, 64, False)]
+    budget = matmul_bench.Budget(0.0, 0.0, 1)
+    calls = matmul_bench.invariant_calls(gemm, (1, 2, 4), (1, 2, 3, 4), budget=budget)
+    rows = len(matmul_bench._alone_rows(4, (1, 2, 3, 4)))
+    # per shape: 3 points x (correctness + warm-up + 1 timed), then the full product, each row alone, each M
+    assert len(calls) == 2 * (3 * 3 + 1 + rows + 4)
+    assert matmul_bench.invariant_calls(gemm, (1,), (), budget=budget) == [(g, 1) for g in gemm for _ in range(3)]
+
+
+@interpreted
 @pytest.mark.parametrize("args, message", [
     (["invariance", "layer", "--batch", "1,2"], "--batch"),
     (["invariance", "matmul"], "--config"),

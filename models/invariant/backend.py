@@ -30,7 +30,8 @@ class KernelUnavailable(RuntimeError):
 def available(device: torch.device | str | None = None) -> str | None:
     """None when the kernels can run on `device` (compiled on CUDA, interpreted on a CPU), else why not."""
     if triton is None:
-        return "the batch-invariant kernels need Triton (pip install triton); on a CPU they run in its interpreter"
+        return ("the batch-invariant kernels need Triton: pip install -e \".[invariance]\" (or pip install \"triton>=3.8\"); "
+                "on a CPU they run in its interpreter")
     if device is not None and torch.device(device).type != "cuda":
         return interpreter_problem()
     return None

@@ -12,6 +12,7 @@ Operands are random normals (never zeros: a GEMM on zeros runs faster and rounds
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -159,6 +160,47 @@ def throughput(shapes: list[GemmShape], tokens: Iterable[int], *, dtype: torch.d
                 bar.update()
     bar.close()
     return pd.DataFrame(rows)
+
+
+def _cost_units(shape: GemmShape, m: int) -> float:
+    """An interpreted Triton GEMM's cost grows with its programs times their K steps: about N * K per 64 rows."""
+    return shape.n * shape.k * -(-m // 64)
+
+
+def invariant_calls(shapes: list[GemmShape], sweep: Iterable[int], check: Iterable[int], *, budget: Budget,
+                    check_shapes: list[GemmShape] = (), check_shape_tokens: Iterable[int] = ()) -> list[tuple[GemmShape, int]]:
+    """Every (shape, M) call of the invariant kernel a run will make, counting a timed point as its correctness
+    call, one warm-up call and `budget.min_reps` timed ones (what `bench` makes of a call far slower than the
+    budget, as the interpreter's are), and a checked shape as its full product, each sampled row alone and
+    each M."""
+    calls = [(s, m) for s in shapes for m in sweep for _ in range(2 + budget.min_reps)]
+    for group, tokens in ((shapes, tuple(sorted(set(check)))), (list(check_shapes), tuple(sorted(set(check_shape_tokens))))):
+        if not tokens:
+            continue
+        rows = _alone_rows(tokens[-1], tokens)
+        for s in group:
+            calls += [(s, tokens[-1])] + [(s, 1)] * len(rows) + [(s, m) for m in tokens]
+    return calls
+
+
+@torch.inference_mode()
+def estimate_seconds(calls: list[tuple[GemmShape, int]], *, dtype: torch.dtype, device: torch.device) -> tuple[float, float]:
+    """(estimated seconds of the invariant kernel's calls, seconds of one probe call): the smallest shape timed
+    once at one row (after one untimed call), scaled by each call's cost units. The torch calls beside them
+    are left out (on a CPU they are thousands of times faster than the interpreter)."""
+    if not calls:
+        return 0.0, 0.0
+    probe = min((s for s, _ in calls), key=lambda s: s.n * s.k)
+    ops = make_operands(probe, 1, dtype=dtype, device=device)
+    fn = kernel_fn("invariant", ops)
+    fn(ops.x)
+    started = time.perf_counter()
+    fn(ops.x)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - started
+    unit = seconds / _cost_units(probe, 1)
+    return unit * sum(_cost_units(s, m) for s, m in calls), seconds
 
 
 def _alone_rows(max_tokens: int, tokens: tuple[int, ...], seed: int = 0) -> list[int]:
