@@ -247,11 +247,13 @@ def verdicts(table: pd.DataFrame, baseline: str, *, prefill_prompt: int | None =
         d = dec.loc[idx] if idx in dec.index else None
         src = p if p is not None else d
         train = row_training_metric(src)
-        carries = _carries(_class(src, train), [_class(p, "prefill"), _class(d, "decode")])
+        train_gain = _get(src, f"{train}_gain")
+        carries = _carries([pair_outcome(_class(src, train), train_gain, _class(r, m), _get(r, f"{m}_gain_lo"),
+                                         _get(r, f"{m}_gain_hi")) for r, m in ((p, "prefill"), (d, "decode"))])
         mixed = next((x for x in (p, d) if x is not None and _get(x, "variant_differs")), None)
-        if mixed is not None and not carries.startswith("cannot"):
-            carries += (f" (engine differs: {_get(mixed, 'variant')} vs the baseline's {_get(mixed, 'baseline_variant')}; "
-                        "the inference gain includes DeepSpeed's fused kernels, which the baseline's shape cannot use)")
+        if mixed is not None:  # never "carries over": the inference gain is partly another engine's
+            carries = (f"engine differs: {_get(mixed, 'variant')} vs the baseline's {_get(mixed, 'baseline_variant')}; "
+                       "the inference gain includes DeepSpeed's fused kernels, which the baseline's shape cannot use")
         not_ok = sorted({f"{_get(x, 'status')}: {_get(x, 'reason') or ''}".strip(": ") for x in (p, d)
                          if x is not None and _get(x, "status") != "ok"})
         checks = [f"{m}: {_get(r, f'{train}_failed_checks')}" for m, r in ((model, src), (baseline, base_training))
@@ -281,14 +283,38 @@ def _training_text(row: pd.Series | None, metric: str) -> str:
     return text + (f" [{host('train_fwdbwd')}]" if _get(row, "train_fwdbwd_basis") == LAUNCH_BOUND else "")
 
 
-def _carries(train_class: str, inference_classes: list[str]) -> str:
-    known = [c for c in inference_classes if c not in ("no data", LAUNCH_BOUND_CLASS)]
-    if train_class == "no data" or not known:
+UNCLEAR = "cannot tell"  # an inference interval that holds both no difference and the training gain
+
+
+def pair_outcome(train_class: str, train_gain, inference_class: str, lo, hi) -> str:
+    """One inference metric of one pair against its training gain: 'agrees' (the same direction, both beyond
+    their spread), 'reversed' (opposite directions, both beyond), 'lost' (training separates the pair;
+    inference is tied within an interval that excludes the training gain: the gain is not there),
+    UNCLEAR (inference is tied within an interval that also holds the training gain: this noise cannot say),
+    'same' (tied on both sides), 'inference only' (training tied, inference not), or 'no data'."""
+    if train_class == "no data" or inference_class in ("no data", LAUNCH_BOUND_CLASS):
+        return "no data"
+    if train_class == "no difference":
+        return "same" if inference_class == "no difference" else "inference only"
+    if inference_class == "no difference":
+        holds = lo is not None and hi is not None and not pd.isna(lo) and not pd.isna(hi) and lo <= train_gain <= hi
+        return UNCLEAR if holds else "lost"
+    return "agrees" if inference_class == train_class else "reversed"
+
+
+def _carries(outcomes: list[str]) -> str:
+    """The per-shape verdict from its metrics' pair outcomes, by the same rule as the ordering's agreement."""
+    known = [o for o in outcomes if o not in ("no data", UNCLEAR)]
+    if not known:
+        if UNCLEAR in outcomes:
+            return "cannot tell (inference cannot tell the shapes apart at this noise, nor rule out the training gain)"
         return "cannot tell (missing numbers)"
-    same = [c == train_class for c in known]
-    if all(same):
-        return "no difference in training or inference" if train_class == "no difference" else "carries over"
-    return "partly carries over" if any(same) else "does not carry over"
+    if all(o == "same" for o in known):
+        return "no difference in training or inference"
+    good = [o in ("agrees", "same") for o in known]
+    if all(good):
+        return "carries over"
+    return "partly carries over" if any(good) else "does not carry over"
 
 
 def order_string(df: pd.DataFrame, value: str, lo: str, hi: str) -> str:
@@ -330,6 +356,9 @@ def ordering(table: pd.DataFrame, *, training: str | None = None) -> pd.DataFram
             train_pairs, inf_pairs = significant_pairs(both, tv, tlo, thi), significant_pairs(both, v, lo, hi)
             contradictions = sorted(f"{a} > {b} in training, {b} > {a} in {metric}"
                                     for a, b in train_pairs if (b, a) in inf_pairs)
+            contradictions += sorted(f"{a} > {b} in training, tied in {metric} (the gain is outside its interval)"
+                                     for a, b in train_pairs if lost_pair(both, a, b, (tv, tlo, thi), (v, lo, hi)))
+            concordant = sorted(train_pairs & inf_pairs)
             variants = sorted(set(both["variant"].dropna())) if "variant" in both else []
             # every shape's step the host's speed: an order of noise, neither agreeing nor disagreeing
             host = metric == "decode" and "decode_launch_bound" in both and \
@@ -337,7 +366,8 @@ def ordering(table: pd.DataFrame, *, training: str | None = None) -> pd.DataFram
             out.append({"engine": engine, "batch": batch, "prompt_len": prompt, "metric": metric,
                         "training_metric": training, "training_order": order_string(both, tv, tlo, thi),
                         "inference_order": order_string(both, v, lo, hi),
-                        "agrees": None if host else not contradictions,
+                        # agrees only where a pair is told apart on both sides, the same way; else cannot tell
+                        "agrees": None if host else (False if contradictions else (True if concordant else None)),
                         "contradictions": "; ".join(contradictions), "shapes": len(both),
                         "engine_variants": ", ".join(variants) if len(variants) > 1 else "", "launch_bound": host})
     return pd.DataFrame(out, columns=["engine", "batch", "prompt_len", "metric", "training_metric", "training_order",
@@ -345,10 +375,23 @@ def ordering(table: pd.DataFrame, *, training: str | None = None) -> pd.DataFram
                                       "launch_bound"])
 
 
+def lost_pair(df: pd.DataFrame, a: str, b: str, train: tuple[str, str, str], inference: tuple[str, str, str]) -> bool:
+    """a > b beyond the spread in training; in inference tied, within an interval (a low / b high .. a high /
+    b low) that excludes the training ratio: the training gain is measurably not there."""
+    rows = df.set_index("model")
+    (tv, _, _), (v, lo, hi) = train, inference
+    ra, rb = rows.loc[a], rows.loc[b]
+    low, high, ratio = ra[lo] / rb[hi], ra[hi] / rb[lo], ra[tv] / rb[tv]
+    tied = low <= 1.0 <= high
+    return bool(tied and not (low <= ratio <= high))
+
+
 def agreement_text(row) -> str:
     """'agrees', 'disagrees: ...', or why it cannot tell."""
     if row["agrees"] is None or pd.isna(row["agrees"]):
-        return "cannot tell: every shape's decode step is launch-bound (the host's speed)"
+        if row.get("launch_bound"):
+            return "cannot tell: every shape's decode step is launch-bound (the host's speed)"
+        return "cannot tell: no pair of shapes is told apart on both sides beyond its spread"
     return "agrees" if row["agrees"] else "disagrees: " + row["contradictions"]
 
 

@@ -94,11 +94,45 @@ def test_ordering_disagrees_when_inference_reverses_a_training_gain():
     o = carryover.ordering(carryover.carryover_table(bench, layer, BASE)).set_index("metric")
     assert not o.loc["decode", "agrees"]
     assert "a > b in training, b > a in decode" in o.loc["decode", "contradictions"]
-    # within the spread the reversal is not a disagreement ('~' in the order)
+    # within the spread the reversal is not a disagreement ('~' in the order), nor an agreement: with no pair
+    # told apart in inference the ordering cannot tell (issue 20: it used to say "agrees")
     noisy = [bench_row(m, decode=d, spread=0.2) for m, d in ((BASE, 5.0), ("a", 4.5), ("b", 4.3))]
     bench_n, _ = frames(noisy, [])
     o2 = carryover.ordering(carryover.carryover_table(bench_n, layer, BASE)).set_index("metric")
-    assert o2.loc["decode", "agrees"] and "~" in o2.loc["decode", "inference_order"]
+    assert o2.loc["decode", "agrees"] is None and "~" in o2.loc["decode", "inference_order"]
+    assert carryover.agreement_text(o2.loc["decode"]).startswith("cannot tell: no pair of shapes")
+
+
+def test_a_tie_in_inference_is_cannot_tell_when_its_interval_holds_the_training_gain_and_lost_when_not():
+    """Issue 20's contradiction (review of 479233e): the ordering said 'agrees' where inference could not tell
+    the shapes apart, while the verdict on the same rows said 'does not carry over'. Both now read the tie the
+    same way: a wide interval that holds the +20% training gain cannot tell; a tight one that excludes it
+    means the gain is not there, on both sides."""
+    def verdict_and_order(spread):
+        rows = [bench_row(m, prompt=p, ttft=10.0, decode=5.0, spread=spread) for p in (128, 2048)
+                for m in (BASE, "fast")]
+        bench, layer = frames(rows, [layer_row(BASE, 100), layer_row("fast", 120)])
+        table = carryover.carryover_table(bench, layer, BASE)
+        (carries,) = carryover.verdicts(table, BASE)["carries_over"]
+        order = carryover.ordering(table).set_index("metric").loc["decode"]
+        return carries, order.iloc[0] if isinstance(order, pd.DataFrame) else order
+
+    carries, order = verdict_and_order(spread=0.15)  # decode gain 0% in [-26%, +35%]: holds +20%
+    assert carries.startswith("cannot tell (inference cannot tell") and order["agrees"] is None
+    carries, order = verdict_and_order(spread=0.01)  # 0% in [-2%, +2%]: the +20% is measurably absent
+    assert carries == "does not carry over" and order["agrees"] == False  # noqa: E712 (a numpy bool)
+    assert "tied in decode" in order["contradictions"]
+
+
+def test_pair_outcomes_cover_every_case():
+    P = carryover.pair_outcome
+    assert P("better", 0.2, "better", 0.1, 0.3) == "agrees"
+    assert P("better", 0.2, "worse", -0.3, -0.1) == "reversed"
+    assert P("better", 0.2, "no difference", -0.1, 0.3) == carryover.UNCLEAR
+    assert P("better", 0.2, "no difference", -0.02, 0.02) == "lost"
+    assert P("no difference", 0.0, "no difference", -0.02, 0.02) == "same"
+    assert P("no difference", 0.0, "better", 0.1, 0.2) == "inference only"
+    assert P("better", 0.2, carryover.LAUNCH_BOUND_CLASS, 0.1, 0.3) == "no data"
 
 
 def test_mii_auto_uses_injection_where_it_ran_and_noinject_elsewhere():
@@ -118,7 +152,8 @@ def test_a_gain_against_a_baseline_on_another_engine_variant_says_so():
     bench, layer = frames(rows, [layer_row(BASE, 500), layer_row("a20", 530)])
     table = carryover.carryover_table(bench, layer, BASE)
     lines = carryover.verdicts(table, BASE).set_index("engine")
-    assert "engine differs: mii vs the baseline's mii-noinject" in lines.loc["mii-auto", "carries_over"]
+    assert lines.loc["mii-auto", "carries_over"].startswith("engine differs: mii vs the baseline's mii-noinject")
+    assert "carries over" not in lines.loc["mii-auto", "carries_over"]  # a fused-kernel gain is not the shape's
     assert "engine differs" not in lines.loc["mii-noinject", "carries_over"]  # same variant on both sides
     order = carryover.ordering(table).set_index("engine")
     assert order.loc["mii-auto", "engine_variants"].iloc[0] == "mii, mii-noinject"
