@@ -180,7 +180,9 @@ def run(args) -> int:
                                                    or (Path(p) / "results.jsonl.gz").is_file())]
         if missing:
             raise UserError(f"report: no results.jsonl in {missing[0]}")
-        csv_path, html_path = write_outputs(args.inputs, args.out or "sweeps/combined")
+        from profiler.outputs import prepare_out_dir
+
+        csv_path, html_path = write_outputs(args.inputs, prepare_out_dir(args.out or "sweeps/combined"))
         print(f"wrote {html_path} and {csv_path}")
         return 0
     if args.inputs:

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from models import ModelConfig, layer_flops
+from models.config import safe_name
 from models.layer import build_layer, random_input, torch_dtype
 
 from . import checks as C
@@ -200,7 +201,7 @@ def measure_attempt(number: int, rounds: P.Rounds, units: dict, maps: P.KernelMa
 
     n = options.active_steps
     timed = P.timed_rounds(rounds, units[P.LAYER], device=device, n=n, on_rounds=tag("latency"), on_eager=tag("eager"))
-    traced = P.traced_rounds(rounds, maps, device=device, trace_dir=trace_dir, worker_name=cfg.name, n=n,
+    traced = P.traced_rounds(rounds, maps, device=device, trace_dir=trace_dir, worker_name=safe_name(cfg.name), n=n,
                              on_recording=tag("trace"), on_recorded=tag("trace-export"))
     if telemetry is not None:
         telemetry.set_phase(None)
@@ -261,7 +262,7 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
                            max_windows=max(2, options.min_trace_warmup_steps, options.max_trace_warmup_steps),
                            min_ms=P.WARMUP_MIN_MS if on_gpu else options.bench_warmup_ms)
     attempts: list[Attempt] = []
-    scratch = Path(out_dir) / "tb" / f".{cfg.name}.attempts"
+    scratch = Path(out_dir) / "tb" / f".{safe_name(cfg.name)}.attempts"
     for number in range(1, P.MAX_ATTEMPTS + 1):
         if number > 1 and on_gpu:  # the last attempt's trace export left the GPU idle for seconds: warm up again
             with (telemetry.phase(f"{cfg.name}:a{number}:rewarm") if telemetry is not None else nullcontext()):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from models.config import ModelConfig
+from models.config import ModelConfig, safe_name
 
 from .errors import UserError
 from .layer_profile import ProfileOptions
@@ -95,7 +95,7 @@ class LayerRunDir:
         """Forget a config: its entry, its rows and its traces."""
         self.entries.pop(name, None)
         self.frames.pop(name, None)
-        for path in (self.out / "tb").glob(f"{name}.*.pt.trace.json*"):
+        for path in (self.out / "tb").glob(f"{safe_name(name)}.*.pt.trace.json*"):
             path.unlink(missing_ok=True)
 
     def record(self, name: str, entry: dict, rows: pd.DataFrame | None = None) -> None:
