@@ -283,17 +283,32 @@ def test_a_name_taken_from_the_file_name_is_made_safe_not_refused(tmp_path):
     assert load_config(path).name == "my-model-v2"
 
 
-def test_a_run_directory_whose_entry_names_a_path_is_not_followed_outside_it(tmp_path):
+def test_a_name_read_back_from_a_run_directory_is_no_glob_pattern(tmp_path):
+    """run.json is a file a user can edit: an entry named '*' must not find, or drop, another config's trace."""
     from profiler.explain import trace_of
     from profiler.run_dir import LayerRunDir
 
-    outside = tmp_path / "outside.1.pt.trace.json"
-    outside.write_text("{}")
     run = tmp_path / "run"
     (run / "tb").mkdir(parents=True)
-    assert trace_of(run, {"name": "../outside"}) is None
-    LayerRunDir(run).drop("../outside")
-    assert outside.exists()
+    other = run / "tb" / "pythia-70m.1.pt.trace.json"
+    other.write_text("{}")
+    assert trace_of(run, {"name": "*"}) is None
+    LayerRunDir(run).drop("*")
+    assert other.exists()
+
+
+def test_a_name_that_slipped_past_validation_still_writes_nothing_outside_out(tmp_path, monkeypatch):
+    """Validation refuses a name with '/'; the paths are built through safe_name all the same, so a name that got
+    past it (validation switched off here, as a future loader might miss it) cannot put the profiler's scratch
+    traces outside --out (it once made tb/.NAME.attempts, i.e. ../leak.attempts beside --out)."""
+    import models.config
+
+    monkeypatch.setattr(models.config, "_check_name", lambda name: None, raising=False)
+    (tmp_path / "tiny.yaml").write_text(TINY + "name: x/../../../leak\n")
+    before = set(tmp_path.rglob("*"))
+    assert profiler_main(["layer", "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "out"), *FAST]) == 0
+    new = set(tmp_path.rglob("*")) - before
+    assert new and all(p.is_relative_to(tmp_path / "out") for p in new), sorted(new)
 
 
 def test_a_layer_run_writes_nothing_outside_out(tmp_path, monkeypatch):
