@@ -311,6 +311,16 @@ def test_a_name_that_slipped_past_validation_still_writes_nothing_outside_out(tm
     assert new and all(p.is_relative_to(tmp_path / "out") for p in new), sorted(new)
 
 
+def test_a_sweep_tag_that_is_a_path_still_names_a_directory_under_sweeps(tmp_path, monkeypatch):
+    """Without --out a sweep writes to sweeps/KIND-TAG: a tag such as ../../x must not lead it elsewhere."""
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    assert profiler_main([*SWEEP, "--k", "64", "--no-report", "--tag", "../../../x"]) == 0
+    assert (work / "sweeps" / "mm-x" / "results.jsonl").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
 def test_a_layer_run_writes_nothing_outside_out(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").mkdir()
