@@ -17,6 +17,7 @@ from profiler.advisor import AdviceOptions, SearchSpace, SwigluSearch, advise, d
 from profiler.advisor.gpus import local_gpu_properties, names_same_gpu, with_measured_ceilings
 from profiler.errors import UserError
 from profiler.hardware import environment
+from profiler.outputs import prepare_out_dir, write_atomic
 
 CPU_MAX_PARAMS = 100_000_000  # --measure --device cpu proves the wiring on tiny configs only
 CPU_SEQ_LENGTH = 128
@@ -114,6 +115,7 @@ def run(args) -> int:
         raise UserError(f"--gpu: {args.gpu} was named but this machine's GPU is '{local[0]}'; drop --gpu to measure "
                         "on the local GPU, or drop --measure to model the named one")
     cfg = _config(args, device)
+    out = prepare_out_dir(args.out)  # before anything is measured
     env = environment(device if device is not None else (torch.device("cuda", 0) if local else None))
     if device is not None and device.type == "cuda":
         from profiler.advisor.measure import device_ceilings
@@ -125,8 +127,6 @@ def run(args) -> int:
     if device is not None and device.type == "cpu":
         print("notice: timing on the CPU (float32, s<=128): this proves the wiring, not GPU performance; the cost "
               f"model still describes {gpu.name}", file=sys.stderr)
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     print(f"{cfg.name}: h={cfg.hidden_size} a={cfg.num_attention_heads} (h/a={cfg.head_dim}) L={cfg.num_layers} "
           f"f={cfg.ffn_size} v={cfg.embedding_rows} b={cfg.micro_batch_size} s={cfg.seq_length} t={cfg.tensor_parallel} "
           f"attention={cfg.attention} {cfg.dtype}; {count_parameters(cfg).total:,} parameters; GPU model: {gpu.name}, "
@@ -146,13 +146,13 @@ def run(args) -> int:
 def _write(out: Path, advice, doc: dict) -> None:
     from reports.advisor_report import write_advisor_report
 
-    (out / "advice.json").write_text(json.dumps(doc, indent=2, default=str))
+    write_atomic(out / "advice.json", json.dumps(doc, indent=2, default=str))
     written = ["advice.json"]
     for name, frame in (("checks", advice.checks), ("candidates", advice.candidates), ("measured", advice.measured),
                         ("rounds", advice.rounds), ("components_diff", advice.component_difference),
                         ("swiglu", advice.swiglu)):
         if frame is not None:
-            frame.to_csv(out / f"{name}.csv", index=False)
+            write_atomic(out / f"{name}.csv", frame.to_csv(index=False))
             written.append(f"{name}.csv")
     write_advisor_report(doc, out / "report.html")
     print(f"wrote {out / 'report.html'} and {', '.join(written)} in {out}")

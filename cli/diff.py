@@ -61,8 +61,9 @@ def load_side(spec: str, flag: str) -> RunSide:
         raise UserError(f"{flag}: {run_dir} has no run.json; give the --out directory of `python -m profiler layer`")
     try:
         doc = json.loads(run_json.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise UserError(f"{flag}: {run_json} is not valid JSON") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise UserError(f"{flag}: {run_json} is not valid JSON (or nests too deeply to be a layer run); give the --out "
+                        "directory of `python -m profiler layer`") from None
     entries = {e.get("name"): e for e in doc.get("configs", []) if isinstance(e, dict)} if isinstance(doc, dict) else {}
     if not entries:
         raise UserError(f"{flag}: {run_json} lists no profiled configs")

@@ -9,7 +9,9 @@ models ConfigError) becomes one line and exit 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 
 from profiler.errors import USER_ERRORS
@@ -75,13 +77,52 @@ def main(argv: list[str] | None = None, program: str = "profiler") -> int:
         parser.print_help()
         return 2
     try:
-        return args._run(args)
+        code = args._run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at exit where it would be a traceback
+        return code
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"interrupted: {INTERRUPTED[program]}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _stdout_closed()
+    except OSError as exc:
+        line = disk_error(exc, getattr(args, "out", None), INTERRUPTED[program])
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 2
+
+
+# the file system said no: the user's to fix (free space, or write elsewhere), not a bug of ours
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
+NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a tool whose reader went away
+
+
+def disk_error(exc: OSError, out, saved: str) -> str | None:
+    """One line naming the path and the fix for a full or unwritable file system; None for any other OSError."""
+    if exc.errno not in NO_SPACE | NOT_WRITABLE:
+        return None
+    # a failed write() names no file: the run was writing into --out
+    path = exc.filename or (f"{out} (--out)" if out is not None else "the output directory")
+    what = exc.strerror or os.strerror(exc.errno)
+    if exc.errno in NO_SPACE:
+        return f"{path}: {what}; free some space there (or choose another --out); {saved}"
+    return f"{path}: {what}; choose a place you can write to (another --out) or fix its permissions"
+
+
+def _stdout_closed() -> int:
+    """The reader of our output went away (`... | head -1`): Python's recipe is to point stdout at /dev/null, so
+    the flush at exit does not fail again, and to stop quietly: the reader has what it wanted."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (a test's capture): nothing to flush
+        pass
+    return EXIT_PIPE_CLOSED
 
 
 def profiler_main(argv: list[str] | None = None) -> int:

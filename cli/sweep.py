@@ -180,7 +180,9 @@ def run(args) -> int:
                                                    or (Path(p) / "results.jsonl.gz").is_file())]
         if missing:
             raise UserError(f"report: no results.jsonl in {missing[0]}")
-        csv_path, html_path = write_outputs(args.inputs, args.out or "sweeps/combined")
+        from profiler.outputs import prepare_out_dir
+
+        csv_path, html_path = write_outputs(args.inputs, prepare_out_dir(args.out or "sweeps/combined"))
         print(f"wrote {html_path} and {csv_path}")
         return 0
     if args.inputs:
@@ -197,7 +199,9 @@ def run(args) -> int:
     spec = spec_from_args(args, device)
     if device.type == "cpu":
         _cpu_estimate(spec, explicit=args.device is not None)
-    out = Path(args.out or f"sweeps/{args.kind}{'-' + args.tag if args.tag else ''}")
+    from models.config import safe_name  # the tag names the default directory: never a path of its own
+
+    out = Path(args.out or f"sweeps/{args.kind}{'-' + safe_name(args.tag) if args.tag else ''}")
     summary = run_sweep(spec, out, device=device, sms=args.sms, progress=not args.no_progress,
                         retry_failed=args.retry_failed, measure_peak=not args.no_peak)
     print(f"{spec.kind}: {summary.planned} points, {summary.measured} measured now, {summary.skipped} already in "

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from models import ModelConfig, count_parameters, load_config
+from models.config import safe_name
 from profiler.errors import UserError
 
 from .tokenizer import build_tokenizer, load_tokenizer, save_tokenizer
@@ -60,7 +61,7 @@ def resolve_model(ref: str) -> BenchModel:
         if not (path / "config.json").is_file():
             raise UserError(f"--models: {ref} is a directory without config.json; give a checkpoint "
                             "directory (save_pretrained) or a config file")
-        cfg = load_config(path / "config.json", name=path.name)
+        cfg = load_config(path / "config.json", name=safe_name(path.name))
         return BenchModel(cfg.name, cfg, str(path), path)
     cfg = load_config(ref)
     return BenchModel(cfg.name, cfg, str(path) if path.is_file() else f"bundled:{cfg.name}")
@@ -101,7 +102,7 @@ def config_hash(cfg: ModelConfig) -> str:
 
 
 def cached_path(cfg: ModelConfig, root: Path) -> Path:
-    return Path(root) / f"{cfg.name}-{config_hash(cfg)}-tf{transformers_major()}"
+    return Path(root) / f"{safe_name(cfg.name)}-{config_hash(cfg)}-tf{transformers_major()}"
 
 
 def is_built(directory: Path) -> bool:

@@ -25,6 +25,7 @@ from typing import Callable
 import pandas as pd
 import torch
 
+from models.config import safe_name
 from profiler.errors import UserError
 
 from .checkpoints import DEFAULT_ROOT
@@ -152,7 +153,7 @@ def run_mii(job: dict, engine: str, log_dir: Path, emit: Callable[[dict], None])
 
     job = {**job, "inject": engine == "mii", "base": {**job["base"], "engine": engine, "dtype": job["dtype"]}}
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{engine}-invariance-{job['base']['model']}.log"
+    log_path = log_dir / f"{engine}-invariance-{safe_name(job['base']['model'])}.log"
     with tempfile.TemporaryDirectory(prefix="mii-invariance-") as tmp:
         job_path, results = Path(tmp) / "job.json", Path(tmp) / "rows.jsonl"
         job_path.write_text(json.dumps({**job, "results": str(results)}))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field, fields
 
 ACTIVATIONS = ("gelu", "swiglu")
@@ -18,6 +19,13 @@ RESIDUALS = ("parallel", "sequential")
 ATTENTIONS = ("eager", "sdpa", "flash")
 DTYPES = ("float32", "bfloat16", "float16")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}  # bytes per element, for every byte count
+# a config's name names its files (traces, checkpoints, scratch directories): letters, digits and . _ + -,
+# starting with a letter or digit (so never '', '.', '..', a hidden file or a path), at most 100 characters
+NAME_CHARACTERS = "letters, digits, '.', '_', '+' and '-'"
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+# the deepest published transformers have about 100-200 layers; beyond this a layer count is a typo
+MAX_LAYERS = 10_000
 
 
 class ConfigError(ValueError):
@@ -109,6 +117,28 @@ class ModelConfig:
 FIELD_NAMES = tuple(f.name for f in fields(ModelConfig))
 
 
+def safe_name(text: object, fallback: str = "config") -> str:
+    """`text` made into a valid config name: each run of other characters becomes '-', leading '.', '_', '+'
+    and '-' go, and it is cut to 100 characters. A valid name comes back unchanged, so this is also the guard
+    wherever a name (perhaps read back from a run directory) becomes part of a file path."""
+    name = _UNSAFE.sub("-", str(text)).lstrip("._+-")[:100]
+    return name if _NAME.fullmatch(name) else fallback
+
+
+def _check_name(name: object) -> None:
+    if not isinstance(name, str):
+        raise ConfigError(f"name: must be text, got {name!r} ({type(name).__name__}); quote it in YAML "
+                          f"(name: \"{name}\")")
+    if not name:
+        raise ConfigError(f"name: is empty; give the config a name of {NAME_CHARACTERS} (it names its files)")
+    if not _NAME.fullmatch(name):
+        unsafe = sorted(set("".join(_UNSAFE.findall(name))))
+        why = ("is longer than 100 characters" if len(name) > 100 else
+               f"holds {' '.join(repr(c) for c in unsafe)}" if unsafe else f"starts with {name[0]!r}")
+        raise ConfigError(f"name: {name!r} {why}; a name becomes part of file paths: use {NAME_CHARACTERS}, "
+                          f"starting with a letter or digit (e.g. {safe_name(name)!r})")
+
+
 def _require(condition: bool, field_name: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"{field_name}: {message}")
@@ -125,12 +155,18 @@ def _choice(value: str, field_name: str, allowed: tuple[str, ...]) -> None:
 
 def validate(cfg: ModelConfig) -> None:
     """All the rules in one place; each failure names the field and says what would be valid."""
+    _check_name(cfg.name)
+    if not isinstance(cfg.description, str):
+        raise ConfigError(f"description: must be text, got {cfg.description!r}; quote it in YAML")
     for name in ("hidden_size", "num_attention_heads", "num_layers", "seq_length", "micro_batch_size",
                  "vocab_size", "vocab_divisible_by", "max_position_embeddings", "tensor_parallel"):
         value = getattr(cfg, name)
         _require(isinstance(value, int) and not isinstance(value, bool), name,
                  f"must be a whole number, got {value!r}")
         _require(value > 0, name, f"must be positive, got {value}")
+    _require(cfg.num_layers <= MAX_LAYERS, "num_layers",
+             f"{cfg.num_layers:,} is more than {MAX_LAYERS:,} (the deepest published transformers have about "
+             "100-200 layers); give the model's real layer count")
     for name in ("norm_epsilon", "rotary_pct", "rotary_base", "attention_dropout", "hidden_dropout"):
         value = getattr(cfg, name)
         if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as text, the commonest trap
@@ -138,6 +174,10 @@ def validate(cfg: ModelConfig) -> None:
                               f"text: write it with a dot (e.g. 1.0e-5) or as a decimal")
         _require(isinstance(value, (int, float)) and not isinstance(value, bool), name,
                  f"must be a number, got {value!r}")
+        _require(math.isfinite(value), name, f"must be a finite number, got {value!r}; give a real value "
+                                             "(YAML reads .inf and .nan as infinity and not-a-number)")
+    for name in ("bias", "tie_word_embeddings"):
+        _check_flag(getattr(cfg, name), name)
     for name in ("padded_vocab_size", "intermediate_size"):
         value = getattr(cfg, name)
         if value is not None:
@@ -178,6 +218,17 @@ def validate(cfg: ModelConfig) -> None:
         _require(cfg.seq_length <= cfg.max_position_embeddings, "seq_length",
                  f"{cfg.seq_length} exceeds max_position_embeddings {cfg.max_position_embeddings} "
                  "of the learned position table")
+
+
+def _check_flag(value: object, field_name: str) -> None:
+    """true or false, not text that reads like one: bool("false") is True, so a quoted flag would silently
+    mean the opposite of what it says."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, str):
+        raise ConfigError(f"{field_name}: {value!r} is text, not true or false; write it unquoted "
+                          f"({field_name}: {value.strip().lower() if value.strip().lower() in ('true', 'false') else 'true'})")
+    raise ConfigError(f"{field_name}: must be true or false, got {value!r}")
 
 
 def _nearest_divisor(n: int, near: int) -> int:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .config import FIELD_NAMES, ConfigError, ModelConfig
+from .config import FIELD_NAMES, ConfigError, ModelConfig, safe_name
 
 PRESET_PACKAGE = "models.presets"
 
@@ -31,7 +31,9 @@ def load_config(ref: str | Path, **overrides: Any) -> ModelConfig:
     path = Path(ref).expanduser()
     if path.is_file():
         raw, source = _read_file(path), str(path)
-        default_name = path.stem if path.name != "config.json" else path.parent.name or "config"
+        # a name taken from the file (not written by the user) is made safe, not refused: `my model.yaml` is
+        # 'my-model'; a `name:` the file states is validated as written
+        default_name = safe_name(path.stem if path.name != "config.json" else path.parent.name or "config")
     else:
         name = str(ref)
         name = name[: -len(".yaml")] if name.endswith(".yaml") else name
@@ -80,15 +82,62 @@ def _read_file(path: Path) -> dict:
         raise ConfigError(f"config: {path} is a binary file; give a YAML or JSON config") from None
     if path.suffix == ".json":
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_json_mapping(str(path)))
         except json.JSONDecodeError as exc:
             raise ConfigError(f"config: {path} is not valid JSON (line {exc.lineno}: {exc.msg})") from exc
+        except RecursionError:
+            raise ConfigError(f"config: {path} nests too deeply to be a model config; a config is a flat mapping "
+                              "of keys to values") from None
     return _parse_yaml(text, str(path))
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, first_line: int, line: int):
+        super().__init__(key, first_line, line)
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader, except that a key given twice in one mapping is an error: PyYAML keeps the last value
+    silently, so `num_layers: 24` ... `num_layers: 2` would profile 2 layers without a word. Keys merged in
+    with `<<:` may still be overridden, as YAML means them to be."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        raise _DuplicateKey(key, seen[key], key_node.start_mark.line + 1)
+                    seen[key] = key_node.start_mark.line + 1
+                except TypeError:  # an unhashable key: SafeLoader's own error says so
+                    continue
+        return super().construct_mapping(node, deep)
+
+
+def _json_mapping(source: str):
+    def pairs_to_dict(pairs: list[tuple[str, Any]]) -> dict:
+        out: dict = {}
+        for key, value in pairs:
+            if key in out:
+                raise ConfigError(f"{key}: given twice in one mapping of {source}; keep one")
+            out[key] = value
+        return out
+    return pairs_to_dict
 
 
 def _parse_yaml(text: str, source: str) -> dict:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)
+    except _DuplicateKey as exc:
+        lines = f"line {exc.line}" if exc.first_line == exc.line else f"lines {exc.first_line} and {exc.line}"
+        raise ConfigError(f"{exc.key}: given twice in one mapping of {source} ({lines}); keep one") from None
+    except RecursionError:
+        raise ConfigError(f"config: {source} nests too deeply to be a model config; a config is a flat mapping "
+                          "of keys to values") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -105,6 +154,18 @@ def _reject_unknown(values: dict, valid: tuple[str, ...], source: str) -> None:
             near = difflib.get_close_matches(str(key), valid, n=1)
             hint = f"; did you mean '{near[0]}'?" if near else ""
             raise ConfigError(f"{key}: unknown key in {source}{hint}")
+
+
+def _flag(value: Any, key: str, source: str, default: bool | None = None) -> bool:
+    """A true/false setting of a foreign config; bool("false") is True, so text is refused, not converted.
+    A null (transformers writes some) is the default."""
+    if value is None and default is not None:
+        return default
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    fix = f"write it unquoted ({key.rsplit('.', 1)[-1]}: {word})" if word in ("true", "false") else "write true or false"
+    raise ConfigError(f"{key}: must be true or false in {source}, got {value!r}; {fix}")
 
 
 # ---- GPT-NeoX training YAML ---------------------------------------------------------------------
@@ -136,7 +197,7 @@ def _from_gpt_neox(raw: dict, source: str) -> dict:
     if neox.get("norm") is not None:
         values["norm"] = neox["norm"]
     if "gpt-j-residual" in neox:
-        values["residual"] = "parallel" if neox["gpt-j-residual"] else "sequential"
+        values["residual"] = "parallel" if _flag(neox["gpt-j-residual"], "gpt-j-residual", source) else "sequential"
     if neox.get("activation") is not None:
         values["activation"] = "swiglu" if neox["activation"] in ("swiglu", "swish_glu") else neox["activation"]
     # GPT-NeoX states precision as `precision: fp16|bfloat16|fp32` or, as Pythia's configs do, as a DeepSpeed
@@ -144,15 +205,20 @@ def _from_gpt_neox(raw: dict, source: str) -> dict:
     precision = neox.get("precision")
     if precision is not None:
         values["dtype"] = NEOX_PRECISION.get(str(precision), precision)
+    enabled = []
     for block, dtype in (("fp16", "float16"), ("bf16", "bfloat16")):
         settings = neox.get(block)
-        if isinstance(settings, dict) and settings.get("enabled") is True:
+        if isinstance(settings, dict) and "enabled" in settings and _flag(settings["enabled"], f"{block}.enabled", source):
+            enabled.append(block)
             values["dtype"] = dtype
+    if len(enabled) > 1:
+        raise ConfigError(f"bf16: both the fp16 and the bf16 block are enabled in {source}; a model trains in one "
+                          "precision: set enabled: false in the other")
     attention_config = neox.get("attention-config")
     if isinstance(attention_config, list) and attention_config and "flash" in json.dumps(attention_config):
         values["attention"] = "flash"
     if "use-bias-in-attn-linear" in neox:
-        values["bias"] = bool(neox["use-bias-in-attn-linear"])
+        values["bias"] = _flag(neox["use-bias-in-attn-linear"], "use-bias-in-attn-linear", source)
     return values
 
 
@@ -166,7 +232,7 @@ def _from_transformers(raw: dict, source: str) -> dict:
         "hidden_size": raw.get("hidden_size"), "num_attention_heads": raw.get("num_attention_heads"),
         "num_layers": raw.get("num_hidden_layers"), "intermediate_size": raw.get("intermediate_size"),
         "max_position_embeddings": raw.get("max_position_embeddings", 2048),
-        "tie_word_embeddings": bool(raw.get("tie_word_embeddings", False)),
+        "tie_word_embeddings": _flag(raw.get("tie_word_embeddings"), "tie_word_embeddings", source, False),
     }
     dtype = raw.get("torch_dtype") or raw.get("dtype")  # transformers 4.x writes torch_dtype, 5.x dtype
     if dtype is not None:  # the precision the checkpoint was saved in is the one it runs in, unless overridden
@@ -184,10 +250,11 @@ def _from_transformers(raw: dict, source: str) -> dict:
         return {**common, "activation": "gelu", "norm": "layernorm",
                 "norm_epsilon": raw.get("layer_norm_eps", 1e-5), "positional": "rotary",
                 "rotary_pct": raw.get("rotary_pct", 0.25), "rotary_base": raw.get("rotary_emb_base", 10000),
-                "residual": "parallel" if raw.get("use_parallel_residual", True) else "sequential",
+                "residual": "parallel" if _flag(raw.get("use_parallel_residual"), "use_parallel_residual",
+                                                source, True) else "sequential",
                 "attention_dropout": raw.get("attention_dropout", 0.0),
                 "hidden_dropout": raw.get("hidden_dropout", 0.0),
-                "bias": bool(raw.get("attention_bias", True))}
+                "bias": _flag(raw.get("attention_bias"), "attention_bias", source, True)}
     if model_type == "llama":
         kv = raw.get("num_key_value_heads", raw.get("num_attention_heads"))
         if kv != raw.get("num_attention_heads"):
@@ -196,5 +263,5 @@ def _from_transformers(raw: dict, source: str) -> dict:
         return {**common, "activation": "swiglu", "norm": "rmsnorm",
                 "norm_epsilon": raw.get("rms_norm_eps", 1e-6), "positional": "rotary", "rotary_pct": 1.0,
                 "rotary_base": raw.get("rope_theta", 10000.0), "residual": "sequential",
-                "attention_dropout": raw.get("attention_dropout", 0.0), "bias": bool(raw.get("attention_bias", False))}
+                "attention_dropout": raw.get("attention_dropout", 0.0), "bias": _flag(raw.get("attention_bias"), "attention_bias", source, False)}
     raise ConfigError(f"model_type: '{model_type}' in {source} is not supported; use gpt_neox or llama")

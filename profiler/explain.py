@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from models import config_from_mapping
-from models.config import ModelConfig
+from models.config import ModelConfig, safe_name
 
 from .attribution import attribute_detailed
 from .gemm_detect import classify, detection_summary, disagreements, on_gpu
@@ -86,7 +86,7 @@ def trace_of(run_dir: Path, entry: dict) -> Path | None:
         for candidate in (run_dir / recorded, run_dir / f"{recorded}.gz"):
             if candidate.is_file():
                 return candidate
-    found = sorted((run_dir / "tb").glob(f"{entry['name']}.*.pt.trace.json*"))
+    found = sorted((run_dir / "tb").glob(f"{safe_name(entry['name'])}.*.pt.trace.json*"))
     return found[-1] if found else None
 
 

@@ -36,9 +36,9 @@ class JsonLinesFile:
                     continue
                 try:
                     record = json.loads(line)
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                    self.problems.append((number, "torn or not JSON" if isinstance(exc, json.JSONDecodeError)
-                                          else "not UTF-8 text"))
+                except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+                    self.problems.append((number, "torn or not JSON" if isinstance(exc, json.JSONDecodeError) else
+                                          "nested too deeply" if isinstance(exc, RecursionError) else "not UTF-8 text"))
                     continue
                 if isinstance(record, dict):
                     records.append(record)

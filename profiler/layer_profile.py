@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from models import ModelConfig, layer_flops
+from models.config import safe_name
 from models.layer import build_layer, random_input, torch_dtype
 
 from . import checks as C
@@ -200,7 +201,7 @@ def measure_attempt(number: int, rounds: P.Rounds, units: dict, maps: P.KernelMa
             telemetry.set_phase(f"{cfg.name}:a{number}:{name}" if name else None)
 
     timed, traced = P.interleaved_rounds(rounds, maps, units[P.LAYER], device=device, trace_dir=trace_dir,
-                                         worker_name=cfg.name, n=options.active_steps, phase=tag)
+                                         worker_name=safe_name(cfg.name), n=options.active_steps, phase=tag)
     latency = summarize(timed.eager)
     layer = P.unit_activities(traced.activities, P.LAYER)
     totals = P.replay_totals(layer)
@@ -265,7 +266,7 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
                            max_windows=max(2, options.min_trace_warmup_steps, options.max_trace_warmup_steps),
                            min_ms=P.WARMUP_MIN_MS if on_gpu else options.bench_warmup_ms)
     attempts: list[Attempt] = []
-    scratch = Path(out_dir) / "tb" / f".{cfg.name}.attempts"
+    scratch = Path(out_dir) / "tb" / f".{safe_name(cfg.name)}.attempts"
     for number in range(1, P.MAX_ATTEMPTS + 1):
         if number > 1 and on_gpu:  # the last attempt's trace export left the GPU idle for seconds: warm up again
             with (telemetry.phase(f"{cfg.name}:a{number}:rewarm") if telemetry is not None else nullcontext()):

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -24,6 +26,24 @@ def prepare_out_dir(path: Path | str, flag: str = "--out") -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"{flag}: {path} is not writable; choose a directory you can write to")
     return path
+
+
+# free space below which a trace export that left no file is taken for a full disk: a layer's trace is tens
+# to hundreds of MiB on a GPU, and kineto (C++) fails silently rather than raise ENOSPC
+TRACE_HEADROOM_BYTES = 256 * 2**20
+
+
+def raise_if_full(directory: Path, what: str = "the trace") -> None:
+    """Called when torch.profiler's export left no file in `directory`: a nearly full file system is said as
+    what it is (OSError ENOSPC naming the directory, which the command layer turns into one line) instead of
+    surfacing as a profiler bug."""
+    try:
+        free = shutil.disk_usage(directory).free
+    except OSError:
+        return
+    if free < TRACE_HEADROOM_BYTES:
+        raise OSError(errno.ENOSPC, f"No space left on device ({free / 2**20:.1f} MiB free; {what} did not fit)",
+                      str(directory))
 
 
 def _umask() -> int:

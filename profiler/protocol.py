@@ -45,6 +45,7 @@ import torch
 from torch.profiler import ProfilerAction, ProfilerActivity, profile, record_function, tensorboard_trace_handler
 
 from .attribution import attribute_detailed, host_context, kind_of
+from .outputs import raise_if_full
 from .timing import L2Flusher, Warmup, is_stable
 from .trace import DEVICE_CATEGORIES, FLUSH_REGION, load_trace, quiet_kineto
 
@@ -158,6 +159,7 @@ def _record(plan: list[tuple[str, Callable[[], object], str]], *, device: torch.
     _sync(device)
     written = sorted(set(trace_dir.glob("*.pt.trace.json")) - before, key=lambda p: p.stat().st_mtime)
     if not written:
+        raise_if_full(trace_dir)
         raise RuntimeError(f"torch.profiler wrote no trace into {trace_dir}")
     return written[-1]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from models.config import ModelConfig
+from models.config import ModelConfig, safe_name
 
 from .errors import UserError
 from .layer_profile import ProfileOptions
@@ -43,6 +43,9 @@ def load_run_json(out: Path) -> dict:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         where = f" (line {exc.lineno}: {exc.msg})" if isinstance(exc, json.JSONDecodeError) else ""
         raise UserError(f"--out: {path} is not valid JSON{where}; delete it or pass --fresh to start the run over") from None
+    except RecursionError:
+        raise UserError(f"--out: {path} nests too deeply to be a layer run; delete it or pass --fresh to start the run "
+                        "over") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("configs", []), list) or \
             not all(isinstance(e, dict) and "name" in e for e in doc.get("configs", [])):
         raise UserError(f"--out: {path} is not a layer run (no 'configs' list of named entries); "
@@ -95,7 +98,7 @@ class LayerRunDir:
         """Forget a config: its entry, its rows and its traces."""
         self.entries.pop(name, None)
         self.frames.pop(name, None)
-        for path in (self.out / "tb").glob(f"{name}.*.pt.trace.json*"):
+        for path in (self.out / "tb").glob(f"{safe_name(name)}.*.pt.trace.json*"):
             path.unlink(missing_ok=True)
 
     def record(self, name: str, entry: dict, rows: pd.DataFrame | None = None) -> None:

@@ -26,6 +26,7 @@ import pandas as pd
 import torch
 from torch.profiler import ProfilerAction, ProfilerActivity, profile, record_function, tensorboard_trace_handler
 
+from .outputs import raise_if_full
 from .timing import is_stable
 
 FLUSH_REGION = "flush_l2"
@@ -181,6 +182,7 @@ def record_trace(step_fn: Callable[[], object], *, trace_dir: Path, worker_name:
         torch.cuda.synchronize(device)
     written = sorted(set(trace_dir.glob("*.pt.trace.json")) - before, key=lambda p: p.stat().st_mtime)
     if not written:
+        raise_if_full(trace_dir)
         raise RuntimeError(f"torch.profiler wrote no trace into {trace_dir}")
     return written[-1], schedule
 

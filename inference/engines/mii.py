@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from ..checks import LogitsCheck
+from models.config import safe_name
 from models.kernel_support import KernelSupport, context_support, cuda_graph_support, injection_support, prefill_support
 from ..metrics import PeakMemory, RowTiming
 from .base import BatchResult, EngineRun, GenerationJob, OnResult
@@ -148,7 +149,7 @@ class MIIEngine:
     def run(self, job: GenerationJob, on_result: OnResult) -> EngineRun:
         log_dir = Path(job.log_dir or tempfile.gettempdir())
         log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = log_dir / f"{self.name}-{job.model}-tp{job.tensor_parallel}.log"
+        log_path = log_dir / f"{self.name}-{safe_name(job.model)}-tp{job.tensor_parallel}.log"
         with tempfile.TemporaryDirectory(prefix="mii-job-") as tmp:
             job_path, results_path = Path(tmp) / "job.json", Path(tmp) / "results.jsonl"
             job_path.write_text(json.dumps(self.job_record(job, results_path)))

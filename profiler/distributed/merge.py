@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from models import ModelConfig, layer_flops
+from models.config import safe_name
 from models.tensor_parallel import communication_plan
 
 from ..hardware import environment
@@ -159,7 +160,7 @@ def write_outputs(job: DistributedJob, cfg: ModelConfig, results: list) -> dict:
     out = Path(job.out)
     entry, components, communication, steps = merge_config(cfg, job, sorted(results, key=lambda r: r.rank))
     merged = merge_chrome_traces([Path(r.trace) for r in sorted(results, key=lambda r: r.rank)],
-                                 out / "tb" / f"{cfg.name}-t{entry['tensor_parallel']}.merged.pt.trace.json.gz")
+                                 out / "tb" / f"{safe_name(cfg.name)}-t{entry['tensor_parallel']}.merged.pt.trace.json.gz")
     entry["merged_trace"] = _relative(str(merged), job.out)
     try:
         previous = json.loads((out / "run.json").read_text()).get("configs", [])

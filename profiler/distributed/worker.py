@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from models import ModelConfig
+from models.config import safe_name
 from models.layer import random_input, torch_dtype
 from models.tensor_parallel import build_tensor_parallel_layer, communication_plan
 
@@ -72,7 +73,7 @@ def profile_rank(cfg: ModelConfig, job: DistributedJob, device: torch.device, ra
     # per-rank directories: record_trace finds its file by listing its directory, which the other ranks'
     # traces must not enter; min_warmup = max_warmup makes its warm-up a fixed count, the same on every rank
     trace_path, schedule = record_trace(step, trace_dir=Path(job.out) / "tb" / f"rank{rank}",
-                                        worker_name=f"{cfg.name}-t{cfg.tensor_parallel}-rank{rank}",
+                                        worker_name=f"{safe_name(cfg.name)}-t{cfg.tensor_parallel}-rank{rank}",
                                         active_steps=job.active_steps, device=device, flush=flush,
                                         min_warmup=job.warmup_steps, max_warmup=job.warmup_steps)
     events = load_trace(trace_path)
