@@ -247,3 +247,8 @@ def step_estimate(cfg: ModelConfig, gpu: GpuModel) -> StepEstimate:
     logits_fb = sum(r["time_ms"] for r in _logits_rows(cfg, gpu))
     step_ms, tps = training_step(layer_fb, logits_fb, cfg.num_layers, cfg.tokens)
     return StepEstimate(fwd, layer_fb, logits_fb, step_ms, tps)
+
+
+def layer_forward_ms(cfg: ModelConfig, gpu: GpuModel) -> float:
+    """One layer's forward (the prefill of serving.py), as plain sums."""
+    return sum(r["time_ms"] for r in _layer_rows(cfg, gpu) if r["pass"] == "forward")
