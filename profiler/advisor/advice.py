@@ -44,6 +44,7 @@ class AdviceOptions:
     self_check: bool = True  # time the given shape twice per round (its self-spread: ranking.self_spread)
     check_costs: bool = True  # time the vocabulary fix's logit layers and quote the head-count fix's cost
     bench_budget: dict | None = None  # bench's warm-up / repetitions per call (None: its defaults)
+    max_proposals: int | None = None  # measure at most this many proposals (the first of the selection)
     serving: ServingShape = field(default_factory=ServingShape)
 
     def to_dict(self) -> dict:
@@ -51,6 +52,7 @@ class AdviceOptions:
                 "min_gain": self.min_gain, "seed": self.seed, "profile": self.profile,
                 "swiglu": self.swiglu.to_dict() if self.swiglu else None, "self_check": self.self_check,
                 "check_costs": self.check_costs, "bench_budget": self.bench_budget,
+                "max_proposals": self.max_proposals,
                 "serving": self.serving.to_dict(),
                 "statistics": {"interval": f"percentile bootstrap of the median per-round ratio, "
                                            f"{BOOTSTRAP_RESAMPLES} resamples, central {BOOTSTRAP_LEVEL:.0%}, seed {self.seed}",
@@ -87,6 +89,8 @@ def advise(cfg: ModelConfig, gpu: GpuModel, options: AdviceOptions, *, device: t
         return _swiglu(advice, device, progress)
     frame = candidates_frame(cfg, gpu, options.space, options.serving)
     advice.selected = select_for_measurement(frame, options.top, elements(gpu.paper_alignment_bytes, cfg.dtype))
+    if options.max_proposals is not None:
+        advice.selected = advice.selected[:options.max_proposals]
     configs = configs_by_name(cfg, gpu, options.space, [cfg.name, *advice.selected])
     # would DeepSpeed's inference kernels take the shapes worth measuring (paper VII-C)?
     kernels = {c.name: check_inference_kernels(c).status for c in configs}

@@ -16,10 +16,10 @@ How the cost model uses it (cost_model.estimate_gemm, flash_forward_ms):
   know (epilogues, the kernel cuBLAS picks, clock under load). A query that is a measured shape gets its
   measured time.
 - Fused attention: the kernel runs h/a rounded up to its head-size bucket (cost_model.FLASH_HEAD_DIM_BUCKETS),
-  so its rate is taken per *padded* FLOP from the measured point of the same bucket nearest in head size;
-  a bucket measured only without the causal mask gets the causal/non-causal rate ratio of the buckets
-  measured both ways; a bucket never measured is `None` (the model then falls back to the analytic rate and
-  says so). Backward: measured where the table has it, else forward x the table's median backward/forward.
+  so its rate is taken per *padded* FLOP from the measured point of the same bucket nearest in shape
+  (log distance over h/a, b*a, s); a point measured without the causal mask counts with the causal /
+  non-causal rate ratio of the buckets measured both ways; a bucket never measured is `None` (the model
+  then falls back to the GPU table's one rate). Backward: measured where the table has it, else forward x the table's median backward/forward.
 
 Pure except `load_table` / `table_path` (reading a committed JSON file).
 """
@@ -177,22 +177,26 @@ class Calibration:
         bucket = flash_bucket(head_dim)
         r = self.rates
         r = r[(r["pass"] == pass_name) & (r["bucket"] == bucket)]
-        for want, how in ((causal, "measured"), (not causal, "measured without the causal mask, scaled")):
-            pts = r[r["causal"] == want]
-            if pts.empty:
-                continue
-            dist = (np.abs(np.log(pts["head_dim"].to_numpy(float) / head_dim))
-                    + np.abs(np.log(pts["batch_heads"].to_numpy(float) / batch_heads))
-                    + np.abs(np.log(pts["seq"].to_numpy(float) / seq)))
-            best = pts.iloc[int(np.argmin(dist))]
-            where = f"h/a={int(best['head_dim'])}, b*a={int(best['batch_heads'])}, s={int(best['seq'])}"
-            if want == causal:
-                return float(best["rate"]), f"{how} at {where}"
-            ratio = self.causal_ratio(pass_name)
-            if ratio is None:
+        if r.empty:
+            return None
+        ratio = self.causal_ratio(pass_name)
+        if ratio is None:  # one kind of mask only: the other cannot be scaled to
+            r = r[r["causal"] == causal]
+            if r.empty:
                 return None
-            return (float(best["rate"]) * ratio if causal else float(best["rate"]) / ratio), f"{how} at {where} x {ratio:.3f}"
-        return None
+        # the kernel's efficiency follows its grid (b*a x s/block CTAs on the SMs) more than the mask, so the
+        # nearest point in shape wins whichever mask it was measured with (the other scaled); a tie goes to
+        # the same mask
+        dist = (np.abs(np.log(r["head_dim"].to_numpy(float) / head_dim))
+                + np.abs(np.log(r["batch_heads"].to_numpy(float) / batch_heads))
+                + np.abs(np.log(r["seq"].to_numpy(float) / seq))
+                + 1e-6 * (r["causal"].to_numpy(bool) != causal))
+        best = r.iloc[int(np.argmin(dist))]
+        where = f"h/a={int(best['head_dim'])}, b*a={int(best['batch_heads'])}, s={int(best['seq'])}"
+        if bool(best["causal"]) == causal:
+            return float(best["rate"]), f"measured at {where}"
+        scale = ratio if causal else 1 / ratio
+        return float(best["rate"]) * scale, f"measured without the causal mask at {where}, x {scale:.3f}"
 
     def summary(self) -> dict:
         """What the output says about the table."""
