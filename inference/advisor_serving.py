@@ -41,6 +41,7 @@ class _Served:
         gen = torch.Generator(device="cpu").manual_seed(batch * 100003 + prompt_len)
         self.ids = torch.randint(3, cfg.vocab_size, (batch, prompt_len), generator=gen).to(device)
         self.decoder.capture(self.ids)
+        self.decoder.rewind()  # capture's warm-up (eager, off CUDA) may have advanced the state
         self.limit = new_tokens - 1
         self.done = 0
 

@@ -2,7 +2,9 @@
 
 1. From committed evidence (CPU; what the committed h100.json / h200.json were built with):
 
-    python scripts/calibrate_advisor.py --from-evidence evidence/h200 --gpu h200 \
+    python scripts/calibrate_advisor.py --from-evidence evidence/h100 --gpu h100 --sweeps-sha 2a60355 \
+        --out profiler/advisor/calibration/h100.json
+    python scripts/calibrate_advisor.py --from-evidence evidence/h200 --gpu h200 --sweeps-sha 2a60355 \
         --borrow-attention evidence/h100/sweeps/results.csv --out profiler/advisor/calibration/h200.json
 
    reads every layer run (EVIDENCE/layer/*/components.csv + run.json: each GEMM's in-layer time, its shape from
@@ -54,9 +56,13 @@ def git_sha() -> str | None:
         return None
 
 
+def _rel(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 # -- 1. from evidence ------------------------------------------------------------------------------------
 
-def from_evidence(evidence: Path, gpu: str, borrow: Path | None) -> dict:
+def from_evidence(evidence: Path, gpu: str, borrow: Path | None, sweeps_sha: str | None) -> dict:
     gemms, attention, sources = [], [], []
     gpu_name, env0 = None, {}
     for run_json in sorted(evidence.glob("layer/*/run.json")):
@@ -83,7 +89,7 @@ def from_evidence(evidence: Path, gpu: str, borrow: Path | None) -> dict:
         gemms += g
         attention += a
         gpu_name = gpu_name or results["gpu"].iloc[0]
-        sources.append({"folder": rel, "git_sha": "2a60355 (evidence/h100/README.md: sweeps of issue 4)",
+        sources.append({"folder": rel, "git_sha": sweeps_sha,
                         "gemm_points": len(g), "attention_points": len(a),
                         "what": "GEMM / attention sweeps (median_ms of each ok point; flash non-causal)"})
     if borrow is not None:
@@ -94,7 +100,7 @@ def from_evidence(evidence: Path, gpu: str, borrow: Path | None) -> dict:
         # back to non-causal ones (scaled by this table's causal/non-causal ratio) only where it has none
         a = [dict(p, causal=False) for p in a]
         attention += a
-        sources.append({"folder": rel, "attention_points": len(a),
+        sources.append({"folder": rel, "git_sha": sweeps_sha, "attention_points": len(a),
                         "what": f"borrowed: {results['gpu'].iloc[0]}'s non-causal flash sweep, for the head-size buckets "
                                 f"{gpu} did not measure (same GH100 SMs assumed); the model scales non-causal rates by "
                                 "this table's causal/non-causal ratio over the buckets measured both ways"})
@@ -110,8 +116,9 @@ def from_evidence(evidence: Path, gpu: str, borrow: Path | None) -> dict:
             "sources": sources, "torch": env0.get("torch"), "cuda": env0.get("cuda"), "driver": env0.get("driver"),
             "protocol": ("layer runs: profiler/protocol.py (sustained back-to-back rounds, L2 flushed per unit, median "
                          "of rounds); in-layer GEMM time per role; sweeps: profiler/sweeps (bench per point)"),
-            "built_by": f"python scripts/calibrate_advisor.py --from-evidence {evidence.name} --gpu {gpu}"
-                        + (f" --borrow-attention {borrow}" if borrow else ""),
+            "built_by": f"python scripts/calibrate_advisor.py --from-evidence {_rel(evidence)} --gpu {gpu}"
+                        + (f" --borrow-attention {_rel(borrow)}" if borrow else "")
+                        + (f" --sweeps-sha {sweeps_sha}" if sweeps_sha else ""),
             "built_at_commit": git_sha(),
         },
         "gemm": gemm.to_dict("records"), "attention": att.to_dict("records"),
@@ -237,13 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu", help="--from-evidence: the GPU kind (h100, h200)")
     p.add_argument("--borrow-attention", type=Path, help="--from-evidence: another GPU's sweep results.csv for "
                                                          "flash head-size buckets this one lacks")
+    p.add_argument("--sweeps-sha", help="--from-evidence: the commit the sweeps were measured at (their results "
+                                        "do not record it; evidence/h100/README.md says 2a60355)")
     p.add_argument("--budget-s", type=float, default=150.0, help="measured: stop after this many seconds (default 150)")
     p.add_argument("--configs", help="measured: comma-separated reference config names (default: all)")
     args = p.parse_args(argv)
     if args.from_evidence:
         if not args.gpu:
             p.error("--from-evidence needs --gpu")
-        table = from_evidence(args.from_evidence.resolve(), args.gpu, args.borrow_attention.resolve() if args.borrow_attention else None)
+        table = from_evidence(args.from_evidence.resolve(), args.gpu,
+                              args.borrow_attention.resolve() if args.borrow_attention else None, args.sweeps_sha)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(table, indent=1) + "\n")
         print(f"wrote {args.out}: {len(table['gemm'])} GEMM, {len(table['attention'])} attention points")

@@ -15,11 +15,13 @@ How the cost model uses it (cost_model.estimate_gemm, flash_forward_ms):
   analytic part keeps the query's own waves and tiles; the measured part brings what the wave model cannot
   know (epilogues, the kernel cuBLAS picks, clock under load). A query that is a measured shape gets its
   measured time.
-- Fused attention: the kernel runs h/a rounded up to its head-size bucket (cost_model.FLASH_HEAD_DIM_BUCKETS),
+- Fused attention (forward): the kernel runs h/a rounded up to its head-size bucket (cost_model.FLASH_HEAD_DIM_BUCKETS),
   so its rate is taken per *padded* FLOP from the measured point of the same bucket nearest in shape
   (log distance over h/a, b*a, s); a point measured without the causal mask counts with the causal /
   non-causal rate ratio of the buckets measured both ways; a bucket never measured is `None` (the model
-  then falls back to the GPU table's one rate). Backward: measured where the table has it, else forward x the table's median backward/forward.
+  then falls back to the GPU table's one rate). Backward: the forward times the backward/forward ratio of
+  the same measured point where it was measured both ways, else the table's median ratio (a backward
+  measured only at one far-away shape, pythia-1b's 8 heads, would otherwise set a whole bucket).
 
 Pure except `load_table` / `table_path` (reading a committed JSON file).
 """
@@ -163,9 +165,9 @@ class Calibration:
         return float((bwd[common] / fwd[common]).median()) if len(common) else None
 
     def flash_rate(self, head_dim: int, batch_heads: int, seq: int, pass_name: str = "forward",
-                   causal: bool = True) -> tuple[float, str] | None:
-        """(rate per padded FLOP, how it was found) for this attention shape, or None when its head-size bucket
-        was never measured. Within the bucket, the measured point nearest in (h/a, b*a, s) (log distance):
+                   causal: bool = True) -> tuple[float, str, tuple] | None:
+        """(rate per padded FLOP, how it was found, the point's key) for this attention shape, or None when its
+        head-size bucket was never measured. Within the bucket, the measured point nearest in (h/a, b*a, s) (log distance):
         a small attention (pythia-70m's 8 heads) runs far below a large one at the same h/a."""
         key = (head_dim, batch_heads, seq, pass_name, causal)
         if key not in self._flash_cache:
@@ -193,10 +195,30 @@ class Calibration:
                 + 1e-6 * (r["causal"].to_numpy(bool) != causal))
         best = r.iloc[int(np.argmin(dist))]
         where = f"h/a={int(best['head_dim'])}, b*a={int(best['batch_heads'])}, s={int(best['seq'])}"
+        point = (bool(best["causal"]), int(best["batch_heads"]), int(best["seq"]), int(best["head_dim"]))
         if bool(best["causal"]) == causal:
-            return float(best["rate"]), f"measured at {where}"
+            return float(best["rate"]), f"measured at {where}", point
         scale = ratio if causal else 1 / ratio
-        return float(best["rate"]) * scale, f"measured without the causal mask at {where}, x {scale:.3f}"
+        return float(best["rate"]) * scale, f"measured without the causal mask at {where}, x {scale:.3f}", point
+
+    def flash_backward_ratio(self, head_dim: int, batch_heads: int, seq: int) -> float | None:
+        """Backward / forward time of the forward point flash_rate picks for this shape, where that point was
+        also measured backward; else the table's median over the shapes measured both ways (None: none)."""
+        key = ("bwd", head_dim, batch_heads, seq)
+        if key in self._flash_cache:
+            return self._flash_cache[key]
+        found = self.flash_rate(head_dim, batch_heads, seq, "forward")
+        ratio = self.backward_ratio()
+        if found is not None:
+            a = self.attention
+            keys = ["causal", "batch_heads", "seq", "head_dim"]
+            fwd = a[a["pass"] == "forward"].groupby(keys)["time_ms"].median()
+            bwd = a[a["pass"] == "backward"].groupby(keys)["time_ms"].median()
+            point = found[2]
+            if point in fwd.index and point in bwd.index:
+                ratio = float(bwd[point] / fwd[point])
+        self._flash_cache[key] = ratio
+        return ratio
 
     def summary(self) -> dict:
         """What the output says about the table."""

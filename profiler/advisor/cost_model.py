@@ -137,12 +137,12 @@ def flash_ms(cfg: ModelConfig, gpu: GpuModel, pass_name: str = "forward") -> flo
     flops = flash_padded_flops(bh, s, cfg.head_dim, True)
     cal = gpu.calibration
     if cal is not None and cfg.dtype == cal.dtype:
-        found = cal.flash_rate(cfg.head_dim, bh, s, pass_name)
+        found = cal.flash_rate(cfg.head_dim, bh, s, "forward")
         if found is not None:
-            return flops / found[0] * 1e3
-        if pass_name == "backward" and (fwd := cal.flash_rate(cfg.head_dim, bh, s, "forward")) is not None:
-            ratio = cal.backward_ratio() or gpu.flash_backward_ratio
-            return flops / fwd[0] * 1e3 * ratio
+            forward = flops / found[0] * 1e3
+            if pass_name == "forward":
+                return forward
+            return forward * (cal.flash_backward_ratio(cfg.head_dim, bh, s) or gpu.flash_backward_ratio)
     forward = flops / (gpu.flash_tflops * 1e12) * 1e3
     return forward * (gpu.flash_backward_ratio if pass_name == "backward" else 1.0)
 
