@@ -24,7 +24,7 @@ from models import ModelConfig
 
 from .candidates import SearchSpace, candidates_frame, configs_by_name, select_for_measurement
 from .gpus import GpuModel, calibration_summary
-from .ranking import (BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, component_difference, measured_summary,
+from .ranking import (BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, SELF_SUFFIX, component_difference, measured_summary,
                       paired_difference, round_steps, self_name)
 from .serving import ServingShape, serving_flag
 from .rules import check_inference_kernels, check_shape, checks_frame, elements, vocab_pair
@@ -270,11 +270,14 @@ def _swiglu(advice: Advice, device, progress) -> Advice:
 
     _note(progress, f"timing {len(sizes)} MLP widths x {options.rounds} rounds (fwd, fwd+bwd)")
     subjects = measure.mlp_subjects([mlp_config(cfg, f) for f in sizes], device, [f"f{f}" for f in sizes])
+    if options.self_check:  # the config's own width a second time: the run's self-spread
+        reference = next(s for s in subjects if s.name == f"f{cfg.ffn_size}")
+        subjects.append(measure.Subject(f"f{cfg.ffn_size}{SELF_SUFFIX}", dict(reference.steps)))
     advice.rounds = measure.time_rounds(subjects, rounds=options.rounds, device=device, seed=options.seed,
-                                        progress=progress)
+                                        progress=progress, bench_budget=options.bench_budget)
     del subjects
     measure.release(device)
-    summary = swiglu_summary(advice.rounds, cfg, cfg.ffn_size, options.min_gain)
+    summary = swiglu_summary(advice.rounds, cfg, cfg.ffn_size, options.min_gain, seed=options.seed)
     advice.swiglu = summary.merge(modelled.drop(columns=["ratio", "largest_pow2_per_gpu"]), on="ffn", how="left")
     advice.notes.append("measured: " + reference_rank_sentence(summary, cfg.ffn_size))
     return advice

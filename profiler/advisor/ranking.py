@@ -84,6 +84,9 @@ def quantile(values, p: float) -> float:
 
 
 def verdict(p10: float, median: float, p90: float, min_gain: float) -> str:
+    """The rule before issue 22 (p10 of the per-round ratios above 1, median above the minimum): with 3 rounds
+    p10 is the minimum, and a gain inside the single-call spread passed. Kept to show the difference
+    (tests); the advisor uses faster_verdict."""
     if p10 > 1.0 and median >= 1.0 + min_gain:
         return "faster"
     if p90 < 1.0 and median <= 1.0 - min_gain:
