@@ -26,6 +26,7 @@ uncalibrated) and computes the same figures against the rounds measured then.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -112,7 +113,8 @@ def on_gpu(args) -> int:
         print(f"== {ref.key} ({ref.why}): h={ref.config.hidden_size} a={ref.config.num_attention_heads} "
               f"L={ref.config.num_layers} b*s={ref.config.tokens} {ref.config.attention}", flush=True)
         try:
-            advice = advise(ref.config, gpu, options, device=device, progress=lambda m: print(f"  {m}", flush=True))
+            advice = advise(ref.config, gpu, dataclasses.replace(options, space=ref.space), device=device,
+                            progress=lambda m: print(f"  {m}", flush=True))
             names = [ref.config.name, *advice.selected]
             shape_rows = advice.candidates[advice.candidates["name"].isin(names)]
             table = pd.DataFrame({"name": list(shape_rows["name"]) + [self_name(ref.config.name)],

@@ -127,27 +127,44 @@ def from_evidence(evidence: Path, gpu: str, borrow: Path | None, sweeps_sha: str
 
 # -- 2. measured on the GPU ------------------------------------------------------------------------------
 
+SHAPES_FILE = ROOT / "profiler" / "advisor" / "calibration" / "reference_shapes.json"
+
+
 def reference_shapes(names: list[str] | None) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int, int]]]:
-    """(GEMMs (batch, m, n, k), flash (batch_heads, seq, head_dim)) of the reference configs and of their
-    top modelled proposals (analytic model, so the table does not depend on itself)."""
-    from profiler.advisor.agreement import reference_configs
+    """(GEMMs (batch, m, n, k), flash (batch_heads, seq, head_dim)) of the reference configs and of the
+    proposals the advisor would measure for them (with the analytic model and with each committed table,
+    so that a calibrated run measures shapes the table has): every forward, dgrad and wgrad shape of their
+    layers and logit layers; causal flash at every h/a a candidate at that h and b may take."""
     from profiler.advisor import AdviceOptions, advise, resolve_gpu
+    from profiler.advisor.agreement import reference_configs
+    from profiler.advisor.candidates import configs_by_name
 
     gemms, flash = set(), set()
-    gpu = resolve_gpu("h200", calibration=None)
+    gpus = [resolve_gpu(k, calibration=c) for k in ("h100", "h200") for c in (None, "auto")]
     for ref in reference_configs(names):
-        advice = advise(ref.config, gpu, AdviceOptions(top=4))
-        names_ = [ref.config.name, *advice.selected[:5]]
-        from profiler.advisor.candidates import configs_by_name
-        for c in configs_by_name(ref.config, gpu, AdviceOptions().space, names_):
+        shapes = {}
+        for gpu in gpus:
+            advice = advise(ref.config, gpu, AdviceOptions(top=3, space=ref.space, max_proposals=5))
+            for c in configs_by_name(ref.config, gpu, ref.space, [ref.config.name, *advice.selected]):
+                shapes[c.name] = c
+        for c in shapes.values():
             for g in layer_gemms(c, include_logits=True):
                 for shape in ((g.m, g.n, g.k), (g.m, g.k, g.n), (g.k, g.n, g.m)):
                     gemms.add((g.batch, *shape))
-        if ref.config.attention != "eager":
-            bh = ref.config.micro_batch_size * ref.config.heads_per_gpu
-            for d in range(32, 257, 8):  # every h/a a candidate may take
-                flash.add((max(1, bh * ref.config.head_dim // d), ref.config.seq_length, d))
+            if c.attention != "eager":
+                for d in range(32, 257, 8):  # every h/a a candidate at this h may take (bucket and neighbours)
+                    if (c.hidden_per_gpu * c.micro_batch_size) % d == 0:
+                        flash.add((c.micro_batch_size * c.hidden_per_gpu // d, c.seq_length, d))
     return sorted(gemms), sorted(flash)
+
+
+def load_shapes(path: Path, names: list[str] | None):
+    """The committed shape list (written by --write-shapes on a CPU: the candidate search of 14 configs
+    takes minutes the GPU run should not spend), or computed now when --configs asks for a subset."""
+    if names is None and path.exists():
+        doc = json.loads(path.read_text())
+        return [tuple(g) for g in doc["gemm"]], [tuple(f) for f in doc["flash"]]
+    return reference_shapes(names)
 
 
 def measure(out: Path, budget_s: float, names: list[str] | None) -> int:
@@ -171,13 +188,11 @@ def measure(out: Path, budget_s: float, names: list[str] | None) -> int:
         log.write(msg + "\n")
         log.flush()
 
-    gemms, flash = reference_shapes(names)
+    gemms, flash = load_shapes(SHAPES_FILE, names)
     say(f"{env['gpu_name']}: {len(gemms)} GEMM shapes, {len(flash)} flash shapes; budget {budget_s:.0f} s")
     rng = random.Random(0)
     jobs = [("gemm", s) for s in gemms] + [("flash", s) for s in flash]
-    rng.shuffle(jobs)
-    # small work first so a cut budget still covers every shape class; flash points interleave with GEMMs
-    jobs.sort(key=lambda j: (j[1][0] * j[1][1] * j[1][2] * (j[1][3] if j[0] == "gemm" else j[1][1])) ** 0.25 // 64)
+    rng.shuffle(jobs)  # a cut budget leaves a random subset, not the large shapes only
     budget = {"warmup_ms": 10.0, "rep_ms": 25.0, "min_reps": 5}
     table = {"gpu": gpu, "gpu_name": env["gpu_name"], "dtype": "bfloat16", "gemm": [], "attention": []}
     dtype = torch.bfloat16
@@ -248,7 +263,15 @@ def main(argv: list[str] | None = None) -> int:
                                         "do not record it; evidence/h100/README.md says 2a60355)")
     p.add_argument("--budget-s", type=float, default=150.0, help="measured: stop after this many seconds (default 150)")
     p.add_argument("--configs", help="measured: comma-separated reference config names (default: all)")
+    p.add_argument("--write-shapes", action="store_true", help="CPU: write the reference shape list the measured "
+                                                               "run reads (profiler/advisor/calibration/reference_shapes.json)")
     args = p.parse_args(argv)
+    if args.write_shapes:
+        gemms, flash = reference_shapes(args.configs.split(",") if args.configs else None)
+        SHAPES_FILE.write_text(json.dumps({"built_by": "python scripts/calibrate_advisor.py --write-shapes",
+                                           "built_at_commit": git_sha(), "gemm": gemms, "flash": flash}) + "\n")
+        print(f"wrote {SHAPES_FILE}: {len(gemms)} GEMM and {len(flash)} flash shapes")
+        return 0
     if args.from_evidence:
         if not args.gpu:
             p.error("--from-evidence needs --gpu")

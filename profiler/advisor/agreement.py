@@ -30,6 +30,7 @@ import pandas as pd
 
 from models import ModelConfig, load_config
 
+from .candidates import SearchSpace
 from .cost_model import step_estimate
 from .gpus import GpuModel
 from .ranking import bootstrap_interval, faster_verdict, quantile, round_steps, self_name, self_spread
@@ -43,11 +44,12 @@ class ReferenceConfig:
     key: str
     config: ModelConfig
     why: str
+    space: SearchSpace = SearchSpace()  # the advisor's default search, except where stated
 
 
-def _ref(key: str, name: str, why: str, **overrides) -> ReferenceConfig:
+def _ref(key: str, name: str, why: str, space: SearchSpace = SearchSpace(), **overrides) -> ReferenceConfig:
     cfg = load_config(name, **overrides)
-    return ReferenceConfig(key, cfg.replace(name=key), why)
+    return ReferenceConfig(key, cfg.replace(name=key), why, space)
 
 
 def reference_configs(keys: list[str] | None = None) -> list[ReferenceConfig]:
@@ -68,8 +70,10 @@ def reference_configs(keys: list[str] | None = None) -> list[ReferenceConfig]:
         _ref("llama-2-7b-like", "llama-2-7b-like", "SwiGLU f=11008 (paper VII-B) at 8192 tokens", attention="flash",
              micro_batch_size=2, seq_length=4096),
         _ref("pythia-12b", "pythia-12b", "Pythia suite (h=5120)", attention="flash", **train),
-        _ref("paper-large-flash", "paper-large-flash", "paper Fig. 2 large layer, h=16384, b=1",
-             attention="flash", attention_dropout=0.0, hidden_dropout=0.0, num_layers=32),
+        # h within +-4%: the default 25% window holds 77k candidates at h=16384 (two minutes of modelling)
+        _ref("paper-large-flash", "paper-large-flash", "paper Fig. 2 large layer, h=16384, b=1, 32 layers",
+             space=SearchSpace(h_window=0.04), attention="flash", attention_dropout=0.0, hidden_dropout=0.0,
+             num_layers=32),
     ]
     if keys is None:
         return refs

@@ -144,6 +144,12 @@ class Calibration:
 
     def causal_ratio(self, pass_name: str = "forward") -> float | None:
         """Median over buckets measured both ways of causal rate / non-causal rate."""
+        key = ("causal_ratio", pass_name)
+        if key not in self._flash_cache:
+            self._flash_cache[key] = self._causal_ratio(pass_name)
+        return self._flash_cache[key]
+
+    def _causal_ratio(self, pass_name: str) -> float | None:
         r = self.rates
         r = r[r["pass"] == pass_name]
         both = [r[(r["bucket"] == b) & r["causal"]]["rate"].median() / r[(r["bucket"] == b) & ~r["causal"]]["rate"].median()
@@ -208,17 +214,20 @@ class Calibration:
         if key in self._flash_cache:
             return self._flash_cache[key]
         found = self.flash_rate(head_dim, batch_heads, seq, "forward")
-        ratio = self.backward_ratio()
-        if found is not None:
+        ratio = self._point_backward_ratios().get(found[2]) if found is not None else None
+        ratio = ratio if ratio is not None else self.backward_ratio()
+        self._flash_cache[key] = ratio
+        return ratio
+
+    def _point_backward_ratios(self) -> dict:
+        if "point_bwd" not in self._flash_cache:
             a = self.attention
             keys = ["causal", "batch_heads", "seq", "head_dim"]
             fwd = a[a["pass"] == "forward"].groupby(keys)["time_ms"].median()
             bwd = a[a["pass"] == "backward"].groupby(keys)["time_ms"].median()
-            point = found[2]
-            if point in fwd.index and point in bwd.index:
-                ratio = float(bwd[point] / fwd[point])
-        self._flash_cache[key] = ratio
-        return ratio
+            common = fwd.index.intersection(bwd.index)
+            self._flash_cache["point_bwd"] = {tuple(k): float(bwd[k] / fwd[k]) for k in common}
+        return self._flash_cache["point_bwd"]
 
     def summary(self) -> dict:
         """What the output says about the table."""

@@ -77,6 +77,21 @@ def estimate_gemm(component: str, pass_name: str, batch: int, m: int, n: int, k:
                   dtype: str) -> GemmEstimate:
     """Model one (batch x) (m,k)x(k,n) GEMM on `gpu`: the wave/tile model, times the measured/modelled
     ratio of the nearest measured shapes when the GPU has a calibration table (calibration.py)."""
+    key = (component, pass_name, batch, m, n, k, dtype, gpu.signature, id(gpu.calibration))
+    hit = _GEMM_CACHE.get(key)
+    if hit is None or hit[0] is not gpu.calibration:
+        hit = (gpu.calibration, _estimate_gemm(component, pass_name, batch, m, n, k, gpu, dtype))
+        if len(_GEMM_CACHE) > 200_000:  # the candidate search asks for the same shapes again and again
+            _GEMM_CACHE.clear()
+        _GEMM_CACHE[key] = hit
+    return hit[1]
+
+
+_GEMM_CACHE: dict = {}
+
+
+def _estimate_gemm(component: str, pass_name: str, batch: int, m: int, n: int, k: int, gpu: GpuModel,
+                   dtype: str) -> GemmEstimate:
     g = _analytic_gemm(component, pass_name, batch, m, n, k, gpu, dtype)
     if gpu.calibration is None:
         return g
