@@ -75,6 +75,31 @@ def _write(out: Path, doc: dict, rows: list[dict], shapes: list[pd.DataFrame], r
         pd.concat(rounds, ignore_index=True).to_csv(out / "rounds.csv", index=False)
 
 
+def measure_reference(ref, gpu, options: AdviceOptions, device, *, seed: int = 0):
+    """One reference config through the advisor's measure path: (figures, per-shape table, rounds)."""
+    t0 = time.perf_counter()
+    advice = advise(ref.config, gpu, dataclasses.replace(options, space=ref.space), device=device,
+                    progress=lambda m: print(f"  {m}", flush=True))
+    names = [ref.config.name, *advice.selected]
+    shape_rows = advice.candidates[advice.candidates["name"].isin(names)]
+    table = pd.DataFrame({"name": list(shape_rows["name"]) + [self_name(ref.config.name)],
+                          "L": list(shape_rows["L"]) + [ref.config.num_layers],
+                          "tokens": [ref.config.tokens] * (len(shape_rows) + 1)})
+    per_round = round_steps(advice.rounds, table)
+    modelled = advice.candidates[["name", "modelled_speedup"]]
+    figures = config_agreement(per_round, modelled, ref.config.name, rounds=advice.rounds, seed=seed)
+    best = advice.measured[~advice.measured["is_given"]].iloc[0]
+    figures.update({"config": ref.key, "why": ref.why, "attention": ref.config.attention,
+                    "tokens": ref.config.tokens, "seconds": round(time.perf_counter() - t0, 1),
+                    "best_measured": best["name"], "best_measured_verdict": best["verdict"],
+                    "best_measured_speedup": best["speedup"],
+                    "best_measured_ci": [best["speedup_ci_lo"], best["speedup_ci_hi"]],
+                    "calibrated": gpu.calibration is not None})
+    shapes = shapes_frame(per_round, modelled, ref.config.name, ref.key).merge(
+        advice.measured[["name", "speedup_ci_lo", "speedup_ci_hi", "verdict"]], on="name", how="left")
+    return figures, shapes, advice.rounds.assign(config=ref.key)
+
+
 def on_gpu(args) -> int:
     import torch
 
@@ -113,26 +138,10 @@ def on_gpu(args) -> int:
         print(f"== {ref.key} ({ref.why}): h={ref.config.hidden_size} a={ref.config.num_attention_heads} "
               f"L={ref.config.num_layers} b*s={ref.config.tokens} {ref.config.attention}", flush=True)
         try:
-            advice = advise(ref.config, gpu, dataclasses.replace(options, space=ref.space), device=device,
-                            progress=lambda m: print(f"  {m}", flush=True))
-            names = [ref.config.name, *advice.selected]
-            shape_rows = advice.candidates[advice.candidates["name"].isin(names)]
-            table = pd.DataFrame({"name": list(shape_rows["name"]) + [self_name(ref.config.name)],
-                                  "L": list(shape_rows["L"]) + [ref.config.num_layers],
-                                  "tokens": [ref.config.tokens] * (len(shape_rows) + 1)})
-            per_round = round_steps(advice.rounds, table)
-            figures = config_agreement(per_round, advice.candidates[["name", "modelled_speedup"]], ref.config.name,
-                                       rounds=advice.rounds, seed=args.seed)
-            best = advice.measured[~advice.measured["is_given"]].iloc[0]
-            figures.update({"config": ref.key, "why": ref.why, "attention": ref.config.attention,
-                            "tokens": ref.config.tokens, "seconds": round(time.perf_counter() - t0, 1),
-                            "best_measured_verdict": best["verdict"], "best_measured_speedup": best["speedup"],
-                            "best_measured_ci": [best["speedup_ci_lo"], best["speedup_ci_hi"]]})
+            figures, table, measured_rounds = measure_reference(ref, gpu, options, device, seed=args.seed)
             rows.append(figures)
-            shapes.append(shapes_frame(per_round, advice.candidates[["name", "modelled_speedup"]], ref.config.name,
-                                       ref.key).merge(advice.measured[["name", "speedup_ci_lo", "speedup_ci_hi",
-                                                                       "verdict"]], on="name", how="left"))
-            rounds.append(advice.rounds.assign(config=ref.key))
+            shapes.append(table)
+            rounds.append(measured_rounds)
             print(f"  rho {figures['spearman']:.2f}, top-1 {figures['top1']} (modelled {figures['modelled_top']}, "
                   f"measured {figures['measured_top']}), {figures['seconds']:.0f} s", flush=True)
         except Exception as exc:  # noqa: BLE001 - one config failing (memory) must not lose the others

@@ -203,9 +203,14 @@ def measure(out: Path, budget_s: float, names: list[str] | None) -> int:
         try:
             if kind == "gemm":
                 b, m, n, k = shape
-                x = torch.randn(b, m, k, device=device, dtype=dtype) if b > 1 else torch.randn(m, k, device=device, dtype=dtype)
-                w = torch.randn(b, k, n, device=device, dtype=dtype) if b > 1 else torch.randn(k, n, device=device, dtype=dtype)
-                fn = (lambda x=x, w=w: torch.bmm(x, w)) if b > 1 else (lambda x=x, w=w: x @ w)
+                if b > 1:  # the attention BMMs of unfused attention: (b*a, m, k) x (b*a, k, n)
+                    x = torch.randn(b, m, k, device=device, dtype=dtype)
+                    w = torch.randn(b, k, n, device=device, dtype=dtype)
+                    fn = lambda x=x, w=w: torch.bmm(x, w)  # noqa: E731
+                else:  # as nn.Linear runs it: the weight stored (n, k)
+                    x = torch.randn(m, k, device=device, dtype=dtype)
+                    w = torch.randn(n, k, device=device, dtype=dtype)
+                    fn = lambda x=x, w=w: torch.nn.functional.linear(x, w)  # noqa: E731
                 stats = summarize(bench(fn, device=device, **budget))
                 table["gemm"].append({"batch": b, "m": m, "n": n, "k": k, "time_ms": stats.median_ms,
                                       "p10_ms": stats.p10_ms, "p90_ms": stats.p90_ms, "source": "measured"})
@@ -243,8 +248,8 @@ def _write(out: Path, gpu: str, table: dict, env: dict, budget: dict, started: f
         "gpu_name": env.get("gpu_name"), "torch": env.get("torch"), "cuda": env.get("cuda"),
         "driver": env.get("driver"), "timestamp": env.get("timestamp"),
         "protocol": (f"profiler.timing.bench per shape ({budget}; warm-up until stable, L2 flushed per call, median "
-                     "of repetitions), shapes in shuffled order, random bf16 operands; GEMM: x @ w (torch.bmm for "
-                     "batched); flash: torch SDPA with the FLASH_ATTENTION backend, causal, (1, b*a, s, h/a)"),
+                     "of repetitions), shapes in shuffled order, random bf16 operands; GEMM: F.linear(x (m,k), w (n,k)) as nn.Linear runs it "
+                     "(torch.bmm for the batched attention GEMMs); flash: torch SDPA with the FLASH_ATTENTION backend, causal, (1, b*a, s, h/a)"),
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
     tmp = out / f".{gpu}.json.tmp"

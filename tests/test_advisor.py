@@ -745,3 +745,21 @@ def test_measure_serving_times_prefill_and_decode_of_a_tiny_neox_on_the_cpu():
     served = measure_serving([cfg], batch=1, prompt_len=8, new_tokens=4, device=torch.device("cpu"), rounds=2)
     assert list(served["status"]) == ["ok", "ok"] and (served["decode_step_ms"] > 0).all()
     assert (served["prefill_ms"] > 0).all() and served["protocol"].iloc[0].startswith("interleaved")
+
+
+def test_the_agreement_script_measures_one_reference_config_through_the_advisor(tmp_path):
+    import importlib.util
+    from pathlib import Path
+    from profiler.advisor.agreement import ReferenceConfig
+    spec = importlib.util.spec_from_file_location("advisor_agreement",
+                                                  Path(__file__).parents[1] / "scripts" / "advisor_agreement.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    ref = ReferenceConfig("tiny", load_config(str(config), dtype="float32", seq_length=32), "wiring")
+    options = AdviceOptions(top=1, measure=True, rounds=2, profile=False, check_costs=False, max_proposals=2)
+    figures, shapes, rounds = script.measure_reference(ref, resolve_gpu("h100"), options, torch.device("cpu"))
+    assert figures["config"] == "tiny" and figures["top1"] in ("exact", "within noise", "missed")
+    assert figures["shapes"] == len(shapes) == 3 and set(shapes["measured_rank"]) <= {1, 2, 3}
+    assert "tiny (again)" in set(rounds["candidate"])
