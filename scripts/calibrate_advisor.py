@@ -167,19 +167,22 @@ def load_shapes(path: Path, names: list[str] | None):
     return reference_shapes(names)
 
 
-def measure(out: Path, budget_s: float, names: list[str] | None) -> int:
+def measure(out: Path, budget_s: float, names: list[str] | None, *, on_cpu: bool = False,
+            max_shapes: int | None = None) -> int:
+    import contextlib
+
     import torch
 
     from profiler.hardware import environment
     from profiler.timing import bench, summarize
 
-    if not torch.cuda.is_available():
+    if not on_cpu and not torch.cuda.is_available():
         print("no CUDA device: the measured table needs the GPU (use --from-evidence on a CPU)", file=sys.stderr)
         return 2
     started = time.perf_counter()
-    device = torch.device("cuda", 0)
+    device = torch.device("cpu") if on_cpu else torch.device("cuda", 0)
     env = environment(device)
-    gpu = next((k for k in ("h100", "h200", "a100", "v100") if k in env["gpu_name"].lower()), "gpu")
+    gpu = next((k for k in ("h100", "h200", "a100", "v100") if k in (env["gpu_name"] or "").lower()), "cpu-wiring")
     out.mkdir(parents=True, exist_ok=True)
     log = open(out / "log.txt", "w")
 
@@ -193,8 +196,16 @@ def measure(out: Path, budget_s: float, names: list[str] | None) -> int:
     rng = random.Random(0)
     jobs = [("gemm", s) for s in gemms] + [("flash", s) for s in flash]
     rng.shuffle(jobs)  # a cut budget leaves a random subset, not the large shapes only
-    budget = {"warmup_ms": 10.0, "rep_ms": 25.0, "min_reps": 5}
-    table = {"gpu": gpu, "gpu_name": env["gpu_name"], "dtype": "bfloat16", "gemm": [], "attention": []}
+    if max_shapes is not None:
+        jobs = jobs[:max_shapes]
+    budget = {"warmup_ms": 10.0, "rep_ms": 25.0, "min_reps": 5} if not on_cpu else {"warmup_ms": 1.0, "rep_ms": 2.0,
+                                                                                   "min_reps": 2}
+    table = {"gpu": gpu, "gpu_name": env["gpu_name"] or "cpu (wiring only)", "dtype": "bfloat16", "gemm": [],
+             "attention": []}
+
+    def flash_only():  # a fresh context each time (a generator-based context manager is single-use)
+        return (contextlib.nullcontext() if on_cpu else
+                torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION))
     dtype = torch.bfloat16
     for i, (kind, shape) in enumerate(jobs):
         if time.perf_counter() - started > budget_s:
@@ -219,7 +230,7 @@ def measure(out: Path, budget_s: float, names: list[str] | None) -> int:
                 bh, s, d = shape
                 q, k_, v = (torch.randn(1, bh, s, d, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
                 sdpa = torch.nn.functional.scaled_dot_product_attention
-                with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+                with flash_only():
                     fwd = summarize(bench(lambda: sdpa(q, k_, v, is_causal=True), device=device, **budget))
                     o = sdpa(q, k_, v, is_causal=True)
                     g = torch.randn_like(o)
@@ -268,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
                                         "do not record it; evidence/h100/README.md says 2a60355)")
     p.add_argument("--budget-s", type=float, default=150.0, help="measured: stop after this many seconds (default 150)")
     p.add_argument("--configs", help="measured: comma-separated reference config names (default: all)")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                   help="measured: cpu runs a few shapes to prove the wiring (with --max-shapes)")
+    p.add_argument("--max-shapes", type=int, help="measured: at most this many shapes (after the shuffle)")
     p.add_argument("--write-shapes", action="store_true", help="CPU: write the reference shape list the measured "
                                                                "run reads (profiler/advisor/calibration/reference_shapes.json)")
     args = p.parse_args(argv)
@@ -286,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(table, indent=1) + "\n")
         print(f"wrote {args.out}: {len(table['gemm'])} GEMM, {len(table['attention'])} attention points")
         return 0
-    return measure(args.out, args.budget_s, args.configs.split(",") if args.configs else None)
+    return measure(args.out, args.budget_s, args.configs.split(",") if args.configs else None,
+                   on_cpu=args.device == "cpu", max_shapes=args.max_shapes)
 
 
 if __name__ == "__main__":
