@@ -1,9 +1,10 @@
 """Does the advisor's modelled ranking predict the measured one? (issue 22, item 2)
 
-On the GPU (one call; about 4-5 minutes for the 14 reference configs on an H200, --budget-s bounds it):
+On the GPU (one call; about 4-5 minutes for the 14 reference configs on an H200, estimated from the modelled
+layer times; --budget-s bounds it and --configs picks a subset):
 
     python scripts/advisor_agreement.py --out DIR [--calibration FILE|auto|none] [--configs a,b] [--budget-s 270]
-        [--top 3] [--max-proposals 5] [--rounds 5]
+        [--top 3] [--max-proposals 4] [--rounds 5]
 
 for each reference config (profiler/advisor/agreement.py: Pythia 160m..12b, GPT-3 2.7B and the paper's
 variants, llama-2-7b-like, one h=16384 layer; flash and eager; b*s = 8192) runs the advisor's own measure
@@ -42,12 +43,13 @@ sys.path.insert(0, str(ROOT))
 from profiler.advisor import AdviceOptions, advise, resolve_gpu  # noqa: E402
 from profiler.advisor.agreement import (agreement_summary, config_agreement, evidence_agreement,  # noqa: E402
                                         reference_configs, shapes_frame, swiglu_agreement)
+from profiler.advisor.cost_model import step_estimate  # noqa: E402
 from profiler.advisor.gpus import calibration_summary  # noqa: E402
 from profiler.advisor.ranking import round_steps, self_name  # noqa: E402
 
 # per bench call on the GPU: enough for a stable median of a layer step, short enough for 14 configs in
 # ~4 minutes (the advisor's own default is bench's: 25 ms warm-up, 100 ms of repetitions)
-BENCH = {"warmup_ms": 10.0, "rep_ms": 30.0, "min_reps": 5}
+BENCH = {"warmup_ms": 5.0, "rep_ms": 20.0, "min_reps": 3, "max_warmup_ms": 60.0}
 
 
 def git_sha() -> str | None:
@@ -124,11 +126,14 @@ def on_gpu(args) -> int:
                            "top1": "exact: the modelled best is the measured best; within noise: the measured best "
                                    "is not faster than the modelled best by the advisor's rule (bootstrap interval "
                                    "of the per-round ratio excludes 1.0 and the gain exceeds the self-spread)"}}
-    rows, shapes, rounds, spent = [], [], [], []
+    rows, shapes, rounds, spent = [], [], [], []  # spent: (seconds, modelled layer fwd+bwd ms) per config
     refs = reference_configs(args.configs.split(",") if args.configs else None)
     for i, ref in enumerate(refs):
         elapsed = time.perf_counter() - started
-        estimate = max(spent) if spent else 0.0
+        # a config's time grows with its layer step (rounds x shapes x bench calls): scale the slowest
+        # seconds-per-modelled-ms seen so far (+ 1 ms for the fixed cost of a bench call)
+        size = step_estimate(ref.config, gpu).layer_forward_backward_ms + 1.0
+        estimate = max(sec / ms for sec, ms in spent) * size if spent else 0.0
         if elapsed + estimate > args.budget_s:
             print(f"budget: {elapsed:.0f} s spent, the next config would take ~{estimate:.0f} s; "
                   f"stopping before {ref.key} ({len(refs) - i} left)", flush=True)
@@ -150,7 +155,7 @@ def on_gpu(args) -> int:
             print(f"  failed: {rows[-1]['error']}", flush=True)
         finally:
             torch.cuda.empty_cache()
-        spent.append(time.perf_counter() - t0)
+        spent.append((time.perf_counter() - t0, size))
         _write(args.out, doc, rows, shapes, rounds)
     doc["elapsed_s"] = round(time.perf_counter() - started, 1)
     _write(args.out, doc, rows, shapes, rounds)
@@ -204,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=270.0, help="GPU run: start no config past this (default 270)")
     p.add_argument("--top", type=int, default=3, help="best modelled proposals per config (default 3; the paper's "
                                                       "head-count fixes of a misaligned h/a come after them)")
-    p.add_argument("--max-proposals", type=int, default=5, help="proposals measured per config at most (default 5)")
+    p.add_argument("--max-proposals", type=int, default=4, help="proposals measured per config at most (default 4)")
     p.add_argument("--rounds", type=int, default=5, help="shuffled interleaved rounds (default 5)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)

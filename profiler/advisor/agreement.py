@@ -70,9 +70,9 @@ def reference_configs(keys: list[str] | None = None) -> list[ReferenceConfig]:
         _ref("llama-2-7b-like", "llama-2-7b-like", "SwiGLU f=11008 (paper VII-B) at 8192 tokens", attention="flash",
              micro_batch_size=2, seq_length=4096),
         _ref("pythia-12b", "pythia-12b", "Pythia suite (h=5120)", attention="flash", **train),
-        # h within +-4%: the default 25% window holds 77k candidates at h=16384 (two minutes of modelling)
+        # h within +-2%: the default 25% window holds 77k candidates at h=16384 (two minutes of modelling)
         _ref("paper-large-flash", "paper-large-flash", "paper Fig. 2 large layer, h=16384, b=1, 32 layers",
-             space=SearchSpace(h_window=0.04), attention="flash", attention_dropout=0.0, hidden_dropout=0.0,
+             space=SearchSpace(h_window=0.02), attention="flash", attention_dropout=0.0, hidden_dropout=0.0,
              num_layers=32),
     ]
     if keys is None:
