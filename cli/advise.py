@@ -214,7 +214,8 @@ def _print(advice) -> None:
             print(f"  measured cost of {row['rule']}: {row['measured_note']}")
     if advice.swiglu is not None:
         show("SwiGLU widths", advice.swiglu, ["rank", "ffn", "ratio", "largest_pow2_per_gpu", "fwd_bwd_ms", "tflops",
-                                              "vs_reference", "vs_reference_p10", "vs_reference_p90", "verdict",
+                                              "vs_reference", "vs_reference_ci_lo", "vs_reference_ci_hi", "self_spread",
+                                              "verdict",
                                               "modelled_tflops", "modelled_rank"])
     elif advice.measured is not None:
         show("measured (ranked by training tokens/s; speed-up: median per-round ratio vs the given shape, "
