@@ -14,6 +14,7 @@ import torch
 from models import count_parameters, load_config
 
 from profiler.advisor import AdviceOptions, SearchSpace, SwigluSearch, advise, document, resolve_gpu
+from profiler.advisor.serving import ServingShape
 from profiler.advisor.gpus import local_gpu_properties, names_same_gpu, with_measured_ceilings
 from profiler.errors import UserError
 from profiler.hardware import environment
@@ -21,6 +22,8 @@ from profiler.outputs import prepare_out_dir, write_atomic
 
 CPU_MAX_PARAMS = 100_000_000  # --measure --device cpu proves the wiring on tiny configs only
 CPU_SEQ_LENGTH = 128
+GPU_ROUNDS = 5  # issue 22: at least 5 shuffled interleaved rounds on a GPU
+CPU_ROUNDS = 2  # a CPU run proves the wiring; said so when it runs
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -39,7 +42,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="where --measure times (cpu only when named, for tiny configs: it proves the wiring)")
     p.add_argument("--top", type=int, default=4, help="best modelled candidates to measure (default 4), plus the "
                                                       "paper's head-count fixes when h/a is misaligned")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
+    p.add_argument("--rounds", type=int, help=f"shuffled interleaved timing rounds (default {GPU_ROUNDS} on a GPU, "
+                                              f"{CPU_ROUNDS} on a CPU)")
     p.add_argument("--min-gain", default="2%", help="a measured speed-up below this is 'no gain' (default 2%%)")
     p.add_argument("--h-window", default="25%", help="hidden sizes searched around the given h (default 25%%)")
     p.add_argument("--ffn-window", default="5%", help="MLP widths searched around the given f/h x h (default 5%%)")
@@ -48,7 +52,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ffn-step", type=int, default=64, help="--swiglu: widths are multiples of this x t (default 64)")
     p.add_argument("--no-profile", action="store_true", help="skip the per-component profile of the given shape "
                                                              "and the best proposal")
-    p.add_argument("--seed", type=int, default=0, help="seed of the shuffled order of each round")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffled order of each round and of the bootstrap")
+    p.add_argument("--calibration", default="auto", metavar="auto|none|FILE",
+                   help="the cost model's measured GEMM/attention table: auto (profiler/advisor/calibration/<gpu>.json "
+                        "when there is one), none (the analytic model), or a table file from scripts/calibrate_advisor.py")
+    p.add_argument("--serve-batch", type=int, default=1, help="batch of the modelled serving cost (default 1)")
+    p.add_argument("--serve-prompt", type=int, help="prompt length of the modelled serving cost (default: s)")
+    p.add_argument("--measure-serving", action="store_true",
+                   help="with --measure on a GPU: also time prefill and one CUDA-graph decode step of the given shape "
+                        "and each measured proposal with the project's decode engine (GPT-NeoX shapes only)")
     p.add_argument("--out", type=Path, default=Path("runs/advise"), help="output directory (default runs/advise)")
 
 
@@ -98,19 +110,27 @@ def _config(args, device: torch.device | None):
 
 
 def run(args) -> int:
-    for name in ("batch", "seq_len", "tensor_parallel", "top", "rounds", "ffn_step"):
+    for name in ("batch", "seq_len", "tensor_parallel", "top", "rounds", "ffn_step", "serve_batch", "serve_prompt"):
         value = getattr(args, name)
         if value is not None and value <= 0 and not (name == "top" and value == 0):
             raise UserError(f"--{name.replace('_', '-')}: must be positive, got {value}")
     space = SearchSpace(budget=fraction(args.budget, "--budget"), h_window=fraction(args.h_window, "--h-window"),
                         ffn_window=fraction(args.ffn_window, "--ffn-window"))
     swiglu = SwigluSearch(window=space.ffn_window, step=args.ffn_step) if args.swiglu else None
-    options = AdviceOptions(space=space, top=args.top, measure=args.measure, rounds=args.rounds,
-                            min_gain=fraction(args.min_gain, "--min-gain"), seed=args.seed,
-                            profile=not args.no_profile, swiglu=swiglu)
     device = _device(args)
+    rounds = args.rounds or (CPU_ROUNDS if device is not None and device.type == "cpu" else GPU_ROUNDS)
+    if args.measure and args.rounds is None:
+        print(f"rounds: {rounds} shuffled interleaved rounds (the default on a "
+              f"{'CPU' if device.type == 'cpu' else 'GPU'}; --rounds to change)", flush=True)
+    if args.measure_serving and not args.measure:
+        raise UserError("--measure-serving: times serving next to --measure; add --measure")
+    options = AdviceOptions(space=space, top=args.top, measure=args.measure, rounds=rounds,
+                            min_gain=fraction(args.min_gain, "--min-gain"), seed=args.seed,
+                            profile=not args.no_profile, swiglu=swiglu,
+                            serving=ServingShape(batch=args.serve_batch, prompt_len=args.serve_prompt))
     local = local_gpu_properties()
-    gpu = resolve_gpu(args.gpu, local=local)
+    calibration = None if args.calibration == "none" else args.calibration
+    gpu = resolve_gpu(args.gpu, local=local, calibration=calibration)
     if device is not None and device.type == "cuda" and args.gpu and not names_same_gpu(args.gpu, local[0]):
         raise UserError(f"--gpu: {args.gpu} was named but this machine's GPU is '{local[0]}'; drop --gpu to measure "
                         "on the local GPU, or drop --measure to model the named one")
@@ -137,10 +157,32 @@ def run(args) -> int:
     except torch.cuda.OutOfMemoryError:
         raise UserError(f"--top: out of GPU memory timing the shapes at b={cfg.micro_batch_size}, "
                         f"s={cfg.seq_length}; lower --top or --batch") from None
+    if args.measure_serving and advice.measured is not None:
+        _measure_serving(advice, cfg, gpu, device)
     doc = document(advice, env)
     _write(out, advice, doc)
     _print(advice)
     return 0
+
+
+def _measure_serving(advice, cfg, gpu, device) -> None:
+    """Prefill and decode step of the given shape and each measured proposal through the CUDA-graph decode
+    engine's decoder (inference/advisor_serving.py), joined to advice.measured, with the measured flag."""
+    from inference.advisor_serving import measure_serving, serving_verdicts
+    from profiler.advisor.candidates import configs_by_name
+
+    names = advice.measured["name"].tolist()
+    configs = configs_by_name(cfg, gpu, advice.options.space, names)
+    shape = advice.options.serving
+    print(f"  timing serving (prefill, CUDA-graph decode step) of {len(configs)} shapes at batch {shape.batch}, "
+          f"prompt {shape.prompt_len or cfg.seq_length}", flush=True)
+    served = measure_serving(configs, batch=shape.batch, prompt_len=shape.prompt_len or cfg.seq_length,
+                             new_tokens=shape.new_tokens, device=device, rounds=advice.options.rounds,
+                             seed=advice.options.seed)
+    advice.measured = serving_verdicts(advice.measured, served, cfg.name)
+    flagged = advice.measured[advice.measured["measured_serving_flag"] != ""]
+    for _, row in flagged.iterrows():
+        advice.notes.append(f"serving, {row['name']}: {row['measured_serving_flag']} (measured)")
 
 
 def _write(out: Path, advice, doc: dict) -> None:
@@ -172,16 +214,22 @@ def _print(advice) -> None:
             print(f"  measured cost of {row['rule']}: {row['measured_note']}")
     if advice.swiglu is not None:
         show("SwiGLU widths", advice.swiglu, ["rank", "ffn", "ratio", "largest_pow2_per_gpu", "fwd_bwd_ms", "tflops",
-                                              "vs_reference", "vs_reference_p10", "vs_reference_p90", "verdict",
+                                              "vs_reference", "vs_reference_ci_lo", "vs_reference_ci_hi", "self_spread",
+                                              "verdict",
                                               "modelled_tflops", "modelled_rank"])
     elif advice.measured is not None:
-        show("measured (ranked by training tokens/s; speed-up: per-round ratios vs the given shape)", advice.measured,
-             ["name", "changes", "params", "params_delta_pct", "tokens_per_s", "speedup", "speedup_p10",
-              "speedup_p90", "verdict", "modelled_speedup", "leaves_flat_region", "inference_kernels"])
+        show("measured (ranked by training tokens/s; speed-up: median per-round ratio vs the given shape, "
+             "[ci_lo, ci_hi] its bootstrap interval)", advice.measured,
+             ["name", "changes", "params_delta_pct", "tokens_per_s", "speedup", "speedup_ci_lo", "speedup_ci_hi",
+              "self_spread", "verdict", "modelled_speedup", "modelled_decode_speedup", "decode_speedup",
+              "serving_flag", "measured_serving_flag", "leaves_flat_region", "inference_kernels"])
     elif advice.candidates is not None:
-        show(f"candidates (modelled; {len(advice.candidates) - 1} in the budget, best 10)", advice.candidates,
-             ["name", "changes", "params_delta_pct", "modelled_speedup", "loss_delta_pct", "rank_score",
-              "leaves_flat_region"], rows=11)
+        frame = advice.candidates
+        chosen = frame["is_given"] | frame["name"].isin(advice.selected)
+        shown = pd.concat([frame[chosen], frame[~chosen].head(max(0, 11 - int(chosen.sum())))])
+        show(f"candidates (modelled; {len(frame) - 1} in the budget: the ones to measure, then the best of the rest)",
+             shown, ["name", "changes", "params_delta_pct", "modelled_speedup", "loss_delta_pct", "rank_score",
+                     "modelled_prefill_ms", "modelled_decode_ms", "serving_flag", "leaves_flat_region"], rows=len(shown))
         print(f"would measure: {', '.join(advice.selected) or 'none'}")
     for note in advice.notes:
         print(f"* {note}")

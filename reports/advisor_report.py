@@ -120,7 +120,8 @@ def advisor_report_sections(doc: dict) -> list[Section]:
         intro=(f"<b>{cfg['name']}</b>: h={cfg['hidden_size']}, a={cfg['num_attention_heads']} "
                f"(h/a={cfg['hidden_size'] // cfg['num_attention_heads']}), L={cfg['num_layers']}, b={cfg['micro_batch_size']}, "
                f"s={cfg['seq_length']}, t={cfg['tensor_parallel']}, attention={cfg['attention']}, {cfg['dtype']}. "
-               f"GPU model: <b>{gpu['name']}</b>, {gpu['sms']} SMs ({gpu['sms_source']}). "
+               f"GPU model: <b>{gpu['name']}</b>, {gpu['sms']} SMs ({gpu['sms_source']}); cost model "
+               f"<b>{'calibrated by ' + str(doc['calibration'].get('path')) if (doc.get('calibration') or {}).get('calibrated') else 'UNCALIBRATED'}</b>. "
                f"{'SwiGLU widths' if doc['options'].get('swiglu') else 'Proposals'} are {mode}. "
                f"Checks: {counts.get('fail', 0)} fail, {counts.get('warn', 0)} warn, {counts.get('pass', 0)} pass, "
                f"{counts.get('unknown', 0)} unknown."),
@@ -144,14 +145,16 @@ def advisor_report_sections(doc: dict) -> list[Section]:
         if not measured.empty:
             intro += ("Measured shapes are timed as full layers (forward + backward) plus the logit layer in interleaved "
                       "rounds (each round times every shape once, in a shuffled order); tokens/s = b*s / (L x layer + "
-                      "logits); the speed-up is the median of the per-round ratios against the given shape, with their "
-                      "p10/p90; a spread straddling 1.0 or a gain under the stated minimum is 'no gain'.")
-            cols = ["name", "changes", "params", "params_delta_pct", "tokens_per_s", "speedup", "speedup_p10",
-                    "speedup_p90", "verdict", "speedup_per_param", "layer_fwd_ms", "layer_fwd_bwd_ms",
+                      "logits); the speed-up is the median of the per-round ratios against the given shape, with a bootstrap "
+                      "interval (speedup_ci_lo/hi) and their p10/p90; 'faster' only when the interval excludes 1.0 and "
+                      "the gain exceeds self_spread (the given shape against itself) and the stated minimum.")
+            cols = ["name", "changes", "params", "params_delta_pct", "tokens_per_s", "speedup", "speedup_ci_lo",
+                    "speedup_ci_hi", "self_spread", "speedup_p10", "speedup_p90", "verdict", "serving_flag", "speedup_per_param", "layer_fwd_ms", "layer_fwd_bwd_ms",
                     "logits_fwd_bwd_ms", "modelled_speedup", "leaves_flat_region", "scaling_note"]
             tables.append(table_html(measured[[c for c in cols if c in measured]], float_format="{:,.3f}"))
         cols = ["name", "changes", "params_delta_pct", "modelled_speedup", "modelled_speedup_per_param", "loss_delta_pct",
-                "rank_score", "leaves_flat_region", "scaling_note"]
+                "rank_score", "modelled_prefill_ms", "modelled_decode_ms", "serving_flag", "leaves_flat_region",
+                "scaling_note"]
         if not candidates.empty:
             tables.append(table_html(candidates[[c for c in cols if c in candidates]].head(30), float_format="{:,.3f}"))
         sections.append(Section("Shapes of the same size", intro=intro, figures=[candidates_figure(candidates, measured)],

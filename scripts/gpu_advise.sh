@@ -13,7 +13,7 @@
 #   gpt3-2.7b-flash  the same with flash attention (head-count changes move a layer only a few %)
 #   pythia-410m      h/a = 64 already: expect no gain beyond the noise (no per-component profile)
 #   pythia-2.8b      GPT-3 2.7B's shape at b=1 (the Pythia suite's training shape per GPU)
-#   swiglu-llama2    the SwiGLU width search around 11008 (h=4096, b=1, s=4096), 3 rounds (paper VII-B)
+#   swiglu-llama2    the SwiGLU width search around 11008 (h=4096, b=1, s=4096), 5 rounds (paper VII-B)
 # Budget on an H100: ~30-45 s per shape run (8 shapes x 5 rounds x ~0.5 s + two layer profiles + start-up)
 # and ~30 s for the SwiGLU search: about 3 minutes in all, 4 with slack. Timings are printed per run.
 set -uo pipefail
@@ -37,11 +37,11 @@ step() {  # run one advisor command; a failure is reported and the rest still ru
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$DEST/gpu.txt"
-step gpt3-2.7b-eager --config gpt3-2.7b --attention eager --measure --rounds 3
-# skipped in the 2026-11-23 run for device time: step gpt3-2.7b-flash --config gpt3-2.7b --attention flash --measure --rounds 3
-step pythia-410m     --config pythia-410m --attention flash --measure --no-profile --rounds 3
-step pythia-2.8b     --config pythia-2.8b --attention flash --measure --rounds 3
-step swiglu-llama2   --config llama-2-7b-like --attention flash --swiglu --measure --rounds 3
+step gpt3-2.7b-eager --config gpt3-2.7b --attention eager --measure
+# skipped in the 2026-11-23 run for device time: step gpt3-2.7b-flash --config gpt3-2.7b --attention flash --measure
+step pythia-410m     --config pythia-410m --attention flash --measure --no-profile
+step pythia-2.8b     --config pythia-2.8b --attention flash --measure
+step swiglu-llama2   --config llama-2-7b-like --attention flash --swiglu --measure
 
 echo "total: $SECONDS s" | tee -a "$DEST/timings.txt"
 echo "== summary (the headline of each run; the full tables are in DEST/<run>.log and report.html)"

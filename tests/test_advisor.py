@@ -2,18 +2,20 @@
 committed H100 evidence, the proposal search, the ranking statistics, and the CLI end to end on the CPU
 (a real layer, timed for real, at tiny sizes)."""
 
+import dataclasses
 import json
 import math
+import statistics
 
 import pandas as pd
 import pytest
 import torch
 
 from models import count_parameters, load_config
-from profiler.advisor import GPUS, SearchSpace, candidates_frame, resolve_gpu, select_for_measurement
+from profiler.advisor import GPUS, AdviceOptions, SearchSpace, candidates_frame, resolve_gpu, select_for_measurement
 from profiler.advisor.candidates import candidate_configs, layers_for, padded_vocab
 from profiler.advisor.cost_model import (estimate_gemm, flash_forward_ms, flash_head_dim, gemm_estimates,
-                                         logits_estimate, training_step)
+                                         logits_estimate, step_estimate, training_step)
 from profiler.advisor.rules import (check_gemms, check_head_dim, check_heads_per_gpu, check_hidden_per_gpu,
                                     check_inference_kernels, check_intermediate, check_tensor_parallel,
                                     check_tokens, check_vocab, elements, vocab_pair)
@@ -415,7 +417,10 @@ def test_measure_wiring_on_a_tiny_config_on_the_cpu(tmp_path):
     rounds = pd.read_csv(out / "rounds.csv")
     assert measured["is_given"].sum() == 1 and len(measured) >= 2 and (measured["rounds"] == 2).all()
     assert set(rounds["what"]) == {"layer_forward", "layer_forward_backward", "logits_forward_backward"}
-    assert len(rounds) == 2 * len(measured) * 3 and (rounds["time_ms"] > 0).all()
+    # every measured shape and the given one's second timing (its self-spread), three steps, two rounds
+    assert len(rounds) == 2 * (len(measured) + 1) * 3 and (rounds["time_ms"] > 0).all()
+    assert "tiny (again)" in set(rounds["candidate"]) and "tiny (again)" not in set(measured["name"])
+    assert (measured["self_spread"] >= 0).all() and (measured["speedup_ci_lo"] <= measured["speedup_ci_hi"]).all()
     # every proposal fixes h/a = 40 (not 128 bytes of float32) and pads v = 1001
     proposals = measured[~measured["is_given"]]
     assert (proposals["head_dim"] % 32 == 0).all() and (proposals["v"] % 32 == 0).all()
@@ -466,3 +471,295 @@ def test_bad_input_prints_one_line_and_exits_2(tmp_path, capsys, args, expected)
     code = main(base + args)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(expected)
+
+
+# ---- calibration tables (issue 22) -------------------------------------------------------------------
+from profiler.advisor.agreement import (agreement_summary, config_agreement, reference_configs,  # noqa: E402
+                                        spearman)
+from profiler.advisor.calibration import (Calibration, flash_padded_flops, load_table,  # noqa: E402
+                                          points_from_layer_components, points_from_sweeps)
+from profiler.advisor.gpus import with_calibration  # noqa: E402
+from profiler.advisor.ranking import bootstrap_interval, faster_verdict, self_spread  # noqa: E402
+from profiler.advisor.serving import ServingShape, decode_bytes, decode_ms, serving_flag  # noqa: E402
+
+
+def _table(gemm=(), attention=()):
+    return Calibration({"gpu": "h100", "gpu_name": "test", "dtype": "bfloat16", "provenance": {"source": "test"},
+                        "gemm": list(gemm), "attention": list(attention)})
+
+
+def test_a_measured_gemm_shape_gets_its_measured_time_and_a_neighbour_its_ratio():
+    analytic = estimate_gemm("mm", "forward", 1, 8192, 10240, 2560, H100, "bfloat16").time_ms
+    gpu = dataclasses.replace(H100, calibration=_table(gemm=[
+        {"batch": 1, "m": 8192, "n": 10240, "k": 2560, "time_ms": 2 * analytic, "source": "test"}]))
+    assert estimate_gemm("mm", "forward", 1, 8192, 10240, 2560, gpu, "bfloat16").time_ms == pytest.approx(2 * analytic)
+    near = estimate_gemm("mm", "forward", 1, 8192, 10112, 2560, gpu, "bfloat16")
+    plain = estimate_gemm("mm", "forward", 1, 8192, 10112, 2560, H100, "bfloat16")
+    assert near.calibration_factor == pytest.approx(2.0) and near.time_ms == pytest.approx(2 * plain.time_ms)
+    # an odd k is another alignment class: the aligned point says nothing about it
+    assert estimate_gemm("mm", "forward", 1, 8192, 10240, 2561, gpu, "bfloat16").calibration_factor is None
+    # nor about a dtype the table was not measured in
+    assert estimate_gemm("mm", "forward", 1, 8192, 10240, 2560, gpu, "float32").calibration_factor is None
+
+
+def _flash_points(rates_tflops: dict[int, float], batch_heads_times_dim: int = 4 * 2560):
+    """Causal forward points at s=2048 for each h/a, b*a = (b*h)/(h/a), timed at the given rate per padded FLOP."""
+    out = []
+    for d, tflops in rates_tflops.items():
+        bh = batch_heads_times_dim // d
+        out.append({"pass": "forward", "causal": True, "batch_heads": bh, "seq": 2048, "head_dim": d,
+                    "time_ms": flash_padded_flops(bh, 2048, d, True) / (tflops * 1e12) * 1e3, "source": "test"})
+    return out
+
+
+def test_flash_attention_cost_depends_on_the_head_dim_bucket_when_calibrated():
+    # the bug: one fused-attention rate for every h/a made a=40 (h/a=64) and a=80 (h/a=32) tie at h=2560
+    a40, a80 = gpt3(attention="flash", num_attention_heads=40), gpt3(attention="flash", num_attention_heads=80)
+    assert flash_forward_ms(a40, H100) == pytest.approx(flash_forward_ms(a80, H100))  # the analytic model ties
+    gpu = dataclasses.replace(H100, calibration=_table(attention=_flash_points({32: 217.0, 64: 311.0, 128: 338.0})))
+    assert flash_forward_ms(a80, gpu) / flash_forward_ms(a40, gpu) == pytest.approx(311.0 / 217.0)
+    assert step_estimate(a40, gpu).step_ms < step_estimate(a80, gpu).step_ms
+
+
+def test_an_unmeasured_flash_bucket_falls_back_to_the_gpus_one_rate():
+    gpu = dataclasses.replace(H100, calibration=_table(attention=_flash_points({64: 311.0})))
+    a20 = gpt3(attention="flash", num_attention_heads=20)  # h/a = 128: bucket 128, not in the table
+    assert flash_forward_ms(a20, gpu) == pytest.approx(flash_forward_ms(a20, H100))
+
+
+def test_committed_tables_calibrate_the_h100_and_h200_and_name_their_source():
+    for key in ("h100", "h200"):
+        table = load_table(key)
+        assert table is not None and len(table.gemm) > 10 and len(table.attention) > 10
+        summary = table.summary()
+        assert summary["calibrated"] and summary["provenance"]["built_by"].startswith("python scripts/calibrate_advisor.py")
+        assert all(s.get("git_sha") for s in summary["provenance"]["sources"])
+    assert resolve_gpu("h100").calibration is not None and resolve_gpu("a100").calibration is None
+    assert resolve_gpu("h100", calibration=None).calibration is None
+
+
+def test_points_from_evidence_take_each_gemm_roles_shape_from_the_config():
+    cfg = load_config("pythia-1b")
+    components = pd.DataFrame([
+        {"config": "pythia-1b", "pass": "forward", "component": "mlp_up", "role": "fprop", "time_us": 90.0},
+        {"config": "pythia-1b", "pass": "backward", "component": "mlp_up", "role": "dgrad", "time_us": 80.0},
+        {"config": "pythia-1b", "pass": "forward", "component": "flash_attention", "role": None, "time_us": 110.0},
+        {"config": "pythia-1b", "pass": "forward", "component": "norm", "role": None, "time_us": 20.0}])
+    gemms, attention = points_from_layer_components(components, {"pythia-1b": cfg}, "test")
+    # Y(b*s, f) = X(b*s, h) W(h, f); dgrad dX(b*s, h) = dY W^T has inner dimension f
+    assert {(g["m"], g["n"], g["k"]): g["time_ms"] for g in gemms} == {(2048, 8192, 2048): 0.09, (2048, 2048, 8192): 0.08}
+    assert attention == [{"pass": "forward", "causal": True, "batch_heads": 8, "seq": 2048, "head_dim": 256,
+                          "time_ms": 0.11, "source": "test pythia-1b forward"}]
+    sweep = pd.DataFrame([{"kind": "flash", "status": "ok", "dtype": "bfloat16", "batch": 512, "m": 2048, "n": 2048,
+                           "k": 64, "causal": False, "median_ms": 1.76},
+                          {"kind": "mm", "status": "ok", "dtype": "bfloat16", "batch": 1, "m": 27648, "n": 64,
+                           "k": 4096, "causal": None, "median_ms": 0.09},
+                          {"kind": "mm", "status": "error", "dtype": "bfloat16", "batch": 1, "m": 1, "n": 1, "k": 1,
+                           "causal": None, "median_ms": None}])
+    gemms, attention = points_from_sweeps(sweep, "sweep")
+    assert [(g["m"], g["n"], g["k"]) for g in gemms] == [(27648, 64, 4096)]
+    assert attention[0]["causal"] is False and attention[0]["head_dim"] == 64 and attention[0]["batch_heads"] == 512
+
+
+def test_the_cpu_ranking_of_gpt3_shows_a20_and_a40_no_longer_ties_a80():
+    gpu = resolve_gpu("h100")
+    frame = candidates_frame(gpt3(attention="flash"), gpu, SearchSpace()).set_index("name")
+    assert frame.loc["h2560-a40-L32", "modelled_speedup"] > frame.loc["h2560-a80-L32", "modelled_speedup"] + 0.05
+    assert frame.loc["h2560-a20-L32", "modelled_speedup"] > frame.loc["h2560-a40-L32", "modelled_speedup"]
+
+
+def test_cli_shows_a20_and_names_the_calibration_or_its_absence(tmp_path, capsys):
+    assert main(["advise", "--config", "gpt3-2.7b", "--gpu", "h100", "--out", str(tmp_path / "h100")]) == 0
+    text = capsys.readouterr().out
+    table = text[text.index("candidates (modelled"):text.index("would measure")]
+    assert "h2560-a20-L32" in table and "cost model calibrated for h100 by profiler/advisor/calibration/h100.json" in text
+    doc = json.loads((tmp_path / "h100" / "advice.json").read_text())
+    assert doc["calibration"]["calibrated"] and doc["calibration"]["gemm_points"] > 100
+    assert main(["advise", "--config", "gpt3-2.7b", "--gpu", "a100", "--out", str(tmp_path / "a100")]) == 0
+    assert "cost model UNCALIBRATED for a100" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "a100" / "advice.json").read_text())
+    assert doc["calibration"]["calibrated"] is False
+    assert "UNCALIBRATED" in (tmp_path / "a100" / "report.html").read_text()
+
+
+def test_calibration_flag_takes_a_table_file_or_none(tmp_path, capsys):
+    table = tmp_path / "t.json"
+    table.write_text(json.dumps({"gpu": "h100", "dtype": "bfloat16", "provenance": {"source": "a test table"},
+                                 "gemm": [], "attention": []}))
+    assert main(["advise", "--config", "pythia-160m", "--gpu", "h100", "--calibration", str(table), "--top", "1",
+                 "--out", str(tmp_path / "o")]) == 0
+    assert "a test table" in capsys.readouterr().out
+    assert main(["advise", "--config", "pythia-160m", "--gpu", "h100", "--calibration", "none", "--top", "1",
+                 "--out", str(tmp_path / "o2")]) == 0
+    assert "UNCALIBRATED for h100" in capsys.readouterr().out
+    with pytest.raises(UserError, match="--calibration"):
+        with_calibration(H100, tmp_path / "missing.json")
+
+
+# ---- honest statistics (issue 22, item 3) ------------------------------------------------------------
+def test_bootstrap_interval_is_seeded_and_covers_the_median():
+    ratios = [1.05, 1.04, 1.06, 1.03, 1.055]
+    lo, hi = bootstrap_interval(ratios, seed=0)
+    assert (lo, hi) == bootstrap_interval(ratios, seed=0)
+    assert lo <= statistics.median(ratios) <= hi and lo >= min(ratios) and hi <= max(ratios)
+
+
+@pytest.mark.parametrize("speedup,lo,hi,spread,expected", [
+    (1.05, 1.03, 1.06, 0.01, "faster"),  # interval excludes 1.0, gain above the self-spread and the minimum
+    (1.05, 0.99, 1.07, 0.01, "no gain"),  # the interval includes 1.0
+    (1.05, 1.03, 1.06, 0.06, "no gain"),  # the given shape against itself moved more than the gain
+    (1.015, 1.01, 1.02, 0.001, "no gain"),  # below the 2% minimum
+    (0.94, 0.92, 0.95, 0.01, "slower"),
+])
+def test_faster_needs_an_interval_above_one_and_a_gain_above_the_self_spread(speedup, lo, hi, spread, expected):
+    assert faster_verdict(speedup, lo, hi, spread, 0.02) == expected
+
+
+def _step_rounds(steps: dict[str, list[float]], spreads: dict[str, float] | None = None) -> pd.DataFrame:
+    """A rounds table whose per-round whole-model step (L=1, logits 0) is the given ms; each call's p10/p90
+    at +-spread/2 of its median."""
+    rows = []
+    for name, values in steps.items():
+        half = (spreads or {}).get(name, 0.0) / 2
+        for r, t in enumerate(values):
+            rows += [{"round": r, "candidate": name, "what": "layer_forward_backward", "time_ms": t,
+                      "p10_ms": t * (1 - half), "p90_ms": t * (1 + half)},
+                     {"round": r, "candidate": name, "what": "logits_forward_backward", "time_ms": 0.0,
+                      "p10_ms": 0.0, "p90_ms": 0.0}]
+    return pd.DataFrame(rows)
+
+
+def test_pythia_2_8b_batch_1_gain_inside_a_20_percent_single_call_spread_is_not_faster():
+    # the 2026-11-23 H100 run called a=40 'faster' at 1.13x (p10 1.04) while single calls spread by ~20%
+    given, a40 = [85.0, 84.0, 88.0], [75.3, 80.4, 69.0]  # per-round ratios 1.129, 1.045, 1.275
+    rounds = _step_rounds({"pythia-2.8b": given, "a40": a40}, {"pythia-2.8b": 0.20, "a40": 0.20})
+    shapes = pd.DataFrame({"name": ["pythia-2.8b", "a40"], "L": [1, 1], "tokens": [2048, 2048]})
+    per_round = round_steps(rounds, shapes)
+    ratios = [g / n for g, n in zip(given, a40)]
+    assert verdict(quantile(ratios, 0.1), quantile(ratios, 0.5), quantile(ratios, 0.9), 0.02) == "faster"  # old rule
+    summary = measured_summary(per_round, "pythia-2.8b", 0.02, rounds=rounds).set_index("name")
+    assert summary.loc["a40", "speedup"] == pytest.approx(statistics.median(ratios))
+    assert summary.loc["a40", "self_spread"] == pytest.approx(0.20)
+    assert summary.loc["a40", "verdict"] == "no gain"
+
+
+def test_self_spread_is_the_given_shape_against_its_own_second_timing():
+    rounds = _step_rounds({"g": [10.0, 10.0, 10.0, 10.0, 10.0], "g (again)": [10.1, 9.95, 10.0, 10.2, 9.9],
+                           "p": [9.5, 9.52, 9.49, 9.5, 9.51]})
+    shapes = pd.DataFrame({"name": ["g", "p", "g (again)"], "L": [1, 1, 1], "tokens": [1, 1, 1]})
+    per_round = round_steps(rounds, shapes)
+    spread, how = self_spread(per_round, "g", rounds)
+    assert spread == pytest.approx(abs(10 / 10.2 - 1)) and "against itself" in how
+    summary = measured_summary(per_round, "g", 0.02, rounds=rounds).set_index("name")
+    assert "g (again)" not in summary.index
+    assert summary.loc["p", "verdict"] == "faster"  # ~5.3% against a self-spread of ~2%
+    noisy = _step_rounds({"g": [10.0] * 5, "g (again)": [10.1, 9.95, 10.0, 10.7, 9.9], "p": [9.5, 9.52, 9.49, 9.5, 9.51]})
+    summary = measured_summary(round_steps(noisy, shapes), "g", 0.02, rounds=noisy).set_index("name")
+    assert summary.loc["p", "verdict"] == "no gain"  # the same gain, but the given shape moved 6.5% against itself
+
+
+def test_default_rounds_are_five_on_a_gpu_and_said_on_a_cpu():
+    from cli.advise import CPU_ROUNDS, GPU_ROUNDS
+    assert GPU_ROUNDS >= 5 and CPU_ROUNDS >= 1
+    assert AdviceOptions().rounds >= 5
+
+
+# ---- agreement (issue 22, item 2) --------------------------------------------------------------------
+def test_spearman_is_rank_correlation_with_average_ranks():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [40, 30, 20, 10]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
+    assert math.isnan(spearman([1, 1, 1], [1, 2, 3]))
+
+
+def _agreement_case(p_steps, q_steps):
+    rounds = _step_rounds({"g": [10.0] * 5, "g (again)": [10.0, 10.02, 9.98, 10.01, 10.0], "p": p_steps, "q": q_steps})
+    shapes = pd.DataFrame({"name": ["g", "p", "q", "g (again)"], "L": [1] * 4, "tokens": [1] * 4})
+    return round_steps(rounds, shapes), rounds
+
+
+def test_top1_is_exact_within_noise_or_missed_by_the_advisors_own_rule():
+    modelled = pd.DataFrame({"name": ["g", "p", "q"], "modelled_speedup": [1.0, 1.10, 1.05]})
+    per_round, rounds = _agreement_case([9.0, 9.05, 8.95, 9.0, 9.02], [9.5] * 5)
+    figures = config_agreement(per_round, modelled, "g", rounds=rounds)
+    assert figures["top1"] == "exact" and figures["spearman"] == pytest.approx(1.0)
+    # q measured best by ~0.4% in the median, but slower than p in two of five rounds: within the noise
+    per_round, rounds = _agreement_case([9.0, 9.2, 8.8, 9.1, 8.9], [8.95, 9.25, 8.75, 9.15, 8.85])
+    assert config_agreement(per_round, modelled, "g", rounds=rounds)["top1"] == "within noise"
+    # q clearly faster than p in every round: missed
+    per_round, rounds = _agreement_case([9.5] * 5, [9.0, 9.01, 8.99, 9.0, 9.0])
+    figures = config_agreement(per_round, modelled, "g", rounds=rounds)
+    assert figures["top1"] == "missed" and figures["measured_best_over_modelled_top"] == pytest.approx(9.5 / 9.0)
+    summary = agreement_summary(pd.DataFrame([figures, {**figures, "top1": "exact", "top1_ok": True}]))
+    assert summary["top1_share"] == 0.5 and not summary["meets_top1"]
+
+
+def test_the_reference_set_spans_the_issues_configs():
+    refs = reference_configs()
+    keys = {r.key for r in refs}
+    assert len(refs) >= 12
+    assert {"pythia-160m", "pythia-12b", "gpt3-2.7b-flash", "gpt3-2.7b-eager", "llama-2-7b-like"} <= keys
+    assert any(r.config.hidden_size == 16384 for r in refs)
+    assert {r.config.attention for r in refs} == {"flash", "eager"}
+    assert all(r.config.tokens >= 8192 for r in refs if r.config.hidden_size < 16384)
+    with pytest.raises(UserError, match="--configs"):
+        reference_configs(["nope"])
+
+
+# ---- serving cost (issue 22, item 5) -----------------------------------------------------------------
+def test_decode_reads_every_weight_but_the_input_embedding_and_the_kv_cache():
+    cfg = load_config("pythia-1b")
+    weights, kv = decode_bytes(cfg, batch=1, context=100)
+    assert weights == (count_parameters(cfg).total - cfg.embedding_rows * cfg.hidden_size) * 2
+    assert kv == 2 * cfg.num_layers * 100 * cfg.hidden_size * 2
+    shape = ServingShape(batch=1, prompt_len=96, new_tokens=8)
+    assert decode_ms(cfg, H100, shape) == pytest.approx((weights + kv) / (H100.bandwidth_tbps * 1e12) * 1e3)
+
+
+def test_a_shape_that_trains_faster_but_serves_slower_is_flagged():
+    assert serving_flag(1.05, 1.0, 0.95) == "trains faster, serves slower: decode 5.0% slower"
+    assert serving_flag(1.05, 1.0, 0.99) == ""  # inside the serving tolerance
+    assert serving_flag(0.98, 0.5, 0.5) == ""  # not faster to train: nothing to trade
+    frame = candidates_frame(gpt3(attention="flash"), resolve_gpu("h100"), SearchSpace())
+    assert {"modelled_prefill_ms", "modelled_decode_ms", "serving_flag"} <= set(frame.columns)
+    # more, thinner layers: a longer KV cache and more launches per token
+    deeper = frame.set_index("name").loc["h2304-a36-L40"]
+    assert deeper["modelled_decode_speedup"] < 1.0
+
+
+def test_measured_serving_joins_decode_and_prefill_and_flags_a_faster_trainer_that_decodes_slower():
+    from inference.advisor_serving import serving_verdicts
+    measured = pd.DataFrame({"name": ["g", "p"], "verdict": ["given shape", "faster"]})
+    served = pd.DataFrame({"round": [0, 0, 1, 1], "name": ["g", "p", "g", "p"], "status": ["ok"] * 4,
+                           "reason": [""] * 4, "decode_step_ms": [2.0, 2.2, 2.0, 2.2], "prefill_ms": [10, 10, 10, 10]})
+    out = serving_verdicts(measured, served, "g").set_index("name")
+    assert out.loc["p", "decode_speedup"] == pytest.approx(2.0 / 2.2)
+    assert out.loc["p", "measured_serving_flag"] == "trains faster, serves slower: decode 9.1% slower"
+    assert out.loc["g", "measured_serving_flag"] == ""
+
+
+def test_measure_serving_times_prefill_and_decode_of_a_tiny_neox_on_the_cpu():
+    from inference.advisor_serving import measure_serving
+    cfg = load_config("pythia-70m", hidden_size=64, num_attention_heads=2, num_layers=2, padded_vocab_size=512,
+                      vocab_size=512, intermediate_size=256, dtype="float32")
+    served = measure_serving([cfg], batch=1, prompt_len=8, new_tokens=4, device=torch.device("cpu"), rounds=2)
+    assert list(served["status"]) == ["ok", "ok"] and (served["decode_step_ms"] > 0).all()
+    assert (served["prefill_ms"] > 0).all() and served["protocol"].iloc[0].startswith("interleaved")
+
+
+def test_the_agreement_script_measures_one_reference_config_through_the_advisor(tmp_path):
+    import importlib.util
+    from pathlib import Path
+    from profiler.advisor.agreement import ReferenceConfig
+    spec = importlib.util.spec_from_file_location("advisor_agreement",
+                                                  Path(__file__).parents[1] / "scripts" / "advisor_agreement.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY)
+    ref = ReferenceConfig("tiny", load_config(str(config), dtype="float32", seq_length=32), "wiring")
+    options = AdviceOptions(top=1, measure=True, rounds=2, profile=False, check_costs=False, max_proposals=2)
+    figures, shapes, rounds = script.measure_reference(ref, resolve_gpu("h100"), options, torch.device("cpu"))
+    assert figures["config"] == "tiny" and figures["top1"] in ("exact", "within noise", "missed")
+    assert figures["shapes"] == len(shapes) == 3 and set(shapes["measured_rank"]) <= {1, 2, 3}
+    assert "tiny (again)" in set(rounds["candidate"])

@@ -23,8 +23,10 @@ import torch
 from models import ModelConfig
 
 from .candidates import SearchSpace, candidates_frame, configs_by_name, select_for_measurement
-from .gpus import GpuModel
-from .ranking import component_difference, measured_summary, paired_difference, round_steps
+from .gpus import GpuModel, calibration_summary
+from .ranking import (BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, SELF_SUFFIX, component_difference, measured_summary,
+                      paired_difference, round_steps, self_name)
+from .serving import ServingShape, serving_flag
 from .rules import check_inference_kernels, check_shape, checks_frame, elements, vocab_pair
 from .swiglu import SwigluSearch, mlp_config, modelled_swiglu, reference_rank_sentence, swiglu_sizes, swiglu_summary
 
@@ -39,11 +41,22 @@ class AdviceOptions:
     seed: int = 0
     profile: bool = True  # profile the given shape and the best proposal per component
     swiglu: SwigluSearch | None = None  # set: run the SwiGLU width search instead of the shape search
+    self_check: bool = True  # time the given shape twice per round (its self-spread: ranking.self_spread)
+    check_costs: bool = True  # time the vocabulary fix's logit layers and quote the head-count fix's cost
+    bench_budget: dict | None = None  # bench's warm-up / repetitions per call (None: its defaults)
+    max_proposals: int | None = None  # measure at most this many proposals (the first of the selection)
+    serving: ServingShape = field(default_factory=ServingShape)
 
     def to_dict(self) -> dict:
         return {"space": self.space.to_dict(), "top": self.top, "measure": self.measure, "rounds": self.rounds,
                 "min_gain": self.min_gain, "seed": self.seed, "profile": self.profile,
-                "swiglu": self.swiglu.to_dict() if self.swiglu else None}
+                "swiglu": self.swiglu.to_dict() if self.swiglu else None, "self_check": self.self_check,
+                "check_costs": self.check_costs, "bench_budget": self.bench_budget,
+                "max_proposals": self.max_proposals,
+                "serving": self.serving.to_dict(),
+                "statistics": {"interval": f"percentile bootstrap of the median per-round ratio, "
+                                           f"{BOOTSTRAP_RESAMPLES} resamples, central {BOOTSTRAP_LEVEL:.0%}, seed {self.seed}",
+                               "faster": "interval excludes 1.0, gain above the self-spread and the minimum gain"}}
 
 
 @dataclass
@@ -71,10 +84,13 @@ def advise(cfg: ModelConfig, gpu: GpuModel, options: AdviceOptions, *, device: t
     if options.measure and device is None:
         raise ValueError("measure=True needs a device")
     advice = Advice(cfg, gpu, options, checks_frame(check_shape(cfg, gpu)))
+    advice.notes.append(calibration_note(gpu))
     if options.swiglu is not None:
         return _swiglu(advice, device, progress)
-    frame = candidates_frame(cfg, gpu, options.space)
+    frame = candidates_frame(cfg, gpu, options.space, options.serving)
     advice.selected = select_for_measurement(frame, options.top, elements(gpu.paper_alignment_bytes, cfg.dtype))
+    if options.max_proposals is not None:
+        advice.selected = advice.selected[:options.max_proposals]
     configs = configs_by_name(cfg, gpu, options.space, [cfg.name, *advice.selected])
     # would DeepSpeed's inference kernels take the shapes worth measuring (paper VII-C)?
     kernels = {c.name: check_inference_kernels(c).status for c in configs}
@@ -94,24 +110,25 @@ def advise(cfg: ModelConfig, gpu: GpuModel, options: AdviceOptions, *, device: t
 
     from . import measure  # torch-heavy; only a measuring run needs it
 
-    _note(progress, f"timing {len(configs)} shapes x {options.rounds} rounds (layer fwd, fwd+bwd, logits fwd+bwd)")
-    subjects = measure.layer_subjects(configs, device)
-    advice.rounds = measure.time_rounds(subjects, rounds=options.rounds, device=device, seed=options.seed,
-                                        progress=progress)
-    del subjects
+    advice.rounds = time_shapes(configs, options, device, progress)
     measure.release(device)
-    shapes = pd.DataFrame({"name": [c.name for c in configs], "L": [c.num_layers for c in configs],
-                           "tokens": [c.tokens for c in configs]})
-    summary = measured_summary(round_steps(advice.rounds, shapes), cfg.name, options.min_gain)
+    summary = summarize_shapes(advice.rounds, configs, options)
     advice.measured = summary.merge(frame[["name", "changes", "h", "a", "head_dim", "L", "ffn", "v", "params",
-                                           "params_delta_pct", "modelled_speedup", "leaves_flat_region",
+                                           "params_delta_pct", "modelled_speedup", "modelled_prefill_speedup",
+                                           "modelled_decode_speedup", "serving_flag", "leaves_flat_region",
                                            "scaling_note", "inference_kernels"]], on="name", how="left")
     advice.measured["speedup_per_param"] = advice.measured["speedup"] * (
         advice.measured["params"] / frame.iloc[0]["params"])
-    advice.candidates = frame.merge(summary[["name", "tokens_per_s", "speedup", "speedup_p10", "speedup_p90",
-                                             "verdict"]], on="name", how="left")
+    # the serving flag against the *measured* training speed-up (modelled serving)
+    advice.measured["serving_flag"] = [
+        serving_flag(s if v == "faster" else 1.0, p, d) for s, v, p, d in zip(
+            advice.measured["speedup"], advice.measured["verdict"], advice.measured["modelled_prefill_speedup"],
+            advice.measured["modelled_decode_speedup"])]
+    advice.candidates = frame.merge(summary[["name", "tokens_per_s", "speedup", "speedup_ci_lo", "speedup_ci_hi",
+                                             "speedup_p10", "speedup_p90", "verdict"]], on="name", how="left")
     advice.notes += headline(advice.measured, options.min_gain)
-    _measured_check_costs(advice, device, progress)
+    if options.check_costs:
+        _measured_check_costs(advice, device, progress)
     proposals = advice.measured[~advice.measured["is_given"]]
     if options.profile and not proposals.empty and out_dir is not None:
         best = next(c for c in configs if c.name == proposals.iloc[0]["name"])
@@ -120,6 +137,52 @@ def advise(cfg: ModelConfig, gpu: GpuModel, options: AdviceOptions, *, device: t
         advice.component_difference = component_difference(components, cfg.name, best.name,
                                                            given_layers=cfg.num_layers, best_layers=best.num_layers)
     return advice
+
+
+def calibration_note(gpu: GpuModel) -> str:
+    """The sentence every output carries: which table calibrated the model, or that none did."""
+    cal = calibration_summary(gpu)
+    if not cal["calibrated"]:
+        return f"cost model UNCALIBRATED for {gpu.key}: {cal['note']}"
+    prov = cal["provenance"]
+    return (f"cost model calibrated for {gpu.key} by {cal['path']} ({cal['gemm_points']} GEMM and "
+            f"{cal['attention_points']} attention points; {prov.get('source', '?')}, built at "
+            f"{prov.get('built_at_commit') or prov.get('git_sha') or '?'})")
+
+
+def time_shapes(configs: list[ModelConfig], options: AdviceOptions, device, progress=None) -> pd.DataFrame:
+    """Interleaved rounds of the configs' layers + logit layers (the first config is the given shape; with
+    `self_check` it is timed twice per round). The rounds table (measure.time_rounds)."""
+    from . import measure
+
+    again = self_name(configs[0].name) if options.self_check else None
+    _note(progress, f"timing {len(configs)} shapes{' (the given one twice)' if again else ''} x {options.rounds} "
+                    "shuffled interleaved rounds (layer fwd, fwd+bwd, logits fwd+bwd)")
+    subjects = measure.layer_subjects(configs, device, again=again)
+    try:
+        return measure.time_rounds(subjects, rounds=options.rounds, device=device, seed=options.seed,
+                                   progress=progress, bench_budget=options.bench_budget)
+    finally:
+        del subjects
+
+
+def summarize_shapes(rounds: pd.DataFrame, configs: list[ModelConfig], options: AdviceOptions) -> pd.DataFrame:
+    """ranking.measured_summary of a time_shapes table (the first config is the given shape)."""
+    given = configs[0]
+    shapes = pd.DataFrame({"name": [c.name for c in configs] + [self_name(given.name)],
+                           "L": [c.num_layers for c in configs] + [given.num_layers],
+                           "tokens": [c.tokens for c in configs] + [given.tokens]})
+    return measured_summary(round_steps(rounds, shapes), given.name, options.min_gain, rounds=rounds,
+                            seed=options.seed)
+
+
+def measure_proposal(cfg: ModelConfig, proposal: ModelConfig, options: AdviceOptions, device) -> dict:
+    """One proposal against the given shape on one device: interleaved rounds of (given, given again,
+    proposal), summarised as the proposal's row of ranking.measured_summary (speed-up, bootstrap interval,
+    self-spread, verdict). The unit a parallel executor hands to each GPU."""
+    rounds = time_shapes([cfg, proposal], options, device)
+    summary = summarize_shapes(rounds, [cfg, proposal], options)
+    return summary[summary["name"] == proposal.name].iloc[0].to_dict()
 
 
 def _measured_check_costs(advice: Advice, device, progress) -> None:
@@ -169,8 +232,14 @@ def headline(measured: pd.DataFrame, min_gain: float) -> list[str]:
         return ["no candidate was measured"]
     faster = proposals[proposals["verdict"] == "faster"]
     lines = []
+    spread_row = measured.iloc[0]
+    if "self_spread" in measured:
+        lines.append(f"self-spread of the given shape in this run: {100 * spread_row['self_spread']:.1f}% "
+                     f"({spread_row['self_spread_how']}); a proposal is 'faster' only when its {BOOTSTRAP_LEVEL:.0%} "
+                     "bootstrap interval excludes 1.0 and its gain exceeds this and the minimum gain")
     for _, row in (faster if not faster.empty else proposals).head(1).iterrows():
-        spread = f"{row['speedup']:.3f}x (p10 {row['speedup_p10']:.3f}, p90 {row['speedup_p90']:.3f}, {row['rounds']} rounds)"
+        spread = (f"{row['speedup']:.3f}x [{row['speedup_ci_lo']:.3f}, {row['speedup_ci_hi']:.3f}] (median of "
+                  f"{row['rounds']} per-round ratios, {BOOTSTRAP_LEVEL:.0%} bootstrap interval)")
         if row["verdict"] == "faster":
             lines.append(f"fastest measured proposal: {row['name']} ({row['changes']}), {spread} the given shape's "
                          f"training throughput, {row['params_delta_pct']:+.1f}% parameters")
@@ -182,6 +251,8 @@ def headline(measured: pd.DataFrame, min_gain: float) -> list[str]:
                          f"given shape's throughput, inside the noise or below the {100 * min_gain:.0f}% minimum")
         if row.get("leaves_flat_region"):
             lines.append(f"caution for {row['name']}: {row['scaling_note']}")
+        if row.get("serving_flag"):
+            lines.append(f"serving, {row['name']}: {row['serving_flag']} (modelled)")
     return lines
 
 
@@ -199,11 +270,14 @@ def _swiglu(advice: Advice, device, progress) -> Advice:
 
     _note(progress, f"timing {len(sizes)} MLP widths x {options.rounds} rounds (fwd, fwd+bwd)")
     subjects = measure.mlp_subjects([mlp_config(cfg, f) for f in sizes], device, [f"f{f}" for f in sizes])
+    if options.self_check:  # the config's own width a second time: the run's self-spread
+        reference = next(s for s in subjects if s.name == f"f{cfg.ffn_size}")
+        subjects.append(measure.Subject(f"f{cfg.ffn_size}{SELF_SUFFIX}", dict(reference.steps)))
     advice.rounds = measure.time_rounds(subjects, rounds=options.rounds, device=device, seed=options.seed,
-                                        progress=progress)
+                                        progress=progress, bench_budget=options.bench_budget)
     del subjects
     measure.release(device)
-    summary = swiglu_summary(advice.rounds, cfg, cfg.ffn_size, options.min_gain)
+    summary = swiglu_summary(advice.rounds, cfg, cfg.ffn_size, options.min_gain, seed=options.seed)
     advice.swiglu = summary.merge(modelled.drop(columns=["ratio", "largest_pow2_per_gpu"]), on="ffn", how="left")
     advice.notes.append("measured: " + reference_rank_sentence(summary, cfg.ffn_size))
     return advice
@@ -225,6 +299,7 @@ def document(advice: Advice, environment: dict, *, max_candidates: int = 50) -> 
     return {
         "environment": environment,
         "gpu_model": advice.gpu.to_dict(),
+        "calibration": calibration_summary(advice.gpu),
         "config": advice.config.to_dict(),
         "options": advice.options.to_dict(),
         "notes": advice.notes,

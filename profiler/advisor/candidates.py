@@ -28,6 +28,7 @@ from .cost_model import step_estimate
 from .gpus import GpuModel
 from .rules import MAX_HEAD_DIM, elements
 from .scaling import caution, shape_loss
+from .serving import ServingShape, serving_columns, serving_flag
 
 MIN_HEAD_DIM = 32  # smaller heads are outside common practice, and fused attention's smallest head-size bucket
 MODEL_TOLERANCE = 0.97  # candidates pre-ranked below this fraction of the given shape are not worth measuring
@@ -149,9 +150,13 @@ def _distance(c: ModelConfig, given: ModelConfig) -> float:
                for a in ("hidden_size", "num_attention_heads", "num_layers", "ffn_size"))
 
 
-def candidates_frame(cfg: ModelConfig, gpu: GpuModel, space: SearchSpace) -> pd.DataFrame:
-    """The given shape (first row) and every candidate, with modelled times, speed-up and the loss caution,
-    sorted by the pre-ranking."""
+def candidates_frame(cfg: ModelConfig, gpu: GpuModel, space: SearchSpace,
+                     serving: ServingShape | None = None) -> pd.DataFrame:
+    """The given shape (first row) and every candidate, with modelled times, speed-up, the loss caution and
+    the modelled serving cost (serving.py: prefill and decode at `serving`, and the flag of a shape that
+    trains faster but serves slower), sorted by the pre-ranking."""
+    serving = serving or ServingShape()
+    given_serving = serving_columns(cfg, gpu, serving)
     given_params = count_parameters(cfg)
     given_loss = shape_loss(cfg, given_params.non_embedding)
     given_step = step_estimate(cfg, gpu)
@@ -167,6 +172,9 @@ def candidates_frame(cfg: ModelConfig, gpu: GpuModel, space: SearchSpace) -> pd.
             continue
         note = caution(given_loss, shape_loss(c, params.non_embedding))
         speedup = given_step.step_ms / est.step_ms
+        serve = given_serving if c is cfg else serving_columns(c, gpu, serving)
+        prefill_speedup = given_serving["modelled_prefill_ms"] / serve["modelled_prefill_ms"]
+        decode_speedup = given_serving["modelled_decode_ms"] / serve["modelled_decode_ms"]
         per_param = speedup * params.total / given_params.total
         rows.append({
             "name": c.name, "is_given": c is cfg, "changes": _changes(c, cfg), "h": c.hidden_size,
@@ -176,7 +184,9 @@ def candidates_frame(cfg: ModelConfig, gpu: GpuModel, space: SearchSpace) -> pd.
             "modelled_layer_fwd_ms": est.layer_forward_ms, "modelled_layer_fwd_bwd_ms": est.layer_forward_backward_ms,
             "modelled_logits_fwd_bwd_ms": est.logits_forward_backward_ms, "modelled_step_ms": est.step_ms,
             "modelled_tokens_per_s": est.tokens_per_s, "modelled_speedup": speedup,
-            "modelled_speedup_per_param": per_param,
+            "modelled_speedup_per_param": per_param, **serve,
+            "modelled_prefill_speedup": prefill_speedup, "modelled_decode_speedup": decode_speedup,
+            "serving_flag": serving_flag(speedup, prefill_speedup, decode_speedup),
             "loss_delta_pct": note.loss_delta_pct, "compute_equivalent_pct": note.compute_equivalent_pct,
             "leaves_flat_region": note.leaves_flat_region, "scaling_note": note.message,
             "rank_score": per_param / (1 + note.compute_equivalent_pct / 100),

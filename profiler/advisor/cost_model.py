@@ -20,6 +20,7 @@ Non-GEMM steps are within ~30%; the model's layer is ~10% faster than measured (
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 
@@ -29,12 +30,14 @@ from models import DTYPE_BYTES, ModelConfig, layer_gemms
 
 from ..quantization import TILE_SIZES, largest_power_of_two_dividing, tile_efficiency, tiles, wave_efficiency, waves
 
+from .calibration import FLASH_HEAD_DIM_BUCKETS, flash_bucket, flash_padded_flops  # noqa: F401 (the one bucket list, re-exported)
 from .gpus import GpuModel
 
 TILES = ((128, 256), (256, 128))  # the paper's most efficient tile, in both orientations (VI-B): the checks' tiles
-# flash attention runs h/a rounded up to one of its compiled head sizes; measured on the H100 flash sweep
-# (a=128, h/a=8..256): times step at 32, 64, 96, 128, then stay flat from 136 to 192 and from 200 to 256
-FLASH_HEAD_DIM_BUCKETS = (32, 64, 96, 128, 192, 256)
+# flash attention runs h/a rounded up to one of its compiled head sizes (calibration.FLASH_HEAD_DIM_BUCKETS);
+# measured on the H100 flash sweep (a=128, h/a=8..256): times step at 32, 64, 96, 128, then stay flat from
+# 136 to 192 and from 200 to 256. The kernel's rate per padded FLOP still depends on the bucket (H100 sweep:
+# h/a=32 ran 217 TFLOP/s, 64 311, 128 338): a calibrated GPU reads it from its table.
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class GemmEstimate:
     compute_ms: float
     memory_ms: float
     time_ms: float
+    calibration_factor: float | None = None  # measured / analytic of the nearest measured shapes (None: analytic)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,7 +75,36 @@ def _peak_flops_per_s(gpu: GpuModel, dtype: str) -> float:
 
 def estimate_gemm(component: str, pass_name: str, batch: int, m: int, n: int, k: int, gpu: GpuModel,
                   dtype: str) -> GemmEstimate:
-    """Model one (batch x) (m,k)x(k,n) GEMM on `gpu`."""
+    """Model one (batch x) (m,k)x(k,n) GEMM on `gpu`: the wave/tile model, times the measured/modelled
+    ratio of the nearest measured shapes when the GPU has a calibration table (calibration.py)."""
+    key = (component, pass_name, batch, m, n, k, dtype, gpu.signature, id(gpu.calibration))
+    hit = _GEMM_CACHE.get(key)
+    if hit is None or hit[0] is not gpu.calibration:
+        hit = (gpu.calibration, _estimate_gemm(component, pass_name, batch, m, n, k, gpu, dtype))
+        if len(_GEMM_CACHE) > 200_000:  # the candidate search asks for the same shapes again and again
+            _GEMM_CACHE.clear()
+        _GEMM_CACHE[key] = hit
+    return hit[1]
+
+
+_GEMM_CACHE: dict = {}
+
+
+def _estimate_gemm(component: str, pass_name: str, batch: int, m: int, n: int, k: int, gpu: GpuModel,
+                   dtype: str) -> GemmEstimate:
+    g = _analytic_gemm(component, pass_name, batch, m, n, k, gpu, dtype)
+    if gpu.calibration is None:
+        return g
+    factor = gpu.calibration.gemm_factor(
+        batch, m, n, k, dtype=dtype, signature=(gpu.signature, dtype), fast_alignment_bytes=gpu.fast_alignment_bytes,
+        analytic=lambda b, mm, nn, kk: _analytic_gemm("", "", b, mm, nn, kk, gpu, dtype).time_ms)
+    if factor is None:
+        return g
+    return dataclasses.replace(g, time_ms=g.time_ms * factor, calibration_factor=factor)
+
+
+def _analytic_gemm(component: str, pass_name: str, batch: int, m: int, n: int, k: int, gpu: GpuModel,
+                   dtype: str) -> GemmEstimate:
     per_sm = _peak_flops_per_s(gpu, dtype) / gpu.sms
 
     def option(tile):  # (time, prefer the larger tile on a tie), tile
@@ -107,16 +140,30 @@ def gemm_estimates(cfg: ModelConfig, gpu: GpuModel, *, include_logits: bool = Fa
 
 def flash_head_dim(head_dim: int) -> int | None:
     """The head size the fused kernel runs for h/a (None: the kernel does not support it)."""
-    return next((b for b in FLASH_HEAD_DIM_BUCKETS if head_dim <= b), None) if head_dim % 8 == 0 else None
+    return flash_bucket(head_dim)
+
+
+def flash_ms(cfg: ModelConfig, gpu: GpuModel, pass_name: str = "forward") -> float:
+    """Causal fused attention: 4*b*(a/t)*s^2*(h/a padded) FLOPs, half of them skipped by the causal mask, at
+    the calibrated rate of this head-size bucket (or the GPU table's one rate when uncalibrated)."""
+    if gpu.flash_tflops is None or flash_head_dim(cfg.head_dim) is None:
+        return math.nan
+    bh, s = cfg.micro_batch_size * cfg.heads_per_gpu, cfg.seq_length
+    flops = flash_padded_flops(bh, s, cfg.head_dim, True)
+    cal = gpu.calibration
+    if cal is not None and cfg.dtype == cal.dtype:
+        found = cal.flash_rate(cfg.head_dim, bh, s, "forward")
+        if found is not None:
+            forward = flops / found[0] * 1e3
+            if pass_name == "forward":
+                return forward
+            return forward * (cal.flash_backward_ratio(cfg.head_dim, bh, s) or gpu.flash_backward_ratio)
+    forward = flops / (gpu.flash_tflops * 1e12) * 1e3
+    return forward * (gpu.flash_backward_ratio if pass_name == "backward" else 1.0)
 
 
 def flash_forward_ms(cfg: ModelConfig, gpu: GpuModel) -> float:
-    """Causal fused attention: 4*b*(a/t)*s^2*(h/a) FLOPs, half of them skipped by the causal mask."""
-    padded = flash_head_dim(cfg.head_dim)
-    if gpu.flash_tflops is None or padded is None:
-        return math.nan
-    flops = 4 * cfg.micro_batch_size * cfg.heads_per_gpu * cfg.seq_length ** 2 * padded / 2
-    return flops / (gpu.flash_tflops * 1e12) * 1e3
+    return flash_ms(cfg, gpu, "forward")
 
 
 def non_gemm_bytes(cfg: ModelConfig) -> dict[tuple[str, str], float]:
@@ -154,10 +201,8 @@ def _layer_rows(cfg: ModelConfig, gpu: GpuModel) -> list[dict]:
     rows = [{"pass": g.pass_name, "component": g.component, "kind": "gemm", "time_ms": g.time_ms}
             for g in gemm_estimates(cfg, gpu)]
     if cfg.attention != "eager":
-        fwd = flash_forward_ms(cfg, gpu)
-        rows += [{"pass": "forward", "component": "flash_attention", "kind": "attention", "time_ms": fwd},
-                 {"pass": "backward", "component": "flash_attention", "kind": "attention",
-                  "time_ms": fwd * gpu.flash_backward_ratio}]
+        rows += [{"pass": p, "component": "flash_attention", "kind": "attention", "time_ms": flash_ms(cfg, gpu, p)}
+                 for p in ("forward", "backward")]
     for (pass_name, component), nbytes in non_gemm_bytes(cfg).items():
         rows.append({"pass": pass_name, "component": component, "kind": "non-gemm",
                      "time_ms": _memory_bound_ms(nbytes, gpu)})
@@ -217,3 +262,8 @@ def step_estimate(cfg: ModelConfig, gpu: GpuModel) -> StepEstimate:
     logits_fb = sum(r["time_ms"] for r in _logits_rows(cfg, gpu))
     step_ms, tps = training_step(layer_fb, logits_fb, cfg.num_layers, cfg.tokens)
     return StepEstimate(fwd, layer_fb, logits_fb, step_ms, tps)
+
+
+def layer_forward_ms(cfg: ModelConfig, gpu: GpuModel) -> float:
+    """One layer's forward (the prefill of serving.py), as plain sums."""
+    return sum(r["time_ms"] for r in _layer_rows(cfg, gpu) if r["pass"] == "forward")

@@ -12,9 +12,11 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import UserError
 from ..hardware import datasheet_for
+from .calibration import load_file, load_table, uncalibrated_summary
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,9 @@ class GpuModel:
     paper_alignment_bytes: int = 128  # the paper's rule (VI-B): 128 bytes, 64 fp16 elements
     paper_sms: int | None = None  # what the paper's text says, where it differs from the product
     evidence: tuple[tuple[str, str], ...] = ()  # (topic, a measured fact on this GPU that a rule can quote)
+    # measured GEMM / attention times of this GPU kind (calibration.Calibration), None: uncalibrated, the
+    # analytic model alone; attached by resolve_gpu from profiler/advisor/calibration/<key>.json
+    calibration: object = dataclasses.field(default=None, compare=False, repr=False)
 
     def slowdown(self, alignment_bytes: int) -> float:
         """Time factor of a GEMM whose worst leading dimension is aligned to `alignment_bytes`."""
@@ -53,7 +58,35 @@ class GpuModel:
         return next((text for t, text in self.evidence if t == topic), None)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "calibration"}
+        out["calibration"] = calibration_summary(self)
+        return out
+
+    @property
+    def signature(self) -> tuple:
+        """The numbers the analytic model reads (what a calibration factor is relative to)."""
+        return (self.key, self.sms, self.matmul_tflops, self.matmul_tflops_fp32, self.bandwidth_tbps,
+                self.fast_alignment_bytes, self.misalignment_slowdown)
+
+
+def calibration_summary(gpu: GpuModel) -> dict:
+    """{calibrated: bool, ...}: the table's provenance, or the sentence naming the GPU uncalibrated."""
+    return gpu.calibration.summary() if gpu.calibration is not None else uncalibrated_summary(gpu.key)
+
+
+def with_calibration(gpu: GpuModel, calibration: str | Path | None = "auto") -> GpuModel:
+    """The GPU with its calibration: "auto" the committed table of its kind (if any), a path a table file,
+    None the analytic model alone."""
+    if calibration is None:
+        table = None
+    elif calibration == "auto":
+        table = load_table(gpu.key)
+    else:
+        path = Path(calibration)
+        if not path.exists():
+            raise UserError(f"--calibration: {path} does not exist; give a table written by scripts/calibrate_advisor.py")
+        table = load_file(path)
+    return dataclasses.replace(gpu, calibration=table)
 
 
 _H100_LOGITS = ("measured on this project's H100 (reports/h100@2a60355/sweeps, logits sweep h=2560, b*s=8192, "
@@ -136,11 +169,17 @@ def local_gpu_properties(device=None) -> tuple[str, int] | None:
     return props.name, props.multi_processor_count
 
 
-def resolve_gpu(name: str | None, *, local: tuple[str, int] | None = None) -> GpuModel:
-    """The GPU to model: the one named with --gpu, else the local GPU (its own name and SM count).
+def resolve_gpu(name: str | None, *, local: tuple[str, int] | None = None,
+                calibration: str | Path | None = "auto") -> GpuModel:
+    """The GPU to model: the one named with --gpu, else the local GPU (its own name and SM count), with its
+    calibration table (`with_calibration`).
 
     `local` is the local device's (name, SM count) or None; a named GPU that is the local one also takes
     the device's SM count (an H100 PCIe has 114, not the SXM's 132)."""
+    return with_calibration(_resolve(name, local), calibration)
+
+
+def _resolve(name: str | None, local: tuple[str, int] | None) -> GpuModel:
     if name:
         gpu = _lookup(name)
         if gpu is None:

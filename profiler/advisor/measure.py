@@ -55,8 +55,11 @@ def release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def layer_subjects(configs: list[ModelConfig], device: torch.device) -> list[Subject]:
-    """Each config's layer (forward; forward + backward) and its logit layer (forward + backward)."""
+def layer_subjects(configs: list[ModelConfig], device: torch.device, *, again: str | None = None) -> list[Subject]:
+    """Each config's layer (forward; forward + backward) and its logit layer (forward + backward).
+
+    `again`: the name of a second subject timing the first config's very same steps (no shared logits), at
+    its own place in each round's shuffled order: the given shape against itself (ranking.self_spread)."""
     logits: dict[str, Callable] = {}
     subjects = []
     for cfg in configs:
@@ -72,6 +75,8 @@ def layer_subjects(configs: list[ModelConfig], device: torch.device) -> list[Sub
                                            "layer_forward_backward": make_step(model, x, True),
                                            "logits_forward_backward": logits[key]},
                                 {"logits_forward_backward": key}))
+    if again is not None and subjects:
+        subjects.append(Subject(again, dict(subjects[0].steps)))
     return subjects
 
 
@@ -101,13 +106,14 @@ def mlp_subjects(configs: list[ModelConfig], device: torch.device, names: list[s
 
 
 def time_rounds(subjects: list[Subject], *, rounds: int, device: torch.device, seed: int = 0,
-                progress: Callable[[str], None] | None = None) -> pd.DataFrame:
-    """One row per (round, subject, step): the median of one bench call (its defaults) and its spread.
+                progress: Callable[[str], None] | None = None, bench_budget: dict | None = None) -> pd.DataFrame:
+    """One row per (round, subject, step): the median of one bench call and its spread.
 
+    `bench_budget`: bench's warm-up/repetition arguments (default: its own on a GPU, CPU_BENCH on a CPU).
     `order` is the subject's place in that round's shuffled order; `shared` names the key whose timing a
     subject reused (None when it was timed for this subject)."""
     rng = random.Random(seed)
-    budget = CPU_BENCH if device.type == "cpu" else {}
+    budget = bench_budget if bench_budget is not None else (CPU_BENCH if device.type == "cpu" else {})
     rows = []
     for r in range(rounds):
         started = time.perf_counter()

@@ -21,7 +21,7 @@ from ..errors import UserError
 from ..quantization import largest_power_of_two_dividing
 from .cost_model import layer_estimate
 from .gpus import GpuModel
-from .ranking import quantile, verdict
+from .ranking import SELF_SUFFIX, bootstrap_interval, faster_verdict, quantile
 
 MLP_COMPONENTS = ("mlp_up", "mlp_gate", "mlp_down", "activation")  # the block as measure.mlp_subjects times it
 
@@ -84,9 +84,15 @@ def modelled_swiglu(cfg: ModelConfig, gpu: GpuModel, sizes: list[int]) -> pd.Dat
     return df
 
 
-def swiglu_summary(rounds: pd.DataFrame, cfg: ModelConfig, reference: int, min_gain: float) -> pd.DataFrame:
+def swiglu_summary(rounds: pd.DataFrame, cfg: ModelConfig, reference: int, min_gain: float, *,
+                   seed: int = 0) -> pd.DataFrame:
     """Per width: median MLP-block times over rounds, TFLOP/s, and the per-round throughput ratio vs the
-    reference width (median, p10/p90) with its verdict; ranked by forward+backward TFLOP/s."""
+    reference width (median, p10/p90, bootstrap interval) with its verdict (ranking.faster_verdict against
+    the reference width timed a second time in each round, `f<ref> (again)`, or its single-call spread);
+    ranked by forward+backward TFLOP/s."""
+    again_name = f"f{reference}{SELF_SUFFIX}"
+    again = rounds[(rounds["candidate"] == again_name) & (rounds["what"] == "mlp_forward_backward")]
+    rounds = rounds[rounds["candidate"] != again_name]
     flops = {ffn: mlp_flops(mlp_config(cfg, ffn), backward=True)
              for ffn in rounds["candidate"].str.removeprefix("f").astype(int).unique()}
     fb = rounds[rounds["what"] == "mlp_forward_backward"].copy()
@@ -95,16 +101,24 @@ def swiglu_summary(rounds: pd.DataFrame, cfg: ModelConfig, reference: int, min_g
     ref = fb[fb["ffn"] == reference].set_index("round")["tflops"]
     fwd = rounds[rounds["what"] == "mlp_forward"].copy()
     fwd["ffn"] = fwd["candidate"].str.removeprefix("f").astype(int)
+    ref_ms = fb[fb["ffn"] == reference].set_index("round")["time_ms"]
+    if not again.empty:
+        spread = max(abs(ref_ms[r] / t - 1) for r, t in zip(again["round"], again["time_ms"]) if r in ref_ms.index)
+    else:
+        own = fb[fb["ffn"] == reference]
+        spread = float(((own["p90_ms"] - own["p10_ms"]) / own["time_ms"]).median()) if "p90_ms" in own else 0.0
     rows = []
     for ffn, group in fb.groupby("ffn"):
         ratios = [tf / ref[r] for r, tf in zip(group["round"], group["tflops"]) if r in ref.index]
         med, lo, hi = quantile(ratios, 0.5), quantile(ratios, 0.1), quantile(ratios, 0.9)
+        ci_lo, ci_hi = bootstrap_interval(ratios, seed=seed)
         rows.append({"ffn": int(ffn), "ratio": ffn / cfg.hidden_size,
                      "largest_pow2_per_gpu": _alignment(int(ffn), cfg.tensor_parallel),
                      "fwd_ms": fwd.loc[fwd["ffn"] == ffn, "time_ms"].median(),
                      "fwd_bwd_ms": group["time_ms"].median(), "tflops": group["tflops"].median(),
                      "vs_reference": med, "vs_reference_p10": lo, "vs_reference_p90": hi,
-                     "verdict": "reference" if ffn == reference else verdict(lo, med, hi, min_gain)})
+                     "vs_reference_ci_lo": ci_lo, "vs_reference_ci_hi": ci_hi, "self_spread": spread,
+                     "verdict": "reference" if ffn == reference else faster_verdict(med, ci_lo, ci_hi, spread, min_gain)})
     df = pd.DataFrame(rows).sort_values("tflops", ascending=False, ignore_index=True)
     df.insert(0, "rank", range(1, len(df) + 1))
     return df
