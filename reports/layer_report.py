@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from .depth_sections import depth_sections
-from .html import COLORS, Section, axis, layout, render_page, table_html
+from .html import COLORS, Answer, Section, axis, layout, render_page, table_html
 
 GEMMS = ("qkv_transform", "attention_score", "attention_over_values", "out_projection", "mlp_up", "mlp_gate",
          "mlp_down", "logits")
@@ -104,7 +104,7 @@ def figure11(components: pd.DataFrame) -> dict:
 
 def figure11_latency(components: pd.DataFrame, entries: list[dict]) -> dict:
     return _latency_shares(components, entries, _figure11_series(components),
-                           "Per-GEMM share of layer latency, idle and launch gaps included (paper Figure 11)", 4)
+                           "Per-GEMM share of layer latency, idle and gaps included (Figure 11)", 4)
 
 
 def gemm_throughput_figure(components: pd.DataFrame, peak: float | None, scale: float, unit: str) -> dict:
@@ -170,6 +170,65 @@ def latency_table(entries: list[dict], scale: float, unit: str) -> pd.DataFrame:
             "checks": _check_cell(e),
         })
     return pd.DataFrame(rows)
+
+
+def _us(value: float) -> str:
+    return f"{value / 1e3:,.2f} ms" if value >= 1e4 else f"{value:,.0f} \u00b5s"
+
+
+def _config_reading(e: dict, components: pd.DataFrame) -> str:
+    """'GEMMs take 71% of the layer's 414 us, idle 5%; x_floor 1.12' for one config, from its rows."""
+    latency = e["latency_us"]["median"]
+    rows = components[components["config"] == e["name"]]
+    gemm = rows[rows["component"].isin(GEMMS)]["time_us"].sum()
+    fused = rows[rows["component"].isin(FUSED)]["time_us"].sum()
+    idle = max(0.0, latency - rows["time_us"].sum())
+    text = f"{e['name']}: GEMMs take {100 * gemm / latency:.0f}% of its {_us(latency)}"
+    if fused:
+        text += f", fused attention {100 * fused / latency:.0f}%"
+    text += f", idle and launch gaps {100 * idle / latency:.0f}%"
+    if rows["time_us"].sum() > latency:
+        text += (f" (its traced kernel time, {_us(rows['time_us'].sum())}, runs past the event-timed latency: "
+                 "the trace_vs_events check)")
+    if e.get("floor_ratio"):
+        text += f"; x_floor {e['floor_ratio']:.2f}"
+    return text
+
+
+def layer_answer(run: dict, components: pd.DataFrame) -> Answer | None:
+    """Where the time goes (Figure 2, as shares of the measured latency) with each config's x_floor over its
+    bar, and a reading written from the same rows."""
+    entries = [e for e in run.get("configs", []) if e.get("status") == "ok"]
+    if components.empty or not entries:
+        return None
+    fig = figure2_latency(components, entries)
+    fig["layout"]["title"]["text"] = "Where the layer's time goes (paper Figure 2), x_floor over each bar"
+    drawn = set(fig["data"][0]["x"]) if fig["data"] else set()
+    # over each bar's top (the trace's kernel time can run past the event-timed latency: > 100%)
+    tops = {x: sum(t["y"][t["x"].index(x)] for t in fig["data"] if x in t["x"]) for x in drawn}
+    top = max([100.0, *tops.values()])
+    fig["layout"]["yaxis"]["range"] = [0, top + 12]
+    fig["layout"]["annotations"] = [
+        {"x": e["name"], "y": max(100.0, tops.get(e["name"], 100.0)) + 1, "yanchor": "bottom", "showarrow": False,
+         "font": {"size": 11},
+         "text": f"x_floor {e['floor_ratio']:.2f}" if e.get("floor_ratio") else "no floor"}
+        for e in entries if e["name"] in drawn]
+    shown = [e for e in entries if e["name"] in drawn]
+    parts = [_config_reading(e, components) for e in shown[:4]]
+    reading = "; ".join(parts) + (f"; and {len(shown) - 4} more configs in the chart" if len(shown) > 4 else "") + ". "
+    floors = [e["floor_ratio"] for e in shown if e.get("floor_ratio")]
+    if len(floors) > 1:
+        reading += (f"x_floor (latency over the layer's GEMMs and fused attention alone, back to back) runs from "
+                    f"{min(floors):.2f} to {max(floors):.2f}. ")
+    elif not floors:
+        reading += "No floor was measured, so no x_floor. "
+    failed = [f"{e['name']}: {', '.join(e['checks_summary']['failed'])}" for e in shown
+              if (e.get("checks_summary") or {}).get("failed")]
+    reading += (f"Failed self-checks: {'; '.join(failed)} (see Checks)." if failed
+                else "Every self-check passed or was skipped.")
+    if _on_cpu(run):
+        reading += " Measured on a CPU with the host clock: the shares show the wiring, not a GPU's time."
+    return Answer("Where the time goes", fig, reading)
 
 
 def checks_table(entries: list[dict]) -> pd.DataFrame:
@@ -305,7 +364,8 @@ def write_layer_report(run: dict, components: pd.DataFrame, path: Path, *, plotl
     env = run.get("environment", {})
     device = env.get("gpu_name") or f"CPU ({env.get('cpu', '')})"
     html = render_page("Transformer layer profile", layer_report_sections(run, components), environment=env,
-                       subtitle=f"{', '.join(e['name'] for e in run.get('configs', []))} on {device}, "
-                                f"torch {env.get('torch')}, CUDA {env.get('cuda')}",
-                       how_to_read=HOW_TO_READ, plotly_src=plotly_src)
+                       subtitle=f"{', '.join(e['name'] for e in run.get('configs', []))}, "
+                                f"torch {env.get('torch')}" + (f", CUDA {env.get('cuda')}" if env.get("cuda") else ""),
+                       how_to_read=HOW_TO_READ, plotly_src=plotly_src, answer=layer_answer(run, components),
+                       device=device, on_cpu=_on_cpu(run))
     return write_atomic(Path(path), html)
