@@ -6,6 +6,7 @@ Legend entries use the table's own values (engine, p = prompt_len, b = batch).""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -331,6 +332,18 @@ def _flat_environment(runs: list[dict]) -> dict:
     return env
 
 
+_ABSOLUTE = re.compile(r"(?<![\w.])/(?:[\w.+-]+/)*([\w.+-]+)")
+
+
+def local_paths(text, out_dir: Path):
+    """A reason's absolute path (a worker's log on the machine that ran the bench) as the page can reach it:
+    relative to the page where the file sits in its logs/ folder, else its bare file name."""
+    if not isinstance(text, str) or "/" not in text:
+        return text
+    return _ABSOLUTE.sub(lambda m: f"logs/{m.group(1)}" if (out_dir / "logs" / m.group(1)).is_file() else m.group(1),
+                         text)
+
+
 def write_report(out_dir: str | Path, *, layer_profile: str | Path | None = None) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -340,6 +353,8 @@ def write_report(out_dir: str | Path, *, layer_profile: str | Path | None = None
     df.to_csv(out_dir / "results.csv", index=False)
     profile = analysis.load_layer_profile(layer_profile) if layer_profile else None
     env = _flat_environment(store.runs())
+    if "reason" in df:  # the page names no path of the machine that ran or rendered it (results.csv keeps them)
+        df = df.assign(reason=[local_paths(r, out_dir) for r in df["reason"]])
     sections = inference_sections(df, profile, store.runs())
     if damaged:
         sections.insert(0, Section("Damaged results file", notes=[damaged]))

@@ -554,3 +554,70 @@ def test_a_page_without_an_answer_chart_fails(browser, tmp_path):
 def test_a_title_cut_off_by_the_chart_edge_fails(browser, tmp_path):
     page = _doctor(_page(tmp_path, GOOD), '"yref":"paper","yanchor":"bottom"', '"yref":"container","yanchor":"middle"')
     assert page_problems(browser.visit(page)) == ["fig-0-0 (throughput by config): title cut off by the chart's edge"]
+
+
+# ---- CPU pages read as CPU runs; no page names the machine that rendered it (issue 25, item 6) ---------
+def _header(page: str) -> str:
+    return page.split("</header>", 1)[0]
+
+
+def test_a_cpu_sweep_page_says_cpu_and_draws_no_gemm_ceiling(tmp_path):
+    from reports.sweep_report import write_outputs
+
+    cpu = {"record": "run", "spec": {"kind": "mm"}, "environment": {"gpu_name": None, "cpu": "x86_64", "device": "cpu"}}
+    points = [{"record": "point", "kind": "mm", "component": "mm", "batch": 1, "m": 256, "n": n, "k": 256,
+               "dtype": "float32", "gpu": "cpu:x86_64", "tag": "", "x_name": "n", "x": n, "status": "ok",
+               "tflops": 0.02 + n / 1e5, "median_ms": 1.0, "p10_ms": 0.9, "p90_ms": 1.1, "repeats": 10}
+              for n in (64, 128, 192, 256)]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [cpu, *points]))
+    page = write_outputs([tmp_path], tmp_path, plotly_src="plotly.js")[1].read_text()
+    assert "CPU run" in _header(page) and "CPU: x86_64" in _header(page)
+    assert "CUDA-event-timed" not in page and "host clock" in page
+    assert "GEMM ceiling" not in page.split("<script>", 1)[-1]  # no ceiling line or label on any chart
+    assert 'id="answer-chart"' in page
+
+
+def test_the_diff_of_two_cpu_runs_says_cpu_and_counts_gflops_not_zero_tflops(tmp_path, capsys):
+    from cli.main import profiler_main
+
+    runs = (ROOT / "tests" / "fixtures" / "reports" / "carryover-tiny" / "layer-forward").as_posix()
+    assert profiler_main(["diff", f"{runs}:tiny-a", f"{runs}:tiny-b", "--out", str(tmp_path / "d")]) == 0
+    printed = capsys.readouterr().out
+    assert "A_gflops" in printed and "A_tflops" not in printed
+    table = printed.split("A_gflops", 1)[1].splitlines()[1]  # the first row: qkv_transform's GEMM
+    assert float(table.split()[-4]) > 0  # a CPU GEMM's GFLOP/s, not a TFLOP/s that rounds to 0.0
+    page = (tmp_path / "d" / "report.html").read_text()
+    assert "CPU run" in _header(page)
+    assert "throughput (GFLOP/s)" in page and "throughput (TFLOP/s)" not in page
+    assert "A GFLOP/s" in page and "0.0 TFLOP/s" not in page
+
+
+def test_cpu_bench_and_carryover_pages_say_cpu_in_their_header(tmp_path):
+    source = ROOT / "tests" / "fixtures" / "reports" / "carryover-tiny"
+    copy = tmp_path / "carryover-tiny"
+    _copy_data(source, copy, "carryover")
+    asset = render_evidence.install_assets(tmp_path)
+    carry = render_evidence.render(copy, "carryover", asset).read_text()
+    bench = render_evidence.render(copy / "bench", "inference", asset).read_text()
+    for page in (carry, bench):
+        assert "CPU run" in _header(page) and "Measured on CPU" in _header(page)
+
+
+KIND_SAMPLES = {kind: (root, folder) for root, folder, kind in reversed(EVIDENCE)}  # one folder of each kind
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_SAMPLES))
+def test_a_page_names_no_path_of_the_machine_that_rendered_it(tmp_path, kind):
+    root, folder = KIND_SAMPLES[kind]
+    here = tmp_path / "render" / folder.relative_to(ROOT)
+    _copy_data(folder, here, kind)
+    page = render_evidence.render(here, kind, render_evidence.install_assets(tmp_path / "render")).read_text()
+    for path in (str(tmp_path), str(ROOT), str(Path.home())):
+        assert path not in page, f"{kind} page names {path}"
+
+
+def test_no_committed_page_names_an_absolute_path():
+    pages = sorted((ROOT / "evidence").rglob("*.html"))
+    found = {p.relative_to(ROOT).as_posix(): m.group(0) for p in pages
+             if (m := re.search(r"(?<![\w.:/])/(tmp|work|root|home|Users|mnt|scratch)/[\w./+-]*", p.read_text()))}
+    assert found == {}
