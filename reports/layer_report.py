@@ -6,6 +6,7 @@ renders and writes the file. Component names in legends are the components table
 
 from __future__ import annotations
 
+import html as _html
 from pathlib import Path
 
 import pandas as pd
@@ -292,8 +293,15 @@ def layer_report_sections(run: dict, components: pd.DataFrame) -> list[Section]:
         components = components.assign(pct_of_peak=100 * components["tflops"] / peak)
     scale, unit = (1e3, "GFLOP/s") if _on_cpu(run) else (1.0, "TFLOP/s")
     sections = [Section("Summary", intro=_summary_intro(run), tables=[table_html(latency_table(entries, scale, unit))])]
-    failed = [f"{e['name']}: {c['name']}: {c['observed']} (tolerance: {c['tolerance']})"
-              for e in entries if e.get("status") == "ok" for c in e.get("checks", []) if c["status"] == "fail"]
+    by_check: dict[str, list[str]] = {}  # one note per failed check, naming every config it failed for
+    for e in entries:
+        for c in e.get("checks", []) if e.get("status") == "ok" else []:
+            if c["status"] == "fail":
+                by_check.setdefault(c["name"], []).append((e["name"], c["observed"]))
+    tolerance = {c["name"]: c["tolerance"] for e in entries for c in e.get("checks", [])}
+    failed = [f"{where[0][0]}: {name}: {where[0][1]} (tolerance: {tolerance[name]})" if len(where) == 1 else
+              f"{', '.join(c for c, _ in where)}: {name} (\u00d7{len(where)}, tolerance: {tolerance[name]}): "
+              + "; ".join(f"{c}: {observed}" for c, observed in where) for name, where in by_check.items()]
     launch = [f"{e['name']} is launch-bound: {e['launch_bound_evidence']}" for e in entries if e.get("launch_bound")]
     sections.append(Section("Checks", notes=(["FAILED " + f for f in failed] or ["Every check passed or was skipped."]) + launch,
                             intro="Each check has its tolerance stated in profiler/checks.py and a test that shows it "
@@ -334,28 +342,42 @@ def layer_report_sections(run: dict, components: pd.DataFrame) -> list[Section]:
                                       "kernels (those the layer attributes to this component and role) timed alone; "
                                       "vs_alone_pct is the in-layer time relative to it, checked against "
                                       "vs_alone_allowed_pct (tolerance plus both sides' spread). flops: executed FLOPs."))
+    sections.append(per_config_section([e for e in entries if e.get("status") == "ok"]))
+    return sections
+
+
+def per_config_section(entries: list[dict]) -> Section:
+    """Sizing findings, device switches and trace-window notes of every config in one folded card: a note
+    that several configs share is written once, with their names and a count; then each config's shapes
+    and FLOPs tables."""
+    by_note: dict[str, list[str]] = {}
+    lines, tables = [], []
     for e in entries:
-        if e.get("status") != "ok":
-            continue
         findings = e.get("sizing_findings") or []
         notes = [f"[{f['paper']}] {f['message']}" for f in findings] or ["No sizing rule of the paper is violated."]
         notes += [f"{s['field']}: {s['from']} -> {s['to']} on this device ({s['why']})" for s in e.get("switches", [])]
-        check = {c["name"]: c for c in e.get("checks", [])}
-        tables = [table_html(pd.DataFrame(check[n]["details"]), float_format="{:,.0f}")
-                  for n in ("shapes", "flops") if n in check and check[n]["details"]]
-        unattributed = e.get("unattributed_kernels") or []
-        if unattributed:
-            tables.append(table_html(pd.DataFrame(unattributed)))
         left = e.get("left_out_of_window") or {}
         if left.get("edge_kernels"):
             notes.append(f"{left['edge_kernels']} kernel(s) ({left['edge_us']:.1f} us) ran at the trace window's edges, "
                          "outside every measured step, and are left out of both sides.")
-        sections.append(Section(f"{e['name']}: sizing rules, shapes, FLOPs", notes=notes,
-                                intro=f"{e['config'].get('description') or ''} Attention ops that ran: "
-                                      f"{', '.join(e.get('attention_ops') or []) or 'eager BMMs'}. "
-                                      f"Trace: <code>{e.get('trace', '')}</code>",
-                                tables=tables))
-    return sections
+        for note in notes:
+            by_note.setdefault(note, []).append(e["name"])
+        lines.append(f"<li><b>{_html.escape(e['name'])}</b>: {_html.escape(e['config'].get('description') or '')} "
+                     f"Attention ops that ran: {_html.escape(', '.join(e.get('attention_ops') or []) or 'eager BMMs')}. "
+                     f"Trace: <code>{_html.escape(str(e.get('trace', '')))}</code></li>")
+        check = {c["name"]: c for c in e.get("checks", [])}
+        for n in ("shapes", "flops"):
+            if n in check and check[n]["details"]:
+                tables.append(f'<p class="caption">{_html.escape(e["name"])}: {n}</p>'
+                              + table_html(pd.DataFrame(check[n]["details"]), float_format="{:,.0f}"))
+        unattributed = e.get("unattributed_kernels") or []
+        if unattributed:
+            tables.append(f'<p class="caption">{_html.escape(e["name"])}: unattributed kernels</p>'
+                          + table_html(pd.DataFrame(unattributed)))
+    notes = [(f"{', '.join(names)} (\u00d7{len(names)}): {note}" if len(names) > 1 else f"{names[0]}: {note}")
+             if len(entries) > 1 else note for note, names in by_note.items()]
+    return Section("Per config: sizing rules, shapes, FLOPs", intro=f"<ul>{''.join(lines)}</ul>", notes=notes,
+                   tables=tables)
 
 
 def write_layer_report(run: dict, components: pd.DataFrame, path: Path, *, plotly_src: str | None = None) -> Path:
