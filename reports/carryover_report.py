@@ -127,7 +127,9 @@ def carryover_answer(table: pd.DataFrame, verdicts: pd.DataFrame, baseline: str)
     fig = {"data": data, "layout": layout(
         f"Does the training speed-up carry over? {engine}, b={batch}, against {baseline}",
         axis(f"training speed-up over {baseline} ({label}, x)", range=[lo, hi]),
-        axis(f"inference speed-up over {baseline} (x)", range=[lo, hi]), legend={"x": 0.01, "y": 0.99})}
+        axis(f"inference speed-up over {baseline} (x)", range=[lo, hi]),
+        # lower right: training faster, inference slower by more than the chart shows; clear of the points
+        legend={"x": 0.99, "xanchor": "right", "y": 0.01, "yanchor": "bottom", "bgcolor": "rgba(255,255,255,0.8)"})}
     mine = verdicts[(verdicts["engine"] == engine) & (verdicts["batch"] == batch)] if len(verdicts) else verdicts
     carries = mine["carries_over"].astype(str) if len(mine) else pd.Series(dtype=str)
     yes = [m for m, c in zip(mine.get("model", []), carries) if c.startswith("carries over")]

@@ -394,6 +394,7 @@ def evidence_copy(tmp_path_factory):
     return copy
 
 
+@pytest.mark.slow  # about 3 minutes on 2 cores for every page, in one Chromium session
 @pytest.mark.parametrize("root, folder, kind", EVIDENCE,
                          ids=[f"{f.relative_to(ROOT).as_posix()}" for _, f, _ in EVIDENCE])
 def test_evidence_page_reads_offline_with_titled_charts(browser, evidence_copy, root, folder, kind):
