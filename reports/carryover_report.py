@@ -89,7 +89,7 @@ def carryover_answer(table: pd.DataFrame, verdicts: pd.DataFrame, baseline: str)
     models = [m for m in t.sort_values(["params_total", "model"])["model"].drop_duplicates() if m != baseline]
     first = t.drop_duplicates("model").set_index("model")
     train = carryover.row_training_metric(first.loc[models[0]]) if models else "train_fwdbwd"
-    xs, ys, lows, highs = [], [], [], []
+    lows, highs = [], []
     data = []
     no_interval = []
     for metric, prompt, symbol, color in (("prefill", p_prefill, "circle", METRIC_COLORS["prefill"]),
@@ -104,8 +104,6 @@ def carryover_answer(table: pd.DataFrame, verdicts: pd.DataFrame, baseline: str)
         ex = [_ratio_error(f, train) for _, f, _ in pts]
         ey = [_ratio_error(r, metric) for _, _, r in pts]
         no_interval += [f"{m} {metric}" for (m, _, _), a, b in zip(pts, ex, ey) if a[0] is None or b[0] is None]
-        xs += x
-        ys += y
         data.append({"type": "scatter", "mode": "markers+text", "name": f"{metric} (p={prompt})", "x": x, "y": y,
                      "text": [m for m, _, _ in pts], "textposition": "top right", "textfont": {"size": 10},
                      "marker": {"symbol": symbol, "size": 11, "color": color},
@@ -132,7 +130,6 @@ def carryover_answer(table: pd.DataFrame, verdicts: pd.DataFrame, baseline: str)
         legend={"x": 0.99, "xanchor": "right", "y": 0.01, "yanchor": "bottom", "bgcolor": "rgba(255,255,255,0.8)"})}
     mine = verdicts[(verdicts["engine"] == engine) & (verdicts["batch"] == batch)] if len(verdicts) else verdicts
     carries = mine["carries_over"].astype(str) if len(mine) else pd.Series(dtype=str)
-    yes = [m for m, c in zip(mine.get("model", []), carries) if c.startswith("carries over")]
     reading = (f"On {engine} at batch {batch}: each point is one shape, its {label} speed-up over {baseline} (x) "
                f"against its prefill speed-up at a {p_prefill}-token prompt and its decode speed-up at {p_decode} "
                f"(y); on the dashed line the gain carries over exactly, above it inference gains more. ")

@@ -622,3 +622,81 @@ def test_no_committed_page_names_an_absolute_path():
     found = {p.relative_to(ROOT).as_posix(): m.group(0) for p in pages
              if (m := re.search(r"(?<![\w.:/])/(tmp|work|root|home|Users|mnt|scratch)/[\w./+-]*", p.read_text()))}
     assert found == {}
+
+
+# ---- the answer first, the detail folded (issue 24) ----------------------------------------------------
+def test_repeated_notes_are_grouped_with_a_count_and_tables_fold_under_their_chart():
+    from reports.html import grouped_notes
+
+    assert grouped_notes(["slow clock", "b", "slow clock", "slow clock"]) == ["slow clock (\u00d73)", "b"]
+    table = table_html(pd.DataFrame({"x": [1, 2, 3]}))
+    page = render_page("t", [Section("charted", figures=[GOOD], tables=[table], notes=["n", "n", "m"]),
+                             Section("tables only", tables=[table])], environment={"torch": "2.13"})
+    charted, tables_only = page.split("<h2>charted</h2>", 1)[1].split("<h2>tables only</h2>", 1)
+    assert "<details open>" in page.split("<h2>charted</h2>", 1)[0].rsplit("<section", 1)[1]  # a chart stays open
+    assert "<summary>Table: 3 rows</summary>" in charted and "<li>n (\u00d72)</li>" in charted
+    assert "2 notes (3 before repeats were grouped)" in charted
+    assert "<details open>" not in page.split("<h2>tables only</h2>", 1)[0].rsplit("<section", 1)[1]  # folded
+    assert "1 table" in tables_only and '<section class="fold"><details>\n  <summary><h2>Environment</h2>' in page
+
+
+def test_the_answer_comes_before_everything_else_and_is_checked_like_any_chart():
+    page = render_page("t", [Section("detail", figures=[GOOD])], how_to_read="read me",
+                       answer=Answer("the answer", GOOD, "computed reading"))
+    assert page.index('id="answer-chart"') < page.index("<h2>How to read this report</h2>") < page.index("<h2>detail</h2>")
+    assert "computed reading" in page
+    unlabelled = {"data": GOOD["data"], "layout": layout("no axis titles")}
+    with pytest.raises(FigureError, match="section 'answer', 'no axis titles': no xaxis title"):
+        render_page("t", [], answer=Answer("a", unlabelled, "r"))
+
+
+def _layer_run(latency_us: float, floor_ratio: float | None) -> tuple[dict, pd.DataFrame]:
+    entry = {"name": "c1", "status": "ok", "latency_us": {"median": latency_us}, "floor_ratio": floor_ratio,
+             "checks_summary": {"failed": []}}
+    components = pd.DataFrame({"config": ["c1"] * 3, "pass": ["forward"] * 3, "kind": ["gemm", "gemm", "other"],
+                               "component": ["qkv_transform", "mlp_up", "norm"], "time_us": [100.0, 184.0, 80.0]})
+    return {"configs": [entry], "environment": {"gpu_name": "GPU"}}, components
+
+
+def test_the_layer_reading_is_written_from_the_run():
+    from reports.layer_report import layer_answer
+
+    answer = layer_answer(*_layer_run(400.0, 1.12))
+    assert answer.reading.startswith("c1: GEMMs take 71% of its 400 \u00b5s, idle and launch gaps 9%; x_floor 1.12")
+    other = layer_answer(*_layer_run(568.0, None))
+    assert "GEMMs take 50% of its 568 \u00b5s" in other.reading and "No floor was measured" in other.reading
+    assert [a["text"] for a in answer.figure["layout"]["annotations"]] == ["x_floor 1.12"]
+
+
+def test_a_carryover_point_without_an_interval_is_drawn_without_one_and_the_reading_says_so():
+    from reports.carryover_report import carryover_answer
+
+    rows = []
+    for model, train, prefill, decode in (("base", 0.0, 0.0, 0.0), ("wide", 0.10, 0.08, 0.02)):
+        for prompt in (128, 2048):
+            rows.append({"engine": "hf", "batch": 1, "prompt_len": prompt, "model": model, "params_total": 1e9,
+                         "train_fwdbwd_gain": train, "train_fwdbwd_gain_lo": train - 0.01,
+                         "train_fwdbwd_gain_hi": train + 0.01, "prefill_gain": prefill, "prefill_gain_lo": prefill - 0.02,
+                         "prefill_gain_hi": prefill + 0.02, "decode_gain": decode,
+                         "decode_gain_lo": None, "decode_gain_hi": None})
+    verdicts = pd.DataFrame([{"engine": "hf", "batch": 1, "model": "wide", "verdict": "...",
+                              "carries_over": "carries over"}])
+    answer = carryover_answer(pd.DataFrame(rows), verdicts, "base")
+    traces = {t["name"]: t for t in answer.figure["data"]}
+    assert traces["prefill (p=2048)"]["x"] == [1.1] and traces["prefill (p=2048)"]["y"] == [1.08]
+    assert traces["prefill (p=2048)"]["error_y"]["array"] == [pytest.approx(0.02)]
+    assert traces["decode (p=128)"]["error_y"]["array"] == [0]  # no interval in the data: none drawn
+    assert "Drawn without an interval (none in the data): wide decode." in answer.reading
+    assert "wide: carries over" in answer.reading
+    assert traces["perfect carry-over (y = x)"]["x"] == traces["perfect carry-over (y = x)"]["y"]
+
+
+def test_an_advisor_run_without_measurements_answers_with_the_model_alone_and_says_so():
+    from reports.advisor_report import advisor_answer
+
+    doc = json.loads((ROOT / "tests" / "fixtures" / "reports" / "advisor-gpt3-2.7b" / "advice.json").read_text())
+    answer = advisor_answer(doc)
+    assert [t["name"] for t in answer.figure["data"]] == ["modelled (cost model)"]
+    assert answer.reading.startswith("Nothing was measured") and "no interval" in answer.reading
+    best = max((c for c in doc["candidates"] if not c["is_given"]), key=lambda c: c["modelled_speedup"])
+    assert f"{best['name']}" in answer.reading and f"{best['modelled_speedup']:.3f}x" in answer.reading
