@@ -116,7 +116,13 @@ def carryover_answer(table: pd.DataFrame, verdicts: pd.DataFrame, baseline: str)
         highs += [v + (b[0] or 0) for v, b in zip(y, ey)] + [v + (a[0] or 0) for v, a in zip(x, ex)]
     if not data:
         return None
-    lo, hi = min(lows + [1.0]) * 0.95, max(highs + [1.0]) * 1.05
+    points = [1.0] + [v for t in data for v in t["x"] + t["y"]]
+    span = max(points) - min(points) or 0.1
+    clipped = max(highs) - min(lows) > 3 * span  # intervals far wider than the points (a CPU's noise): keep the points legible
+    if clipped:
+        lo, hi = min(points) - 0.2 * span, max(points) + 0.2 * span
+    else:
+        lo, hi = min(lows + [1.0]) * 0.95, max(highs + [1.0]) * 1.05
     data.insert(0, {"type": "scatter", "mode": "lines", "name": "perfect carry-over (y = x)", "x": [lo, hi],
                     "y": [lo, hi], "line": {"color": "#7f7f7f", "dash": "dash", "width": 1}, "hoverinfo": "skip"})
     data.append({"type": "scatter", "mode": "markers", "name": f"baseline {baseline} (1, 1)", "x": [1], "y": [1],
@@ -136,7 +142,9 @@ def carryover_answer(table: pd.DataFrame, verdicts: pd.DataFrame, baseline: str)
     if len(mine):
         reading += "Verdicts (do the inference gains point the way the training gain does, beyond their spreads?): " + \
             "; ".join(f"{m}: {c.split(' (')[0]}" for m, c in zip(mine["model"], carries)) + ". "
-    reading += "Bars: the p10-p90 ranges of both latencies. "
+    reading += "Bars: the p10-p90 ranges of both latencies" + (
+        ", some far wider than the spread of the points, so they run past the chart's edges (hover for values). "
+        if clipped else ". ")
     if no_interval:
         reading += f"Drawn without an interval (none in the data): {', '.join(no_interval)}. "
     others = [e for e in chart_engines(table) if e != engine]

@@ -298,12 +298,12 @@ def _throughput_answer(frames: dict[str, pd.DataFrame], labels: dict[str, str]) 
     at = ratio.set_index("m")
     reading = (f"{config} {component} (M,{int(k)})x({int(k)},{int(n)}): the invariant kernel runs at " + ", ".join(
         f"{at.loc[m, 'invariant_tflops']:.3g} vs {at.loc[m, 'torch_tflops']:.3g} TFLOP/s "
-        f"({at.loc[m, 'ratio']:.2f}x) at M={m}" for m in picks) + ". ")
+        f"({at.loc[m, 'ratio']:.3g}x) at M={m}" for m in picks) + ". ")
     layer = analysis.layer_gemm_ratio(throughput)
     if not layer.empty:
         rows = layer[layer["config"] == config].sort_values("m")
         reading += ("All weight GEMMs of the layer, weighted by time: " + ", ".join(
-            f"{r:.2f}x at M={m}" for m, r in zip(rows["m"], rows["ratio"])) + ". ")
+            f"{r:.3g}x at M={m}" for m, r in zip(rows["m"], rows["ratio"])) + ". ")
     check = frames.get("check")
     if check is not None and not check.empty:
         found = analysis.non_invariant_tokens(check)
