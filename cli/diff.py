@@ -106,11 +106,14 @@ def run(args) -> int:
     doc = {"a": side_summary(a), "b": side_summary(b), "totals": totals(table),
            "noise_rule": f"within noise: |B - A| <= {NOISE_SPREADS:g} x ((p90_a - p10_a) + (p90_b - p10_b))"}
     passes = table["pass"].nunique()
+    # a CPU run's GEMMs reach a few GFLOP/s, which print as 0.0 TFLOP/s
+    cpu = not a.environment.get("gpu_name") and not b.environment.get("gpu_name")
+    scale, unit = (1e3, "gflops") if cpu else (1.0, "tflops")
     shown = pd.DataFrame({
         "row": [row_label(p, c, r, passes) for p, c, r in zip(table["pass"], table["component"], table["role"])],
         "A_us": table["time_a_us"], "B_us": table["time_b_us"], "delta_us": table["delta_us"],
         "delta_pct": table["delta_pct"], "noise_us": table["noise_band_us"], "verdict": table["verdict"],
-        "A_tflops": table["tflops_a"], "B_tflops": table["tflops_b"],
+        f"A_{unit}": table["tflops_a"] * scale, f"B_{unit}": table["tflops_b"] * scale,
         "A_share_pct": table["share_a_pct"], "B_share_pct": table["share_b_pct"]})
     for what in ("gpu_name", "torch"):
         if a.environment.get(what) != b.environment.get(what):
@@ -120,7 +123,8 @@ def run(args) -> int:
     if clocks:
         doc["clock_notice"] = clocks
         print(f"notice: {clocks}", file=sys.stderr)
-    print(f"A = {a.config} ({a.run_dir}), B = {b.config} ({b.run_dir}); {doc['noise_rule']}")
+    print(f"A = {a.config} ({a.run_dir}), B = {b.config} ({b.run_dir}); {doc['noise_rule']}"
+          + ("; both runs on a CPU (host clock), throughput in GFLOP/s" if cpu else ""))
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
     t = doc["totals"]
     print(f"summed kernel time per step: A {t['time_a_us']:.1f} us, B {t['time_b_us']:.1f} us; "

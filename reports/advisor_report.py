@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .html import COLORS, Section, render_page, table_html
+from .html import COLORS, Answer, Section, axis, layout, render_page, table_html
 
 STATUS_ORDER = {"fail": 0, "warn": 1, "unknown": 2, "pass": 3}
 
@@ -92,6 +92,90 @@ def swiglu_figure(swiglu: pd.DataFrame, reference: int) -> dict:
                     "line": {"dash": "dash", "color": COLORS["unattributed"]}}],
         "annotations": [{"x": reference, "yref": "paper", "y": 0, "text": f" config's f = {reference}",
                          "showarrow": False, "yanchor": "bottom", "xanchor": "left"}]}}
+
+
+def _speedup_bars(names: list[str], measured: list, lo: list, hi: list, modelled: list, title: str,
+                  x_title: str) -> dict:
+    data = []
+    if any(v is not None and not pd.isna(v) for v in measured):
+        data.append({"type": "bar", "name": "measured (median of rounds, bar p10-p90)", "x": names, "y": measured,
+                     "marker": {"color": COLORS["gemm"]},
+                     "error_y": {"type": "data", "symmetric": False, "thickness": 1.5,
+                                 "array": [None if pd.isna(h) or pd.isna(m) else max(0.0, h - m) for h, m in zip(hi, measured)],
+                                 "arrayminus": [None if pd.isna(l) or pd.isna(m) else max(0.0, m - l)
+                                                for l, m in zip(lo, measured)]},
+                     "hovertemplate": "%{x}: %{y:.3f}x measured<extra></extra>"})
+    data.append({"type": "bar", "name": "modelled (cost model)", "x": names, "y": modelled,
+                 "marker": {"color": "#b0b7c3"}, "hovertemplate": "%{x}: %{y:.3f}x modelled<extra></extra>"})
+    values = [v for v in list(measured) + list(modelled) + list(lo) + list(hi) if v is not None and not pd.isna(v)]
+    low = min(values + [1.0])
+    return {"data": data, "layout": layout(
+        title, axis(x_title, automargin=True), axis("speed-up over the given shape (x)", range=[min(0.9, low * 0.95),
+                                                                                               max(values + [1.0]) * 1.05]),
+        barmode="group",
+        shapes=[{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": 1, "y1": 1,
+                 "line": {"color": COLORS["unattributed"], "dash": "dash", "width": 1}}])}
+
+
+def advisor_answer(doc: dict) -> Answer | None:
+    """Each proposal's measured speed-up over the given shape with its p10-p90 interval beside the modelled
+    one (the SwiGLU widths' throughput ratio to the config's width in a SwiGLU run); modelled alone, and said
+    so, where nothing was measured."""
+    cfg = doc["config"]
+    measured, candidates, swiglu = _frame(doc.get("measured")), _frame(doc.get("candidates")), _frame(doc.get("swiglu"))
+    if not swiglu.empty and "vs_reference" in swiglu:
+        reference = int(cfg.get("intermediate_size") or 4 * cfg["hidden_size"])
+        df = swiglu.sort_values("rank" if "rank" in swiglu else "ffn").head(12)
+        ref = swiglu.loc[swiglu["ffn"] == reference, "modelled_tflops"] if "modelled_tflops" in swiglu else pd.Series()
+        modelled = (df["modelled_tflops"] / float(ref.iloc[0])).tolist() if len(ref) else [None] * len(df)
+        names = [f"f={int(f)}" for f in df["ffn"]]
+        fig = _speedup_bars(names, df["vs_reference"].tolist(), df.get("vs_reference_p10", pd.Series([None] * len(df))).tolist(),
+                            df.get("vs_reference_p90", pd.Series([None] * len(df))).tolist(), modelled,
+                            f"SwiGLU widths: measured speed-up over f={reference} beside the modelled one",
+                            "intermediate size f (ranked by measured throughput)")
+        best = df.iloc[0]
+        faster = int((df.get("vs_reference_p10", df["vs_reference"]) > 1).sum())
+        reading = (f"The best width, f={int(best['ffn'])}, runs the MLP block {best['vs_reference']:.3f}x as fast as the "
+                   f"config's f={reference}" + (f" [p10 {best['vs_reference_p10']:.3f}, p90 {best['vs_reference_p90']:.3f}]"
+                                                if "vs_reference_p10" in best else "") +
+                   (f"; the cost model said {modelled[0]:.3f}x" if modelled[0] is not None else "") +
+                   f". {faster} of the {len(df)} widths shown are faster beyond their spread (p10 above 1).")
+        return Answer("What each proposal would gain", fig, reading)
+    if not measured.empty and "speedup" in measured:
+        df = measured[~measured["is_given"].astype(bool)] if "is_given" in measured else measured
+        df = df.sort_values("speedup", ascending=False).head(12)
+        if df.empty:
+            return None
+        fig = _speedup_bars(df["name"].tolist(), df["speedup"].tolist(), df.get("speedup_p10", pd.Series([None] * len(df))).tolist(),
+                            df.get("speedup_p90", pd.Series([None] * len(df))).tolist(),
+                            df.get("modelled_speedup", pd.Series([None] * len(df))).tolist(),
+                            f"{cfg['name']}: measured speed-up of each proposal beside the modelled one",
+                            "proposal (same parameter budget)")
+        best = df.iloc[0]
+        gains = df[df["verdict"] == "faster"] if "verdict" in df else df[df["speedup_p10"] > 1]
+        interval = (f" [p10 {best['speedup_p10']:.3f}, p90 {best['speedup_p90']:.3f}]"
+                    if pd.notna(best.get("speedup_p10")) and pd.notna(best.get("speedup_p90")) else " (no interval in the data)")
+        reading = (f"The best proposal, {best['name']} ({best.get('changes', '')}), trains {best['speedup']:.3f}x as fast "
+                   f"as {cfg['name']}{interval}; the cost model said {best['modelled_speedup']:.3f}x. "
+                   f"{len(gains)} of {len(df)} measured proposals are a gain by the verdict rule "
+                   f"(spread clear of 1.0 and above the {100 * doc['options'].get('min_gain', 0):.0f}% minimum).")
+        env = doc.get("environment", {})
+        if env.get("device") != "cuda":
+            reading += " Timed on a CPU: these speed-ups prove the wiring only."
+        return Answer("What each proposal would gain", fig, reading)
+    if not candidates.empty and "modelled_speedup" in candidates:
+        df = candidates[~candidates["is_given"].astype(bool)] if "is_given" in candidates else candidates
+        df = df.sort_values("modelled_speedup", ascending=False).head(12)
+        fig = _speedup_bars(df["name"].tolist(), [None] * len(df), [None] * len(df), [None] * len(df),
+                            df["modelled_speedup"].tolist(), f"{cfg['name']}: modelled speed-up of the best proposals",
+                            "proposal (same parameter budget)")
+        best = df.iloc[0]
+        reading = (f"Nothing was measured (run with --measure on the GPU), so each bar is the cost model's estimate "
+                   f"alone, with no interval. The best proposal, {best['name']} ({best.get('changes', '')}), is "
+                   f"modelled at {best['modelled_speedup']:.3f}x the speed of {cfg['name']}; {len(candidates)} "
+                   "candidates were ranked.")
+        return Answer("What each proposal would gain (modelled only)", fig, reading)
+    return None
 
 
 def _checks_table(checks: pd.DataFrame) -> str:
@@ -190,6 +274,9 @@ def write_advisor_report(doc: dict, path: Path) -> Path:
     env = doc.get("environment", {})
     device = env.get("gpu_name") or f"CPU ({env.get('cpu', '')})"
     html = render_page(f"Sizing advisor: {doc['config']['name']}", advisor_report_sections(doc), environment=env,
-                       subtitle=f"for {doc['gpu_model']['name']}; run on {device}, torch {env.get('torch')}")
+                       subtitle=f"for {doc['gpu_model']['name']}, torch {env.get('torch')}", answer=advisor_answer(doc),
+                       device=device if doc["options"].get("measure") else
+                       f"nothing: modelled for {doc['gpu_model']['name']} (run on {device})",
+                       on_cpu=bool(doc["options"].get("measure")) and not env.get("gpu_name"))
     path.write_text(html)
     return path

@@ -14,7 +14,7 @@ import pandas as pd
 from inference import carryover
 from inference.carryover_data import TABLE_COLUMNS, CarryoverData, with_agreement
 
-from .html import Section, axis, layout, render_page, table_html
+from .html import Answer, Section, axis, layout, render_page, table_html
 
 ENGINE_ORDER = [carryover.AUTO_ENGINE, "hf", "mii", "mii-noinject", "mii-cudagraph"]
 METRIC_COLORS = {"train_fwdbwd": "#1f77b4", "train_fwd": "#aec7e8", "prefill": "#ff7f0e", "decode": "#2ca02c"}
@@ -61,6 +61,96 @@ def gains_figure(table: pd.DataFrame, engine: str, baseline: str) -> dict:
     return {"data": traces, "layout": layout(
         f"{engine}: throughput gain over {baseline} (bars to the ends of the p10-p90 range)", "shape (model)",
         "gain over the baseline shape (%)", barmode="group")}
+
+
+ANSWER_ENGINES = ["hf", carryover.AUTO_ENGINE]  # one engine for every shape first: the gain is then the shape's
+
+
+def _ratio_error(row: pd.Series, metric: str) -> tuple[float | None, float | None]:
+    lo, hi, gain = row.get(f"{metric}_gain_lo"), row.get(f"{metric}_gain_hi"), row.get(f"{metric}_gain")
+    if any(v is None or pd.isna(v) for v in (lo, hi, gain)):
+        return None, None
+    return float(hi - gain), float(gain - lo)
+
+
+def carryover_answer(table: pd.DataFrame, verdicts: pd.DataFrame, baseline: str) -> Answer | None:
+    """Per shape, the training speed-up over the baseline against its prefill (longest prompt) and decode
+    (shortest prompt) speed-ups, with their p10-p90 ranges both ways, on the line of perfect carry-over;
+    one engine (transformers where it ran: the same code for every shape) at the smallest batch."""
+    if table.empty or not table[["prefill_gain", "decode_gain"]].notna().any().any():
+        return None
+    engines = [e for e in ANSWER_ENGINES if e in set(table["engine"])] + chart_engines(table)
+    engine = next(e for e in engines if table.loc[table["engine"] == e, ["prefill_gain", "decode_gain"]].notna().any().any())
+    t = table[table["engine"] == engine]
+    batch = int(t["batch"].min())
+    t = t[t["batch"] == batch]
+    prompts = sorted(int(p) for p in t["prompt_len"].dropna().unique())
+    p_prefill, p_decode = prompts[-1], prompts[0]
+    models = [m for m in t.sort_values(["params_total", "model"])["model"].drop_duplicates() if m != baseline]
+    first = t.drop_duplicates("model").set_index("model")
+    train = carryover.row_training_metric(first.loc[models[0]]) if models else "train_fwdbwd"
+    lows, highs = [], []
+    data = []
+    no_interval = []
+    for metric, prompt, symbol, color in (("prefill", p_prefill, "circle", METRIC_COLORS["prefill"]),
+                                          ("decode", p_decode, "diamond", METRIC_COLORS["decode"])):
+        rows = t[t["prompt_len"] == prompt].drop_duplicates("model", keep="last").set_index("model")
+        pts = [(m, first.loc[m], rows.loc[m]) for m in models if m in rows.index
+               and pd.notna(rows.loc[m].get(f"{metric}_gain")) and pd.notna(first.loc[m].get(f"{train}_gain"))]
+        if not pts:
+            continue
+        x = [1 + float(f[f"{train}_gain"]) for _, f, _ in pts]
+        y = [1 + float(r[f"{metric}_gain"]) for _, _, r in pts]
+        ex = [_ratio_error(f, train) for _, f, _ in pts]
+        ey = [_ratio_error(r, metric) for _, _, r in pts]
+        no_interval += [f"{m} {metric}" for (m, _, _), a, b in zip(pts, ex, ey) if a[0] is None or b[0] is None]
+        data.append({"type": "scatter", "mode": "markers+text", "name": f"{metric} (p={prompt})", "x": x, "y": y,
+                     "text": [m for m, _, _ in pts], "textposition": "top right", "textfont": {"size": 10},
+                     "marker": {"symbol": symbol, "size": 11, "color": color},
+                     "error_x": {"type": "data", "symmetric": False, "array": [a[0] or 0 for a in ex],
+                                 "arrayminus": [a[1] or 0 for a in ex], "thickness": 1},
+                     "error_y": {"type": "data", "symmetric": False, "array": [b[0] or 0 for b in ey],
+                                 "arrayminus": [b[1] or 0 for b in ey], "thickness": 1},
+                     "hovertemplate": "%{text}: training %{x:.3f}x, " + metric + " %{y:.3f}x<extra></extra>"})
+        lows += [v - (b[1] or 0) for v, b in zip(y, ey)] + [v - (a[1] or 0) for v, a in zip(x, ex)]
+        highs += [v + (b[0] or 0) for v, b in zip(y, ey)] + [v + (a[0] or 0) for v, a in zip(x, ex)]
+    if not data:
+        return None
+    points = [1.0] + [v for t in data for v in t["x"] + t["y"]]
+    span = max(points) - min(points) or 0.1
+    clipped = max(highs) - min(lows) > 3 * span  # intervals far wider than the points (a CPU's noise): keep the points legible
+    if clipped:
+        lo, hi = min(points) - 0.2 * span, max(points) + 0.2 * span
+    else:
+        lo, hi = min(lows + [1.0]) * 0.95, max(highs + [1.0]) * 1.05
+    data.insert(0, {"type": "scatter", "mode": "lines", "name": "perfect carry-over (y = x)", "x": [lo, hi],
+                    "y": [lo, hi], "line": {"color": "#7f7f7f", "dash": "dash", "width": 1}, "hoverinfo": "skip"})
+    data.append({"type": "scatter", "mode": "markers", "name": f"baseline {baseline} (1, 1)", "x": [1], "y": [1],
+                 "marker": {"symbol": "x", "size": 10, "color": "#000"}})
+    label = carryover.LABELS.get(train, train)
+    fig = {"data": data, "layout": layout(
+        f"Does the training speed-up carry over? {engine}, b={batch}, against {baseline}",
+        axis(f"training speed-up over {baseline} ({label}, x)", range=[lo, hi]),
+        axis(f"inference speed-up over {baseline} (x)", range=[lo, hi]),
+        # lower right: training faster, inference slower by more than the chart shows; clear of the points
+        legend={"x": 0.99, "xanchor": "right", "y": 0.01, "yanchor": "bottom", "bgcolor": "rgba(255,255,255,0.8)"})}
+    mine = verdicts[(verdicts["engine"] == engine) & (verdicts["batch"] == batch)] if len(verdicts) else verdicts
+    carries = mine["carries_over"].astype(str) if len(mine) else pd.Series(dtype=str)
+    reading = (f"On {engine} at batch {batch}: each point is one shape, its {label} speed-up over {baseline} (x) "
+               f"against its prefill speed-up at a {p_prefill}-token prompt and its decode speed-up at {p_decode} "
+               f"(y); on the dashed line the gain carries over exactly, above it inference gains more. ")
+    if len(mine):
+        reading += "Verdicts (do the inference gains point the way the training gain does, beyond their spreads?): " + \
+            "; ".join(f"{m}: {c.split(' (')[0]}" for m, c in zip(mine["model"], carries)) + ". "
+    reading += "Bars: the p10-p90 ranges of both latencies" + (
+        ", some far wider than the spread of the points, so they run past the chart's edges (hover for values). "
+        if clipped else ". ")
+    if no_interval:
+        reading += f"Drawn without an interval (none in the data): {', '.join(no_interval)}. "
+    others = [e for e in chart_engines(table) if e != engine]
+    if others:
+        reading += f"Other engines ({', '.join(others)}) and batches: the sections below."
+    return Answer("Does the training-shape gain carry over, per shape?", fig, reading.strip())
 
 
 def decode_figure(sweep: pd.DataFrame, engine: str, value: str, title: str, y_title: str) -> dict:
@@ -178,7 +268,7 @@ def carryover_sections(table: pd.DataFrame, verdicts: pd.DataFrame, orders: pd.D
             f">= {carryover.HOST_MULTIPLE:.0f} x its larger floor at every batch (the host's speed: Python and kernel "
             "launches, not the GPU, set it, so no GPU knee can show); "
             "roofline_batch is where the compute floor reaches the bandwidth floor (cf. the paper's token-count "
-            "throughput curve, /work/shared/paper/004).",
+            "throughput curve, its figure 004).",
             figures=figs, tables=[_table(knees, list(knees.columns)), _table(sweep, list(sweep.columns))]))
     refused = bench[bench["status"] == "unsupported"] if "status" in bench else bench.iloc[0:0]
     if len(refused):
@@ -212,14 +302,24 @@ def carryover_sections(table: pd.DataFrame, verdicts: pd.DataFrame, orders: pd.D
     return sections
 
 
+def _device(env: dict) -> tuple[str, bool]:
+    """What the bench ran on, and whether that was a CPU."""
+    device = str(env.get("device") or "")
+    cpu = device == "cpu" or (not env.get("gpu_name") and not device.startswith("cuda"))
+    return (f"CPU ({env.get('cpu') or env.get('platform') or 'host'})" if cpu else
+            str(env.get("gpu_name") or device)), cpu
+
+
 def render_carryover_report(data: CarryoverData) -> str:
     """The whole page, from the loaded comparison (inference.carryover_data.load_carryover)."""
+    device, cpu = _device(data.environment)
     return render_page(f"Do training-shape gains carry over to inference? (baseline {data.baseline})",
                        carryover_sections(data.table, data.verdicts, data.orders, data.sweep, data.knees, data.bench,
                                           data.layer, data.baseline, data.manifest.get("notes", []), data.others,
                                           data.glance),
                        environment=data.environment, subtitle="Issue 10: the layer profiler's training throughput "
-                       "against prefill and decode latency of the same shapes")
+                       "against prefill and decode latency of the same shapes",
+                       answer=carryover_answer(data.table, data.verdicts, data.baseline), device=device, on_cpu=cpu)
 
 
 def write_carryover_report(data: CarryoverData, path: str | Path) -> Path:

@@ -7,11 +7,12 @@ and writes the page. The table is profiler.run_diff.diff_components's, as diff.c
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 
-from .html import COLORS, Section, axis, layout, render_page, table_html
+from .html import COLORS, Answer, Section, axis, layout, render_page, table_html
 
 VERDICT_COLORS = {"slower in B": COLORS["unattributed"], "faster in B": "#2ca02c", "within noise": "#b0b7c3",
                   "only in A": "#9467bd", "only in B": "#8c564b"}
@@ -70,16 +71,55 @@ def delta_figure(doc: dict, table: pd.DataFrame) -> dict:
                                            axis("change in time per step (us)", zeroline=True), barmode="overlay")}
 
 
+def on_cpu(doc: dict) -> bool:
+    """Both runs were measured without a GPU (diff.json keeps each side's gpu_name; a CPU run has none)."""
+    return all(not (doc[side].get("environment") or {}).get("gpu_name") for side in ("a", "b"))
+
+
+def throughput_unit(doc: dict) -> tuple[float, str]:
+    """TFLOP/s on a GPU; GFLOP/s on a CPU, where a TFLOP/s figure rounds to 0.0."""
+    return (1e3, "GFLOP/s") if on_cpu(doc) else (1.0, "TFLOP/s")
+
+
 def tflops_figure(doc: dict, table: pd.DataFrame) -> dict | None:
     gemm = table[table["tflops_a"].notna() | table["tflops_b"].notna()]
     if gemm.empty:
         return None
+    scale, unit = throughput_unit(doc)
     labels = _labels(gemm)
-    data = [{"type": "bar", "name": _side_name(doc, side), "x": labels, "y": gemm[f"tflops_{side}"].round(1).tolist(),
-             "marker": {"color": color}, "hovertemplate": "%{x}: %{y:.0f} TFLOP/s<extra>" + _side_name(doc, side)
-             + "</extra>"} for side, color in (("a", COLORS["gemm"]), ("b", COLORS["softmax"]))]
+    data = [{"type": "bar", "name": _side_name(doc, side), "x": labels,
+             "y": (gemm[f"tflops_{side}"] * scale).round(2).tolist(), "marker": {"color": color},
+             "hovertemplate": "%{x}: %{y:.3g} " + unit + "<extra>" + _side_name(doc, side) + "</extra>"}
+            for side, color in (("a", COLORS["gemm"]), ("b", COLORS["softmax"]))]
     return {"data": data, "layout": layout("GEMM and fused-attention throughput (executed FLOPs)", _x_axis(labels),
-                                           "throughput (TFLOP/s)", barmode="group")}
+                                           f"throughput ({unit})", barmode="group")}
+
+
+def diff_answer(doc: dict, table: pd.DataFrame) -> Answer:
+    """The per-component change, B minus A, coloured by verdict; the reading names the total and the rows that
+    moved beyond noise."""
+    table = table.assign(role=table["role"].astype(object).where(table["role"].notna(), "").astype(str))
+    fig = delta_figure(doc, table)
+    fig["layout"]["title"]["text"] = "Change in time per component, B minus A (whisker: noise band)"
+    totals = doc.get("totals", {})
+    ta, tb = totals.get("time_a_us") or table["time_a_us"].sum(), totals.get("time_b_us") or table["time_b_us"].sum()
+    change = tb - ta
+    reading = (f"Summed kernel time per step goes from {ta:,.1f} \u00b5s (A, {doc['a']['config']}) to {tb:,.1f} \u00b5s "
+               f"(B, {doc['b']['config']}): {change:+,.1f} \u00b5s ({100 * change / ta:+.1f}%) " if ta else
+               f"Summed kernel time per step: A {ta:,.1f} \u00b5s, B {tb:,.1f} \u00b5s ")
+    reading += "(B slower)." if change > 0 else "(B faster)." if change < 0 else "(no change)."
+    labels = _labels(table)
+    beyond = table.assign(label=labels)[table["verdict"].isin(["slower in B", "faster in B"])]
+    beyond = beyond.reindex(beyond["delta_us"].abs().sort_values(ascending=False).index)
+    if len(beyond):
+        reading += " Beyond noise: " + ", ".join(f"{r.label} {r.delta_us:+,.1f} \u00b5s" for r in beyond.head(4).itertuples())
+        reading += f" ({len(beyond) - 4} more)" if len(beyond) > 4 else ""
+        reading += "."
+    counts = (totals.get("verdicts") or table["verdict"].value_counts().to_dict())
+    reading += " Rows: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) + "."
+    if on_cpu(doc):
+        reading += " Both runs were measured on a CPU (host clock): the change shows the wiring, not a GPU."
+    return Answer("What changed between the runs", fig, reading)
 
 
 def inputs_table(doc: dict) -> pd.DataFrame:
@@ -95,10 +135,11 @@ def inputs_table(doc: dict) -> pd.DataFrame:
 
 
 def diff_table(doc: dict, table: pd.DataFrame) -> pd.DataFrame:
+    scale, unit = throughput_unit(doc)
     return pd.DataFrame({
         "component": _labels(table), "A (us)": table["time_a_us"], "B (us)": table["time_b_us"],
         "B - A (us)": table["delta_us"], "B - A (%)": table["delta_pct"], "noise band (us)": table["noise_band_us"],
-        "verdict": table["verdict"], "A TFLOP/s": table["tflops_a"], "B TFLOP/s": table["tflops_b"],
+        "verdict": table["verdict"], f"A {unit}": table["tflops_a"] * scale, f"B {unit}": table["tflops_b"] * scale,
         "A share (%)": table["share_a_pct"], "B share (%)": table["share_b_pct"]})
 
 
@@ -120,6 +161,12 @@ def diff_report_sections(doc: dict, table: pd.DataFrame) -> list[Section]:
     ]
 
 
+def _shown_dir(run_dir: str, page: Path) -> str:
+    """A run directory as the page names it: relative to the page when the command was given an absolute path
+    (no path of the machine that rendered it), else as given."""
+    return os.path.relpath(run_dir, page.resolve().parent) if os.path.isabs(run_dir) else run_dir
+
+
 def write_diff_report(doc: dict, table: pd.DataFrame, path: Path) -> Path:
     from profiler.outputs import write_atomic
 
@@ -128,7 +175,13 @@ def write_diff_report(doc: dict, table: pd.DataFrame, path: Path) -> Path:
            "Whiskers on the time chart run from p10 to p90 over the traced steps. A change no larger than the two "
            "spreads together is labelled 'within noise': the runs were measured apart, under their own clocks.",
            "Changes are B minus A: positive means B is slower."]
+    path = Path(path)
+    shown = {side: {**doc[side], "run_dir": _shown_dir(str(doc[side]["run_dir"]), path)} for side in ("a", "b")}
+    doc = {**doc, **shown}
+    cpu = on_cpu(doc)
+    gpus = sorted({str((doc[s].get("environment") or {}).get("gpu_name")) for s in ("a", "b")} - {"None"})
     html = render_page(f"Run comparison: {doc['a']['config']} vs {doc['b']['config']}", diff_report_sections(doc, table),
                        environment=doc["b"].get("environment") or {}, how_to_read=how,
-                       subtitle=f"{doc['a']['run_dir']} vs {doc['b']['run_dir']}")
+                       subtitle=f"{doc['a']['run_dir']} vs {doc['b']['run_dir']}", answer=diff_answer(doc, table),
+                       device="CPU (both runs)" if cpu else " and ".join(gpus) or "unknown", on_cpu=cpu)
     return write_atomic(path, html)

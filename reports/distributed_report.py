@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .html import COLORS, Section, axis, layout, render_page, table_html
+from .html import COLORS, Answer, Section, axis, layout, render_page, table_html
 from .layer_report import FIGURE2, FIGURE2_COLORS, GEMMS
 
 FUSED_ATTENTION = ("flash_attention", "sdpa_attention")
@@ -90,6 +90,32 @@ def communication_figure(communication: pd.DataFrame) -> dict:
                                            barmode="stack")}
 
 
+def distributed_answer(run: dict, components: pd.DataFrame) -> Answer | None:
+    """Figure 2 with communication, per config and t, and a reading of each config's latency and how much of
+    its kernel time the all-reduces take and leave exposed."""
+    entries = run.get("configs", [])
+    if components.empty or not entries:
+        return None
+    fig = figure2(components)
+    fig["layout"]["title"]["text"] = "Where a tensor-parallel layer's time goes, communication included (Figure 2)"
+    parts = []
+    for e in entries:
+        comm = e.get("communication", {})
+        latency = e["latency_us"]["median"]
+        shown = f"{latency / 1e3:,.2f} ms" if latency >= 1e4 else f"{latency:,.0f} \u00b5s"
+        text = (f"{e['name']} at t={e['tensor_parallel']}: {shown} per step (slowest "
+                f"rank), all-reduces {100 * comm.get('share_of_kernel_time', 0.0):.0f}% of kernel time")
+        if comm.get("exposed_us") is not None:
+            text += f", {comm['exposed_us']:,.0f} \u00b5s of it exposed (no compute alongside)"
+        parts.append(text)
+    failed = [f"{e['name']} t={e['tensor_parallel']}: {'; '.join(e['failed_checks'])}" for e in entries
+              if e.get("failed_checks")]
+    reading = "; ".join(parts) + ". " + (f"Failed checks: {'. '.join(failed)}." if failed else "Every check passed.")
+    if not (run.get("environment") or {}).get("gpu_name"):
+        reading += " A CPU run over gloo: the shares show the wiring, not NVLink or NCCL."
+    return Answer("Where the time goes across ranks", fig, reading)
+
+
 def summary_table(entries: list[dict]) -> pd.DataFrame:
     rows = []
     for e in entries:
@@ -156,8 +182,9 @@ def write_distributed_report(run: dict, components: pd.DataFrame, communication:
     device = env.get("gpu_name") or f"CPU ({env.get('cpu', '')})"
     names = ", ".join(f"{e['name']} t={e['tensor_parallel']}" for e in run.get("configs", []))
     html = render_page("Tensor-parallel layer profile", distributed_report_sections(run, components, communication),
-                       environment=env, subtitle=f"{names} on {device}, torch {env.get('torch')}, "
-                                                 f"{(env.get('distributed') or {}).get('backend', '')}")
+                       environment=env, subtitle=f"{names}, torch {env.get('torch')}, "
+                                                 f"{(env.get('distributed') or {}).get('backend', '')}",
+                       answer=distributed_answer(run, components), device=device, on_cpu=not env.get("gpu_name"))
     path.write_text(html)
     return path
 

@@ -56,11 +56,44 @@ class FigureError(ValueError):
 
 @dataclass
 class Section:
+    """One card of the page. A card with charts opens expanded, its tables and notes folded inside it; a
+    card without charts (tables, methods, per-row warnings) starts folded: the detail is a click away.
+    `open=True` opens a card without charts (a folded chart would draw at no size, so charts never fold)."""
     title: str
     intro: str = ""  # trusted HTML written by the report code, not user input
     figures: list[dict] = field(default_factory=list)
     tables: list[str] = field(default_factory=list)  # HTML from `table_html`
     notes: list[str] = field(default_factory=list)  # plain text, escaped on render
+    open: bool | None = None
+
+    @property
+    def expanded(self) -> bool:
+        return bool(self.figures) or bool(self.open)
+
+
+@dataclass
+class Answer:
+    """What the page answers, first on it: one chart (drawn in `#answer-chart`) and a one-paragraph reading,
+    plain text written from the same data the chart draws (never static prose)."""
+    title: str
+    figure: dict
+    reading: str
+
+
+ANSWER_ID = "answer-chart"
+
+
+def grouped_notes(notes: Sequence[str]) -> list[str]:
+    """Notes with repeats folded into one, counted: 'text (x3)', in the order they first appear."""
+    counts: dict[str, int] = {}
+    for note in notes:
+        counts[note] = counts.get(note, 0) + 1
+    return [note if n == 1 else f"{note} (\u00d7{n})" for note, n in counts.items()]
+
+
+def table_rows(table: str) -> int:
+    """Body rows of a `table_html` table (for the fold's label)."""
+    return max(0, table.count("<tr") - 1)
 
 
 def axis(title: str, **extra) -> dict:
@@ -126,9 +159,11 @@ def figure_problems(fig: dict) -> list[str]:
     return problems
 
 
-def check_figures(sections: Sequence[Section]) -> None:
+def check_figures(sections: Sequence[Section], answer: Answer | None = None) -> None:
     """Raise FigureError naming every figure that lacks a title or an axis title."""
     found = []
+    if answer is not None:
+        sections = [Section("answer", figures=[answer.figure]), *sections]
     for section in sections:
         for index, fig in enumerate(section.figures):
             problems = figure_problems(fig)
@@ -200,14 +235,22 @@ def linked_plotly(src: str) -> Iterator[None]:
 
 
 def render_page(title: str, sections: list[Section], *, environment: dict | None = None, subtitle: str = "",
-                how_to_read: str | Sequence[str] = "", plotly_src: str | None = None) -> str:
-    """The page's HTML. `how_to_read`: plain text (a string, or a list of points) shown first.
+                how_to_read: str | Sequence[str] = "", plotly_src: str | None = None, answer: Answer | None = None,
+                device: str = "", on_cpu: bool = False) -> str:
+    """The page's HTML. `answer`: the chart and reading shown first, in `#answer-chart`. `device`: what the
+    data was measured on, said in the header; `on_cpu` adds that CPU numbers prove the wiring, not GPU
+    performance. `how_to_read`: plain text (a string, or a list of points), folded under the answer.
     `plotly_src`: link plotly.js from this URL (relative to the page) instead of inlining it; default:
     the enclosing `linked_plotly` block's, else inline. Raises FigureError for an unreadable figure."""
-    check_figures(sections)
+    check_figures(sections, answer)
     env = jinja2.Environment(loader=jinja2.PackageLoader("reports", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]))
     figures = []
+    if answer is not None:
+        payload = {"data": answer.figure.get("data") or [],
+                   "layout": _merge(BASE_LAYOUT, answer.figure.get("layout") or {})}
+        figures.append({"id": ANSWER_ID, "section": None, "no_axes": answer.figure.get("no_axes"),
+                        "json": json.dumps(_clean(payload), separators=(",", ":")).replace("</", "<\\/")})
     for s_index, section in enumerate(sections):
         for f_index, fig in enumerate(section.figures):
             payload = {"data": fig.get("data") or [], "layout": _merge(BASE_LAYOUT, fig.get("layout") or {})}
@@ -218,4 +261,5 @@ def render_page(title: str, sections: list[Section], *, environment: dict | None
     return env.get_template("page.html.j2").render(
         title=title, subtitle=subtitle, sections=sections, figures=figures, environment=environment or {},
         how_to_read=[p for p in points if p], plotly_src=src, plotly_js=None if src else plotly_js(),
-        escape=html.escape)
+        escape=html.escape, answer=answer, device=device, on_cpu=on_cpu, grouped_notes=grouped_notes,
+        table_rows=table_rows)

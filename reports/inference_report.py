@@ -6,6 +6,7 @@ Legend entries use the table's own values (engine, p = prompt_len, b = batch).""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +14,7 @@ import pandas as pd
 from inference import analysis
 from inference.results import ResultsFile
 
-from .html import Section, axis, layout, render_page, table_html
+from .html import Answer, Section, axis, layout, render_page, table_html
 
 ENGINE_COLORS = {"mii": "#1f77b4", "hf": "#ff7f0e", "mii-noinject": "#2ca02c", "mii-cudagraph": "#9467bd",
                  "mii-auto": "#17becf"}
@@ -57,6 +58,75 @@ def figure13(marked: pd.DataFrame) -> dict:
     return {"data": traces, "layout": layout(
         "Figure 13: end-to-end latency vs parameter count", "parameters (billions)",
         axis("end-to-end latency (s)", rangemode="tozero"))}
+
+
+def _ms(value: float) -> str:
+    return f"{value / 1e3:.2f} s" if value >= 1e3 else f"{value:.1f} ms"
+
+
+def bench_answer(df: pd.DataFrame) -> Answer | None:
+    """End-to-end latency per engine and model (p10-p90 bars) at the prompt and batch most rows share (the
+    smallest batch on a tie), with a reading of which engine is fastest by how much."""
+    m = analysis.measured(df)
+    if m.empty:
+        return None
+    sizes = m.groupby(["prompt_len", "batch"]).size().reset_index(name="n")
+    sizes = sizes.sort_values(["n", "batch", "prompt_len"], ascending=[False, True, True])
+    prompt, batch = int(sizes["prompt_len"].iloc[0]), int(sizes["batch"].iloc[0])
+    at = m[(m["prompt_len"] == prompt) & (m["batch"] == batch)]
+    models = list(at.sort_values(["params_total", "model"])["model"].drop_duplicates())
+    traces, per_model = [], {}
+    for (engine, tp), g in at.groupby(["engine", "tensor_parallel"], sort=False):
+        g = g.drop_duplicates("model", keep="last").set_index("model")
+        name = engine + (f" tp={tp}" if tp > 1 else "")
+        y = [g["e2e_ms"].get(x) for x in models]
+        up = [(g["e2e_p90_ms"].get(x) - g["e2e_ms"].get(x)) if x in g.index else None for x in models]
+        down = [(g["e2e_ms"].get(x) - g["e2e_p10_ms"].get(x)) if x in g.index else None for x in models]
+        traces.append({"type": "bar", "name": name, "x": models, "y": y, "marker": {"color": ENGINE_COLORS.get(engine)},
+                       "error_y": {"type": "data", "symmetric": False, "array": up, "arrayminus": down, "thickness": 1},
+                       "hovertemplate": "%{x}: %{y:.1f} ms<extra>" + name + "</extra>"})
+        for x in models:
+            if x in g.index and pd.notna(g["e2e_ms"].get(x)):
+                per_model.setdefault(x, []).append((float(g["e2e_ms"][x]), name))
+    new_tokens = at["new_tokens"].dropna().iloc[0] if "new_tokens" in at and at["new_tokens"].notna().any() else None
+    fig = {"data": traces, "layout": layout(
+        f"End-to-end latency per engine (prompt {prompt}, batch {batch}" +
+        (f", {int(new_tokens)} new tokens)" if new_tokens is not None else ")"), "model (by parameter count)",
+        axis("end-to-end latency (ms, bar to p90, whisker to p10)", type="log"), barmode="group")}
+    parts, alone = [], []
+    wins: dict[str, int] = {}
+    for x in models:
+        ranked = sorted(per_model.get(x, []))
+        if len(ranked) > 1:
+            wins[ranked[0][1]] = wins.get(ranked[0][1], 0) + 1
+            parts.append(f"{x}: {ranked[0][1]} {_ms(ranked[0][0])}, {ranked[-1][0] / ranked[0][0]:.1f}x faster than "
+                         f"{ranked[-1][1]}")
+        elif ranked:
+            alone.append(f"{x} ({ranked[0][1]} only, {_ms(ranked[0][0])})")
+    compared = sum(wins.values())
+    reading = f"At a {prompt}-token prompt and batch {batch}, " + (", ".join(
+        f"{engine} is fastest on {n} of the {compared} models measured on more than one engine"
+        for engine, n in wins.items()) + ". " if wins else "one engine per model: nothing to compare. ")
+    reading += "; ".join(parts[:5]) + (f"; {len(parts) - 5} more in the chart" if len(parts) > 5 else "") + \
+        ("." if parts else "")
+    if alone:
+        reading += f" Measured on one engine only: {', '.join(alone)}."
+    reading += " "
+    unchecked = int((df["status"] != "ok").sum())
+    if unchecked:
+        reading += f"{unchecked} row(s) have no checked latency (status other than ok: see All rows). "
+    others = len(sizes) - 1
+    if others:
+        reading += f"{others} other prompt/batch setting(s) follow below."
+    return Answer("Latency per engine", fig, reading.strip())
+
+
+def bench_device(df: pd.DataFrame, env: dict) -> tuple[str, bool]:
+    """What the rows ran on, and whether it was a CPU."""
+    devices = sorted({str(d) for d in df.get("device", pd.Series(dtype=object)).dropna()})
+    cpu = env.get("device") == "cpu" or (bool(devices) and all(d.lower().startswith("cpu") for d in devices))
+    name = ", ".join(devices) or str(env.get("gpu_name") or env.get("device") or "")
+    return (name.replace("cpu", "CPU", 1) if cpu else name), cpu
 
 
 def speedup_figure(speed: pd.DataFrame) -> dict:
@@ -262,6 +332,18 @@ def _flat_environment(runs: list[dict]) -> dict:
     return env
 
 
+_ABSOLUTE = re.compile(r"(?<![\w.])/(?:[\w.+-]+/)*([\w.+-]+)")
+
+
+def local_paths(text, out_dir: Path):
+    """A reason's absolute path (a worker's log on the machine that ran the bench) as the page can reach it:
+    relative to the page where the file sits in its logs/ folder, else its bare file name."""
+    if not isinstance(text, str) or "/" not in text:
+        return text
+    return _ABSOLUTE.sub(lambda m: f"logs/{m.group(1)}" if (out_dir / "logs" / m.group(1)).is_file() else m.group(1),
+                         text)
+
+
 def write_report(out_dir: str | Path, *, layer_profile: str | Path | None = None) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -271,11 +353,15 @@ def write_report(out_dir: str | Path, *, layer_profile: str | Path | None = None
     df.to_csv(out_dir / "results.csv", index=False)
     profile = analysis.load_layer_profile(layer_profile) if layer_profile else None
     env = _flat_environment(store.runs())
+    if "reason" in df:  # the page names no path of the machine that ran or rendered it (results.csv keeps them)
+        df = df.assign(reason=[local_paths(r, out_dir) for r in df["reason"]])
     sections = inference_sections(df, profile, store.runs())
     if damaged:
         sections.insert(0, Section("Damaged results file", notes=[damaged]))
+    device, cpu = bench_device(df, env)
     html = render_page("Inference bench: GPT-NeoX through DeepSpeed-MII and transformers", sections, environment=env,
-                       subtitle="Section VII-C / Figure 13 of 'The Case for Co-Designing Model Architectures with Hardware'")
+                       subtitle="Section VII-C / Figure 13 of 'The Case for Co-Designing Model Architectures with Hardware'",
+                       answer=bench_answer(df), device=device, on_cpu=cpu)
     path = out_dir / "report.html"
     path.write_text(html, encoding="utf-8")
     return path

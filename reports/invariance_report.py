@@ -8,7 +8,7 @@ searches), the layer's logits / tokens / first differing step and its latency co
 
 from __future__ import annotations
 
-import html as _html
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +16,7 @@ import pandas as pd
 from profiler.invariance import analysis, files
 from profiler.invariance.matmul_bench import KERNEL_LABELS
 
-from .html import Section, axis, layout, render_page, table_html
+from .html import Answer, Section, axis, layout, render_page, table_html
 
 KERNEL_COLORS = {"torch": "#1f77b4", "invariant": "#d62728",  # the seed chart: blue cuBLAS, red invariant
                  "cublaslt": "#9467bd", "triton": "#ff7f0e"}  # the invariant path's candidates, thin and dotted
@@ -285,6 +285,74 @@ def engine_figure(engines: pd.DataFrame) -> dict | None:
                                            "largest |logit difference| (0 = bitwise equal)")}
 
 
+def _throughput_answer(frames: dict[str, pd.DataFrame], labels: dict[str, str]) -> Answer:
+    """The paper's 004 chart for the first weight GEMM: TFLOP/s against tokens, cuBLAS and the invariant
+    kernel; the reading gives their ratio at a few token counts and, over the layer, weighted by time."""
+    throughput = frames["throughput"]
+    (config, component, n, k), group = next(iter(throughput.groupby(["config", "component", "n", "k"], sort=False)))
+    group = group[group["kernel"].isin(["torch", "invariant"])]
+    fig = throughput_figures(group, labels)[0]
+    fig["layout"]["title"]["text"] = f"TFLOP/s vs tokens, both kernels: {config} {component} (cf. paper 004)"
+    ratio = analysis.throughput_ratio(group).sort_values("m")
+    picks = [m for m in (1, 64, 1024, 8192) if m in set(ratio["m"])] or list(ratio["m"].iloc[[0, -1]])
+    at = ratio.set_index("m")
+    reading = (f"{config} {component} (M,{int(k)})x({int(k)},{int(n)}): the invariant kernel runs at " + ", ".join(
+        f"{at.loc[m, 'invariant_tflops']:.3g} vs {at.loc[m, 'torch_tflops']:.3g} TFLOP/s "
+        f"({at.loc[m, 'ratio']:.3g}x) at M={m}" for m in picks) + ". ")
+    layer = analysis.layer_gemm_ratio(throughput)
+    if not layer.empty:
+        rows = layer[layer["config"] == config].sort_values("m")
+        reading += ("All weight GEMMs of the layer, weighted by time: " + ", ".join(
+            f"{r:.3g}x at M={m}" for m, r in zip(rows["m"], rows["ratio"])) + ". ")
+    check = frames.get("check")
+    if check is not None and not check.empty:
+        found = analysis.non_invariant_tokens(check)
+        searched_k = found[found["component"] == "k-search"]
+        found = found[found["component"] != "k-search"]
+        for kernel, rows in found.groupby("kernel", sort=False):
+            bad = rows[rows["m_not_invariant"] > 0]
+            k_bad = searched_k[(searched_k["kernel"] == kernel) & (searched_k["m_not_invariant"] > 0)]
+            reading += (f"{labels.get(kernel, kernel)}: not bitwise invariant in {len(bad)} of the layer's {len(rows)} "
+                        "weight GEMMs" + (f" ({', '.join(bad['component'])})" if len(bad) else "")
+                        + (f", nor at {len(k_bad)} of the {int((searched_k['kernel'] == kernel).sum())} inner "
+                           "dimensions K searched" if len(k_bad) else "") + ". ")
+    if throughput["tflops"].max() < 1:
+        reading += "Numbers this small are a CPU's (torch's BLAS against the Triton interpreter): the wiring, not a GPU."
+    return Answer("What batch invariance costs", fig, reading.strip())
+
+
+def invariance_answer(frames: dict[str, pd.DataFrame], runs: dict[str, dict]) -> Answer | None:
+    """The 004 chart when GEMM throughput was measured; else the layer's latency cost with its first
+    differing step; else the engines' logit differences."""
+    labels = kernel_labels(runs)
+    if frames.get("throughput") is not None and not frames["throughput"].empty:
+        return _throughput_answer(frames, labels)
+    latency = frames.get("latency", pd.DataFrame())
+    if frames.get("outputs") is not None and not latency.empty:
+        fig = layer_figures(pd.DataFrame(), latency)[0]
+        cost = analysis.latency_cost(latency).sort_values("tokens_in_flight")
+        findings = analysis.layer_findings(frames["outputs"])
+        reading = ("The layer's forward with batch-invariant kernels takes " + ", ".join(
+            f"{r.slowdown:.2f}x the default's at {int(r.tokens_in_flight)} tokens" for r in cost.iloc[[0, -1]].itertuples())
+            + ". ") if "slowdown" in cost else ""
+        for r in findings.itertuples():
+            reading += (f"{r.kernels} kernels: logits {'bitwise invariant' if r.logits_invariant else 'NOT invariant'}, "
+                        f"greedy tokens {'invariant' if r.greedy_tokens_invariant else 'NOT invariant'} over {r.runs} runs"
+                        + (f", first differing step {r.first_differing_steps}" if r.first_differing_steps else "") + ". ")
+        return Answer("What batch invariance costs the layer", fig, reading.strip())
+    engines = frames.get("engines")
+    figure = engine_figure(engines) if engines is not None else None
+    if figure is not None:
+        found = analysis.engine_findings(engines)
+        reading = " ".join(
+            f"{r.model} on {r.engine}: logits {'bitwise equal' if r.logits_invariant else 'differ'} alone vs in a batch"
+            + (f" (batches {r.batches_logits_differ}, max |diff| {r.max_abs_diff:.3g}, first at {r.first_differing_steps})"
+               if not r.logits_invariant else "")
+            + f", greedy tokens {'the same' if r.greedy_tokens_invariant else 'differ'}." for r in found.itertuples())
+        return Answer("Do the engines give a prompt the same answer alone and in a batch?", figure, reading)
+    return None
+
+
 def summary_tables(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """The closing numbers: throughput ratio at 1/64/1024/8192 tokens, where cuBLAS was not invariant, the
     layer's findings and cost, and the engines' findings."""
@@ -335,6 +403,12 @@ def summary_text(frames: dict[str, pd.DataFrame]) -> str:
     return "\n".join(parts)
 
 
+def _shown(folder: Path, page_dir: Path) -> str:
+    """A results folder as the page names it: relative to the page's folder ('.' reads as its own name)."""
+    rel = Path(os.path.relpath(folder.resolve(), page_dir.resolve())).as_posix()
+    return folder.resolve().name if rel == "." else rel
+
+
 def write_report(dirs: list[str | Path], out: str | Path) -> Path:
     frames, runs = files.load([Path(d) for d in dirs])
     env = next((r.get("environment") for r in runs.values() if r.get("environment")), {})
@@ -342,9 +416,12 @@ def write_report(dirs: list[str | Path], out: str | Path) -> Path:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "report.html"
-    sources = ", ".join(_html.escape(str(d)) for d in dirs)
+    # the folders relative to the page, never a path of the machine that rendered it
+    sources = ", ".join(_shown(Path(d), out) for d in dirs)
+    device = env.get("gpu_name") or f"CPU ({env.get('cpu') or 'host'})"
     path.write_text(render_page("Batch invariance: what deterministic kernels cost, and which engines break it",
                                 sections, environment=env, subtitle=f"results from {sources}",
+                                answer=invariance_answer(frames, runs), device=device, on_cpu=not env.get("gpu_name"),
                                 how_to_read=["Invariant means bitwise equal: torch.equal, not a tolerance.",
                                              "cuBLAS = torch.nn.functional.linear on CUDA; the invariant kernels "
                                              "are models/invariant (Triton)."]))

@@ -6,12 +6,13 @@ renders and writes the file. Component names in legends are the components table
 
 from __future__ import annotations
 
+import html as _html
 from pathlib import Path
 
 import pandas as pd
 
 from .depth_sections import depth_sections
-from .html import COLORS, Section, axis, layout, render_page, table_html
+from .html import COLORS, Answer, Section, axis, layout, render_page, table_html
 
 GEMMS = ("qkv_transform", "attention_score", "attention_over_values", "out_projection", "mlp_up", "mlp_gate",
          "mlp_down", "logits")
@@ -104,7 +105,7 @@ def figure11(components: pd.DataFrame) -> dict:
 
 def figure11_latency(components: pd.DataFrame, entries: list[dict]) -> dict:
     return _latency_shares(components, entries, _figure11_series(components),
-                           "Per-GEMM share of layer latency, idle and launch gaps included (paper Figure 11)", 4)
+                           "Per-GEMM share of layer latency, idle and gaps included (Figure 11)", 4)
 
 
 def gemm_throughput_figure(components: pd.DataFrame, peak: float | None, scale: float, unit: str) -> dict:
@@ -172,6 +173,67 @@ def latency_table(entries: list[dict], scale: float, unit: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _us(value: float) -> str:
+    return f"{value / 1e3:,.2f} ms" if value >= 1e4 else f"{value:,.0f} \u00b5s"
+
+
+def _config_reading(e: dict, components: pd.DataFrame) -> str:
+    """'GEMMs take 71% of the layer's 414 us, idle 5%; x_floor 1.12' for one config, from its rows."""
+    latency = e["latency_us"]["median"]
+    rows = components[components["config"] == e["name"]]
+    gemm = rows[rows["component"].isin(GEMMS)]["time_us"].sum()
+    fused = rows[rows["component"].isin(FUSED)]["time_us"].sum()
+    idle = max(0.0, latency - rows["time_us"].sum())
+    text = f"{e['name']}: GEMMs take {100 * gemm / latency:.0f}% of its {_us(latency)}"
+    if fused:
+        text += f", fused attention {100 * fused / latency:.0f}%"
+    text += f", idle and launch gaps {100 * idle / latency:.0f}%"
+    if e.get("floor_ratio"):
+        text += f"; x_floor {e['floor_ratio']:.2f}"
+    return text
+
+
+def layer_answer(run: dict, components: pd.DataFrame) -> Answer | None:
+    """Where the time goes (Figure 2, as shares of the measured latency) with each config's x_floor over its
+    bar, and a reading written from the same rows."""
+    entries = [e for e in run.get("configs", []) if e.get("status") == "ok"]
+    if components.empty or not entries:
+        return None
+    fig = figure2_latency(components, entries)
+    fig["layout"]["title"]["text"] = "Where the layer's time goes (paper Figure 2), x_floor over each bar"
+    drawn = set(fig["data"][0]["x"]) if fig["data"] else set()
+    # over each bar's top (the trace's kernel time can run past the event-timed latency: > 100%)
+    tops = {x: sum(t["y"][t["x"].index(x)] for t in fig["data"] if x in t["x"]) for x in drawn}
+    top = max([100.0, *tops.values()])
+    fig["layout"]["yaxis"]["range"] = [0, top + 12]
+    fig["layout"]["annotations"] = [
+        {"x": e["name"], "y": max(100.0, tops.get(e["name"], 100.0)) + 1, "yanchor": "bottom", "showarrow": False,
+         "font": {"size": 11},
+         "text": f"x_floor {e['floor_ratio']:.2f}" if e.get("floor_ratio") else "no floor"}
+        for e in entries if e["name"] in drawn]
+    shown = [e for e in entries if e["name"] in drawn]
+    parts = [_config_reading(e, components) for e in shown[:4]]
+    reading = "; ".join(parts) + (f"; and {len(shown) - 4} more configs in the chart" if len(shown) > 4 else "") + ". "
+    over = [e["name"] for e in shown
+            if components.loc[components["config"] == e["name"], "time_us"].sum() > e["latency_us"]["median"]]
+    if over:
+        reading += (f"Above 100% ({', '.join(over)}): the traced kernel time runs past the event-timed latency "
+                    "(the trace_vs_events check). ")
+    floors = [e["floor_ratio"] for e in shown if e.get("floor_ratio")]
+    if len(floors) > 1:
+        reading += (f"x_floor (latency over the layer's GEMMs and fused attention alone, back to back) runs from "
+                    f"{min(floors):.2f} to {max(floors):.2f}. ")
+    elif not floors:
+        reading += "No floor was measured, so no x_floor. "
+    failed = [f"{e['name']}: {', '.join(e['checks_summary']['failed'])}" for e in shown
+              if (e.get("checks_summary") or {}).get("failed")]
+    reading += (f"Failed self-checks: {'; '.join(failed)} (see Checks)." if failed
+                else "Every self-check passed or was skipped.")
+    if _on_cpu(run):
+        reading += " Measured on a CPU with the host clock: the shares show the wiring, not a GPU's time."
+    return Answer("Where the time goes", fig, reading)
+
+
 def checks_table(entries: list[dict]) -> pd.DataFrame:
     rows = [{"config": e["name"], "check": c["name"], "status": c["status"].upper() if c["status"] == "fail" else c["status"],
              "observed": c["observed"], "tolerance": c["tolerance"]}
@@ -233,8 +295,15 @@ def layer_report_sections(run: dict, components: pd.DataFrame) -> list[Section]:
         components = components.assign(pct_of_peak=100 * components["tflops"] / peak)
     scale, unit = (1e3, "GFLOP/s") if _on_cpu(run) else (1.0, "TFLOP/s")
     sections = [Section("Summary", intro=_summary_intro(run), tables=[table_html(latency_table(entries, scale, unit))])]
-    failed = [f"{e['name']}: {c['name']}: {c['observed']} (tolerance: {c['tolerance']})"
-              for e in entries if e.get("status") == "ok" for c in e.get("checks", []) if c["status"] == "fail"]
+    by_check: dict[str, list[str]] = {}  # one note per failed check, naming every config it failed for
+    for e in entries:
+        for c in e.get("checks", []) if e.get("status") == "ok" else []:
+            if c["status"] == "fail":
+                by_check.setdefault(c["name"], []).append((e["name"], c["observed"]))
+    tolerance = {c["name"]: c["tolerance"] for e in entries for c in e.get("checks", [])}
+    failed = [f"{where[0][0]}: {name}: {where[0][1]} (tolerance: {tolerance[name]})" if len(where) == 1 else
+              f"{', '.join(c for c, _ in where)}: {name} (\u00d7{len(where)}, tolerance: {tolerance[name]}): "
+              + "; ".join(f"{c}: {observed}" for c, observed in where) for name, where in by_check.items()]
     launch = [f"{e['name']} is launch-bound: {e['launch_bound_evidence']}" for e in entries if e.get("launch_bound")]
     sections.append(Section("Checks", notes=(["FAILED " + f for f in failed] or ["Every check passed or was skipped."]) + launch,
                             intro="Each check has its tolerance stated in profiler/checks.py and a test that shows it "
@@ -275,28 +344,42 @@ def layer_report_sections(run: dict, components: pd.DataFrame) -> list[Section]:
                                       "kernels (those the layer attributes to this component and role) timed alone; "
                                       "vs_alone_pct is the in-layer time relative to it, checked against "
                                       "vs_alone_allowed_pct (tolerance plus both sides' spread). flops: executed FLOPs."))
+    sections.append(per_config_section([e for e in entries if e.get("status") == "ok"]))
+    return sections
+
+
+def per_config_section(entries: list[dict]) -> Section:
+    """Sizing findings, device switches and trace-window notes of every config in one folded card: a note
+    that several configs share is written once, with their names and a count; then each config's shapes
+    and FLOPs tables."""
+    by_note: dict[str, list[str]] = {}
+    lines, tables = [], []
     for e in entries:
-        if e.get("status") != "ok":
-            continue
         findings = e.get("sizing_findings") or []
         notes = [f"[{f['paper']}] {f['message']}" for f in findings] or ["No sizing rule of the paper is violated."]
         notes += [f"{s['field']}: {s['from']} -> {s['to']} on this device ({s['why']})" for s in e.get("switches", [])]
-        check = {c["name"]: c for c in e.get("checks", [])}
-        tables = [table_html(pd.DataFrame(check[n]["details"]), float_format="{:,.0f}")
-                  for n in ("shapes", "flops") if n in check and check[n]["details"]]
-        unattributed = e.get("unattributed_kernels") or []
-        if unattributed:
-            tables.append(table_html(pd.DataFrame(unattributed)))
         left = e.get("left_out_of_window") or {}
         if left.get("edge_kernels"):
             notes.append(f"{left['edge_kernels']} kernel(s) ({left['edge_us']:.1f} us) ran at the trace window's edges, "
                          "outside every measured step, and are left out of both sides.")
-        sections.append(Section(f"{e['name']}: sizing rules, shapes, FLOPs", notes=notes,
-                                intro=f"{e['config'].get('description') or ''} Attention ops that ran: "
-                                      f"{', '.join(e.get('attention_ops') or []) or 'eager BMMs'}. "
-                                      f"Trace: <code>{e.get('trace', '')}</code>",
-                                tables=tables))
-    return sections
+        for note in notes:
+            by_note.setdefault(note, []).append(e["name"])
+        lines.append(f"<li><b>{_html.escape(e['name'])}</b>: {_html.escape(e['config'].get('description') or '')} "
+                     f"Attention ops that ran: {_html.escape(', '.join(e.get('attention_ops') or []) or 'eager BMMs')}. "
+                     f"Trace: <code>{_html.escape(str(e.get('trace', '')))}</code></li>")
+        check = {c["name"]: c for c in e.get("checks", [])}
+        for n in ("shapes", "flops"):
+            if n in check and check[n]["details"]:
+                tables.append(f'<p class="caption">{_html.escape(e["name"])}: {n}</p>'
+                              + table_html(pd.DataFrame(check[n]["details"]), float_format="{:,.0f}"))
+        unattributed = e.get("unattributed_kernels") or []
+        if unattributed:
+            tables.append(f'<p class="caption">{_html.escape(e["name"])}: unattributed kernels</p>'
+                          + table_html(pd.DataFrame(unattributed)))
+    notes = [(f"{', '.join(names)} (\u00d7{len(names)}): {note}" if len(names) > 1 else f"{names[0]}: {note}")
+             if len(entries) > 1 else note for note, names in by_note.items()]
+    return Section("Per config: sizing rules, shapes, FLOPs", intro=f"<ul>{''.join(lines)}</ul>", notes=notes,
+                   tables=tables)
 
 
 def write_layer_report(run: dict, components: pd.DataFrame, path: Path, *, plotly_src: str | None = None) -> Path:
@@ -305,7 +388,8 @@ def write_layer_report(run: dict, components: pd.DataFrame, path: Path, *, plotl
     env = run.get("environment", {})
     device = env.get("gpu_name") or f"CPU ({env.get('cpu', '')})"
     html = render_page("Transformer layer profile", layer_report_sections(run, components), environment=env,
-                       subtitle=f"{', '.join(e['name'] for e in run.get('configs', []))} on {device}, "
-                                f"torch {env.get('torch')}, CUDA {env.get('cuda')}",
-                       how_to_read=HOW_TO_READ, plotly_src=plotly_src)
+                       subtitle=f"{', '.join(e['name'] for e in run.get('configs', []))}, "
+                                f"torch {env.get('torch')}" + (f", CUDA {env.get('cuda')}" if env.get("cuda") else ""),
+                       how_to_read=HOW_TO_READ, plotly_src=plotly_src, answer=layer_answer(run, components),
+                       device=device, on_cpu=_on_cpu(run))
     return write_atomic(Path(path), html)

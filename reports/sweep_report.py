@@ -19,7 +19,7 @@ from profiler.sweeps import analysis
 from profiler.sweeps.runner import gpu_label
 from profiler.sweeps.store import RESULTS_NAME, ResultStore
 
-from .html import Section, axis, layout, render_page, table_html
+from .html import Answer, Section, axis, layout, render_page, table_html
 
 # Figure 7's classes: the largest power of two dividing h/a, one colour each (the paper's legend order)
 POW2_COLORS = {1: "#1f77b4", 2: "#ff7f0e", 4: "#2ca02c", 8: "#d62728", 16: "#9467bd", 32: "#8c564b",
@@ -174,7 +174,7 @@ def with_ceiling(fig: dict, ceiling: float | None) -> dict:
                                                "line": {"color": CEILING_COLOR, "dash": "dash", "width": 1.5}}]
     lay["annotations"] = [*lay.get("annotations", []), {
         "xref": "paper", "x": 1, "xanchor": "right", "yref": "y", "y": ceiling, "yanchor": "bottom",
-        "text": f"GEMM ceiling {ceiling:.0f}", "showarrow": False, "font": {"color": CEILING_COLOR, "size": 11}}]
+        "text": f"GEMM ceiling {ceiling:.3g}", "showarrow": False, "font": {"color": CEILING_COLOR, "size": 11}}]
     return fig
 
 
@@ -206,10 +206,17 @@ def _multiples_of_64(rows: pd.DataFrame, label: str = "multiple of 64") -> dict:
             "marker": {"symbol": "star", "size": 11, "color": "#d62728", "line": {"width": 0}}}
 
 
+def on_cpu(df: pd.DataFrame) -> bool:
+    """Every point ran on a CPU (runner.gpu_label names a CPU 'cpu:...')."""
+    gpus = df["gpu"].dropna().astype(str) if "gpu" in df else pd.Series(dtype=str)
+    return bool(len(gpus)) and bool(gpus.str.startswith("cpu:").all())
+
+
 def _ceiling_of(rows: pd.DataFrame, ceilings: pd.DataFrame) -> float | None:
-    """The ceiling of a chart's points, when they share one GPU and dtype (a chart mixing them gets none)."""
+    """The ceiling of a chart's points, when they share one GPU and dtype (a chart mixing them gets none).
+    A CPU has no GEMM ceiling to read against (no matmul peak is measured there): none is drawn."""
     keys = set(zip(rows["gpu"], rows["dtype"]))
-    if len(keys) != 1 or ceilings.empty:
+    if len(keys) != 1 or ceilings.empty or on_cpu(rows):
         return None
     match = ceilings[(ceilings["gpu"] == rows["gpu"].iloc[0]) & (ceilings["dtype"] == rows["dtype"].iloc[0])]
     return float(match["ceiling_tflops"].iloc[0]) if len(match) else None
@@ -260,8 +267,47 @@ def kind_section(kind: str, df: pd.DataFrame, ceilings: pd.DataFrame) -> Section
     return Section(TITLES[kind], intro, figures=figures, notes=notes)
 
 
+def sweep_answer(df: pd.DataFrame, ceilings: pd.DataFrame) -> Answer | None:
+    """The headline curve: the first kind of the paper's order that was measured (the plain GEMM of Fig. 5
+    when swept), with its ceiling, and a reading of its best point and its dips."""
+    df = with_pct_of_ceiling(df, ceilings)
+    measured = analysis.ok(df) if len(df) else df
+    kind = next((k for k in TITLES if len(measured) and k in set(measured["kind"])), None)
+    if kind is None:
+        return None
+    rows = measured[measured["kind"] == kind]
+    series = rows["series"].value_counts().index[0]  # the line with the most points when a kind has several
+    if rows["series"].nunique() > 4:
+        rows = rows[rows["series"] == series]
+    x_name = rows["x_name"].iloc[0]
+    ceiling = _ceiling_of(rows, ceilings)
+    fig = with_ceiling(lines_figure(rows, f"Headline sweep: {TITLES[kind]}", x_name), ceiling)
+    # beside the reading the chart is narrower: the legend goes inside the plot, clear of the right axis title
+    fig["layout"]["legend"] = {"x": 0.01, "y": 0.99, "bgcolor": "rgba(255,255,255,0.8)"}
+    if "yaxis2" in fig["layout"]:  # room for the waves axis' ticks and title
+        fig["layout"]["margin"] = {"r": 88}
+    best = rows.loc[rows["tflops"].idxmax()]
+    worst = rows.loc[rows["tflops"].idxmin()]
+    reading = (f"{TITLES[kind]}: {len(rows)} points measured over {x_name} = {int(rows['x'].min())}.."
+               f"{int(rows['x'].max())}; best {best['tflops']:.3g} TFLOP/s at {x_name}={int(best['x'])}")
+    reading += (f" ({best['pct_of_ceiling']:.0f}% of the {ceiling:.0f} TFLOP/s GEMM ceiling)" if ceiling else "") + \
+        f", lowest {worst['tflops']:.3g} TFLOP/s at {x_name}={int(worst['x'])}. "
+    dips = analysis.dips(df[df["kind"] == kind])
+    agreement = analysis.wave_agreement(dips)
+    reading += (f"{agreement['dips']} dip(s) on this chart, {agreement['explained']} explained by a new wave, a "
+                "smaller power of two in h/a, or misalignment. " if agreement["dips"] else "No dip on this chart. ")
+    others = [k for k in TITLES if k != kind and k in set(measured["kind"])]
+    if others:
+        reading += f"The other sweeps ({', '.join(others)}) follow below."
+    if on_cpu(rows):
+        reading += (" A CPU run: timed with the host clock, no GEMM ceiling (no matmul peak is measured on a CPU); "
+                    "the curve shows the wiring, not a GPU.")
+    return Answer("Throughput against size", fig, reading.strip())
+
+
 def how_to_read(ceilings: pd.DataFrame) -> list[str]:
-    ceiling = ("Dashed red line: the GEMM ceiling, the one peak this report reads throughput against "
+    cpu = not ceilings.empty and ceilings["gpu"].astype(str).str.startswith("cpu:").all()
+    ceiling = "No GEMM ceiling is drawn: these points ran on a CPU, where no matmul peak is measured." if cpu else ("Dashed red line: the GEMM ceiling, the one peak this report reads throughput against "
                "(pct_of_ceiling in the tables). " + "; ".join(f"{r.gpu} {r.dtype}: {r.ceiling_tflops:.0f} TFLOP/s, "
                                                                f"the {r.basis}" for r in ceilings.itertuples()) + "."
                ) if not ceilings.empty else "No point was measured, so there is no ceiling to read against."
@@ -298,10 +344,15 @@ def build_sections(df: pd.DataFrame, runs: list[dict], skipped_lines: int = 0,
     if not ceilings.empty:
         tables.append(table_html(ceilings[["gpu", "dtype", "ceiling_tflops", "measured_matmul_tflops", "matmul_shape",
                                            "max_point_tflops", "points_above_matmul", "basis"]], float_format="{:,.1f}"))
-    sections.append(Section("Sweeps", "Each point: warm-up, then CUDA-event-timed repetitions with the L2 cache "
-                            "flushed before each (profiler.timing.bench), random inputs allocated once per shape; "
-                            "median and p10/p90 reported. Predictions assume one resident tile per SM per wave "
-                            "(paper Sec. III-B). The second table defines the GEMM ceiling.",
+    timed = ("Each point (a CPU run): warm-up, then repetitions timed with the host clock (profiler.timing.bench; "
+             "no CUDA events, no GPU), random inputs allocated once per shape; median and p10/p90 reported. "
+             "No GEMM ceiling is drawn on a CPU. Predictions assume one resident tile per SM per wave (paper Sec. "
+             "III-B): a GPU's, kept for the wiring." if on_cpu(df) else
+             "Each point: warm-up, then CUDA-event-timed repetitions with the L2 cache flushed before each "
+             "(profiler.timing.bench), random inputs allocated once per shape; median and p10/p90 reported. "
+             "Predictions assume one resident tile per SM per wave (paper Sec. III-B). The second table defines the "
+             "GEMM ceiling.")
+    sections.append(Section("Sweeps", timed,
                             tables=tables, notes=notes))
     kinds = [k for k in TITLES if k in set(df["kind"])]
     sections += [kind_section(kind, df, ceilings) for kind in kinds]
@@ -346,7 +397,10 @@ def write_outputs(inputs: list[str | Path], out_dir: str | Path, *, title: str =
     df.to_csv(csv_path, index=False)
     gpus = ", ".join(sorted({str(g) for g in df["gpu"].dropna()})) or "no results"
     ceilings = gemm_ceiling(df, runs)
+    cpu = on_cpu(df)
+    device = gpus.replace("cpu:", "CPU: ") if cpu else gpus
     html_path.write_text(render_page(title, build_sections(df, runs, skipped, ceilings),
-                                     environment=report_environment(runs), subtitle=f"{len(df)} points on {gpus}",
-                                     how_to_read=how_to_read(ceilings), plotly_src=plotly_src), encoding="utf-8")
+                                     environment=report_environment(runs), subtitle=f"{len(df)} points",
+                                     how_to_read=how_to_read(ceilings), plotly_src=plotly_src,
+                                     answer=sweep_answer(df, ceilings), device=device, on_cpu=cpu), encoding="utf-8")
     return csv_path, html_path
