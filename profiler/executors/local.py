@@ -58,10 +58,12 @@ def how_it_ended(code: int | None) -> str:
 
 class LocalExecutor:
     """`device_type`: "cuda" (one worker per visible GPU; `workers` at most that many), "cpu" (`workers` CPU
-    workers, GPUs hidden, the cores shared out as torch threads) or "auto" (cuda where a GPU is visible)."""
+    workers, GPUs hidden, the cores shared out as torch threads unless `threads` says how many each) or "auto"
+    (cuda where a GPU is visible)."""
     name = "local"
 
-    def __init__(self, workers: int | None = None, *, device_type: str = "auto", max_attempts: int = MAX_ATTEMPTS):
+    def __init__(self, workers: int | None = None, *, device_type: str = "auto", threads: int | None = None,
+                 max_attempts: int = MAX_ATTEMPTS):
         if workers is not None and workers < 1:
             raise UserError(f"--workers: must be at least 1, got {workers}")
         gpus = visible_gpus() if device_type != "cpu" else []
@@ -75,7 +77,7 @@ class LocalExecutor:
         else:
             cpus = _usable_cpus()
             count = workers or min(cpus, 8)
-            self.slots = [(None, max(1, cpus // count)) for _ in range(count)]
+            self.slots = [(None, threads or max(1, cpus // count)) for _ in range(count)]
         self.device_type = "cuda" if gpus else "cpu"
         self.max_attempts = max_attempts
 
