@@ -160,6 +160,17 @@ def test_local_executor_gives_each_gpu_one_worker_at_most(monkeypatch):
         LocalExecutor(3)
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--workers", "2"], "error: --workers: needs --executor local or ray (inline runs in this one process)"),
+    (["--executor", "local", "--ray-address", "auto"], "error: --ray-address: needs --executor ray"),
+    (["--executor", "local", "--workers", "0"], "error: --workers: must be at least 1, got 0"),
+])
+def test_executor_flags_that_do_not_fit_are_one_line_errors(tmp_path, capsys, flags, message):
+    assert main(["sweep", *SHAPE, "--out", str(tmp_path), *FAST, *flags]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == message
+    assert not (tmp_path / "results.jsonl").exists()
+
+
 # ---- sweeps over local workers -------------------------------------------------------------------------------
 def test_local_sweep_with_a_worker_killed_mid_run_equals_a_single_process_run(tmp_path):
     expected = single_process_keys(tmp_path)

@@ -5,9 +5,9 @@ The contract that makes "nothing lost, nothing doubled" hold:
 - items are (key, payload) pairs with unique keys, independent and idempotent: running one twice gives an
   equivalent result, so an item whose worker died is simply queued again;
 - workers never write results: each result comes back to the driver, which hands it to `on_result` (the one
-  writer, e.g. the sweep store's append) before it counts the item done;
-- an item is done exactly when its result was handed over; a worker that dies mid-item sends nothing for it,
-  so it is queued again (at most `max_attempts` times: an item that kills every worker that tries it is
+  writer, e.g. the sweep store's append), after giving that worker its next item so it measures meanwhile;
+- an item is done when its result reached the driver; a worker that dies mid-item sends nothing for it,
+  so it is queued again (a driver that dies before writing a result leaves that item for its next run) (at most `max_attempts` times: an item that kills every worker that tries it is
   handed to `on_lost` instead of being tried for ever).
 """
 

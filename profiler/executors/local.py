@@ -213,9 +213,10 @@ class LocalPool:
                     self._announce(on_worker)
                 elif kind == "result":
                     _, key, result = message
-                    on_result(key, result, p.description)  # the one writer, before the item counts as done
                     book.completed(p.id, key)
                     self.deaths_in_a_row[p.slot] = 0
+                    self._dispatch(p, book)  # its next item first: the worker measures while the driver writes
+                    on_result(key, result, p.description)  # the one writer
                 elif kind in ("error", "setup_error"):
                     _, key, exc, tb = message
                     raise_remote(exc, tb, f"{p.id} (pid {p.popen.pid})" + (f" on {key}" if key else ""))

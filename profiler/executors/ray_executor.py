@@ -193,9 +193,13 @@ class RayPool:
                 self._died(slot, book, on_lost, exc)
                 pending[self.actors[slot].hello.remote()] = ("hello", slot, None)  # Ray restarts it; wait for it
                 continue
-            on_result(key, result, self.current[slot])  # the one writer, before the item counts as done
             book.completed(self.ids[slot], key)
-            busy.discard(slot)
+            item = book.next_for(self.ids[slot])  # its next item first: the actor measures while the driver writes
+            if item is None:
+                busy.discard(slot)
+            else:
+                pending[self.actors[slot].work.remote(item[1])] = ("work", slot, item[0])
+            on_result(key, result, self.current[slot])  # the one writer
         book.report.workers = self.workers
         return book.report
 
