@@ -226,6 +226,10 @@ def _run_locked(spec, points, out_dir, device, sms, progress, retry_failed, meas
             raise UserError(f"--executor {executor.name}: the workers have different GPUs ({', '.join(gpus)}); a "
                             "sweep's curves compare points of one GPU kind: run one sweep per kind")
         gpu = gpus[0]
+        shas = sorted({str(w.get("git_sha")) for w in pool.workers})
+        if len(shas) > 1:
+            notice(f"notice: the workers run different versions of the code (git {', '.join(shas)}); each run "
+                   "record in the results says which")
         done = store.keys(("ok",) if retry_failed else ("ok", "oom", "error"))
         if store.notice():
             notice(f"notice: {store.notice()}")
