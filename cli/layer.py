@@ -25,7 +25,7 @@ from profiler.layer_plan import LayerRequest, resolve_configs, resolve_options
 from profiler.layer_profile import MODES, ProfileOptions, profile_layer
 from profiler.memory import available_bytes, layer_run_bytes
 from profiler.outputs import prepare_out_dir
-from profiler.run_dir import LayerRunDir, components_digest
+from profiler.run_dir import LayerRunDir, clear_run_files, components_digest, run_dir_lock
 
 EXIT_CHECK_FAILED = 3
 
@@ -150,7 +150,7 @@ def run(args) -> int:
             print(switch.line(cfg.name), file=sys.stderr)
     for switch in option_switches:
         print(switch.line("every config"), file=sys.stderr)
-    run_dir = LayerRunDir(prepare_out_dir(args.out), fresh=args.fresh)
+    run_dir = LayerRunDir(prepare_out_dir(args.out), fresh=args.fresh)  # waits while another run writes there
     env = environment(device)
     from profiler.telemetry import Telemetry
 
@@ -159,6 +159,7 @@ def run(args) -> int:
         made = {name: [s.to_dict() for s in (*made, *option_switches)] for name, made in switches.items()}
         return _run_configs(args, configs, made, options, run_dir, env, device, telemetry, write_layer_report)
     finally:
+        run_dir.close()
         if telemetry is not None:
             telemetry.stop()
 
@@ -232,16 +233,17 @@ def run_distributed(args, request: LayerRequest) -> int:
     for cfg in configs:
         print(describe(cfg, False))
     out = prepare_out_dir(args.out)
-    if args.fresh:
-        LayerRunDir(out, fresh=True)
-    job = DistributedJob.for_configs(configs, out=out, device=device, mode=args.mode,
-                                     warmup_steps=args.warmup if args.warmup is not None else (1 if device == "cpu" else 3),
-                                     active_steps=args.iters or (3 if device == "cpu" else 10),
-                                     bench_rep_ms=50 if device == "cpu" else 300)
-    code = run_distributed_layer(job, allow_failed_checks=args.allow_failed_checks)
-    if (out / "run.json").is_file() and (out / "communication.csv").is_file():
-        report = write_distributed_report(*load_run(out), out / "report.html")
-        print(f"wrote {report}")
+    with run_dir_lock(out):  # one run per directory: its ranks write run.json while the lock is held
+        if args.fresh:
+            clear_run_files(out)
+        job = DistributedJob.for_configs(configs, out=out, device=device, mode=args.mode,
+                                         warmup_steps=args.warmup if args.warmup is not None else (1 if device == "cpu" else 3),
+                                         active_steps=args.iters or (3 if device == "cpu" else 10),
+                                         bench_rep_ms=50 if device == "cpu" else 300)
+        code = run_distributed_layer(job, allow_failed_checks=args.allow_failed_checks)
+        if (out / "run.json").is_file() and (out / "communication.csv").is_file():
+            report = write_distributed_report(*load_run(out), out / "report.html")
+            print(f"wrote {report}")
     return code
 
 

@@ -74,6 +74,13 @@ RUN_FLAGS = [
     (("--no-report",), {"action": "store_true", "help": "only append to results.jsonl (no CSV or HTML)"}),
     (("--no-peak",), {"action": "store_true", "help": "skip the GEMM-ceiling measurement on CUDA"}),
     (("--no-progress",), {"action": "store_true", "help": "no progress bar"}),
+    (("--executor",), {"choices": ["inline", "local", "ray"], "default": "inline",
+                       "help": "inline: this process (default); local: one worker process per visible GPU (or "
+                               "--workers CPU workers); ray: one actor per GPU on a Ray cluster"}),
+    (("--workers",), {"type": int, "help": "local/ray: how many workers (default: one per GPU; without a GPU, "
+                                           "one per core, at most 8 locally)"}),
+    (("--ray-address",), {"help": "ray: the cluster to join (auto, HOST:6379); default: a local Ray started "
+                                  "for this sweep"}),
 ]
 SHAPE_GROUP = "shape (each takes a value, a list or a START:STOP:STEP range)"
 REPORT_OUT = "output directory for results.csv and report.html (default sweeps/combined)"
@@ -156,13 +163,13 @@ def spec_from_args(args, device: torch.device) -> SweepSpec:
         budget=Budget(args.warmup_ms, args.rep_ms, args.min_reps, args.max_reps))
 
 
-def _cpu_estimate(spec: SweepSpec, *, explicit: bool) -> None:
+def _cpu_estimate(spec: SweepSpec, *, explicit: bool, workers: int = 1) -> None:
     """Print how long the sweep would take on this CPU; a GPU-sized sweep needs --device cpu said explicitly."""
     from profiler.cpu_estimate import CONFIRM_S, cpu_gflops, duration
     from profiler.sweeps.runner import estimate_cpu_seconds
 
     gflops = cpu_gflops()
-    seconds = estimate_cpu_seconds(spec, gflops)
+    seconds = estimate_cpu_seconds(spec, gflops) / workers
     print(f"notice: no CUDA device; sweeping on the CPU ({gflops:.0f} GFLOP/s matmul): CPU numbers prove the wiring, "
           f"not GPU performance. Estimated time: {duration(seconds)}.", file=sys.stderr)
     if seconds > CONFIRM_S and not explicit:
@@ -192,18 +199,26 @@ def run(args) -> int:
         raise UserError(f"--sms: must be positive, got {args.sms}")
     from profiler.sweeps.runner import run_sweep
 
-    device = _device(args)
+    from profiler.executors import make_executor
+
+    device = _device(args) if args.executor != "ray" or args.device else None
+    executor = make_executor(args.executor, workers=args.workers, ray_address=args.ray_address,
+                             device_type=device.type if device is not None else "auto")
+    if device is None:  # ray without --device: the cluster's GPUs, or its CPUs
+        device = torch.device(executor.device_type)
     if args.kind == "flash" and device.type != "cuda":  # before the dtype check: CPU is the real obstacle
         raise UserError("flash: the flash-attention backend of torch SDPA needs a CUDA GPU; run this sweep "
                         "on the GPU machine (or use score/aov for the unfused attention GEMMs)")
     spec = spec_from_args(args, device)
     if device.type == "cpu":
-        _cpu_estimate(spec, explicit=args.device is not None)
+        _cpu_estimate(spec, explicit=args.device is not None, workers=executor.workers)
+    if args.executor != "inline":
+        print(f"notice: {executor.describe()}", file=sys.stderr)
     from models.config import safe_name  # the tag names the default directory: never a path of its own
 
     out = Path(args.out or f"sweeps/{args.kind}{'-' + safe_name(args.tag) if args.tag else ''}")
     summary = run_sweep(spec, out, device=device, sms=args.sms, progress=not args.no_progress,
-                        retry_failed=args.retry_failed, measure_peak=not args.no_peak)
+                        retry_failed=args.retry_failed, measure_peak=not args.no_peak, executor=executor)
     print(f"{spec.kind}: {summary.planned} points, {summary.measured} measured now, {summary.skipped} already in "
           f"{summary.results_path}; {summary.oom} out of memory, {summary.errors} failed", file=sys.stderr)
     if not args.no_report:

@@ -4,6 +4,10 @@ Every config profiled into a directory stays there; a config profiled again repl
 trace. A config is kept (not profiled again) only when its recorded entry was measured with the same resolved
 config, the same resolved options (warm-up and CPU defaults included: profiler.layer_plan) and on the same
 GPU, and its rows in components.csv still match the fingerprint run.json holds for them.
+
+One run at a time: a LayerRunDir holds the directory's lock (profiler.locks) from before it reads run.json
+until `close()` (or the end of its `with` block), so a second run into the same directory waits and then
+sees every config the first one wrote, instead of overwriting run.json with its own.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from models.config import ModelConfig, safe_name
 
 from .errors import UserError
 from .layer_profile import ProfileOptions
+from .locks import DirectoryLock
 from .outputs import write_atomic
 
 RUN_FILES = ("run.json", "components.csv", "report.html")
@@ -67,19 +72,43 @@ def read_components(out: Path) -> tuple[dict[str, pd.DataFrame], str | None]:
     return {name: group.reset_index(drop=True) for name, group in df.groupby("config", sort=False)}, None
 
 
+def clear_run_files(out: Path) -> None:
+    """--fresh: drop every config profiled into `out` before (its files and traces; other files stay)."""
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "tb", ignore_errors=True)
+
+
+def run_dir_lock(out: Path) -> DirectoryLock:
+    return DirectoryLock(out, what="layer run")
+
+
 class LayerRunDir:
-    """One layer run directory, as a run reads it at the start and writes it after every config."""
+    """One layer run directory, as a run reads it at the start and writes it after every config; holds the
+    directory's lock until `close()` (use it as a context manager)."""
 
     def __init__(self, out: Path, *, fresh: bool = False):
         self.out = Path(out)
-        if fresh:
-            for name in RUN_FILES:
-                (self.out / name).unlink(missing_ok=True)
-            shutil.rmtree(self.out / "tb", ignore_errors=True)
-        previous = load_run_json(self.out)
+        self.lock = run_dir_lock(self.out).acquire()  # before anything is read: another run may be writing
+        try:
+            if fresh:
+                clear_run_files(self.out)
+            previous = load_run_json(self.out)
+        except BaseException:
+            self.lock.release()
+            raise
         self.entries: dict[str, dict] = {e["name"]: e for e in previous.get("configs", [])}
         frames, self.problem = read_components(self.out)
         self.frames: dict[str, pd.DataFrame] = {name: f for name, f in frames.items() if name in self.entries}
+
+    def close(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> LayerRunDir:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def kept(self, cfg: ModelConfig, options: ProfileOptions, gpu_name: str | None) -> tuple[dict | None, str | None]:
         """(the entry measured before with this config, these options and this GPU, if its rows are intact;

@@ -14,6 +14,7 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable
 
 SAMPLE_INTERVAL_S = 0.01
 # NVML reports the SM clock in steps of about 15 MHz; two phases "agree" when their medians differ by no more
@@ -152,3 +153,28 @@ def compare_phases(phases: dict[str, dict], *, tolerance: float = CLOCK_TOLERANC
             pairs.append({"phases": f"{a} vs {b}", "clock_a_mhz": pa["sm_clock_mhz"], "clock_b_mhz": pb["sm_clock_mhz"],
                           "diff_mhz": diff, "allowed_mhz": allowed, "ok": diff <= allowed})
     return {"pairs": pairs, "compared": len(names), "skipped": sorted(set(phases) - set(usable))}
+
+
+def sm_clock_reader(device) -> Callable[[], float | None]:
+    """A function returning the SM clock (MHz) of a torch CUDA device now, through NVML; one returning None
+    where NVML cannot be read (a CPU, nvidia-ml-py missing). The GPU is found by its UUID: NVML ignores
+    CUDA_VISIBLE_DEVICES, so a pinned worker's cuda:0 is not NVML's index 0."""
+    try:
+        import pynvml
+        import torch
+
+        if torch.device(device).type != "cuda":
+            return lambda: None
+        pynvml.nvmlInit()
+        uuid = str(torch.cuda.get_device_properties(device).uuid)
+        handle = pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+    except Exception:  # noqa: BLE001 - no clock here: the record says None
+        return lambda: None
+
+    def read() -> float | None:
+        try:
+            return float(pynvml.nvmlDeviceGetClockInfo(handle, pynvml.NVML_CLOCK_SM))
+        except Exception:  # noqa: BLE001 - a failed read is a missing figure
+            return None
+
+    return read

@@ -40,7 +40,7 @@ POINT_TABLE = ["kind", "component", "series", "x_name", "x", "batch", "m", "n", 
                "t", "b", "s", "v", "ffn", "dtype", "status", "median_ms", "p10_ms", "p90_ms", "repeats", "tflops",
                "pct_of_ceiling",
                "tiles_128x256", "waves_128x256", "last_wave_fill_128x256", "tiles_256x128", "waves_256x128",
-               "last_wave_fill_256x128", "error"]
+               "last_wave_fill_256x128", "gpu", "worker", "sm_clock_mhz", "error"]
 
 
 def _results_path(item: str | Path) -> Path:

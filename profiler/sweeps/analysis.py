@@ -15,14 +15,16 @@ from .spec import IDENTITY_FIELDS, SWEPT
 TIMING_COLUMNS = ("median_ms", "p10_ms", "p90_ms", "min_ms", "max_ms", "repeats", "outliers")
 PREDICTION_COLUMNS = tuple(f"{what}_{t1}x{t2}" for t1, t2 in TILE_SIZES
                            for what in ("tiles", "waves", "last_wave_fill")) + ("wave_efficiency_128x256",)
+ATTRIBUTION_COLUMNS = ("worker", "worker_host", "worker_pid", "gpu_index", "sm_clock_mhz")  # who measured it
 COLUMNS = (*IDENTITY_FIELDS, "x_name", "x", "held", "head_dim", "head_dim_pow2", "flops", "status", "error", *TIMING_COLUMNS,
-           "tflops", "sms", *PREDICTION_COLUMNS, "measured_at")
+           "tflops", "sms", *PREDICTION_COLUMNS, "measured_at", *ATTRIBUTION_COLUMNS)
 GROUP = ["kind", "component", "t", "b", "s", "dtype", "gpu", "tag"]  # what one plotted family shares
 
 
 def points_frame(records: list[dict]) -> pd.DataFrame:
     """Point records -> one row per point in the schema's column order, with a `series` label (one line
-    of a plot: the held a or h/a, or the fixed h / m / n / k of the other kinds)."""
+    of a plot: the held a or h/a, or the fixed h / m / n / k of the other kinds; and the GPU, when the
+    records come from more than one)."""
     df = pd.DataFrame([r for r in records if r.get("record", "point") == "point"])
     for column in COLUMNS:
         if column not in df.columns:
@@ -30,6 +32,8 @@ def points_frame(records: list[dict]) -> pd.DataFrame:
     df = df[list(COLUMNS)].copy()
     df["x_name"] = [x if isinstance(x, str) and x else SWEPT[kind] for x, kind in zip(df["x_name"], df["kind"])]
     df["series"] = [series_label(row) for row in df.to_dict("records")]
+    if df["gpu"].nunique() > 1:  # results from several GPU kinds: never one curve across them, and say whose
+        df["series"] = df["series"] + ", " + df["gpu"].astype(str)
     df["line"] = [line_label(row) for row in df.to_dict("records")]
     return df.sort_values(["kind", "series", "x"], kind="stable").reset_index(drop=True)
 
