@@ -256,6 +256,7 @@ def measure(out: Path, budget_s: float, names: list[str] | None, *, on_cpu: bool
 def _write(out: Path, gpu: str, table: dict, env: dict, budget: dict, started: float) -> None:
     table["provenance"] = {
         "source": "measured by scripts/calibrate_advisor.py", "git_sha": git_sha() or env.get("git_sha"),
+        "built_by": "python scripts/calibrate_advisor.py " + " ".join(sys.argv[1:]),
         "gpu_name": env.get("gpu_name"), "torch": env.get("torch"), "cuda": env.get("cuda"),
         "driver": env.get("driver"), "timestamp": env.get("timestamp"),
         "protocol": (f"profiler.timing.bench per shape ({budget}; warm-up until stable, L2 flushed per call, median "
