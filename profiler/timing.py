@@ -44,6 +44,10 @@ POLICY = {
               "1 s of back-to-back work on a GPU (windows of 100 ms of rounds), capped at 5 s; a cap reached is "
               "reported as not stable",
     "statistic": "median over repetitions, with p10/p90; outliers counted, never dropped",
+    "sweeps": "each sweep point (and the do_bench it is checked against) starts with the GPU under load: a "
+              "keep-busy GEMM chain of KEEP_BUSY_MS is queued before the point's warm-up and again while the host "
+              "writes the point, so a power-capped GPU is measured power-capped, as in training, instead of in "
+              "the boosted clock of the first few tens of ms after a light point",
     "ceiling": "the fastest GEMM measured under the same definition in the same rounds (the 8192^3 ceiling GEMM, "
                "or a faster in-layer or alone GEMM), so no component exceeds 100% of it",
 }
@@ -112,6 +116,37 @@ class BenchResult:
 SLEEP_CYCLES_PER_S = 1.7e9  # torch.cuda._sleep spins on the SM clock; ~1.7 GHz is close enough for an idle gap
 
 
+KEEP_BUSY_MS = 10.0  # one keep-busy chain: longer than the gaps between points, short against a point's budget
+
+
+class KeepBusy:
+    """Queues about `ms` of large square GEMMs without waiting for them: the GPU keeps drawing full power
+    across the host's gaps (writing a record, building the next operands), so the next unit starts in the
+    sustained power state. Sized once, from one timed GEMM; on a CPU (or with ms=0) a no-op."""
+
+    def __init__(self, device: torch.device | str | None, ms: float = KEEP_BUSY_MS, size: int = 4096):
+        self.device = _resolve(device)
+        self.ms = ms
+        self.calls = 0
+        if self.device.type != "cuda" or ms <= 0:
+            return
+        self.a = torch.randn(size, size, device=self.device, dtype=torch.bfloat16)
+        self.b = torch.randn(size, size, device=self.device, dtype=torch.bfloat16)
+        self.c = torch.empty(size, size, device=self.device, dtype=torch.bfloat16)
+        torch.mm(self.a, self.b, out=self.c)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(5):
+            torch.mm(self.a, self.b, out=self.c)
+        end.record()
+        torch.cuda.synchronize(self.device)
+        self.calls = max(1, round(ms / max(start.elapsed_time(end) / 5, 1e-3)))
+
+    def __call__(self) -> None:
+        for _ in range(self.calls):
+            torch.mm(self.a, self.b, out=self.c)
+
+
 class L2Flusher:
     """Writes a buffer larger than L2 between repetitions so each one starts with a cold cache."""
 
@@ -138,7 +173,8 @@ def bench(fn: Callable[[], object], **kwargs) -> list[float]:
 def bench_detailed(fn: Callable[[], object], *, warmup_ms: float = 25.0, rep_ms: float = 100.0,
                    min_reps: int = 5, max_reps: int = 1000, flush_l2: bool = True, idle_ratio: float = 0.0,
                    device: torch.device | str | None = None, max_warmup_ms: float | None = None,
-                   on_measure: Callable[[], object] | None = None) -> BenchResult:
+                   on_measure: Callable[[], object] | None = None,
+                   keep_busy: Callable[[], object] | None = None) -> BenchResult:
     """Like triton.testing.do_bench: estimate one call's cost, warm up, then spend `rep_ms` measuring.
 
     Warm-up runs windows of calls, timed exactly like the measurement, until two consecutive window
@@ -148,9 +184,13 @@ def bench_detailed(fn: Callable[[], object], *, warmup_ms: float = 25.0, rep_ms:
 
     `idle_ratio` > 0 leaves the GPU idle for that multiple of one call's time after each repetition: a
     tight loop of large GEMMs hits the power limit and clocks down, while inside a layer the same GEMM
-    alternates with memory-bound kernels; matching the duty cycle compares like with like."""
+    alternates with memory-bound kernels; matching the duty cycle compares like with like.
+
+    `keep_busy` (a KeepBusy) is queued before the first call, so the unit starts in the sustained power state."""
     device = _resolve(device)
     cap_ms = max_warmup_ms if max_warmup_ms is not None else max(20 * warmup_ms, 100.0)
+    if keep_busy is not None:
+        keep_busy()
     if device.type != "cuda":
         return _bench_host(fn, warmup_ms=warmup_ms, rep_ms=rep_ms, min_reps=min_reps, max_reps=max_reps,
                            cap_ms=cap_ms)

@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cli.main import profiler_main as main
 from profiler.sweeps import ResultStore, SweepSpec, expand, parse_values, run_sweep
 from profiler.sweeps import analysis, operands, runner
-from profiler.sweeps.spec import point_key
+from profiler.sweeps.spec import Budget, point_key
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--warmup-ms", "0", "--rep-ms", "1", "--min-reps", "1", "--max-reps", "3", "--no-progress", "--device", "cpu"]
@@ -234,6 +234,7 @@ def test_dips_are_explained_by_a_new_wave():
     (["score", "--heads", "4", "--head-dim", "8", "--h", "64"], "give one of them"),
     (["mm", "--m", "x", "--n", "1", "--k", "1"], "--m: 'x' is not a whole number"),
     (["report"], "name one or more results directories"),
+    (["mm", "--m", "64", "--n", "64", "--k", "64", "--keep-busy-ms", "-1"], "--keep-busy-ms: must be >= 0"),
 ])
 def test_bad_input_prints_one_line_and_exits_2(tmp_path, capsys, args, expected):
     assert main(["sweep", *args, "--out", str(tmp_path), "--device", "cpu", "--no-progress"]) == 2
@@ -268,3 +269,39 @@ def test_library_api_runs_a_sweep_without_the_cli(tmp_path):
     again = run_sweep(spec, tmp_path, device="cpu", progress=False)
     assert (first.planned, first.measured, again.measured, again.skipped) == (2, 2, 0, 2)
     assert all(p["status"] == "ok" and p["tflops"] > 0 for p in ResultStore(tmp_path).points())
+
+
+# ---- the sustained-power policy: keep-busy around every point -------------------------------------------
+def test_measure_queues_keep_busy_before_the_point_and_after_it():
+    """The keep-busy chain runs before the point's first call (so its warm-up starts under load) and again
+    after its last repetition (covering the host's record write); a point without it is timed the same way."""
+    events = []
+    spec = SweepSpec(kind="mm", m=(32,), n=(32,), k=(32,), dtype="float32",
+                     budget=Budget(warmup_ms=0, rep_ms=1, min_reps=2, max_reps=3))
+    point = expand(spec)[0]
+    real_build = operands.build
+
+    def build(*args):
+        fn = real_build(*args)
+        return lambda: (events.append("call"), fn())[1]
+
+    try:
+        operands.build = build
+        measured = runner.measure(point, spec, torch.device("cpu"), keep_busy=lambda: events.append("busy"))
+    finally:
+        operands.build = real_build
+    assert measured["status"] == "ok"
+    assert events[0] == "busy" and events[1] == "call"  # under load before the first call ...
+    assert events[-1] == "busy" and events[-2] == "call"  # ... and again once the last repetition is queued
+    assert events.count("busy") == 2
+
+
+def test_keep_busy_is_a_no_op_without_a_gpu_and_sized_to_its_budget_on_one():
+    from profiler.timing import KeepBusy
+
+    idle = KeepBusy("cpu", 10.0)
+    assert idle.calls == 0
+    idle()  # nothing to queue on a CPU
+    if torch.cuda.is_available():
+        busy = KeepBusy("cuda", 10.0)
+        assert busy.calls >= 1

@@ -31,7 +31,7 @@ from ..outputs import prepare_out_dir
 from ..telemetry import sm_clock_reader
 from ..quantization import TILE_SIZES, largest_power_of_two_dividing, last_wave_fill, tiles, wave_efficiency, waves
 
-from ..timing import bench, summarize
+from ..timing import KeepBusy, bench, summarize
 from . import operands
 from .spec import SweepPoint, SweepSpec, expand
 from .store import ResultStore
@@ -76,15 +76,19 @@ def _is_oom(exc: BaseException) -> bool:
         isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc))
 
 
-def measure(point: SweepPoint, spec: SweepSpec, device: torch.device) -> dict:
-    """Time one point; returns the measurement fields (status ok | oom | error)."""
+def measure(point: SweepPoint, spec: SweepSpec, device: torch.device, keep_busy=None) -> dict:
+    """Time one point; returns the measurement fields (status ok | oom | error). `keep_busy` (a
+    profiler.timing.KeepBusy) is queued before the point and again after it, while the host writes the record
+    and builds the next point's operands: every point starts in the sustained power state (POLICY["sweeps"])."""
     status, error, stats = "ok", None, None
     try:
         fn = operands.build(point, torch_dtype(spec.dtype), device)
         b = spec.budget
         stats = summarize(bench(fn, warmup_ms=b.warmup_ms, rep_ms=b.rep_ms, min_reps=b.min_reps,
-                                max_reps=b.max_reps, flush_l2=True, device=device))
+                                max_reps=b.max_reps, flush_l2=True, device=device, keep_busy=keep_busy))
         del fn
+        if keep_busy is not None:
+            keep_busy()
     except UserError:
         raise
     except RuntimeError as exc:  # torch.OutOfMemoryError is a RuntimeError
@@ -144,6 +148,7 @@ class WorkerState:
     sms: int | None
     clock: object  # () -> SM clock in MHz, or None
     worker: WorkerInfo
+    keep_busy: object = None  # profiler.timing.KeepBusy, built on the worker's first point
     first: bool = True
 
 
@@ -175,8 +180,11 @@ def measure_point(state: WorkerState, point: SweepPoint) -> dict:
         run = {"environment": state.env, "sms": state.sms, "device": str(device)}
         if state.args.measure_peak and device.type == "cuda":
             run["matmul_peak"] = measure_matmul_peak(device, torch_dtype(spec.dtype))
+        if device.type == "cuda" and spec.budget.keep_busy_ms > 0:
+            state.keep_busy = KeepBusy(device, spec.budget.keep_busy_ms)
+        run["keep_busy_ms"] = spec.budget.keep_busy_ms if state.keep_busy is not None else 0.0
         state.first = False
-    measured = measure(point, spec, device)
+    measured = measure(point, spec, device, state.keep_busy)
     record = point_record(point, spec, state.gpu, state.sms, measured, state.env.get("git_sha"))
     record.update(attribution(state.worker, state.clock()))
     return {"point": record, "run": run}

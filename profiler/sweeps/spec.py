@@ -67,6 +67,7 @@ class Budget:
     rep_ms: float = 30.0
     min_reps: int = 10
     max_reps: int = 300
+    keep_busy_ms: float = 10.0  # profiler.timing.KEEP_BUSY_MS: the GPU kept under load between points (0: off)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,8 @@ def validate(spec: SweepSpec) -> None:
     if b.warmup_ms < 0 or b.rep_ms <= 0 or b.min_reps < 1 or b.max_reps < b.min_reps:
         raise UserError("--warmup-ms/--rep-ms/--min-reps/--max-reps: need warmup >= 0, rep > 0, "
                         "1 <= min-reps <= max-reps")
+    if b.keep_busy_ms < 0:
+        raise UserError(f"--keep-busy-ms: must be >= 0 (0 turns it off), got {b.keep_busy_ms}")
 
 
 @dataclass(frozen=True)
