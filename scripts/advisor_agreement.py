@@ -48,8 +48,10 @@ from profiler.advisor.gpus import calibration_summary  # noqa: E402
 from profiler.advisor.ranking import round_steps, self_name  # noqa: E402
 
 # per bench call on the GPU: enough for a stable median of a layer step, short enough for 14 configs in
-# ~4 minutes (the advisor's own default is bench's: 25 ms warm-up, 100 ms of repetitions)
-BENCH = {"warmup_ms": 5.0, "rep_ms": 20.0, "min_reps": 3, "max_warmup_ms": 60.0}
+# ~5 minutes (the advisor's own default is bench's: 25 ms warm-up, 100 ms of repetitions). At a538389 it was
+# 20 ms / 3 repetitions: a 2.7B layer's fwd+bwd (~8 ms) got 3 samples, and the given shape against itself
+# spread by 2.5-21% (self_spread), more than most proposals' modelled gains.
+BENCH = {"warmup_ms": 5.0, "rep_ms": 50.0, "min_reps": 5, "max_warmup_ms": 60.0}
 
 
 def git_sha() -> str | None:

@@ -24,7 +24,7 @@ from models.layer import MLP, LogitLayer, build_layer, random_input, torch_dtype
 
 from ..hardware import measure_copy_bandwidth, measure_matmul_peak
 from ..layer_profile import ProfileOptions, make_step, profile_layer
-from ..timing import bench, summarize
+from ..timing import KeepBusy, bench, summarize
 
 
 # A CPU run proves the wiring, so it spends little time per call; on the GPU bench runs with its defaults
@@ -111,9 +111,13 @@ def time_rounds(subjects: list[Subject], *, rounds: int, device: torch.device, s
 
     `bench_budget`: bench's warm-up/repetition arguments (default: its own on a GPU, CPU_BENCH on a CPU).
     `order` is the subject's place in that round's shuffled order; `shared` names the key whose timing a
-    subject reused (None when it was timed for this subject)."""
+    subject reused (None when it was timed for this subject).
+
+    On a GPU every bench call starts in the sustained power state (profiler.timing.POLICY["sweeps"]: a keep-busy
+    GEMM chain queued before it), so a subject that follows a light one is not timed at a boosted clock."""
     rng = random.Random(seed)
     budget = bench_budget if bench_budget is not None else (CPU_BENCH if device.type == "cpu" else {})
+    keep_busy = KeepBusy(device) if device.type == "cuda" else None
     rows = []
     for r in range(rounds):
         started = time.perf_counter()
@@ -128,7 +132,7 @@ def time_rounds(subjects: list[Subject], *, rounds: int, device: torch.device, s
                 if reused:
                     timing = done[key]
                 else:
-                    stats = summarize(bench(step, device=device, **budget))
+                    stats = summarize(bench(step, device=device, keep_busy=keep_busy, **budget))
                     timing = {"time_ms": stats.median_ms, "p10_ms": stats.p10_ms, "p90_ms": stats.p90_ms,
                               "repeats": stats.repeats}
                     if key is not None:
