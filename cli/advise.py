@@ -6,12 +6,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from models import count_parameters, load_config
+from models.config import safe_name
 
 from profiler.advisor import AdviceOptions, SearchSpace, SwigluSearch, advise, document, resolve_gpu
 from profiler.advisor.serving import ServingShape
@@ -27,9 +29,10 @@ CPU_ROUNDS = 2  # a CPU run proves the wiring; said so when it runs
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, metavar="NAME_OR_PATH",
+    p.add_argument("--config", required=True, metavar="NAME_OR_PATH", action="append",
                    help="bundled name (gpt3-2.7b, pythia-410m, llama-2-7b-like, ...), a YAML file, a GPT-NeoX YAML or a "
-                        "transformers config.json")
+                        "transformers config.json; repeat it to advise on several (each in OUT/<name>/; with --measure, "
+                        "--executor local|ray spreads them over GPUs, one config's rounds all on one GPU)")
     p.add_argument("--budget", default="5%", help="parameter budget around the given total, e.g. 5%% or 0.05 (default 5%%)")
     p.add_argument("--tensor-parallel", type=int, help="t: advise on the per-GPU shapes h/t, a/t, f/t, v/t")
     p.add_argument("--batch", type=int, help="micro-batch size b (default: the config's)")
@@ -62,6 +65,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="with --measure on a GPU: also time prefill and one CUDA-graph decode step of the given shape "
                         "and each measured proposal with the project's decode engine (GPT-NeoX shapes only)")
     p.add_argument("--out", type=Path, default=Path("runs/advise"), help="output directory (default runs/advise)")
+    p.add_argument("--executor", choices=["inline", "local", "ray"], default="inline",
+                   help="with --measure and several --config: inline (this process, default); local: one worker "
+                        "process per visible GPU (or --workers CPU workers with --device cpu); ray: one actor per GPU "
+                        "on a Ray cluster. A config is the unit: its shapes are compared in rounds on one GPU")
+    p.add_argument("--workers", type=int, help="local/ray: how many workers (default: one per GPU)")
+    p.add_argument("--ray-address", help="ray: the cluster to join (auto, HOST:6379); default: a local Ray")
 
 
 def fraction(text: str, flag: str) -> float:
@@ -90,9 +99,9 @@ def _device(args) -> torch.device | None:
     return torch.device("cuda", torch.cuda.current_device())
 
 
-def _config(args, device: torch.device | None):
+def _config(args, device: torch.device | None, name: str):
     on_cpu = device is not None and device.type == "cpu"
-    base = load_config(args.config)
+    base = load_config(name)
     overrides = {"micro_batch_size": args.batch, "seq_length": args.seq_len, "attention": args.attention,
                  "tensor_parallel": args.tensor_parallel, "dtype": args.dtype}
     if on_cpu:
@@ -101,7 +110,7 @@ def _config(args, device: torch.device | None):
             overrides["seq_length"] = min(base.seq_length, CPU_SEQ_LENGTH)
         if (args.attention or base.attention) == "flash":
             overrides["attention"] = "sdpa"  # the flash backend is CUDA-only
-    cfg = load_config(args.config, **overrides)
+    cfg = load_config(name, **overrides)
     if on_cpu and count_parameters(cfg).total > CPU_MAX_PARAMS:
         raise UserError(f"--device: {cfg.name} has {count_parameters(cfg).total / 1e6:.0f}M parameters; timing on "
                         f"the CPU is for tiny configs (<= {CPU_MAX_PARAMS // 10**6}M) that prove the wiring; "
@@ -130,18 +139,90 @@ def run(args) -> int:
                             serving=ServingShape(batch=args.serve_batch, prompt_len=args.serve_prompt))
     local = local_gpu_properties()
     calibration = None if args.calibration == "none" else args.calibration
-    gpu = resolve_gpu(args.gpu, local=local, calibration=calibration)
+    resolve_gpu(args.gpu, local=local, calibration=calibration)  # a bad --gpu or table fails before anything runs
     if device is not None and device.type == "cuda" and args.gpu and not names_same_gpu(args.gpu, local[0]):
         raise UserError(f"--gpu: {args.gpu} was named but this machine's GPU is '{local[0]}'; drop --gpu to measure "
                         "on the local GPU, or drop --measure to model the named one")
-    cfg = _config(args, device)
-    out = prepare_out_dir(args.out)  # before anything is measured
+    if args.executor != "inline" and not args.measure:
+        raise UserError(f"--executor {args.executor}: spreads measured configs over GPUs; add --measure (modelling "
+                        "alone takes milliseconds in this process)")
+    configs = [_config(args, device, name) for name in dict.fromkeys(args.config)]  # every config checked first
+    names = [cfg.name for cfg in configs]
+    if len(set(names)) < len(names):
+        raise UserError(f"--config: two of them resolve to the same name ({', '.join(names)}); give each once")
+    root = prepare_out_dir(args.out)  # before anything is measured
+    several = len(configs) > 1
+    outs = {cfg.name: (root / safe_name(cfg.name) if several else root) for cfg in configs}
+    todo = [cfg for cfg in configs if not (several and (outs[cfg.name] / "advice.json").exists())]
+    for cfg in configs:
+        if cfg not in todo:
+            print(f"{cfg.name}: already advised in {outs[cfg.name]} (delete it to advise again)", file=sys.stderr)
+    job_args = AdviseJobArgs(gpu=args.gpu, calibration=calibration,
+                             device=None if device is None else device.type, measure_serving=args.measure_serving)
+    from profiler.executors import Job, make_executor
+
+    executor = make_executor(args.executor, workers=args.workers, ray_address=args.ray_address,
+                             device_type=device.type if device is not None else "auto")
+    if args.executor != "inline":
+        print(f"notice: {executor.describe()}; {len(todo)} configs", file=sys.stderr)
+    results: dict[str, tuple] = {}
+
+    def write_one(key: str, result: dict, worker: dict) -> None:
+        out = prepare_out_dir(outs[key])
+        _write(out, result["advice"], result["doc"])
+        _print(result["advice"])
+        results[key] = (result["advice"], worker)
+
+    payloads = [(cfg.name, AdvicePayload(cfg, options, str(outs[cfg.name]))) for cfg in todo]
+    if payloads:
+        with executor.start(Job(advise_setup, advise_one, job_args)) as pool:
+            pool.run(payloads, on_result=write_one)
+    if several:
+        _print_summary(configs, results, outs)
+    return 0
+
+
+@dataclass(frozen=True)
+class AdviseJobArgs:
+    """What every advise worker is handed: the GPU model to advise for, the calibration table, where to time."""
+    gpu: str | None
+    calibration: str | None
+    device: str | None  # cuda | cpu | None (modelled only)
+    measure_serving: bool = False
+
+
+@dataclass(frozen=True)
+class AdvicePayload:
+    config: object  # models.ModelConfig, resolved and checked by the driver
+    options: AdviceOptions
+    out_dir: str  # where the advisor's per-component profile goes (the driver writes the rest)
+
+
+def advise_setup(worker, args: AdviseJobArgs):
+    """Once per worker: its device (its own pinned GPU, or the CPU), the GPU model, its environment."""
+    device = None
+    if args.device == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+    elif args.device == "cpu":
+        device = torch.device("cpu")
+    local = local_gpu_properties()
+    gpu = resolve_gpu(args.gpu, local=local, calibration=args.calibration)
     env = environment(device if device is not None else (torch.device("cuda", 0) if local else None))
+    state = {"args": args, "device": device, "gpu": gpu, "env": env, "ceilings": {}}
+    return state, {"gpu": local[0] if local else None, "device": str(device)}
+
+
+def advise_one(state: dict, payload: AdvicePayload) -> dict:
+    """One config's advice in a worker: the GPU's measured ceilings (once per dtype), the advice, its document."""
+    cfg, options, device = payload.config, payload.options, state["device"]
+    gpu, env = state["gpu"], dict(state["env"])
     if device is not None and device.type == "cuda":
         from profiler.advisor.measure import device_ceilings
 
-        print("measuring this GPU's GEMM ceiling and copy bandwidth", flush=True)
-        peak, bandwidth = device_ceilings(device, cfg.dtype)
+        if cfg.dtype not in state["ceilings"]:
+            print("measuring this GPU's GEMM ceiling and copy bandwidth", flush=True)
+            state["ceilings"][cfg.dtype] = device_ceilings(device, cfg.dtype)
+        peak, bandwidth = state["ceilings"][cfg.dtype]
         gpu = with_measured_ceilings(gpu, matmul_tflops=peak, bandwidth_tbps=bandwidth)
         env.update(measured_peak_tflops=round(peak, 1), measured_copy_tbps=round(bandwidth, 2))
     if device is not None and device.type == "cpu":
@@ -152,17 +233,35 @@ def run(args) -> int:
           f"attention={cfg.attention} {cfg.dtype}; {count_parameters(cfg).total:,} parameters; GPU model: {gpu.name}, "
           f"{gpu.sms} SMs", flush=True)
     try:
-        advice = advise(cfg, gpu, options, device=device, out_dir=out,
+        advice = advise(cfg, gpu, options, device=device, out_dir=prepare_out_dir(payload.out_dir),
                         progress=lambda m: print(f"  {m}", flush=True))
     except torch.cuda.OutOfMemoryError:
-        raise UserError(f"--top: out of GPU memory timing the shapes at b={cfg.micro_batch_size}, "
+        raise UserError(f"--top: out of GPU memory timing the shapes of {cfg.name} at b={cfg.micro_batch_size}, "
                         f"s={cfg.seq_length}; lower --top or --batch") from None
-    if args.measure_serving and advice.measured is not None:
+    if state["args"].measure_serving and advice.measured is not None:
         _measure_serving(advice, cfg, gpu, device)
-    doc = document(advice, env)
-    _write(out, advice, doc)
-    _print(advice)
-    return 0
+    return {"advice": advice, "doc": document(advice, env)}
+
+
+def _print_summary(configs, results: dict, outs: dict) -> None:
+    """Several configs: one line each, the answer first (the best measured or modelled shape)."""
+    print("\nconfigs (each in its own folder):")
+    for cfg in configs:
+        if cfg.name not in results:
+            print(f"  {cfg.name}: {outs[cfg.name]} (advised before)")
+            continue
+        advice, worker = results[cfg.name]
+        if advice.measured is not None and len(advice.measured):
+            best = advice.measured.iloc[0]
+            answer = (f"best measured {best['name']} x{best['speedup']:.3f} ({best['verdict']})"
+                      if "speedup" in best else f"best measured {best['name']}")
+        elif advice.candidates is not None and len(advice.candidates):
+            best = advice.candidates.iloc[0]
+            answer = f"best modelled {best['name']}"
+        else:
+            answer = "no proposal"
+        where = f" [{worker.get('worker')} gpu {worker.get('gpu_index')}]" if worker.get("worker") != "inline" else ""
+        print(f"  {cfg.name}: {answer}; {outs[cfg.name]}{where}")
 
 
 def _measure_serving(advice, cfg, gpu, device) -> None:

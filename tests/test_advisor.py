@@ -434,6 +434,35 @@ def test_measure_wiring_on_a_tiny_config_on_the_cpu(tmp_path):
     assert "Where the best proposal saves time" in (out / "report.html").read_text()
 
 
+def test_several_configs_are_spread_over_two_local_workers_and_a_rerun_resumes(tmp_path, capsys):
+    """Issue 23: `advise --measure` with two configs over the local executor (2 CPU workers): each config's
+    rounds in one worker, each written by the driver into OUT/<name>/; a second run advises neither again."""
+    first, second = tmp_path / "tiny.yaml", tmp_path / "tiny2.yaml"
+    first.write_text(TINY)
+    second.write_text(TINY.replace("hidden_size: 160", "hidden_size: 192") + "name: tiny2\n")
+    out = tmp_path / "out"
+    args = ["advise", "--config", str(first), "--config", str(second), "--gpu", "h100", "--measure", "--device",
+            "cpu", "--top", "1", "--rounds", "1", "--no-profile", "--out", str(out)]
+    assert main([*args, "--executor", "local", "--workers", "2"]) == 0
+    printed = capsys.readouterr().out
+    for name in ("tiny", "tiny2"):
+        doc = json.loads((out / name / "advice.json").read_text())
+        measured = pd.read_csv(out / name / "measured.csv")
+        assert doc["config"]["name"] == name and measured["is_given"].sum() == 1 and len(measured) >= 2
+        assert (pd.read_csv(out / name / "rounds.csv")["time_ms"] > 0).all()
+        assert f"  {name}: best measured" in printed
+    assert "[local-" in printed  # the summary names the worker that measured each config
+    assert main(args) == 0  # the rerun finds both advised and measures nothing
+    assert capsys.readouterr().err.count("already advised") == 2
+
+
+def test_executor_without_measure_is_refused_in_one_line(tmp_path, capsys):
+    assert main(["advise", "--config", "gpt3-2.7b", "--gpu", "h100", "--executor", "local",
+                 "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --executor local: spreads measured configs") and "\n" not in err
+
+
 def test_swiglu_search_measures_the_mlp_block_on_the_cpu(tmp_path):
     config = tmp_path / "glu.yaml"
     config.write_text(TINY_SWIGLU)
