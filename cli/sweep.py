@@ -73,6 +73,9 @@ RUN_FLAGS = [
     (("--keep-busy-ms",), {"type": float, "default": Budget.keep_busy_ms,
                            "help": "GPU kept under load (large GEMMs) before each point and while the host writes "
                                    "it, so every point is measured in the sustained power state (0: off)"}),
+    (("--busy-ratio",), {"type": float, "default": Budget.busy_ratio,
+                         "help": "keep-busy after each repetition, in multiples of one call's time: a fixed duty "
+                                 "cycle, so the clock does not drift with the window's length (0: off)"}),
     (("--retry-failed",), {"action": "store_true", "help": "re-measure points recorded as oom or error"}),
     (("--no-report",), {"action": "store_true", "help": "only append to results.jsonl (no CSV or HTML)"}),
     (("--no-peak",), {"action": "store_true", "help": "skip the GEMM-ceiling measurement on CUDA"}),
@@ -163,7 +166,8 @@ def spec_from_args(args, device: torch.device) -> SweepSpec:
         s=_values(args.s, "--s"), v=_values(args.v, "--v"), ffn=_values(args.ffn, "--ffn"),
         m=_values(args.m, "--m"), n=_values(args.n, "--n"), k=_values(args.k, "--k"),
         batch=_values(args.batch, "--batch"), causal=args.causal, dtype=dtype, tag=args.tag,
-        budget=Budget(args.warmup_ms, args.rep_ms, args.min_reps, args.max_reps, args.keep_busy_ms))
+        budget=Budget(args.warmup_ms, args.rep_ms, args.min_reps, args.max_reps, args.keep_busy_ms,
+                      args.busy_ratio))
 
 
 def _cpu_estimate(spec: SweepSpec, *, explicit: bool, workers: int = 1) -> None:

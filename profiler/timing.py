@@ -44,10 +44,11 @@ POLICY = {
               "1 s of back-to-back work on a GPU (windows of 100 ms of rounds), capped at 5 s; a cap reached is "
               "reported as not stable",
     "statistic": "median over repetitions, with p10/p90; outliers counted, never dropped",
-    "sweeps": "each sweep point (and the do_bench it is checked against) starts with the GPU under load: a "
-              "keep-busy GEMM chain of KEEP_BUSY_MS is queued before the point's warm-up and again while the host "
-              "writes the point, so a power-capped GPU is measured power-capped, as in training, instead of in "
-              "the boosted clock of the first few tens of ms after a light point",
+    "sweeps": "each sweep point (and the do_bench-budget reference it is checked against) starts with the GPU "
+              "under load: a keep-busy GEMM chain of KEEP_BUSY_MS is queued before the point's warm-up and again "
+              "while the host writes the point, and after each repetition the keep-busy runs for busy_ratio x one "
+              "call (outside the events): a fixed duty cycle, so the clock does not drift with the window's "
+              "length and a short sweep window and a long do_bench see one power state, as in training",
     "ceiling": "the fastest GEMM measured under the same definition in the same rounds (the 8192^3 ceiling GEMM, "
                "or a faster in-layer or alone GEMM), so no component exceeds 100% of it",
 }
@@ -120,15 +121,17 @@ KEEP_BUSY_MS = 10.0  # one keep-busy chain: longer than the gaps between points,
 
 
 class KeepBusy:
-    """Queues about `ms` of large square GEMMs without waiting for them: the GPU keeps drawing full power
-    across the host's gaps (writing a record, building the next operands), so the next unit starts in the
-    sustained power state. Sized once, from one timed GEMM; on a CPU (or with ms=0) a no-op."""
+    """Queues large square GEMMs without waiting for them, so the GPU keeps drawing full power: `()` queues
+    about `ms` of them (across the host's gaps: writing a record, building the next operands); `run_for(ms)`
+    queues at least one, about `ms` (between a unit's repetitions, holding a fixed duty cycle). Sized once from
+    timed GEMMs; on a CPU (or with ms=0) a no-op."""
 
     def __init__(self, device: torch.device | str | None, ms: float = KEEP_BUSY_MS, size: int = 4096):
         self.device = _resolve(device)
         self.ms = ms
+        self.unit_ms = 0.0
         self.calls = 0
-        if self.device.type != "cuda" or ms <= 0:
+        if self.device.type != "cuda":
             return
         self.a = torch.randn(size, size, device=self.device, dtype=torch.bfloat16)
         self.b = torch.randn(size, size, device=self.device, dtype=torch.bfloat16)
@@ -140,11 +143,20 @@ class KeepBusy:
             torch.mm(self.a, self.b, out=self.c)
         end.record()
         torch.cuda.synchronize(self.device)
-        self.calls = max(1, round(ms / max(start.elapsed_time(end) / 5, 1e-3)))
+        self.unit_ms = max(start.elapsed_time(end) / 5, 1e-3)
+        self.calls = max(1, round(ms / self.unit_ms)) if ms > 0 else 0
+
+    def _queue(self, n: int) -> None:
+        for _ in range(n):
+            torch.mm(self.a, self.b, out=self.c)
 
     def __call__(self) -> None:
-        for _ in range(self.calls):
-            torch.mm(self.a, self.b, out=self.c)
+        if self.calls:
+            self._queue(self.calls)
+
+    def run_for(self, ms: float) -> None:
+        if self.unit_ms:
+            self._queue(max(1, round(ms / self.unit_ms)))
 
 
 class L2Flusher:
@@ -174,7 +186,7 @@ def bench_detailed(fn: Callable[[], object], *, warmup_ms: float = 25.0, rep_ms:
                    min_reps: int = 5, max_reps: int = 1000, flush_l2: bool = True, idle_ratio: float = 0.0,
                    device: torch.device | str | None = None, max_warmup_ms: float | None = None,
                    on_measure: Callable[[], object] | None = None,
-                   keep_busy: Callable[[], object] | None = None) -> BenchResult:
+                   keep_busy: KeepBusy | None = None, busy_ratio: float = 0.0) -> BenchResult:
     """Like triton.testing.do_bench: estimate one call's cost, warm up, then spend `rep_ms` measuring.
 
     Warm-up runs windows of calls, timed exactly like the measurement, until two consecutive window
@@ -186,7 +198,10 @@ def bench_detailed(fn: Callable[[], object], *, warmup_ms: float = 25.0, rep_ms:
     tight loop of large GEMMs hits the power limit and clocks down, while inside a layer the same GEMM
     alternates with memory-bound kernels; matching the duty cycle compares like with like.
 
-    `keep_busy` (a KeepBusy) is queued before the first call, so the unit starts in the sustained power state."""
+    `keep_busy` (a KeepBusy) is queued before the first call, so the unit starts in the sustained power state;
+    with `busy_ratio` > 0 it also runs for that multiple of one call's time after each repetition (outside the
+    events), so the power draw is a fixed duty cycle from the first repetition on and the clock does not drift
+    with the length of the measurement (a short sweep window and a long do_bench then see one state)."""
     device = _resolve(device)
     cap_ms = max_warmup_ms if max_warmup_ms is not None else max(20 * warmup_ms, 100.0)
     if keep_busy is not None:
@@ -206,6 +221,8 @@ def bench_detailed(fn: Callable[[], object], *, warmup_ms: float = 25.0, rep_ms:
     torch.cuda.synchronize(device)
     estimate_ms = max(start.elapsed_time(end) / 3, 1e-3)
     idle_cycles = int(idle_ratio * estimate_ms * 1e-3 * SLEEP_CYCLES_PER_S)
+    busy_ms = (max(busy_ratio * estimate_ms, keep_busy.unit_ms) if keep_busy is not None and busy_ratio > 0
+               and keep_busy.unit_ms else 0.0)
 
     def timed(n: int) -> list[float]:
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
@@ -217,11 +234,14 @@ def bench_detailed(fn: Callable[[], object], *, warmup_ms: float = 25.0, rep_ms:
             ends[i].record()
             if idle_cycles > 0:
                 torch.cuda._sleep(idle_cycles)
+            if busy_ms > 0:
+                keep_busy.run_for(busy_ms)  # type: ignore[union-attr]
         torch.cuda.synchronize(device)
         return [s.elapsed_time(e) for s, e in zip(starts, ends)]
 
     warmup = _warm_up(timed, estimate_ms, warmup_ms, cap_ms, clock=lambda: time.perf_counter() * 1e3)
-    n_reps = max(min_reps, min(max_reps, int(rep_ms / estimate_ms)))
+    # rep_ms is wall time: with a duty cycle each repetition costs its own time plus the keep-busy's
+    n_reps = max(min_reps, min(max_reps, int(rep_ms / (estimate_ms + busy_ms))))
     if on_measure is not None:  # e.g. tag the telemetry: the samples from here on are the measurement
         on_measure()
     return BenchResult(timed(n_reps), warmup)

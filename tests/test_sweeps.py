@@ -235,6 +235,7 @@ def test_dips_are_explained_by_a_new_wave():
     (["mm", "--m", "x", "--n", "1", "--k", "1"], "--m: 'x' is not a whole number"),
     (["report"], "name one or more results directories"),
     (["mm", "--m", "64", "--n", "64", "--k", "64", "--keep-busy-ms", "-1"], "--keep-busy-ms: must be >= 0"),
+    (["mm", "--m", "64", "--n", "64", "--k", "64", "--busy-ratio", "-0.5"], "--busy-ratio: must be >= 0"),
 ])
 def test_bad_input_prints_one_line_and_exits_2(tmp_path, capsys, args, expected):
     assert main(["sweep", *args, "--out", str(tmp_path), "--device", "cpu", "--no-progress"]) == 2

@@ -31,7 +31,7 @@ from ..outputs import prepare_out_dir
 from ..telemetry import sm_clock_reader
 from ..quantization import TILE_SIZES, largest_power_of_two_dividing, last_wave_fill, tiles, wave_efficiency, waves
 
-from ..timing import KeepBusy, bench, summarize
+from ..timing import KeepBusy, bench_detailed, summarize
 from . import operands
 from .spec import SweepPoint, SweepSpec, expand
 from .store import ResultStore
@@ -84,8 +84,10 @@ def measure(point: SweepPoint, spec: SweepSpec, device: torch.device, keep_busy=
     try:
         fn = operands.build(point, torch_dtype(spec.dtype), device)
         b = spec.budget
-        stats = summarize(bench(fn, warmup_ms=b.warmup_ms, rep_ms=b.rep_ms, min_reps=b.min_reps,
-                                max_reps=b.max_reps, flush_l2=True, device=device, keep_busy=keep_busy))
+        result = bench_detailed(fn, warmup_ms=b.warmup_ms, rep_ms=b.rep_ms, min_reps=b.min_reps,
+                                max_reps=b.max_reps, flush_l2=True, device=device, keep_busy=keep_busy,
+                                busy_ratio=b.busy_ratio)
+        stats, warmup = summarize(result.samples_ms), result.warmup
         del fn
         if keep_busy is not None:
             keep_busy()
@@ -101,7 +103,8 @@ def measure(point: SweepPoint, spec: SweepSpec, device: torch.device, keep_busy=
             torch.cuda.empty_cache()
         return failed_fields(status, error)
     return {"status": "ok", "error": None, **stats.to_dict(),
-            "tflops": point.flops / (stats.median_ms * 1e-3) / 1e12}
+            "tflops": point.flops / (stats.median_ms * 1e-3) / 1e12,
+            "warmup_ms": round(warmup.spent_ms, 3), "warmup_stable": warmup.stable}
 
 
 def point_record(point: SweepPoint, spec: SweepSpec, gpu: str, sms: int | None, measured: dict,
@@ -198,7 +201,7 @@ def attribution(worker: WorkerInfo, sm_clock_mhz: float | None) -> dict:
 
 def failed_fields(status: str, error: str) -> dict:
     return {"status": status, "error": error, "median_ms": None, "p10_ms": None, "p90_ms": None, "min_ms": None,
-            "max_ms": None, "repeats": 0, "outliers": 0, "tflops": None}
+            "max_ms": None, "repeats": 0, "outliers": 0, "tflops": None, "warmup_ms": None, "warmup_stable": None}
 
 
 def run_sweep(spec: SweepSpec, out_dir: str | Path, *, device: torch.device | str | None = None,

@@ -68,6 +68,7 @@ class Budget:
     min_reps: int = 10
     max_reps: int = 300
     keep_busy_ms: float = 10.0  # profiler.timing.KEEP_BUSY_MS: the GPU kept under load between points (0: off)
+    busy_ratio: float = 1.0  # keep-busy after each repetition, in multiples of one call: a fixed duty cycle
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ def validate(spec: SweepSpec) -> None:
                         "1 <= min-reps <= max-reps")
     if b.keep_busy_ms < 0:
         raise UserError(f"--keep-busy-ms: must be >= 0 (0 turns it off), got {b.keep_busy_ms}")
+    if b.busy_ratio < 0:
+        raise UserError(f"--busy-ratio: must be >= 0 (0: no keep-busy between repetitions), got {b.busy_ratio}")
 
 
 @dataclass(frozen=True)
