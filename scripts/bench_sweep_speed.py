@@ -121,6 +121,11 @@ def report_lines(df: pd.DataFrame, points: int, wall_s: float, *, explain: bool 
         vt = df["vs_triton_pct"].abs().dropna()
         lines.append(f"against triton's do_bench as it comes (no keep-busy, for the record): median |diff| "
                      f"{vt.median():.2f}%, {100 * (vt <= TARGET_PCT).mean():.0f}% within +-{TARGET_PCT:.0f}%")
+    if "reference_self_pct" in df and df["reference_self_pct"].notna().any():
+        rs = df["reference_self_pct"].abs().dropna()
+        lines.append(f"the reference against itself one pass later (same policy, 100 ms each): median |diff| "
+                     f"{rs.median():.2f}%, p90 {rs.quantile(0.9):.2f}%, {100 * (rs <= TARGET_PCT).mean():.0f}% within "
+                     f"+-{TARGET_PCT:.0f}%: no window shorter than the reference can agree with it more often")
     if "warmup_ms" in df and df["warmup_ms"].notna().any():
         w = df["warmup_ms"].dropna()
         lines.append(f"warm-up per point: median {w.median():.1f} ms, p90 {w.quantile(0.9):.1f} ms; "
@@ -155,6 +160,9 @@ def main() -> int:
                         help="GPU kept under load before every sweep point and every do_bench call (0: off)")
     parser.add_argument("--busy-ratio", type=float, default=Budget.busy_ratio,
                         help="keep-busy after each repetition, in multiples of one call (0: only before the point)")
+    parser.add_argument("--reference-twice", action="store_true",
+                        help="measure the reference a second time, one pass later: its agreement with itself is "
+                             "the most any short window can reach on this GPU")
     parser.add_argument("--warmup-ms", type=float, default=Budget.warmup_ms)
     parser.add_argument("--rep-ms", type=float, default=Budget.rep_ms)
     parser.add_argument("--out", default=None, help="directory for speed.txt and speed.csv")
@@ -213,9 +221,18 @@ def main() -> int:
         # and, for the record, triton's do_bench as it comes (no keep-busy): what the policy changes
         row["triton_do_bench_ms"] = do_bench_ms(fn, device) if ok else None
         del fn
+    if args.reference_twice:  # the reference against itself, a pass later: how far the GPU lets two agree
+        for row, spec, point in zip(rows, specs, points):
+            fn = operands.build(point, torch_dtype(dtype), device)
+            row["do_bench_again_ms"] = summarize(bench(
+                fn, warmup_ms=25, rep_ms=100, device=device, keep_busy=keep_busy,
+                busy_ratio=budget.busy_ratio)).median_ms if row["status"] == "ok" else None
+            del fn
     df = pd.DataFrame(rows)
     df["diff_pct"] = 100 * (df["sweep_ms"] / df["do_bench_ms"] - 1)
     df["vs_triton_pct"] = 100 * (df["sweep_ms"] / df["triton_do_bench_ms"] - 1)
+    if "do_bench_again_ms" in df:
+        df["reference_self_pct"] = 100 * (df["do_bench_again_ms"] / df["do_bench_ms"] - 1)
     df["wall_s"] = wall  # the sweep pass's wall clock, kept so the text can be re-rendered from the CSV
     df["keep_busy_ms"] = budget.keep_busy_ms if keep_busy is not None else 0.0
     for line in report_lines(df, len(points), wall, explain=not cpu):
