@@ -140,6 +140,24 @@ def share_cache(cache, pool):
     return dataclasses.replace(cache, **views)
 
 
+def plan_caches(need: dict[str, int], free: int | None, transient: int, *, shared: bool = True) -> tuple[str, str]:
+    """('own' | 'shared' | 'skip', why) for one decode cell: every shape's own KV cache where they all fit in
+    MEMORY_FRACTION of the free memory less prefill's activations; else one buffer of the largest shape's size,
+    shared (with one more shape's own cache alive while it is built); else skipped. `free` None: no limit (CPU)."""
+    if free is None:
+        return "own", ""
+    sizes = sorted(need.values(), reverse=True)
+    room = MEMORY_FRACTION * free - transient
+    if sum(sizes) <= room:
+        return "own", ""
+    if shared and sizes[0] + (sizes[1] if len(sizes) > 1 else 0) <= room:
+        return "shared", ""
+    why = (f"KV caches of {', '.join(f'{n} {b / 2**30:.1f} GiB' for n, b in need.items())} do not fit in "
+           f"{MEMORY_FRACTION:.0%} of {free / 2**30:.1f} GiB free less {transient / 2**30:.1f} GiB of prefill, "
+           + ("nor one shared buffer" if shared else "and sharing one buffer is off"))
+    return "skip", why
+
+
 def graph_check(decoder) -> dict:
     """The captured (or eager) step's logits against the same step in plain torch ops, from the same state."""
     decoder.rewind()
@@ -267,19 +285,9 @@ class RoundsRun:
                         for c in self.configs)
         for c in self.configs:
             self.model(c)  # the weights are resident before the caches are planned
-        free = self.free_bytes()
-        mode = "own"
-        if free is not None:
-            sizes = sorted(need.values(), reverse=True)
-            room = MEMORY_FRACTION * free - transient
-            if sum(sizes) > room:
-                mode = "shared"
-                if not self.spec.shared_cache or sizes[0] + (sizes[1] if len(sizes) > 1 else 0) > room:
-                    why = (f"KV caches of {', '.join(f'{n} {b / 2**30:.1f} GiB' for n, b in need.items())} do not fit in "
-                           f"{MEMORY_FRACTION:.0%} of {free / 2**30:.1f} GiB free"
-                           + ("" if self.spec.shared_cache else " (shared cache off)")
-                           + (", nor one shared buffer" if self.spec.shared_cache else ""))
-                    return pd.DataFrame(), pd.DataFrame([{**r, "status": "skipped", "reason": why} for r in base]), why
+        mode, why = plan_caches(need, self.free_bytes(), transient, shared=self.spec.shared_cache)
+        if mode == "skip":
+            return pd.DataFrame(), pd.DataFrame([{**r, "status": "skipped", "reason": why} for r in base]), why
         decoders, subjects, rows, pool = {}, [], [], None
         try:
             for c in sorted(self.configs, key=lambda c: -need[c.name]):  # the largest first: its cache is the pool

@@ -267,7 +267,9 @@ def round_ordering(units: pd.DataFrame, gains: pd.DataFrame, *, cells: list[str]
                     "agrees": False if contradictions else (True if concordant else None),
                     "contradictions": "; ".join(contradictions), "concordant": "; ".join(concordant),
                     "shapes": len(models)})
-    return pd.DataFrame(out, columns=columns)
+    df = pd.DataFrame(out, columns=columns)
+    df["agrees"] = pd.Series([r["agrees"] for r in out], index=df.index, dtype=object)  # True, False or None
+    return df
 
 
 def order_text(units: pd.DataFrame, cell: str, models: list[str], *, seed: int = 0) -> str:
