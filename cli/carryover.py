@@ -63,6 +63,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     rounds.add_argument("--round-sweep-batches", default="", help="decode vs batch and context: these batches x "
                         "--round-sweep-contexts, measured alike (e.g. 1,4,16,64; default none)")
     rounds.add_argument("--round-sweep-contexts", default="", help="contexts of that sweep (e.g. 128,512,2048,4096)")
+    rounds.add_argument("--round-sweep-cells", default="", help="more decode cells of the sweep, BATCHxCONTEXT, "
+                        "comma-separated (e.g. 1x4096,16x4096)")
     rounds.add_argument("--round-steps", type=int, default=8, help="decode graph replays per timed call (default 8)")
     rounds.add_argument("--round-budget-s", type=float, help="no rounds phase starts after this many seconds")
     rounds.add_argument("--no-training-rounds", action="store_true", help="leave training out of the rounds")
@@ -110,7 +112,8 @@ def run(args) -> int:
     rounds = None
     if args.rounds:
         sweep = grid(ints(args.round_sweep_batches, "--round-sweep-batches"),
-                     ints(args.round_sweep_contexts, "--round-sweep-contexts"))
+                     ints(args.round_sweep_contexts, "--round-sweep-contexts")) + \
+            parse_cells(args.round_sweep_cells, "--round-sweep-cells")
         rounds = RoundsSpec(models=bench.models, baseline=args.baseline, out=out / "rounds", rounds=args.rounds,
                             training=not args.no_training_rounds, prefill=parse_cells(args.round_prefill, "--round-prefill"),
                             decode=parse_cells(args.round_decode, "--round-decode"), sweep=sweep, steps=args.round_steps,

@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 
 from models.gemms import layer_flops
+from profiler.advisor.ranking import SELF_SUFFIX
 from profiler.errors import UserError
 from profiler.hardware import environment, measure_copy_bandwidth, measure_matmul_peak
 
@@ -182,6 +183,7 @@ class RoundsRun:
         self.device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
         self.dtype = spec.dtype if cuda else "float32"  # fp16 matmuls on a CPU are slow or missing
         self.configs = [resolve_model(m).config for m in dict.fromkeys(spec.models)]
+        self.baseline = spec.baseline
         self.budget = GPU_BUDGET if cuda else CPU_BUDGET
         self.models: dict[str, object] = {}
         self.out = Path(spec.out)
@@ -226,8 +228,14 @@ class RoundsRun:
 
     # ---- phases ----------------------------------------------------------------------------------
     def time(self, subjects, cell: str) -> pd.DataFrame:
+        """Shuffled interleaved rounds of the subjects, the baseline timed twice per round (its second timing,
+        '<baseline> (again)', at its own place in each round's order: the cell's self-spread)."""
         from profiler.advisor import measure
+        from profiler.advisor.ranking import self_name
 
+        base = next((s for s in subjects if s.name == self.baseline), None)
+        if base is not None:
+            subjects = [*subjects, measure.Subject(self_name(self.baseline), dict(base.steps))]
         rounds = measure.time_rounds(subjects, rounds=self.spec.rounds, device=self.device, seed=self.spec.seed,
                                      bench_budget=self.budget)
         return rounds.assign(cell=cell)
@@ -407,5 +415,7 @@ def _summary(rounds: pd.DataFrame, cells: pd.DataFrame) -> str:
     what = next(w for w in ("layer_forward_backward", "decode", "prefill") if w in set(rounds["what"]))
     per = rounds[rounds["what"] == what].groupby("candidate")["time_ms"].median()
     steps = cells.set_index("model")["unit_steps"].astype(float) if what == "decode" else None
-    return f": median {what} " + ", ".join(f"{m} {t / (steps[m] if steps is not None else 1):.4g} ms"
-                                            for m, t in per.items())
+    def unit(model: str, t: float) -> float:
+        return t / float(steps.get(model.removesuffix(SELF_SUFFIX), 1)) if steps is not None else t
+
+    return f": median {what} " + ", ".join(f"{m} {unit(m, t):.4g} ms" for m, t in per.items())

@@ -20,15 +20,20 @@ from __future__ import annotations
 import pandas as pd
 
 from profiler.advisor.cost_model import training_step
-from profiler.advisor.ranking import BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, bootstrap_interval
+from profiler.advisor.ranking import BOOTSTRAP_LEVEL, BOOTSTRAP_RESAMPLES, SELF_SUFFIX, bootstrap_interval
 
 from . import carryover
 
 MIN_ROUNDS = 3  # a bootstrap of fewer rounds is no interval: the gain gets class "no data"
+# a gain counts ("better"/"worse") only where its interval excludes 0 and it exceeds both the cell's self-spread
+# (the baseline timed twice per round: the largest |ratio - 1| of the two) and MIN_GAIN: a CUDA-graph replay is
+# so steady that a 0.05% difference can be "significant", and no one would choose a shape for it
+MIN_GAIN = 0.01
 METRIC_LABELS = {"train_fwdbwd": "training fwd+bwd", "prefill": "prefill", "decode": "decode"}
 METRIC_ORDER = {"train_fwdbwd": 0, "prefill": 1, "decode": 2}
 INTERVAL = (f"percentile bootstrap ({BOOTSTRAP_RESAMPLES} resamples, central {BOOTSTRAP_LEVEL:.0%}) of the median "
-            "over shuffled interleaved rounds of the per-round throughput ratio")
+            "over shuffled interleaved rounds of the per-round throughput ratio; a gain counts where that interval "
+            f"excludes 0 and the gain exceeds the cell's self-spread and {MIN_GAIN:.0%}")
 ROUND_ENGINE = "neox-graph"
 # what runs each metric in the rounds: training is the layer profiler's layer, prefill the project's model eagerly
 METRIC_ENGINES = {"train_fwdbwd": "models/layer.py (training)", "prefill": "neox (eager prefill)",
@@ -57,9 +62,10 @@ def unit_times(rounds: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     ok = cells[cells["status"].fillna("ok") == "ok"].set_index(["cell", "model"])
     out = []
     for (cell, r, model), g in rounds.groupby(["cell", "round", "candidate"], sort=False):
-        if (cell, model) not in ok.index:
+        shape = model.removesuffix(SELF_SUFFIX)  # the baseline's second timing: its own cell's work
+        if (cell, shape) not in ok.index:
             continue
-        info = ok.loc[(cell, model)]
+        info = ok.loc[(cell, shape)]
         times = dict(zip(g["what"], g["time_ms"]))
         if info["metric"] == "train_fwdbwd":
             if not all(w in times for w in TRAIN_WHAT):
@@ -95,15 +101,41 @@ def ratio_interval(units: pd.DataFrame, cell: str, a: str, b: str, *, seed: int 
     return float(pd.Series(ratios).median()), lo, hi, len(common)
 
 
+def self_spread(units: pd.DataFrame, cell: str, baseline: str) -> float:
+    """The largest |ratio - 1| over rounds of the baseline against its own second timing in the same round
+    (NaN without one)."""
+    a, b = _per_round(units, cell, baseline), _per_round(units, cell, baseline + SELF_SUFFIX)
+    common = [r for r in a.index if r in b.index]
+    return max(abs(a[r] / b[r] - 1) for r in common) if common else float("nan")
+
+
+def classify(gain, lo, hi, spread) -> str:
+    """'better' / 'worse' where the interval excludes 0 and |gain| exceeds the self-spread and MIN_GAIN; else
+    'no difference'; 'no data' without an interval."""
+    if any(v is None or pd.isna(v) for v in (gain, lo, hi)):
+        return "no data"
+    floor = max(MIN_GAIN, 0.0 if spread is None or pd.isna(spread) else spread)
+    if lo > 0 and gain > floor:
+        return "better"
+    if hi < 0 and -gain > floor:
+        return "worse"
+    return "no difference"
+
+
+def direction(ratio: float, lo: float, hi: float, spread: float) -> int:
+    """+1 / -1 where a pair's ratio is told apart (classify's rule), 0 where tied."""
+    return {"better": 1, "worse": -1}.get(classify(ratio - 1, lo - 1, hi - 1, spread), 0)
+
+
 def cell_gains(units: pd.DataFrame, cells: pd.DataFrame, baseline: str, *, seed: int = 0,
                host_multiple: float = carryover.HOST_MULTIPLE) -> pd.DataFrame:
     """One row per (cell, model): median unit time and throughput over rounds, the decode step over its
     weight + KV floor, and the gain over the baseline with its bootstrap interval and class
-    (carryover.classify; 'launch-bound' where both decode steps sit host_multiple x or more over their floors,
-    as the bench's rule; 'no data' with fewer than MIN_ROUNDS rounds)."""
+    (classify: beyond the interval, the self-spread and MIN_GAIN; 'launch-bound' where both decode steps sit
+    host_multiple x or more over their floors, as the bench's rule; 'no data' with fewer than MIN_ROUNDS rounds)."""
     columns = ["cell", "metric", "batch", "prompt_len", "model", "is_baseline", "rounds", "unit_ms", "unit_p10_ms",
-               "unit_p90_ms", "throughput", "floor_ms", "over_floor", "gain", "gain_lo", "gain_hi", "class", "status",
-               "reason"]
+               "unit_p90_ms", "throughput", "floor_ms", "over_floor", "gain", "gain_lo", "gain_hi", "self_spread",
+               "class", "status", "reason"]
     out = []
     info = cells.set_index(["cell", "model"])
     for (cell, model), c in info.iterrows():
@@ -119,10 +151,10 @@ def cell_gains(units: pd.DataFrame, cells: pd.DataFrame, baseline: str, *, seed:
                        over_floor=t.median() / floor if floor and pd.notna(floor) else float("nan"))
         if (cell, baseline) in info.index and len(g):
             med, lo, hi, _ = ratio_interval(units, cell, model, baseline, seed=seed)
-            row.update(gain=med - 1, gain_lo=lo - 1, gain_hi=hi - 1)
+            row.update(gain=med - 1, gain_lo=lo - 1, gain_hi=hi - 1, self_spread=self_spread(units, cell, baseline))
         out.append(row)
     df = pd.DataFrame(out, columns=columns)
-    df["class"] = [carryover.classify(a, b) for a, b in zip(df["gain_lo"], df["gain_hi"])]
+    df["class"] = [classify(g, a, b, s) for g, a, b, s in zip(df["gain"], df["gain_lo"], df["gain_hi"], df["self_spread"])]
     base = df[df["is_baseline"]].set_index("cell")["over_floor"]
     host = [m == "decode" and pd.notna(f) and f >= host_multiple and pd.notna(base.get(cell)) and
             base.get(cell) >= host_multiple for m, f, cell in zip(df["metric"], df["over_floor"], df["cell"])]
@@ -227,7 +259,7 @@ def round_ordering(units: pd.DataFrame, gains: pd.DataFrame, *, cells: list[str]
                    seed: int = 0) -> pd.DataFrame:
     """Per inference cell: the shapes' order by training and by that cell, and whether they agree, with
     every pair judged on its own paired bootstrap interval (the same kind on both sides): a pair is told
-    apart where its interval excludes 1. 'agrees' only where some pair is told apart the same way on both
+    apart by classify's rule (interval, self-spread, MIN_GAIN). 'agrees' only where some pair is told apart the same way on both
     sides and none the other way or lost (training apart, inference tied within an interval that excludes
     the training ratio); else None (cannot tell)."""
     columns = ["cell", "training_order", "inference_order", "agrees", "contradictions", "concordant", "shapes"]
@@ -235,6 +267,7 @@ def round_ordering(units: pd.DataFrame, gains: pd.DataFrame, *, cells: list[str]
         return pd.DataFrame(columns=columns)
     cells = cells if cells is not None else verdict_cells(gains)
     ok = gains[gains["status"].fillna("ok") == "ok"]
+    spreads = ok[ok["is_baseline"]].set_index("cell")["self_spread"].to_dict()
     out = []
     for cell in cells:
         mine = ok[ok["cell"] == cell]
@@ -249,11 +282,11 @@ def round_ordering(units: pd.DataFrame, gains: pd.DataFrame, *, cells: list[str]
                 pairs[(a, b)] = (ratio_interval(units, "train_fwdbwd", a, b, seed=seed),
                                  ratio_interval(units, cell, a, b, seed=seed))
         contradictions, concordant = [], []
+        t_spread, i_spread = spreads.get("train_fwdbwd"), spreads.get(cell)
         for (a, b), ((tm, tlo, thi, _), (im, ilo, ihi, _)) in pairs.items():
             if pd.isna(tlo) or pd.isna(ilo):
                 continue
-            t_dir = 1 if tlo > 1 else -1 if thi < 1 else 0
-            i_dir = 1 if ilo > 1 else -1 if ihi < 1 else 0
+            t_dir, i_dir = direction(tm, tlo, thi, t_spread), direction(im, ilo, ihi, i_spread)
             hi_name, lo_name = (a, b) if t_dir > 0 else (b, a)
             if t_dir and i_dir == t_dir:
                 concordant.append(f"{hi_name} > {lo_name}")
@@ -262,8 +295,9 @@ def round_ordering(units: pd.DataFrame, gains: pd.DataFrame, *, cells: list[str]
             elif t_dir and i_dir == 0 and not (ilo <= tm <= ihi):
                 contradictions.append(f"{hi_name} > {lo_name} in training, tied in {cell} (the training ratio "
                                       f"{tm if t_dir > 0 else 1 / tm:.3f} is outside its interval)")
-        out.append({"cell": cell, "training_order": order_text(units, "train_fwdbwd", models, seed=seed),
-                    "inference_order": order_text(units, cell, models, seed=seed),
+        out.append({"cell": cell, "training_order": order_text(units, "train_fwdbwd", models, seed=seed,
+                                                               spread=t_spread),
+                    "inference_order": order_text(units, cell, models, seed=seed, spread=i_spread),
                     "agrees": False if contradictions else (True if concordant else None),
                     "contradictions": "; ".join(contradictions), "concordant": "; ".join(concordant),
                     "shapes": len(models)})
@@ -272,16 +306,16 @@ def round_ordering(units: pd.DataFrame, gains: pd.DataFrame, *, cells: list[str]
     return df
 
 
-def order_text(units: pd.DataFrame, cell: str, models: list[str], *, seed: int = 0) -> str:
-    """Shapes best first by median throughput; '>' where the pair of neighbours is told apart (its paired
-    interval excludes 1), '~' where not."""
+def order_text(units: pd.DataFrame, cell: str, models: list[str], *, seed: int = 0, spread: float | None = None) -> str:
+    """Shapes best first by median throughput; '>' where the pair of neighbours is told apart (classify's rule
+    on its paired ratio), '~' where not."""
     medians = {m: _per_round(units, cell, m).median() for m in models}
     ranked = sorted((m for m in models if pd.notna(medians[m])), key=lambda m: -medians[m])
     parts = []
     for i, m in enumerate(ranked):
         if i:
-            _, lo, _, _ = ratio_interval(units, cell, ranked[i - 1], m, seed=seed)
-            parts.append(">" if pd.notna(lo) and lo > 1 else "~")
+            med, lo, hi, _ = ratio_interval(units, cell, ranked[i - 1], m, seed=seed)
+            parts.append(">" if pd.notna(lo) and direction(med, lo, hi, spread) > 0 else "~")
         parts.append(m)
     return " ".join(parts)
 
@@ -349,7 +383,9 @@ def shape_tables(gains: pd.DataFrame, baseline: str, *, cells: list[str] | None 
                          "gain_pct": 100 * r["gain"] if pd.notna(r["gain"]) else None,
                          "interval_pct": (f"[{100 * r['gain_lo']:+.1f}, {100 * r['gain_hi']:+.1f}]"
                                           if pd.notna(r["gain_lo"]) else "none"),
-                         "interval": f"bootstrap, {r['rounds']} rounds", "class": r["class"],
+                         "interval": f"bootstrap, {r['rounds']} rounds",
+                         "self_spread_pct": 100 * r["self_spread"] if pd.notna(r["self_spread"]) else None,
+                         "class": r["class"],
                          "vs_training": "" if r["metric"] == "train_fwdbwd" else outcome.get(r["cell"], ""),
                          "in_verdict": r["cell"] in cells or (r["metric"] == "train_fwdbwd" and len(train) > 0),
                          "status": r["status"]})

@@ -23,7 +23,8 @@
 # (/tmp/ckpt), CORE_MODELS / CORE_BASELINE, PYTHIA_MODELS / PYTHIA_BASELINE, LAYER_ARGS ("--no-floor"),
 # LAYER_ATTENTION (flash), PROMPT_LENS (128,2048), BATCHES (1,16); rounds: ROUNDS (5), ROUND_PREFILL (1x2048),
 # ROUND_DECODE (1x128,16x2048,64x2048), ROUND_SWEEP_BATCHES (1,4,16,64), ROUND_SWEEP_CONTEXTS (128,512,2048,4096),
-# ROUND_STEPS (8), PYTHIA_ROUND_MODELS (pythia-410m,pythia-1b,pythia-160m,pythia-1.4b,pythia-2.8b); MII rows:
+# ROUND_SWEEP_CELLS (more sweep cells BATCHxCONTEXT, default none), ROUND_STEPS (8), ROUND_BUDGET_S (no rounds cell
+# starts after this many seconds of its phase), PYTHIA_ROUND_MODELS (pythia-410m,pythia-1b,pythia-160m,pythia-1.4b,pythia-2.8b); MII rows:
 # MII_MODELS (gpt3-2.7b,gpt3-2.7b-a20), MII_BATCHES (1,16), MII_PROMPTS (128,2048);
 # RESUME_FROM (a DEST of an earlier call, as a
 # folder carried with the tree or its inference.tgz: unpacked into DEST first, so a fresh machine resumes it),
@@ -51,7 +52,7 @@ PYTHIA=${PYTHIA_MODELS:-pythia-410m,pythia-1b,pythia-160m,pythia-1.4b} PYTHIA_BA
 LAYER_ARGS=${LAYER_ARGS:---no-floor} LAYER_ATTENTION=${LAYER_ATTENTION:-flash}
 ROUNDS=${ROUNDS:-5} ROUND_PREFILL=${ROUND_PREFILL:-1x2048} ROUND_DECODE=${ROUND_DECODE:-1x128,16x2048,64x2048}
 ROUND_SWEEP_BATCHES=${ROUND_SWEEP_BATCHES-1,4,16,64} ROUND_SWEEP_CONTEXTS=${ROUND_SWEEP_CONTEXTS-128,512,2048,4096}
-ROUND_STEPS=${ROUND_STEPS:-8}
+ROUND_STEPS=${ROUND_STEPS:-8} ROUND_SWEEP_CELLS=${ROUND_SWEEP_CELLS-} ROUND_BUDGET_S=${ROUND_BUDGET_S:-}
 PYTHIA_ROUNDS=${PYTHIA_ROUND_MODELS:-pythia-410m,pythia-1b,pythia-160m,pythia-1.4b,pythia-2.8b}
 MII_MODELS=${MII_MODELS:-gpt3-2.7b,gpt3-2.7b-a20} MII_BATCHES=${MII_BATCHES:-1,16} MII_PROMPTS=${MII_PROMPTS:-128,2048}
 LOG="$OUT/inference.log"
@@ -108,7 +109,8 @@ common=(--engines hf,mii --batch "$BATCHES" --prompt-len "$PROMPTS" --new-tokens
         --no-progress ${REDO:+--redo "$REDO"} ${EXTRA_ARGS:-})
 rounds=(--engines neox-graph --new-tokens "$NEW" --no-bench --no-layer --no-decode --rounds "$ROUNDS"
         --round-prefill "$ROUND_PREFILL" --round-decode "$ROUND_DECODE" --round-sweep-batches "$ROUND_SWEEP_BATCHES"
-        --round-sweep-contexts "$ROUND_SWEEP_CONTEXTS" --round-steps "$ROUND_STEPS" --no-progress ${EXTRA_ARGS:-})
+        --round-sweep-contexts "$ROUND_SWEEP_CONTEXTS" --round-sweep-cells "$ROUND_SWEEP_CELLS" --round-steps "$ROUND_STEPS"
+        ${ROUND_BUDGET_S:+--round-budget-s "$ROUND_BUDGET_S"} --no-progress ${EXTRA_ARGS:-})
 mii=(--models "$MII_MODELS" --engines mii --batch "$MII_BATCHES" --prompt-len "$MII_PROMPTS" --new-tokens "$NEW"
      --repeats "$REPEATS" --warmup-s "$WARMUP" --checkpoints "$CKPT" --no-progress ${REDO:+--redo "$REDO"})
 sweep=(--no-bench --no-layer --decode-engines mii --decode-batches "$SWEEP_BATCHES" --decode-new-tokens "$SWEEP_NEW"

@@ -131,6 +131,30 @@ def test_a_decode_step_far_above_its_floor_on_both_sides_is_not_counted():
     assert verdict(times, floor=1.0) == "partly carries over"  # near the floor the reversal counts
 
 
+def test_a_steady_but_tiny_gain_is_no_difference_and_loses_the_training_gain():
+    """Graph replays are steady enough that +0.3% is beyond its interval: below MIN_GAIN it does not count, and
+    against a +25% training gain it is 'lost' (the smoke run's gpt3-2.7b-a20 decode at b=1 read 'agrees')."""
+    times = shape(80.0, 40.0, 1.2 / 1.003)
+    _, gains = analyse(times, jitter={(DECODE, BASE): (1,) * 5, (DECODE, "fast"): (1,) * 5})
+    fast = gains[gains["model"] == "fast"].set_index("cell")
+    assert fast.loc[DECODE, "gain_lo"] > 0 and fast.loc[DECODE, "class"] == "no difference"
+    _, outcomes = cr.shape_outcomes(gains, "fast", [PREFILL, DECODE])
+    assert [o for _, _, o in outcomes] == ["agrees", "lost"]
+    assert verdict(times) == "partly carries over"
+
+
+def test_a_gain_within_the_baselines_self_spread_is_no_difference():
+    times = {**shape(80.0, 40.0, 1.2 / 1.04), (DECODE, BASE + " (again)"): 1.2}
+    self_jitter = {(DECODE, BASE): (1,) * 5, (DECODE, "fast"): (1,) * 5,
+                   (DECODE, BASE + " (again)"): (1.0, 1.06, 0.95, 1.0, 1.0)}
+    units = cr.unit_times(rounds_of(times, jitter=self_jitter), cells_of(shape(80.0, 40.0, 1.0)))
+    gains = cr.cell_gains(units, cells_of(shape(80.0, 40.0, 1.0)), BASE)
+    fast = gains[gains["model"] == "fast"].set_index("cell")
+    assert fast.loc[DECODE, "self_spread"] == pytest.approx(0.06, abs=0.005)
+    assert fast.loc[DECODE, "gain"] == pytest.approx(0.04) and fast.loc[DECODE, "class"] == "no difference"
+    assert set(gains["model"]) == {BASE, "fast"}  # the second timing is no shape of its own
+
+
 def test_fewer_than_three_rounds_give_no_interval_and_no_class():
     times = shape(80.0, 40.0, 0.96)
     _, gains = analyse(times, clock=(1.0, 1.0))
@@ -260,7 +284,8 @@ def test_rounds_run_on_the_engines_eager_cpu_path_and_the_report_renders(tmp_pat
     rounds = pd.read_csv(out / "rounds" / "rounds.csv")
     assert set(rounds["cell"]) == {TRAIN, "decode b=1 p=8", "prefill b=1 p=16", "decode b=2 p=8"}
     per_round = rounds.drop_duplicates(["cell", "round", "candidate"]).groupby(["cell", "round"])["candidate"]
-    assert (per_round.nunique() == 2).all()  # each shape once per round
+    assert (per_round.nunique() == 3).all()  # each shape once per round, the baseline twice (its self-spread)
+    assert "tiny-a4 (again)" in set(rounds["candidate"])
     cells = pd.read_csv(out / "rounds" / "cells.csv")
     assert cells.loc[cells["metric"] == "decode", "check_passed"].all()
     text = (out / "verdicts.txt").read_text()
