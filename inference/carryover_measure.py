@@ -52,6 +52,9 @@ CELL_COLUMNS = ["cell", "metric", "batch", "prompt_len", "model", "status", "rea
 # per bench call on a GPU: short (rounds, not one long call, carry the statistics); the warm-up still runs
 # until two windows agree or the cap, and the first round of a phase starts on a GPU already busy
 GPU_BUDGET = {"warmup_ms": 5.0, "rep_ms": 10.0, "min_reps": 3, "max_warmup_ms": 30.0}
+# training's eager steps get bench's own budget on a GPU, as the advisor's rounds do: with the short one the
+# H200 run (b4573ae) had the baseline 5% (GPT-3 2.7B) and 23% (pythia-410m) off its own second timing in one round
+TRAIN_GPU_BUDGET: dict = {}
 CPU_BUDGET = {"warmup_ms": 1.0, "rep_ms": 3.0, "min_reps": 2, "max_warmup_ms": 5.0}
 MEMORY_FRACTION = 0.85  # of the free device memory a cell may plan to use
 EOS = 0  # masked at every step, as the bench's engines mask end-of-text
@@ -227,7 +230,7 @@ class RoundsRun:
         return free
 
     # ---- phases ----------------------------------------------------------------------------------
-    def time(self, subjects, cell: str) -> pd.DataFrame:
+    def time(self, subjects, cell: str, budget: dict | None = None) -> pd.DataFrame:
         """Shuffled interleaved rounds of the subjects, the baseline timed twice per round (its second timing,
         '<baseline> (again)', at its own place in each round's order: the cell's self-spread)."""
         from profiler.advisor import measure
@@ -237,7 +240,7 @@ class RoundsRun:
         if base is not None:
             subjects = [*subjects, measure.Subject(self_name(self.baseline), dict(base.steps))]
         rounds = measure.time_rounds(subjects, rounds=self.spec.rounds, device=self.device, seed=self.spec.seed,
-                                     bench_budget=self.budget)
+                                     bench_budget=self.budget if budget is None else budget)
         return rounds.assign(cell=cell)
 
     def training(self) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -247,7 +250,7 @@ class RoundsRun:
         for s in subjects:
             s.steps.pop("layer_forward", None)  # the verdicts stand on forward+backward
         cell = cell_name("train_fwdbwd")
-        rounds = self.time(subjects, cell)
+        rounds = self.time(subjects, cell, TRAIN_GPU_BUDGET if self.device.type == "cuda" else None)
         cells = pd.DataFrame([{"cell": cell, "metric": "train_fwdbwd", "model": c.name, "status": "ok", "reason": "",
                                "work": training_flops(c), "work_unit": "FLOP", "unit_steps": 1,
                                "num_layers": c.num_layers, "tokens": c.tokens, **self._shape(c)} for c in self.configs])
@@ -358,7 +361,9 @@ def run_rounds(spec: RoundsSpec, *, log: Callable[[str], None] = print) -> Path:
     peak = measure_matmul_peak(device, dtype=getattr(torch, run.dtype))["tflops"] if device.type == "cuda" else None
     run.release()
     run.record({"environment": environment(device), "spec": spec.to_dict(), "copy_bandwidth_tbps": bandwidth,
-                "matmul_peak_tflops": peak, "bench_budget": run.budget, "inference_dtype": run.dtype,
+                "matmul_peak_tflops": peak, "bench_budget": run.budget,
+                "training_bench_budget": TRAIN_GPU_BUDGET if device.type == "cuda" else run.budget,
+                "inference_dtype": run.dtype,
                 "interval": "see inference/carryover_rounds.py: bootstrap of the median per-round ratio",
                 "decode_unit": f"one call = rewind + {spec.steps} CUDA-graph replays; unit = call / {spec.steps}"})
     phases: list[tuple[str, Callable[[], tuple]]] = []

@@ -22,10 +22,10 @@
 # WARMUP_S (0.3), SWEEP_BATCHES (1,2,4,8,16,32,64), SWEEP_NEW_TOKENS (8), SWEEP_REPEATS (2), CHECKPOINTS
 # (/tmp/ckpt), CORE_MODELS / CORE_BASELINE, PYTHIA_MODELS / PYTHIA_BASELINE, LAYER_ARGS ("--no-floor"),
 # LAYER_ATTENTION (flash), PROMPT_LENS (128,2048), BATCHES (1,16); rounds: ROUNDS (5), ROUND_PREFILL (1x2048),
-# ROUND_DECODE (1x128,16x2048,64x2048), ROUND_SWEEP_BATCHES (1,4,16,64), ROUND_SWEEP_CONTEXTS (128,512,2048,4096),
-# ROUND_SWEEP_CELLS (more sweep cells BATCHxCONTEXT, default none), ROUND_STEPS (8), ROUND_BUDGET_S (no rounds cell
-# starts after this many seconds of its phase), PYTHIA_ROUND_MODELS (pythia-410m,pythia-1b,pythia-160m,pythia-1.4b,pythia-2.8b); MII rows:
-# MII_MODELS (gpt3-2.7b,gpt3-2.7b-a20), MII_BATCHES (1,16), MII_PROMPTS (128,2048);
+# ROUND_DECODE (1x128,16x2048,64x2048), ROUND_SWEEP_BATCHES (1,16,64), ROUND_SWEEP_CONTEXTS (128,2048),
+# ROUND_SWEEP_CELLS (more sweep cells BATCHxCONTEXT: 1x4096,16x4096), ROUND_STEPS (4), ROUND_BUDGET_S (125: no rounds
+# cell starts after this many seconds of its phase), PYTHIA_ROUND_MODELS (pythia-410m,pythia-1b,pythia-160m,pythia-1.4b,pythia-2.8b); MII rows:
+# MII_MODELS (gpt3-2.7b,gpt3-2.7b-a20), MII_BATCHES (1,16), MII_PROMPTS (128);
 # RESUME_FROM (a DEST of an earlier call, as a
 # folder carried with the tree or its inference.tgz: unpacked into DEST first, so a fresh machine resumes it),
 # REDO (statuses to measure again, e.g. mismatch,unchecked after a fix: --redo), EXTRA_ARGS (more carryover
@@ -41,7 +41,7 @@ if [ -n "${RESUME_FROM:-}" ]; then
     || { echo "RESUME_FROM=$RESUME_FROM: cannot unpack it into $DEST"; exit 2; }
 fi
 BUDGET_S=${BUDGET_S:-470}
-PHASES=${PHASES:-"rounds-core rounds-pythia mii-core"}
+PHASES=${PHASES:-"rounds-core mii-core rounds-pythia"}
 REPEATS=${REPEATS:-3} NEW=${NEW_TOKENS:-16} WARMUP=${WARMUP_S:-0.3} PROMPTS=${PROMPT_LENS:-128,2048} BATCHES=${BATCHES:-1,16}
 SWEEP_BATCHES=${SWEEP_BATCHES:-1,2,4,8,16,32,64} SWEEP_NEW=${SWEEP_NEW_TOKENS:-8} SWEEP_REPEATS=${SWEEP_REPEATS:-2}
 CKPT=${CHECKPOINTS:-/tmp/ckpt}
@@ -51,10 +51,10 @@ CORE=${CORE_MODELS:-gpt3-2.7b,gpt3-2.7b-a20,gpt3-2.7b-c2,gpt3-2.7b-c1} CORE_BASE
 PYTHIA=${PYTHIA_MODELS:-pythia-410m,pythia-1b,pythia-160m,pythia-1.4b} PYTHIA_BASE=${PYTHIA_BASELINE:-pythia-410m}
 LAYER_ARGS=${LAYER_ARGS:---no-floor} LAYER_ATTENTION=${LAYER_ATTENTION:-flash}
 ROUNDS=${ROUNDS:-5} ROUND_PREFILL=${ROUND_PREFILL:-1x2048} ROUND_DECODE=${ROUND_DECODE:-1x128,16x2048,64x2048}
-ROUND_SWEEP_BATCHES=${ROUND_SWEEP_BATCHES-1,4,16,64} ROUND_SWEEP_CONTEXTS=${ROUND_SWEEP_CONTEXTS-128,512,2048,4096}
-ROUND_STEPS=${ROUND_STEPS:-8} ROUND_SWEEP_CELLS=${ROUND_SWEEP_CELLS-} ROUND_BUDGET_S=${ROUND_BUDGET_S:-}
+ROUND_SWEEP_BATCHES=${ROUND_SWEEP_BATCHES-1,16,64} ROUND_SWEEP_CONTEXTS=${ROUND_SWEEP_CONTEXTS-128,2048}
+ROUND_STEPS=${ROUND_STEPS:-4} ROUND_SWEEP_CELLS=${ROUND_SWEEP_CELLS-1x4096,16x4096} ROUND_BUDGET_S=${ROUND_BUDGET_S:-125}
 PYTHIA_ROUNDS=${PYTHIA_ROUND_MODELS:-pythia-410m,pythia-1b,pythia-160m,pythia-1.4b,pythia-2.8b}
-MII_MODELS=${MII_MODELS:-gpt3-2.7b,gpt3-2.7b-a20} MII_BATCHES=${MII_BATCHES:-1,16} MII_PROMPTS=${MII_PROMPTS:-128,2048}
+MII_MODELS=${MII_MODELS:-gpt3-2.7b,gpt3-2.7b-a20} MII_BATCHES=${MII_BATCHES:-1,16} MII_PROMPTS=${MII_PROMPTS:-128}
 LOG="$OUT/inference.log"
 export PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -62,8 +62,10 @@ say() { echo "[$(printf '%4d' "$SECONDS")s] $*" | tee -a "$LOG"; }
 
 # estimates (s) from the H100 runs so far: MII worker ~20 s per model (start, deploy) plus its rows; transformers
 # ~10-20 s per 2.7B model; a 2.7B fp16 checkpoint build ~6 s; the layer profiler ~25 s per mode for four shapes
-declare -A EST=([setup]=20 [core]=260 [pythia]=165 [sweep-core]=115 [sweep-pythia]=100 [rounds-core]=120
-                [rounds-pythia]=100 [mii-core]=80)  # + ~60 s of InferenceBuilder before the first MII phase
+# the rounds phases and mii-core measured on the H200 (2026-12-02, BUDGET_S=395: 343 s in all): rounds-core 97 s,
+# mii-core 86 s, rounds-pythia 71 s, plus 48-69 s of InferenceBuilder before the first MII phase
+declare -A EST=([setup]=20 [core]=260 [pythia]=165 [sweep-core]=115 [sweep-pythia]=100 [rounds-core]=105
+                [rounds-pythia]=80 [mii-core]=90)
 total=${EST[setup]}; for p in $PHASES; do total=$((total + ${EST[$p]:-0})); done
 say "plan: setup ~${EST[setup]} s, then $(for p in $PHASES; do printf '%s ~%s s, ' "$p" "${EST[$p]:-?}"; done)~${total} s in all;" \
     "budget ${BUDGET_S} s: a phase starts only with >= 60 s left and is stopped 20 s before the budget ends"
