@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from inference.carryover_data import load_carryover, write_tables
+from inference.carryover_measure import RoundsSpec, grid, parse_cells
 from inference.carryover_run import CarryoverSpec, decode_spec, run_carryover
 from profiler.errors import UserError
 from reports.carryover_report import write_carryover_report
@@ -20,8 +21,9 @@ from reports.inference_report import write_report as write_bench_report
 from .bench_args import add_bench_args, bench_spec, csv, ints
 
 DESCRIPTION = ("Runs the layer profiler forward and forward+backward (DIR/layer-*, unless --layer-profile is "
-               "given), the bench (DIR/bench) and the decode-vs-batch sweep (DIR/decode), then writes "
-               "DIR/carryover.html, carryover.csv and verdicts.txt.")
+               "given), the interleaved rounds (DIR/rounds: training fwd+bwd, prefill and neox-graph decode of every "
+               "shape in shuffled rounds, the headline verdicts' basis), the bench (DIR/bench) and the decode-vs-batch "
+               "sweep (DIR/decode), then writes DIR/carryover.html, carryover.csv and verdicts.txt.")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +53,23 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-decode", action="store_true", help="skip the decode-vs-batch sweep")
     parser.add_argument("--no-bench", action="store_true", help="skip the prompt x batch bench (run only the sweep)")
     parser.add_argument("--report-only", action="store_true", help="only re-render the report from DIR")
+    rounds = parser.add_argument_group("interleaved rounds (DIR/rounds: the headline verdicts)")
+    rounds.add_argument("--rounds", type=int, default=5, help="shuffled interleaved rounds per cell (default 5; "
+                        "0: none, the verdicts then stand on the bench's rows)")
+    rounds.add_argument("--round-prefill", default="1x2048", help="prefill cells BATCHxPROMPT, comma-separated "
+                        "(default 1x2048)")
+    rounds.add_argument("--round-decode", default="1x128,16x2048,64x2048", help="the verdicts' decode cells "
+                        "BATCHxCONTEXT on neox-graph (default 1x128,16x2048,64x2048)")
+    rounds.add_argument("--round-sweep-batches", default="", help="decode vs batch and context: these batches x "
+                        "--round-sweep-contexts, measured alike (e.g. 1,4,16,64; default none)")
+    rounds.add_argument("--round-sweep-contexts", default="", help="contexts of that sweep (e.g. 128,512,2048,4096)")
+    rounds.add_argument("--round-sweep-cells", default="", help="more decode cells of the sweep, BATCHxCONTEXT, "
+                        "comma-separated (e.g. 1x4096,16x4096)")
+    rounds.add_argument("--round-steps", type=int, default=8, help="decode graph replays per timed call (default 8)")
+    rounds.add_argument("--round-budget-s", type=float, help="no rounds phase starts after this many seconds")
+    rounds.add_argument("--no-training-rounds", action="store_true", help="leave training out of the rounds")
+    rounds.add_argument("--no-shared-cache", action="store_true", help="a decode cell whose shapes' KV caches do "
+                        "not all fit is skipped instead of sharing one buffer")
 
 
 def write_outputs(out: Path) -> Path:
@@ -90,7 +109,17 @@ def run(args) -> int:
                              engines=csv(args.decode_engines) if args.decode_engines else bench.engines,
                              prompt_len=args.decode_prompt_len, new_tokens=args.decode_new_tokens,
                              repeats=args.decode_repeats)
-    spec = CarryoverSpec(bench=bench, baseline=args.baseline, out=out,
+    rounds = None
+    if args.rounds:
+        sweep = grid(ints(args.round_sweep_batches, "--round-sweep-batches"),
+                     ints(args.round_sweep_contexts, "--round-sweep-contexts")) + \
+            parse_cells(args.round_sweep_cells, "--round-sweep-cells")
+        rounds = RoundsSpec(models=bench.models, baseline=args.baseline, out=out / "rounds", rounds=args.rounds,
+                            training=not args.no_training_rounds, prefill=parse_cells(args.round_prefill, "--round-prefill"),
+                            decode=parse_cells(args.round_decode, "--round-decode"), sweep=sweep, steps=args.round_steps,
+                            dtype=bench.dtype, seed=args.seed, device=args.device, budget_s=args.round_budget_s,
+                            shared_cache=not args.no_shared_cache)
+    spec = CarryoverSpec(bench=bench, baseline=args.baseline, out=out, rounds=rounds,
                          layer_profiles=tuple(Path(p) for p in args.layer_profile or ()),
                          layer_attention=csv(args.layer_attention), layer_args=tuple(shlex.split(args.layer_args or "")),
                          run_layer=not args.no_layer, run_bench=not args.no_bench, decode=decode)

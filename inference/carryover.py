@@ -248,7 +248,7 @@ def verdicts(table: pd.DataFrame, baseline: str, *, prefill_prompt: int | None =
         src = p if p is not None else d
         train = row_training_metric(src)
         train_gain = _get(src, f"{train}_gain")
-        carries = _carries([pair_outcome(_class(src, train), train_gain, _class(r, m), _get(r, f"{m}_gain_lo"),
+        carries = carries_verdict([pair_outcome(_class(src, train), train_gain, _class(r, m), _get(r, f"{m}_gain_lo"),
                                          _get(r, f"{m}_gain_hi")) for r, m in ((p, "prefill"), (d, "decode"))])
         mixed = next((x for x in (p, d) if x is not None and _get(x, "variant_differs")), None)
         if mixed is not None:  # never "carries over": the inference gain is partly another engine's
@@ -302,8 +302,9 @@ def pair_outcome(train_class: str, train_gain, inference_class: str, lo, hi) -> 
     return "agrees" if inference_class == train_class else "reversed"
 
 
-def _carries(outcomes: list[str]) -> str:
-    """The per-shape verdict from its metrics' pair outcomes, by the same rule as the ordering's agreement."""
+def carries_verdict(outcomes: list[str]) -> str:
+    """The per-shape verdict from its metrics' pair outcomes, by the same rule as the ordering's agreement
+    (also the interleaved rounds' verdict: inference/carryover_rounds.py)."""
     known = [o for o in outcomes if o not in ("no data", UNCLEAR)]
     if not known:
         if UNCLEAR in outcomes:

@@ -4,6 +4,7 @@ in inference/carryover.py), for the report to render and the command to write ou
     data = load_carryover(Path("runs/carryover"))
     data.table      # one row per engine x batch x prompt x shape, gains over the baseline
     data.verdicts   # one verdict per shape; data.orders: do the orderings agree
+    data.rounds     # the interleaved rounds (DIR/rounds), when measured: the headline verdicts
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import analysis, carryover
+from . import carryover_rounds as rounds_analysis
 from .carryover_run import manifest_path, read_manifest
 from .results import ResultsFile
 
@@ -24,6 +26,48 @@ TABLE_COLUMNS = [
     "ttft_ms", "ttft_p10_ms", "ttft_p90_ms", "prefill_tflops", "prefill_gain", "prefill_gain_lo", "prefill_gain_hi",
     "prefill_class", "decode_p50_ms", "decode_p10_ms", "decode_p90_ms", "decode_tbps", "decode_floor_ms",
     "decode_gain", "decode_gain_lo", "decode_gain_hi", "decode_class", "reason"]
+
+
+@dataclass
+class RoundsData:
+    """The interleaved rounds of one carry-over (inference/carryover_rounds.py's analysis of DIR/rounds)."""
+    info: dict  # rounds.json: environment, settings, phases
+    cells: pd.DataFrame  # per cell x shape: work, floor, check, status
+    units: pd.DataFrame  # per cell x round x shape: unit time and throughput
+    gains: pd.DataFrame  # per cell x shape: medians, gain over the baseline, bootstrap interval, class
+    verdict_cells: list
+    verdicts: pd.DataFrame
+    orders: pd.DataFrame
+    shape_tables: dict  # model -> its table against the baseline
+    production: pd.DataFrame  # MII's decode rows, labelled with their floor ratio
+    sweep: pd.DataFrame  # the decode cells as decode vs batch, one engine per context
+    knees: pd.DataFrame
+
+
+def load_rounds(folder: Path, baseline: str, bench_table: pd.DataFrame | None) -> RoundsData | None:
+    """DIR/rounds analysed, or None when it holds no cells."""
+    import json
+
+    cells_path = Path(folder) / "cells.csv"
+    if not cells_path.is_file() or not cells_path.stat().st_size:
+        return None
+    cells = pd.read_csv(cells_path).drop_duplicates(["cell", "model"], keep="last")
+    rounds_path = Path(folder) / "rounds.csv"
+    raw = pd.read_csv(rounds_path) if rounds_path.is_file() and rounds_path.stat().st_size else pd.DataFrame()
+    info_path = Path(folder) / "rounds.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    seed = int((info.get("spec") or {}).get("seed") or 0)
+    units = rounds_analysis.unit_times(raw, cells)
+    gains = rounds_analysis.cell_gains(units, cells, baseline, seed=seed)
+    decode = [tuple(c) for c in (info.get("spec") or {}).get("decode") or []]
+    chosen = rounds_analysis.verdict_cells(gains, decode or None)
+    production = rounds_analysis.production_rows(bench_table) if bench_table is not None else pd.DataFrame()
+    sweep = rounds_analysis.decode_sweep(gains, cells)
+    return RoundsData(info, cells, units, gains, chosen,
+                      rounds_analysis.round_verdicts(gains, baseline, cells=chosen, production=production),
+                      rounds_analysis.round_ordering(units, gains, cells=chosen, seed=seed),
+                      rounds_analysis.shape_tables(gains, baseline, cells=chosen, production=production),
+                      production, sweep, carryover.decode_knee(sweep) if len(sweep) else pd.DataFrame())
 
 
 @dataclass
@@ -40,6 +84,7 @@ class CarryoverData:
     knees: pd.DataFrame = field(default_factory=pd.DataFrame)
     glance: pd.DataFrame = field(default_factory=pd.DataFrame)
     environment: dict = field(default_factory=dict)
+    rounds: RoundsData | None = None  # DIR/rounds: training, prefill and neox-graph decode in interleaved rounds
 
     @property
     def primary(self):
@@ -110,19 +155,40 @@ def load_carryover(out_dir: str | Path) -> CarryoverData:
             sweep = carryover.decode_sweep(decode_rows)
             knees = carryover.decode_knee(sweep)
     at_a_glance = carryover.glance(tables, baseline) if len(bench) else pd.DataFrame()
+    rounds = load_rounds(out_dir / "rounds", baseline, table if len(bench) else None)
     env = dict((bench_store.runs() or [{}])[-1].get("environment", {}))
     env.update(env.pop("versions", None) or {})
+    if not env and rounds is not None:
+        env = dict(rounds.info.get("environment") or {})
     return CarryoverData(baseline, manifest, bench, layer, tables, verdicts, orders, others, sweep, knees,
-                         at_a_glance, env)
+                         at_a_glance, env, rounds)
+
+
+def round_lines(rounds: RoundsData) -> list[str]:
+    """The headline verdicts, the orderings and each shape's table, as text."""
+    lines = ["# interleaved rounds (neox-graph decode; every interval: " + rounds_analysis.INTERVAL + ")"]
+    lines += list(rounds.verdicts["verdict"]) + [""]
+    lines += [f"ordering {r['cell']}: training {r['training_order']} | inference {r['inference_order']} | "
+              f"{rounds_analysis.ordering_text(r)}" for _, r in rounds.orders.iterrows()] + [""]
+    for model, table in rounds.shape_tables.items():
+        lines += [f"## {model} against {rounds.gains.loc[rounds.gains['is_baseline'], 'model'].iloc[0]}"
+                  if rounds.gains["is_baseline"].any() else f"## {model}", table.to_string(index=False), ""]
+    return lines
 
 
 def write_tables(data: CarryoverData, out_dir: str | Path) -> list[Path]:
-    """carryover.csv (every attention's table), glance.csv and verdicts.txt in `out_dir`."""
+    """carryover.csv (every attention's table), glance.csv, verdicts.txt and, with rounds, rounds-gains.csv in
+    `out_dir`."""
     out_dir = Path(out_dir)
     pd.concat(list(data.tables.values()), ignore_index=True).to_csv(out_dir / "carryover.csv", index=False)
     data.glance.to_csv(out_dir / "glance.csv", index=False)
     blocks = [(data.primary, data.verdicts, data.orders)] + data.others
-    (out_dir / "verdicts.txt").write_text("\n".join(
+    head = round_lines(data.rounds) + ["# the bench's rows (p10-p90 ranges)"] if data.rounds is not None else []
+    (out_dir / "verdicts.txt").write_text("\n".join(head + [
         line for attention, v, o in blocks for line in
-        ([f"# training profiled with {attention} attention"] if len(blocks) > 1 else []) + verdict_lines(v, o)))
-    return [out_dir / "carryover.csv", out_dir / "glance.csv", out_dir / "verdicts.txt"]
+        ([f"# training profiled with {attention} attention"] if len(blocks) > 1 else []) + verdict_lines(v, o)]))
+    written = [out_dir / "carryover.csv", out_dir / "glance.csv", out_dir / "verdicts.txt"]
+    if data.rounds is not None:
+        data.rounds.gains.to_csv(out_dir / "rounds-gains.csv", index=False)
+        written.append(out_dir / "rounds-gains.csv")
+    return written

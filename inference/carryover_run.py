@@ -6,6 +6,9 @@ against inference.
    a run stopped early still has every shape's training side;
 2. the inference bench over the same shapes (DIR/bench: transformers and MII, each prompt length and batch);
 3. the decode-vs-batch sweep (DIR/decode: batch 1..64 at a short prompt);
+4. the interleaved rounds (DIR/rounds, inference/carryover_measure.py): training fwd+bwd, prefill and decode
+   of every shape in shuffled rounds, decode on neox-graph (CUDA-graph replays near the weight + KV floor):
+   the basis of the headline verdicts; run before the bench, so the bench's MII worker gets the GPU after;
 then the command writes the report (DIR/carryover.html, carryover.csv, verdicts.txt) from what
 inference/carryover_data.py loads. Every step resumes: a rerun measures only what is missing. DIR/carryover.json records what the report reads.
 """
@@ -60,6 +63,7 @@ class CarryoverSpec:
     run_layer: bool = True
     run_bench: bool = True  # False: only the sweep (and the report), e.g. in a later call on another machine
     decode: BenchSpec | None = None  # the decode-vs-batch sweep (its `out` is DIR/decode); None: skipped
+    rounds: object | None = None  # carryover_measure.RoundsSpec (its `out` is DIR/rounds); None: skipped
 
     def __post_init__(self) -> None:
         names = [resolve_model(m).name for m in self.bench.models]
@@ -133,6 +137,7 @@ def write_manifest(spec: CarryoverSpec, layer_profiles: list[Path], notes: list[
         "baseline": spec.baseline, "models": list(spec.bench.models),
         "model_names": [resolve_model(m).name for m in spec.bench.models], "bench": spec.bench.to_dict(),
         "decode": spec.decode.to_dict() if spec.decode else None,
+        "rounds": spec.rounds.to_dict() if spec.rounds else (_previous(spec.out).get("rounds")),
         "layer_profiles": [_relative(p, spec.out) for p in layer_profiles],
         "layer_attention": list(spec.layer_attention), "notes": notes}, indent=1))
     return path
@@ -185,6 +190,10 @@ def run_carryover(spec: CarryoverSpec, *, log: Callable[[str], None] = print, pr
                     notes.append(note)
                     log(f"note: {note}")
         write_manifest(spec, layer_profiles, notes)
+    if spec.rounds is not None:
+        from .carryover_measure import run_rounds
+
+        run_rounds(spec.rounds, log=log)
     if spec.run_bench:
         run_bench(spec.bench, log=log, progress=progress)
     if spec.decode is not None:

@@ -7,12 +7,14 @@ column names (train_fwdbwd_gain, prefill_gain, ...) with the prompt length p and
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import pandas as pd
 
 from inference import carryover
-from inference.carryover_data import TABLE_COLUMNS, CarryoverData, with_agreement
+from inference import carryover_rounds as rounds_analysis
+from inference.carryover_data import TABLE_COLUMNS, CarryoverData, RoundsData, with_agreement
 
 from .html import Answer, Section, axis, layout, render_page, table_html
 
@@ -302,6 +304,92 @@ def carryover_sections(table: pd.DataFrame, verdicts: pd.DataFrame, orders: pd.D
     return sections
 
 
+def rounds_answer(rounds: RoundsData, baseline: str) -> Answer | None:
+    """Per shape and verdict cell: the training fwd+bwd speed-up (x) against the inference speed-up (y), both
+    with their bootstrap intervals, on the line of perfect carry-over."""
+    g = rounds.gains
+    train = g[g["cell"] == "train_fwdbwd"].set_index("model")
+    data, points = [], [1.0]
+    for i, cell in enumerate(rounds.verdict_cells):
+        rows = g[(g["cell"] == cell) & ~g["is_baseline"] & g["gain"].notna()]
+        rows = rows[rows["model"].isin(train.index[train["gain"].notna()])]
+        if rows.empty:
+            continue
+        t = train.loc[rows["model"]]
+        x, y = list(1 + t["gain"]), list(1 + rows["gain"])
+        points += x + y
+        data.append({"type": "scatter", "mode": "markers+text", "name": cell, "x": x, "y": y,
+                     "text": list(rows["model"]), "textposition": "top right", "textfont": {"size": 10},
+                     "marker": {"size": 10, "color": LINE_COLORS[i % len(LINE_COLORS)]},
+                     "error_x": {"type": "data", "symmetric": False, "array": list((t["gain_hi"] - t["gain"]).fillna(0)),
+                                 "arrayminus": list((t["gain"] - t["gain_lo"]).fillna(0)), "thickness": 1},
+                     "error_y": {"type": "data", "symmetric": False,
+                                 "array": list((rows["gain_hi"] - rows["gain"]).fillna(0)),
+                                 "arrayminus": list((rows["gain"] - rows["gain_lo"]).fillna(0)), "thickness": 1}})
+    if not data:
+        return None
+    span = max(points) - min(points) or 0.1
+    lo, hi = min(points) - 0.2 * span, max(points) + 0.2 * span
+    data.insert(0, {"type": "scatter", "mode": "lines", "name": "perfect carry-over (y = x)", "x": [lo, hi],
+                    "y": [lo, hi], "line": {"color": "#7f7f7f", "dash": "dash", "width": 1}, "hoverinfo": "skip"})
+    fig = {"data": data, "layout": layout(
+        f"Does the training speed-up carry over? interleaved rounds against {baseline}",
+        axis(f"training fwd+bwd speed-up over {baseline} (x)", range=[lo, hi]),
+        axis(f"inference speed-up over {baseline} (x; decode on {rounds_analysis.ROUND_ENGINE})", range=[lo, hi]))}
+    verdicts = "; ".join(f"{m}: {c.split(' (')[0]}" for m, c in zip(rounds.verdicts["model"], rounds.verdicts["carries_over"]))
+    return Answer("Does the training-shape gain carry over, per shape?", fig,
+                  f"Each point is one shape in one cell: its training speed-up over {baseline} (x) against its prefill "
+                  f"or decode speed-up (y), measured in shuffled interleaved rounds; bars: the bootstrap interval of "
+                  f"the median per-round ratio, the same kind on both axes. Verdicts: {verdicts}.")
+
+
+def rounds_sections(rounds: RoundsData, baseline: str) -> list[Section]:
+    info = rounds.info or {}
+    spec = info.get("spec") or {}
+    intro = (f"Each shape against <b>{baseline}</b>, every unit timed in shuffled interleaved rounds "
+             f"({spec.get('rounds', '?')} per cell; profiler/advisor/measure.time_rounds): training = the whole model's "
+             "fwd+bwd (L x layer + logit layer, the config's b and s and dtype); prefill = one prompt through the "
+             f"project's GPT-NeoX; decode = {rounds_analysis.ROUND_ENGINE}, one CUDA-graph replay per token "
+             f"({info.get('decode_unit', '')}). Throughput = FLOPs (training, prefill) or bytes a step must read "
+             "(weights + KV cache, decode) per second; every interval is a " + rounds_analysis.INTERVAL + ". "
+             "A gain whose interval holds 0 is 'no difference'; a decode step's 'x its floor' is step / (weights + "
+             "KV cache at the measured copy bandwidth). The production engine's rows (MII) follow each line, "
+             "labelled with their floor ratio: they are not the verdict's basis.")
+    sections = [Section("Verdicts: do training-shape gains carry over? (interleaved rounds)", intro,
+                        notes=list(rounds.verdicts["verdict"]) or ["No shape has both training and inference rounds."],
+                        open=True)]
+    if len(rounds.orders):
+        shown = rounds.orders.assign(agreement=[rounds_analysis.ordering_text(r) for _, r in rounds.orders.iterrows()])
+        sections.append(Section("Does the ordering agree? (interleaved rounds)",
+                                "'>' where a pair of neighbours is told apart by its own paired interval, '~' where not; "
+                                "'agrees' only where some pair is told apart the same way on both sides and none the "
+                                "other way.", tables=[_table(shown, ["cell", "training_order", "inference_order",
+                                                                     "agreement", "shapes"])]))
+    tables = []
+    for model, t in rounds.shape_tables.items():
+        tables.append(f"<h4>{html.escape(model)} against {html.escape(baseline)}</h4>" + _table(t, list(t.columns)))
+    if tables:
+        sections.append(Section("One table per shape against the baseline", "Training fwd+bwd, prefill and decode, "
+                                "each with its interval; vs_training: the cell's outcome against the training gain "
+                                "(carryover.pair_outcome); in_verdict: the cells the verdict stands on.", tables=tables))
+    if len(rounds.sweep):
+        figs = [decode_figure(rounds.sweep, engine, "decode_p50_ms", f"{engine}: decode step vs batch size",
+                              "decode step median over rounds (ms)") for engine in dict.fromkeys(rounds.sweep["engine"])]
+        sections.append(Section(
+            f"Decode vs batch and context: {rounds_analysis.ROUND_ENGINE}",
+            "Each decode cell's median step over rounds (solid) against its weight + KV floor (dotted); one chart "
+            "per context. decode_over_floor = step / floor.",
+            figures=figs, tables=[_table(rounds.knees, list(rounds.knees.columns)),
+                                  _table(rounds.sweep, list(rounds.sweep.columns))]))
+    cells = rounds.cells
+    sections.append(Section("Rounds: cells, checks and phases",
+                            "Per cell and shape: the work a unit does, the floor, the KV cache (own, or one buffer "
+                            "shared by the cell's shapes), and the captured step against the plain-torch step.",
+                            tables=[_table(cells, list(cells.columns)),
+                                    table_html(pd.DataFrame(info.get("phases") or []))]))
+    return sections
+
+
 def _device(env: dict) -> tuple[str, bool]:
     """What the bench ran on, and whether that was a CPU."""
     device = str(env.get("device") or "")
@@ -313,13 +401,18 @@ def _device(env: dict) -> tuple[str, bool]:
 def render_carryover_report(data: CarryoverData) -> str:
     """The whole page, from the loaded comparison (inference.carryover_data.load_carryover)."""
     device, cpu = _device(data.environment)
+    sections = rounds_sections(data.rounds, data.baseline) if data.rounds is not None else []
+    if len(data.bench) or data.rounds is None:
+        sections += carryover_sections(data.table, data.verdicts, data.orders, data.sweep, data.knees, data.bench,
+                                       data.layer, data.baseline, data.manifest.get("notes", []), data.others,
+                                       data.glance)
+    answer = rounds_answer(data.rounds, data.baseline) if data.rounds is not None else None
     return render_page(f"Do training-shape gains carry over to inference? (baseline {data.baseline})",
-                       carryover_sections(data.table, data.verdicts, data.orders, data.sweep, data.knees, data.bench,
-                                          data.layer, data.baseline, data.manifest.get("notes", []), data.others,
-                                          data.glance),
+                       sections,
                        environment=data.environment, subtitle="Issue 10: the layer profiler's training throughput "
                        "against prefill and decode latency of the same shapes",
-                       answer=carryover_answer(data.table, data.verdicts, data.baseline), device=device, on_cpu=cpu)
+                       answer=answer or carryover_answer(data.table, data.verdicts, data.baseline), device=device,
+                       on_cpu=cpu)
 
 
 def write_carryover_report(data: CarryoverData, path: str | Path) -> Path:

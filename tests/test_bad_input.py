@@ -441,7 +441,7 @@ CONFIG_COMMANDS = {
     "invariance-layer": (profiler_main, ["invariance", "layer", "--config", "CONFIG", "--out", "OUT"]),
     "bench": (inference_main, ["bench", "--models", "CONFIG", "--engines", "hf", "--no-progress", "--out", "OUT"]),
     "carryover": (inference_main, ["carryover", "--models", "CONFIG,pythia-70m", "--baseline", "pythia-70m",
-                                   "--engines", "hf", "--no-progress", "--out", "OUT"]),
+                                   "--engines", "hf", "--no-progress", "--rounds", "0", "--out", "OUT"]),
     "engine-invariance": (inference_main, ["invariance", "--models", "CONFIG", "--engines", "hf", "--no-progress",
                                            "--out", "OUT"]),
 }

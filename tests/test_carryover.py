@@ -224,7 +224,7 @@ def test_carryover_command_end_to_end_on_tiny_shapes(tmp_path, capsys):
     args = ["carryover", "--models", models, "--baseline", "tiny-a4", "--engines", "hf", "--batch", "1,2",
             "--prompt-len", "8,16", "--new-tokens", "4", "--repeats", "2", "--warmup-s", "0", "--out", str(out),
             "--checkpoints", str(tmp_path / "ckpt"), "--layer-attention", "eager,sdpa", "--decode-batches", "1,2,4",
-            "--decode-new-tokens", "3", "--decode-repeats", "1", "--no-progress"]
+            "--decode-new-tokens", "3", "--decode-repeats", "1", "--no-progress", "--rounds", "0"]
     assert main(args) == 0
     for name in ("carryover.html", "carryover.csv", "verdicts.txt", "carryover.json", "bench/results.jsonl",
                  "decode/results.jsonl", "layer-forward/run.json", "layer-forward+backward/run.json"):
@@ -308,7 +308,7 @@ def test_given_layer_profiles_are_used_as_they_are(tmp_path):
     assert main(["carryover", "--models", f"{tmp_path / 'tiny-a4.yaml'},{tmp_path / 'tiny-a8.yaml'}", "--baseline",
                  "tiny-a4", "--engines", "hf", "--batch", "1", "--prompt-len", "8", "--new-tokens", "3", "--repeats",
                  "1", "--warmup-s", "0", "--no-decode", "--checkpoints", str(tmp_path / "ckpt"), "--out", str(out),
-                 "--layer-profile", *runs, "--no-progress"]) == 0
+                 "--layer-profile", *runs, "--no-progress", "--rounds", "0"]) == 0
     assert not (out / "layer-forward").exists()  # nothing profiled here
     row = pd.read_csv(out / "carryover.csv").set_index("model").loc["tiny-a8"]
     assert row["train_fwd_gain"] == pytest.approx(1.0) and row["train_fwdbwd_gain"] == pytest.approx(0.1)
@@ -322,7 +322,7 @@ def test_a_sweep_from_a_later_call_renders_with_the_first_calls_comparison(tmp_p
     models = str(tmp_path / "tiny-a4.yaml")
     common = ["--models", models, "--baseline", "tiny-a4", "--engines", "hf", "--batch", "1", "--prompt-len", "8",
               "--new-tokens", "3", "--repeats", "1", "--warmup-s", "0", "--checkpoints", str(tmp_path / "ckpt"),
-              "--no-layer", "--no-progress"]
+              "--no-layer", "--no-progress", "--rounds", "0"]
     first, second = tmp_path / "first", tmp_path / "second"
     assert main(["carryover", *common, "--no-decode", "--out", str(first)]) == 0
     assert main(["carryover", *common, "--no-bench", "--decode-batches", "1,2", "--decode-new-tokens", "2",
