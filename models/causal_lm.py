@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError, ModelConfig
-from .decode_kernels import Splits, bias_gelu, decode_attention, decode_attention_and_gelu, residual_norms
+from .decode_gemm import gemm_plan, linear
+from .decode_kernels import (Splits, bias_gelu, decode_attention, decode_attention_and_gelu, residual_norms,
+                             use_triton)
 from .kernels import apply_rotary_in_place
 from .layer import LogitLayer, TransformerLayer, rotary_tables
 
@@ -209,7 +211,8 @@ class NeoXCausalLM(nn.Module):
         cos, sin = tables
         heads = self.cfg.heads_per_gpu
         if self.cfg.residual == "parallel" and all(self.output_weight(layer) is not None for layer in self.layers):
-            return self.logit_layer.logits(self._parallel_decode(x, normed, cache, pos, splits, tables))
+            final = self._parallel_decode(x, normed, cache, pos, splits, tables)  # (b, h)
+            return self._gemm(final, self.logit_layer.logits.weight)  # (b, vocab)
 
         def attend(i: int, layer: TransformerLayer, qkv: torch.Tensor) -> torch.Tensor:
             return decode_attention(qkv, layer.attention.qkv_transform.bias, cache.keys[i], cache.values[i], pos,
@@ -217,6 +220,12 @@ class NeoXCausalLM(nn.Module):
                                     backend=self.kernels)
 
         return self.logit_layer.logits(self.layers_forward(x, normed, attend))  # (b, vocab)
+
+    def _gemm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """A decode GEMM without bias: the tuned Triton kernel where models/decode_gemm.py's table has one for
+        this shape, else cuBLAS (always cuBLAS / plain torch on the torch path, the reference)."""
+        plan = gemm_plan(x.shape[0], weight.shape[0], weight.shape[1]) if use_triton(x, self.kernels) else None
+        return linear(x, weight, plan)
 
     def _parallel_decode(self, x: torch.Tensor, normed: tuple[torch.Tensor, ...], cache: KVCache, pos: torch.Tensor,
                          splits: Splits, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -229,12 +238,12 @@ class NeoXCausalLM(nn.Module):
         for i, layer in enumerate(self.layers):
             following = self.layers[i + 1] if i + 1 < count else None
             attention, mlp = layer.attention, layer.mlp
-            qkv = F.linear(normed[0], attention.qkv_transform.weight)  # (b, 3h)
-            up = F.linear(normed[1], mlp.mlp_up.weight)  # (b, 4h)
+            qkv = self._gemm(normed[0], attention.qkv_transform.weight)  # (b, 3h)
+            up = self._gemm(normed[1], mlp.mlp_up.weight)  # (b, 4h)
             joined = decode_attention_and_gelu(qkv, attention.qkv_transform.bias, cache.keys[i], cache.values[i], pos,
                                                cos, sin, up, mlp.mlp_up.bias, heads=heads, scale=attention.scale,
                                                splits=splits, backend=self.kernels)  # (b, h + 4h)
-            both = F.linear(joined, self.output_weight(layer))  # (b, h): attn + mlp before their biases
+            both = self._gemm(joined, self.output_weight(layer))  # (b, h): attn + mlp before their biases
             normed = residual_norms(x, (both,), self._norms_of(following),
                                     biases=(mlp.mlp_down.bias, attention.out_projection.bias), backend=self.kernels)
         return normed[0]

@@ -144,6 +144,21 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, *, backend: str = "aut
 
 # ---- attention of one new token over the KV cache -----------------------------------------------
 @dataclass(frozen=True)
+class AttentionTile:
+    """The attention kernel's compile-time shape: keys per loop iteration, warps, and how many iterations'
+    loads the software pipeline keeps in flight (tl.range num_stages: cp.async into shared memory)."""
+
+    block_n: int
+    warps: int
+    stages: int
+
+
+# by BLOCK_D (the head dim rounded up to a power of two); see attention_tile
+ATTENTION_TILES = {16: AttentionTile(64, 4, 3), 32: AttentionTile(64, 4, 3), 64: AttentionTile(64, 4, 3),
+                   128: AttentionTile(32, 4, 3), 256: AttentionTile(16, 4, 3)}
+
+
+@dataclass(frozen=True)
 class Splits:
     """How the cache of one (batch row, head) is cut for the attention kernel: fixed per captured graph."""
 
@@ -152,46 +167,49 @@ class Splits:
     block_n: int  # keys per loop iteration
     block_d: int  # head dim rounded up to a power of two
     warps: int  # per program
+    stages: int = 3  # loop iterations whose loads are in flight at once
 
     @property
     def direct(self) -> bool:  # one split: the kernel normalises and writes the output itself
         return self.count == 1
 
 
-def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: torch.device,
-                     count: int | None = None) -> Splits:
-    """Enough programs to cover every SM PROGRAMS_PER_SM times (batch 1 with 8 heads needs ~60 splits of
-    the cache; batch 64 needs none), each at least one tile of keys, at most MAX_SPLITS.
+def attention_tile(head_dim: int) -> AttentionTile:
+    return ATTENTION_TILES[max(16, 1 << math.ceil(math.log2(head_dim)))]
 
-    Tiles of 4096 elements (8 KB of keys and 8 KB of values in flight per program and iteration). Warps from
-    ptxas' register counts for sm_90: a 64-wide tile takes 204 registers a thread at 4 warps (2 programs, 8
-    warps an SM) and 111 at 8 (16 warps an SM); 128- and 256-wide tiles fit 3-5 programs an SM at 4 warps
-    (142 and 91 registers) and lose them at 8."""
+
+def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: torch.device,
+                     count: int | None = None, *, tile: AttentionTile | None = None,
+                     programs_per_sm: int | None = None) -> Splits:
+    """Enough programs to cover every SM `programs_per_sm` times (batch 1 with 8 heads needs ~60 splits of
+    the cache; batch 64 needs none), each at least one tile of keys, at most MAX_SPLITS. `count` fixes the
+    number of splits, `tile` the kernel's tile (the tuning script sweeps both)."""
     block_d = 1 << max(4, math.ceil(math.log2(head_dim)))
-    block_n = max(16, min(64, 4096 // block_d))
-    blocks = -(-capacity // block_n)
+    tile = tile or attention_tile(head_dim)
+    blocks = -(-capacity // tile.block_n)
     if count is None:
-        count = -(-PROGRAMS_PER_SM * program_slots(device) // rows_x_heads)
+        count = -(-(programs_per_sm or PROGRAMS_PER_SM) * program_slots(device) // rows_x_heads)
     count = max(1, min(count, blocks, MAX_SPLITS))
     per_split = -(-blocks // count)
-    return Splits(-(-blocks // per_split), per_split * block_n, block_n, block_d, 8 if block_d <= 64 else 4)
+    return Splits(-(-blocks // per_split), per_split * tile.block_n, tile.block_n, block_d, tile.warps, tile.stages)
 
 
 def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr,
-                             out_stride, m_ptr, l_ptr, acc_ptr, heads, head_dim, rotary_dims, capacity, keys_per_split,
-                             n_splits, scale,
-                             HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                             HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr):
+                             out_stride, m_ptr, l_ptr, acc_ptr, heads, rotary_dims, capacity, keys_per_split,
+                             n_splits, scale_log2,
+                             HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr,
+                             BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr,
+                             STAGES: tl.constexpr):
     bh = tl.program_id(0)  # one (batch row, head) ...
     split = tl.program_id(1)  # ... and one stretch of its cache
     row, head = bh // heads, bh % heads
-    pos = tl.load(pos_ptr)  # where this step's token sits: it attends to positions 0..pos
+    pos = tl.load(pos_ptr).to(tl.int32)  # where this step's token sits: it attends to positions 0..pos
     d = tl.arange(0, BLOCK_D)
-    d_ok = d < head_dim
+    d_ok = d < HEAD_DIM
     # GPT-NeoX packs [q, k, v] per head: (b, heads, 3, d); rotary turns the first rotary_dims of q and k,
     # half-split: x_j cos - x_{j+half} sin below half, x_j cos + x_{j-half} sin above
-    packed = qkv_ptr + row.to(tl.int64) * heads * 3 * head_dim + head * 3 * head_dim
-    biases = bias_ptr + head * 3 * head_dim
+    packed = qkv_ptr + row.to(tl.int64) * heads * 3 * HEAD_DIM + head * 3 * HEAD_DIM
+    biases = bias_ptr + head * 3 * HEAD_DIM
     rotated = d < rotary_dims
     partner = tl.where(rotated, tl.where(d < HALF, d + HALF, d - HALF), d)
     cos = tl.load(cos_ptr + pos * rotary_dims + d, mask=rotated, other=1.0)
@@ -199,55 +217,69 @@ def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_pt
     # q, k (and their rotary partners) and v, each with its bias, rounded as the GEMM with its bias would store it
     q = tl.load(packed + d, mask=d_ok, other=0.0).to(tl.float32)
     q_partner = tl.load(packed + partner, mask=d_ok, other=0.0).to(tl.float32)
-    k_own = tl.load(packed + head_dim + d, mask=d_ok, other=0.0).to(tl.float32)
-    k_partner = tl.load(packed + head_dim + partner, mask=d_ok, other=0.0).to(tl.float32)
-    v_new = tl.load(packed + 2 * head_dim + d, mask=d_ok, other=0.0).to(tl.float32)
+    k_own = tl.load(packed + HEAD_DIM + d, mask=d_ok, other=0.0).to(tl.float32)
+    k_partner = tl.load(packed + HEAD_DIM + partner, mask=d_ok, other=0.0).to(tl.float32)
+    v_new = tl.load(packed + 2 * HEAD_DIM + d, mask=d_ok, other=0.0).to(tl.float32)
     if HAS_BIAS:
         q += tl.load(biases + d, mask=d_ok, other=0.0).to(tl.float32)
         q_partner += tl.load(biases + partner, mask=d_ok, other=0.0).to(tl.float32)
-        k_own += tl.load(biases + head_dim + d, mask=d_ok, other=0.0).to(tl.float32)
-        k_partner += tl.load(biases + head_dim + partner, mask=d_ok, other=0.0).to(tl.float32)
-        v_new += tl.load(biases + 2 * head_dim + d, mask=d_ok, other=0.0).to(tl.float32)
+        k_own += tl.load(biases + HEAD_DIM + d, mask=d_ok, other=0.0).to(tl.float32)
+        k_partner += tl.load(biases + HEAD_DIM + partner, mask=d_ok, other=0.0).to(tl.float32)
+        v_new += tl.load(biases + 2 * HEAD_DIM + d, mask=d_ok, other=0.0).to(tl.float32)
     dtype = qkv_ptr.dtype.element_ty
     q = q.to(dtype).to(tl.float32) * cos + q_partner.to(dtype).to(tl.float32) * sin
+    q = q * scale_log2  # the softmax scale and log2(e) folded into q: scores in base 2 (exp2 below)
     k_new = k_own.to(dtype).to(tl.float32) * cos + k_partner.to(dtype).to(tl.float32) * sin
     k_new = k_new.to(k_cache_ptr.dtype.element_ty)  # as stored, so this step sees what later steps will read
     v_new = v_new.to(v_cache_ptr.dtype.element_ty)
-    cache = bh.to(tl.int64) * capacity * head_dim
-    lo = split.to(tl.int64) * keys_per_split  # int64 like pos: the loop bounds share one type
+    cache = bh.to(tl.int64) * capacity * HEAD_DIM  # this (row, head)'s (T, d) block; offsets within it fit int32
+    keys = k_cache_ptr + cache
+    values = v_cache_ptr + cache
+    lo = split * keys_per_split
     hi = tl.minimum(lo + keys_per_split, pos + 1)  # splits past pos do no work (fixed grid, filled cache read)
     owner = (lo <= pos) & (pos < lo + keys_per_split) & (pos < capacity)  # one split writes the new k, v
-    store_ok = d < tl.where(owner, head_dim, 0)  # (not d_ok & owner: the interpreter mis-types vector & scalar)
-    tl.store(k_cache_ptr + cache + pos * head_dim + d, k_new, mask=store_ok)
-    tl.store(v_cache_ptr + cache + pos * head_dim + d, v_new, mask=store_ok)
+    store_ok = d < tl.where(owner, HEAD_DIM, 0)  # (not d_ok & owner: the interpreter mis-types vector & scalar)
+    tl.store(keys + pos * HEAD_DIM + d, k_new, mask=store_ok)
+    tl.store(values + pos * HEAD_DIM + d, v_new, mask=store_ok)
     k_new = k_new.to(tl.float32)
     v_new = v_new.to(tl.float32)
-    m_i = tl.max(tl.full([BLOCK_N], float("-inf"), tl.float32), axis=0)  # running max, sum, output (online softmax)
-    l_i = tl.sum(tl.zeros([BLOCK_N], tl.float32), axis=0)
-    acc = tl.zeros([BLOCK_D], tl.float32)
-    for start in range(lo, hi, BLOCK_N):
+    # Online softmax per key lane: each of the BLOCK_N lanes keeps its own running max, sum and output row,
+    # merged once after the loop. A running max per tile (one max over the tile per iteration) reduces
+    # across warps, i.e. a barrier per iteration that drains the loads in flight; per lane, the loop body
+    # is elementwise but for the q.k dot along d (within a warp), so the pipeline keeps STAGES tiles coming.
+    # Lanes start at a finite floor, not -inf: exp2(floor - floor) = 1 where a lane has seen no key yet.
+    m_lane = tl.full([BLOCK_N], -1.0e30, tl.float32)
+    l_lane = tl.zeros([BLOCK_N], tl.float32)
+    acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for start in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
         n = start + tl.arange(0, BLOCK_N)
         n_ok = n < hi
-        tile = cache + n[:, None].to(tl.int64) * head_dim + d[None, :]
+        tile = n[:, None] * HEAD_DIM + d[None, :]
         tile_ok = n_ok[:, None] & d_ok[None, :]
+        k = tl.load(keys + tile, mask=tile_ok, other=0.0)
+        v = tl.load(values + tile, mask=tile_ok, other=0.0)
         is_new = (n == pos)[:, None]  # the new key is in registers; its cache slot is written above
-        k = tl.where(is_new, k_new[None, :], tl.load(k_cache_ptr + tile, mask=tile_ok, other=0.0).to(tl.float32))
-        s = tl.where(n_ok, tl.sum(k * q[None, :], axis=1) * scale, float("-inf"))  # (BLOCK_N,)
-        m_new = tl.maximum(m_i, tl.max(s, axis=0))
-        p = tl.exp(s - m_new)
-        alpha = tl.exp(m_i - m_new)
-        v = tl.where(is_new, v_new[None, :], tl.load(v_cache_ptr + tile, mask=tile_ok, other=0.0).to(tl.float32))
-        l_i = l_i * alpha + tl.sum(p, axis=0)
-        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
-        m_i = m_new
+        k = tl.where(is_new, k_new[None, :], k.to(tl.float32))
+        v = tl.where(is_new, v_new[None, :], v.to(tl.float32))
+        s = tl.where(n_ok, tl.sum(k * q[None, :], axis=1), float("-inf"))  # (BLOCK_N,), base-2 units
+        m_new = tl.maximum(m_lane, s)
+        alpha = tl.exp2(m_lane - m_new)
+        p = tl.exp2(s - m_new)
+        l_lane = l_lane * alpha + p
+        acc = acc * alpha[:, None] + p[:, None] * v
+        m_lane = m_new
+    m_i = tl.max(m_lane, axis=0)
+    weight = tl.exp2(m_lane - m_i)  # a lane with no key: its floor lies ~1e30 below m_i, weight 0
+    l_i = tl.sum(l_lane * weight, axis=0)
+    acc_d = tl.sum(acc * weight[:, None], axis=0)  # (BLOCK_D,)
     if DIRECT:  # out (b, >= heads*d) with row stride out_stride: the output GEMM's input, or a plain (b, h)
-        where = out_ptr + row.to(tl.int64) * out_stride + head * head_dim + d
-        tl.store(where, (acc / l_i).to(out_ptr.dtype.element_ty), mask=d_ok)
-    else:
+        where = out_ptr + row.to(tl.int64) * out_stride + head * HEAD_DIM + d
+        tl.store(where, (acc_d / l_i).to(out_ptr.dtype.element_ty), mask=d_ok)
+    else:  # a split with no key (wholly past pos) stores m = floor, l = 0: the combine gives it weight 0
         part = bh.to(tl.int64) * n_splits + split
         tl.store(m_ptr + part, m_i)
         tl.store(l_ptr + part, l_i)
-        tl.store(acc_ptr + part * head_dim + d, acc, mask=d_ok)
+        tl.store(acc_ptr + part * HEAD_DIM + d, acc_d, mask=d_ok)
 
 
 def _join_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, out_stride, n_splits, heads, head_dim, combine_programs,
@@ -265,7 +297,7 @@ def _join_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, out_stride, n_splits, heads, he
         s_ok = s < n_splits
         d_ok = d < head_dim
         m = tl.load(m_ptr + bh * n_splits + s, mask=s_ok, other=float("-inf"))
-        weight = tl.exp(m - tl.max(m, axis=0))  # a split with no keys has m = -inf: weight 0
+        weight = tl.exp2(m - tl.max(m, axis=0))  # base 2, as the attention kernel; empty split: 0
         total = tl.sum(weight * tl.load(l_ptr + bh * n_splits + s, mask=s_ok, other=0.0), axis=0)
         acc = tl.load(acc_ptr + (bh * n_splits + s)[:, None] * head_dim + d[None, :],
                       mask=s_ok[:, None] & d_ok[None, :], other=0.0)
@@ -290,6 +322,7 @@ def _join_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, out_stride, n_splits, heads, he
 DECODE_ATTENTION = Kernel(_decode_attention_kernel) if triton is not None else None
 JOIN = Kernel(_join_kernel) if triton is not None else None
 COMBINE_BLOCK_D = 32
+LOG2E = 1.4426950408889634
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -338,9 +371,9 @@ def _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, *, heads
     rotary_dims = cos.shape[-1]
     DECODE_ATTENTION[(rows, splits.count)](
         qkv, bias if bias is not None else qkv, k_cache, v_cache, pos, cos, sin, out, out.stride(0), m, l_, acc,
-        heads, d, rotary_dims, capacity, splits.keys, splits.count, scale, HALF=max(1, rotary_dims // 2),
-        BLOCK_N=splits.block_n, BLOCK_D=splits.block_d, HAS_BIAS=bias is not None, DIRECT=splits.direct,
-        num_warps=splits.warps)
+        heads, rotary_dims, capacity, splits.keys, splits.count, scale * LOG2E, HEAD_DIM=d,
+        HALF=max(1, rotary_dims // 2), BLOCK_N=splits.block_n, BLOCK_D=splits.block_d, HAS_BIAS=bias is not None,
+        DIRECT=splits.direct, STAGES=splits.stages, num_warps=splits.warps)
     combine = 0 if splits.direct else rows * triton.cdiv(d, COMBINE_BLOCK_D)
     ffn = up.shape[1] if up is not None else 0
     gelu = b * triton.cdiv(ffn, GELU_BLOCK) if up is not None else 0
