@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .decode_kernels import counters
 from .invariant.backend import Kernel, triton, tl
 
 
@@ -125,19 +126,6 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, strid
 
 GEMV = Kernel(_gemv_kernel) if triton is not None else None
 DOT = Kernel(_skinny_gemm_kernel, do_not_specialize=["M"]) if triton is not None else None
-_COUNTERS: dict = {}  # device -> int32 zeros, one per column block; every split launch leaves them at 0
-
-
-def _counters(device: torch.device, blocks: int) -> torch.Tensor:
-    """Persistent zeros (allocated outside any graph capture on first use at a size, then reused)."""
-    have = _COUNTERS.get(device)
-    if have is None or have.numel() < blocks:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("split-K counters must be allocated before a graph capture (run the step once)")
-        have = _COUNTERS[device] = torch.zeros(max(blocks, 4096), dtype=torch.int32, device=device)
-    return have
-
-
 def fits(plan: GemmPlan, m: int, n: int, k: int) -> bool:
     """Whether the plan's kernel can run this shape (gemv: one row; dot: at most block_m rows; the split of
     K a whole number of tiles)."""
@@ -158,7 +146,7 @@ def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: to
     even_k = k_per_split % plan.block_k == 0
     blocks = triton.cdiv(n, plan.block_n)
     part = torch.empty(plan.split, m, n, device=x.device, dtype=torch.float32) if plan.split > 1 else y
-    counts = _counters(x.device, blocks) if plan.split > 1 else y
+    counts = counters(x.device, blocks, "gemm") if plan.split > 1 else y
     grid = (blocks, plan.split)
     if plan.kind == "gemv":
         GEMV[grid](x, weight, y, part, counts, n, k, weight.stride(0), k_per_split, BLOCK_N=plan.block_n,

@@ -48,6 +48,23 @@ def use_triton(t: torch.Tensor, backend: str) -> bool:
     return backend == "triton" or t.is_cuda
 
 
+_COUNTERS: dict = {}
+_RETIRED: list = []
+
+
+def counters(device: torch.device, n: int, purpose: str) -> torch.Tensor:
+    """n int32 zeros that outlive any graph: the arrival counters of kernels whose last program reduces what
+    the others wrote (each launch leaves them at zero again). Allocated on first use, outside a capture."""
+    have = _COUNTERS.get((device, purpose))
+    if have is None or have.numel() < n:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"{purpose} counters must be allocated before a graph capture (run the step once)")
+        if have is not None:
+            _RETIRED.append(have)  # a captured graph may still point at it: never freed
+        have = _COUNTERS[(device, purpose)] = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+    return have
+
+
 # ---- residual add + layer norms -----------------------------------------------------------------
 def _residual_norms_kernel(x_ptr, a_ptr, c_ptr, bias1_ptr, bias2_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, y1_ptr,
                            y2_ptr, n_cols, eps, N_ADDS: tl.constexpr, N_BIASES: tl.constexpr,
@@ -55,7 +72,14 @@ def _residual_norms_kernel(x_ptr, a_ptr, c_ptr, bias1_ptr, bias2_ptr, w1_ptr, b1
     row = tl.program_id(0).to(tl.int64) * n_cols  # one row of the residual stream per program
     cols = tl.arange(0, BLOCK)
     ok = cols < n_cols
+    # every load first (the norms' weights too): one round trip to memory, not one before and one after the
+    # reductions (a reduction's barrier keeps the loads after it from being issued early)
     x = tl.load(x_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
+    w1 = tl.load(w1_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    b1 = tl.load(b1_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    if TWO_NORMS:
+        w2 = tl.load(w2_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+        b2 = tl.load(b2_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     if N_ADDS > 0:
         x += tl.load(a_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
         if N_ADDS > 1:
@@ -71,12 +95,8 @@ def _residual_norms_kernel(x_ptr, a_ptr, c_ptr, bias1_ptr, bias2_ptr, w1_ptr, b1
     centred = tl.where(ok, x - mean, 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0) / n_cols + eps)
     normed = centred * rstd
-    w1 = tl.load(w1_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-    b1 = tl.load(b1_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     tl.store(y1_ptr + row + cols, (normed * w1 + b1).to(y1_ptr.dtype.element_ty), mask=ok)
     if TWO_NORMS:
-        w2 = tl.load(w2_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-        b2 = tl.load(b2_ptr + cols, mask=ok, other=0.0).to(tl.float32)
         tl.store(y2_ptr + row + cols, (normed * w2 + b2).to(y2_ptr.dtype.element_ty), mask=ok)
 
 
@@ -195,13 +215,40 @@ def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: to
 
 
 def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr,
-                             out_stride, m_ptr, l_ptr, acc_ptr, heads, rotary_dims, capacity, keys_per_split,
-                             n_splits, scale_log2,
+                             out_stride, m_ptr, l_ptr, acc_ptr, count_ptr, heads, rotary_dims, capacity,
+                             keys_per_split, n_splits, scale_log2, attention_programs, up_ptr, up_bias_ptr, ffn,
                              HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr,
                              BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr,
-                             STAGES: tl.constexpr):
-    bh = tl.program_id(0)  # one (batch row, head) ...
-    split = tl.program_id(1)  # ... and one stretch of its cache
+                             STAGES: tl.constexpr, BLOCK_S: tl.constexpr, HAS_GELU: tl.constexpr,
+                             HAS_UP_BIAS: tl.constexpr, GELU_BLOCK: tl.constexpr):
+    """Programs below attention_programs: one (batch row, head, stretch of its cache) each, split fastest;
+    the last split of a (row, head) to finish combines the splits. The rest (HAS_GELU): gelu(up + bias) of
+    one (batch row, GELU_BLOCK columns) into out[:, heads * d:], the other half of the output GEMM's input."""
+    pid = tl.program_id(0)
+    if pid < attention_programs:
+        _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr, out_stride, m_ptr,
+                l_ptr, acc_ptr, count_ptr, pid // n_splits, pid % n_splits, heads, rotary_dims, capacity,
+                keys_per_split, n_splits, scale_log2, HEAD_DIM, HALF, BLOCK_N, BLOCK_D, HAS_BIAS, DIRECT, STAGES,
+                BLOCK_S)
+    else:
+        if HAS_GELU:
+            job = pid - attention_programs
+            col_blocks = tl.cdiv(ffn, GELU_BLOCK)
+            row = (job // col_blocks).to(tl.int64)
+            cols = (job % col_blocks) * GELU_BLOCK + tl.arange(0, GELU_BLOCK)
+            ok = cols < ffn
+            x = tl.load(up_ptr + row * ffn + cols, mask=ok, other=0.0).to(tl.float32)
+            if HAS_UP_BIAS:
+                x += tl.load(up_bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+            x = x.to(up_ptr.dtype.element_ty).to(tl.float32)  # the GEMM with its bias would round here
+            y = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+            tl.store(out_ptr + row * out_stride + heads * HEAD_DIM + cols, y.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr, out_stride, m_ptr,
+            l_ptr, acc_ptr, count_ptr, bh, split, heads, rotary_dims, capacity, keys_per_split, n_splits, scale_log2,
+            HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+            HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr, STAGES: tl.constexpr, BLOCK_S: tl.constexpr):
     row, head = bh // heads, bh % heads
     pos = tl.load(pos_ptr).to(tl.int32)  # where this step's token sits: it attends to positions 0..pos
     d = tl.arange(0, BLOCK_D)
@@ -276,53 +323,38 @@ def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_pt
         where = out_ptr + row.to(tl.int64) * out_stride + head * HEAD_DIM + d
         tl.store(where, (acc_d / l_i).to(out_ptr.dtype.element_ty), mask=d_ok)
     else:  # a split with no key (wholly past pos) stores m = floor, l = 0: the combine gives it weight 0
-        part = bh.to(tl.int64) * n_splits + split
-        tl.store(m_ptr + part, m_i)
-        tl.store(l_ptr + part, l_i)
-        tl.store(acc_ptr + part * HEAD_DIM + d, acc_d, mask=d_ok)
+        part = bh.to(tl.int64) * n_splits
+        tl.store(m_ptr + part + split, m_i)
+        tl.store(l_ptr + part + split, l_i)
+        tl.store(acc_ptr + (part + split) * HEAD_DIM + d, acc_d, mask=d_ok)
+        # the last split of this (row, head) to finish combines them all, in split order: no second kernel
+        tl.debug_barrier()  # every thread's partial stored before the one atomic releases them
+        done = tl.atomic_add(count_ptr + bh, 1, sem="acq_rel")
+        if done == n_splits - 1:
+            s = tl.arange(0, BLOCK_S)
+            s_ok = s < n_splits
+            m_all = tl.load(m_ptr + part + s, mask=s_ok, other=float("-inf"), cache_modifier=".cg")
+            m_max = tl.max(m_all, axis=0)
+            weights = tl.exp2(m_all - m_max)  # base 2, as the scores; an empty split: 0
+            total = tl.sum(weights * tl.load(l_ptr + part + s, mask=s_ok, other=0.0, cache_modifier=".cg"), axis=0)
+            combined = tl.zeros([BLOCK_D], tl.float32)
+            for first in tl.range(0, n_splits, COMBINE_CHUNK):  # a few splits' rows at a time (registers)
+                c = first + tl.arange(0, COMBINE_CHUNK)
+                c_ok = c < n_splits
+                w = tl.exp2(tl.load(m_ptr + part + c, mask=c_ok, other=float("-inf"), cache_modifier=".cg") - m_max)
+                rows = tl.load(acc_ptr + (part + c)[:, None] * HEAD_DIM + d[None, :],
+                               mask=c_ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=".cg")
+                combined += tl.sum(w[:, None] * rows, axis=0)
+            where = out_ptr + row.to(tl.int64) * out_stride + head * HEAD_DIM + d
+            tl.store(where, (combined / total).to(out_ptr.dtype.element_ty), mask=d_ok)
+            tl.store(count_ptr + bh, 0)  # ready for the next launch (the next replay of the graph)
 
 
-def _join_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, out_stride, n_splits, heads, head_dim, combine_programs,
-                 up_ptr, up_bias_ptr, ffn, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, HAS_GELU: tl.constexpr,
-                 HAS_UP_BIAS: tl.constexpr, GELU_BLOCK: tl.constexpr):
-    """The two small jobs between the attention kernel and the output GEMM, in one launch. Programs below
-    combine_programs merge the attention splits of one (batch row, head, BLOCK_D dims) into out[:, :h]; the
-    rest (HAS_GELU) write gelu(up + bias) of one (batch row, GELU_BLOCK columns) into out[:, h:]."""
-    pid = tl.program_id(0)
-    if pid < combine_programs:
-        d_blocks = tl.cdiv(head_dim, BLOCK_D)
-        bh = (pid // d_blocks).to(tl.int64)
-        d = (pid % d_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-        s = tl.arange(0, BLOCK_S)
-        s_ok = s < n_splits
-        d_ok = d < head_dim
-        m = tl.load(m_ptr + bh * n_splits + s, mask=s_ok, other=float("-inf"))
-        weight = tl.exp2(m - tl.max(m, axis=0))  # base 2, as the attention kernel; empty split: 0
-        total = tl.sum(weight * tl.load(l_ptr + bh * n_splits + s, mask=s_ok, other=0.0), axis=0)
-        acc = tl.load(acc_ptr + (bh * n_splits + s)[:, None] * head_dim + d[None, :],
-                      mask=s_ok[:, None] & d_ok[None, :], other=0.0)
-        out = tl.sum(weight[:, None] * acc, axis=0) / total
-        where = out_ptr + (bh // heads) * out_stride + (bh % heads) * head_dim + d
-        tl.store(where, out.to(out_ptr.dtype.element_ty), mask=d_ok)
-    else:
-        if HAS_GELU:
-            job = pid - combine_programs
-            col_blocks = tl.cdiv(ffn, GELU_BLOCK)
-            row = (job // col_blocks).to(tl.int64)
-            cols = (job % col_blocks) * GELU_BLOCK + tl.arange(0, GELU_BLOCK)
-            ok = cols < ffn
-            x = tl.load(up_ptr + row * ffn + cols, mask=ok, other=0.0).to(tl.float32)
-            if HAS_UP_BIAS:
-                x += tl.load(up_bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-            x = x.to(up_ptr.dtype.element_ty).to(tl.float32)  # the GEMM with its bias would round here
-            y = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
-            tl.store(out_ptr + row * out_stride + heads * head_dim + cols, y.to(out_ptr.dtype.element_ty), mask=ok)
-
-
-DECODE_ATTENTION = Kernel(_decode_attention_kernel) if triton is not None else None
-JOIN = Kernel(_join_kernel) if triton is not None else None
-COMBINE_BLOCK_D = 32
+COMBINE_CHUNK = tl.constexpr(16) if tl is not None else 16  # splits the last split's program combines per step
 LOG2E = 1.4426950408889634
+if triton is not None:  # _attend is called from the kernel: a JIT function (the interpreter runs it as its twin)
+    _attend = triton.jit(_attend)
+DECODE_ATTENTION = Kernel(_decode_attention_kernel) if triton is not None else None
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -358,31 +390,28 @@ def decode_attention_torch(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache
 
 def _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, *, heads, scale, splits, up=None,
                        up_bias=None) -> None:
-    """Launch the attention kernel (and the join kernel: split combine, and bias + GELU of `up` into
-    out[:, h:] when given) writing into out (b, >= h), which may be a row-strided view."""
+    """Launch the attention kernel writing into out (b, >= h), which may be a row-strided view: the splits
+    and their combine, and (with `up`) bias + GELU of up into out[:, h:], all in one launch."""
     b, _, capacity, d = k_cache.shape
     rows = b * heads
     if splits.direct:
-        m = l_ = acc = out  # unused
+        m = l_ = acc = count = out  # unused
     else:
         m = torch.empty(rows, splits.count, device=qkv.device, dtype=torch.float32)
         l_ = torch.empty_like(m)
         acc = torch.empty(rows, splits.count, d, device=qkv.device, dtype=torch.float32)
+        count = counters(qkv.device, rows, "attention")
     rotary_dims = cos.shape[-1]
-    DECODE_ATTENTION[(rows, splits.count)](
-        qkv, bias if bias is not None else qkv, k_cache, v_cache, pos, cos, sin, out, out.stride(0), m, l_, acc,
-        heads, rotary_dims, capacity, splits.keys, splits.count, scale * LOG2E, HEAD_DIM=d,
-        HALF=max(1, rotary_dims // 2), BLOCK_N=splits.block_n, BLOCK_D=splits.block_d, HAS_BIAS=bias is not None,
-        DIRECT=splits.direct, STAGES=splits.stages, num_warps=splits.warps)
-    combine = 0 if splits.direct else rows * triton.cdiv(d, COMBINE_BLOCK_D)
+    attention_programs = rows * splits.count
     ffn = up.shape[1] if up is not None else 0
     gelu = b * triton.cdiv(ffn, GELU_BLOCK) if up is not None else 0
-    if combine + gelu:
-        JOIN[(combine + gelu,)](m, l_, acc, out, out.stride(0), splits.count, heads, d, combine,
-                                up if up is not None else out, up_bias if up_bias is not None else out, ffn,
-                                BLOCK_S=triton.next_power_of_2(splits.count), BLOCK_D=COMBINE_BLOCK_D,
-                                HAS_GELU=up is not None, HAS_UP_BIAS=up_bias is not None, GELU_BLOCK=GELU_BLOCK,
-                                num_warps=4)
+    DECODE_ATTENTION[(attention_programs + gelu,)](
+        qkv, bias if bias is not None else qkv, k_cache, v_cache, pos, cos, sin, out, out.stride(0), m, l_, acc,
+        count, heads, rotary_dims, capacity, splits.keys, splits.count, scale * LOG2E, attention_programs,
+        up if up is not None else out, up_bias if up_bias is not None else out, ffn, HEAD_DIM=d,
+        HALF=max(1, rotary_dims // 2), BLOCK_N=splits.block_n, BLOCK_D=splits.block_d, HAS_BIAS=bias is not None,
+        DIRECT=splits.direct, STAGES=splits.stages, BLOCK_S=triton.next_power_of_2(splits.count),
+        HAS_GELU=up is not None, HAS_UP_BIAS=up_bias is not None, GELU_BLOCK=GELU_BLOCK, num_warps=splits.warps)
 
 
 def decode_attention(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache: torch.Tensor, v_cache: torch.Tensor,
