@@ -47,9 +47,17 @@ class GemmPlan:
                 + (f"_m{self.block_m}" if self.kind == "dot" else ""))
 
 
-def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, N, K, stride_w, k_per_split,
+def _gelu_of_biased(y, bias_ptr, rows, rows_ok, dtype: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """gelu(y + bias) rounded as cuBLAS' output + models/decode_kernels.bias_gelu would round it."""
+    y = y.to(dtype).to(tl.float32)
+    if HAS_BIAS:
+        y = (y + tl.load(bias_ptr + rows, mask=rows_ok, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
+    return 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
+
+
+def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, bias_ptr, N, K, stride_w, k_per_split,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
-                 STAGES: tl.constexpr):
+                 STAGES: tl.constexpr, GELU: tl.constexpr, HAS_BIAS: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -70,6 +78,8 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, N, K, stride_w, k_per
         acc += w.to(tl.float32) * x[None, :]
     y = tl.sum(acc, axis=1)  # (BLOCK_N,)
     if SPLIT == 1:
+        if GELU:  # MLP-up's epilogue: bias and GELU, written where the output GEMM reads them
+            y = _gelu_of_biased(y, bias_ptr, rows, rows_ok, y_ptr.dtype.element_ty, HAS_BIAS)
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows_ok)
     else:
         tl.store(part_ptr + pid_k * N + rows, y, mask=rows_ok)
@@ -79,6 +89,8 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, N, K, stride_w, k_per
             total = tl.zeros([BLOCK_N], tl.float32)
             for s in tl.static_range(SPLIT):
                 total += tl.load(part_ptr + s * N + rows, mask=rows_ok, other=0.0, cache_modifier=".cg")
+            if GELU:
+                total = _gelu_of_biased(total, bias_ptr, rows, rows_ok, y_ptr.dtype.element_ty, HAS_BIAS)
             tl.store(y_ptr + rows, total.to(y_ptr.dtype.element_ty), mask=rows_ok)
             tl.store(count_ptr + pid_n, 0)
 
@@ -124,6 +136,8 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, strid
             tl.store(count_ptr + pid_n, 0)
 
 
+if triton is not None:  # called from the kernel: a JIT function (the interpreter runs its twin)
+    _gelu_of_biased = triton.jit(_gelu_of_biased)
 GEMV = Kernel(_gemv_kernel) if triton is not None else None
 DOT = Kernel(_skinny_gemm_kernel, do_not_specialize=["M"]) if triton is not None else None
 def fits(plan: GemmPlan, m: int, n: int, k: int) -> bool:
@@ -134,13 +148,16 @@ def fits(plan: GemmPlan, m: int, n: int, k: int) -> bool:
     return plan.split == 1 or (k // plan.split) % plan.block_k == 0 and k % plan.split == 0
 
 
-def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: torch.Tensor | None = None
-                  ) -> torch.Tensor:
-    """x (M, K) @ weight (N, K)^T with the plan's kernel; x and weight with unit stride along K."""
+def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: torch.Tensor | None = None, *,
+                  gelu: bool = False, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (M, K) @ weight (N, K)^T with the plan's kernel; x and weight with unit stride along K, `out` (M, N)
+    with unit stride along N (a view into a wider buffer is fine). gelu (gemv only): gelu(y + bias)."""
     m, k = x.shape
     n = weight.shape[0]
     if not fits(plan, m, n, k):
         raise ValueError(f"GEMM plan {plan.name} does not fit M={m}, N={n}, K={k}")
+    if gelu and plan.kind != "gemv":
+        raise ValueError("the bias + GELU epilogue is the gemv kernel's (M = 1)")
     y = torch.empty(m, n, device=x.device, dtype=x.dtype) if out is None else out
     k_per_split = k // plan.split if plan.split > 1 else k
     even_k = k_per_split % plan.block_k == 0
@@ -149,8 +166,9 @@ def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: to
     counts = counters(x.device, blocks, "gemm") if plan.split > 1 else y
     grid = (blocks, plan.split)
     if plan.kind == "gemv":
-        GEMV[grid](x, weight, y, part, counts, n, k, weight.stride(0), k_per_split, BLOCK_N=plan.block_n,
-                   BLOCK_K=plan.block_k, SPLIT=plan.split, EVEN_K=even_k, STAGES=plan.stages, num_warps=plan.warps)
+        GEMV[grid](x, weight, y, part, counts, bias if bias is not None else y, n, k, weight.stride(0), k_per_split,
+                   BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT=plan.split, EVEN_K=even_k, STAGES=plan.stages,
+                   GELU=gelu, HAS_BIAS=bias is not None, num_warps=plan.warps)
     else:
         DOT[grid](x, weight, y, part, counts, m, n, k, x.stride(0), weight.stride(0), y.stride(0), k_per_split,
                   BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT=plan.split,
@@ -158,15 +176,29 @@ def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: to
     return y
 
 
-# (N, K) of a weight -> [(most rows M, plan)], smallest M first: where a Triton kernel beat cuBLAS on an H200
-# (scripts/tune_decode_kernels.py); shapes and row counts not listed run on cuBLAS
-GEMM_TABLE: dict[tuple[int, int], list[tuple[int, GemmPlan]]] = {}
+# Where a Triton kernel beat cuBLAS on an H200 (scripts/tune_decode_kernels.py; evidence: the tune run of
+# 9fe0b4f, CUDA graphs over distinct weight copies, L2 flushed): (N, K) of the weight -> [(fewest rows, most
+# rows, plan)]. Row counts and shapes not listed run on cuBLAS (QKV, MLP-up and the output GEMM of 2.8b at
+# 2-64 rows: no candidate beat it; Pythia-1b's output GEMM at 2-16 rows by 3-5%, split 4 ways).
+_GEMV_QKV_UP = GemmPlan("gemv", 16, 256, 4, 4)  # 1b: 9.2 / 11.7 us vs 10.7 / 12.5; 2.8b: 13.2 / 17.1 vs 14.3 / 18.2
+_GEMV_OUT = GemmPlan("gemv", 8, 512, 4, 4)  # [out | down]: 1b 14.5 us vs 16.7; 2.8b 20.4 vs 23.1
+_GEMV_LOGITS = GemmPlan("gemv", 8, 512, 4, 3)  # 1b 51.7 us vs 57.4; 2.8b 63.1 vs 70.5
+_DOT_LOGITS = GemmPlan("dot", 64, 256, 4, 3)  # 2-16 rows: 1b 53-55 us vs 57-58; 2.8b 65-66 vs 71 (not at 8 rows)
+_DOT_OUT_1B = GemmPlan("dot", 32, 256, 4, 4, split=4)  # 2-16 rows: 15.9-16.4 us vs 16.7-17.2
+GEMM_TABLE: dict[tuple[int, int], list[tuple[int, int, GemmPlan]]] = {
+    (6144, 2048): [(1, 1, _GEMV_QKV_UP)], (8192, 2048): [(1, 1, _GEMV_QKV_UP)],  # Pythia-1b
+    (2048, 10240): [(1, 1, _GEMV_OUT), (2, 16, _DOT_OUT_1B)],
+    (50304, 2048): [(1, 1, _GEMV_LOGITS), (2, 16, _DOT_LOGITS)],
+    (7680, 2560): [(1, 1, _GEMV_QKV_UP)], (10240, 2560): [(1, 1, _GEMV_QKV_UP)],  # Pythia-2.8b, gpt3-2.7b
+    (2560, 12800): [(1, 1, _GEMV_OUT)],
+    (50304, 2560): [(1, 1, _GEMV_LOGITS), (2, 7, _DOT_LOGITS), (9, 16, _DOT_LOGITS)],
+}
 
 
 def gemm_plan(m: int, n: int, k: int) -> GemmPlan | None:
     """The tuned kernel for x (m, k) @ W (n, k)^T, or None for cuBLAS."""
-    for most_rows, plan in GEMM_TABLE.get((n, k), ()):
-        if m <= most_rows and fits(plan, m, n, k):
+    for fewest, most, plan in GEMM_TABLE.get((n, k), ()):
+        if fewest <= m <= most and fits(plan, m, n, k):
             return plan
     return None
 

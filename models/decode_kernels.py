@@ -9,13 +9,14 @@ ride on the ops that read the GEMMs' outputs:
 - `residual_norms`: the residual add(s) of a layer, with the out-projection's and MLP-down's biases, and the
   norm(s) that read the result, one pass per row. With GPT-NeoX's parallel residual the next layer's two
   norms read the same x, so one kernel does x += (mlp + b) + (attn + b), norm1(x), norm2(x).
-- `bias_gelu`: the MLP-up's bias and the exact (erf) GELU, in place.
+- `bias_gelu`: the MLP-up's bias and the exact (erf) GELU, in place or into the output GEMM's input.
 - `decode_attention`: the QKV bias, rotary of the new token's q and k, the write of its k and v into the
   cache at a position held in a device tensor, and attention over the cache positions 0..pos, split over
   the cache (flash-decoding) so that batch 1 with 8 heads still spreads the cache read over every SM.
   Splits past pos return at once, so a step reads the filled part of the cache, not the preallocated
-  capacity; shapes (and the grid) stay fixed, so the step can be captured in a CUDA graph. A second small
-  kernel combines the splits; with one split (large batches) the first kernel writes the result itself.
+  capacity; shapes (and the grid) stay fixed, so the step can be captured in a CUDA graph. The last split
+  of a (row, head) to finish combines the splits, in the same launch. Optionally (one-stream step) extra
+  programs of the same grid write the MLP's bias + GELU: `decode_attention_and_gelu`.
 
 On CUDA these are Triton kernels; elsewhere the same ops run as plain torch (the CPU path, and the
 independent reference the GPU kernels are checked against). `backend="triton"` on a CPU tensor runs the
@@ -35,7 +36,10 @@ from .invariant.backend import Kernel, program_slots, triton, tl
 
 BACKENDS = ("auto", "triton", "torch")
 MAX_SPLITS = 64  # the combine kernel holds all splits of a head in one tile
-PROGRAMS_PER_SM = 4  # enough (b, head, split) programs in flight to keep HBM busy at batch 1
+# (b, head, split) programs per SM the splits aim at: of 2, 4, 8, 16, 2 was fastest at nearly every row on an
+# H200 (fewer splits: less to combine; b=16, p=2048 at 2 is ~one wave of 3 programs an SM)
+PROGRAMS_PER_SM = 2
+MIN_SPLITS = 2  # b=64 with 8 heads: one split gives 1.3 waves (323 us a layer), two 273
 
 
 def use_triton(t: torch.Tensor, backend: str) -> bool:
@@ -100,16 +104,16 @@ def _residual_norms_kernel(x_ptr, a_ptr, c_ptr, bias1_ptr, bias2_ptr, w1_ptr, b1
         tl.store(y2_ptr + row + cols, (normed * w2 + b2).to(y2_ptr.dtype.element_ty), mask=ok)
 
 
-def _bias_gelu_kernel(x_ptr, bias_ptr, n_cols, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64) * n_cols
+def _bias_gelu_kernel(x_ptr, bias_ptr, out_ptr, n_cols, out_stride, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < n_cols
-    x = tl.load(x_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32)
     if HAS_BIAS:
         x += tl.load(bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     x = x.to(x_ptr.dtype.element_ty).to(tl.float32)  # the GEMM with its bias would round here
-    tl.store(x_ptr + row + cols, (0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))).to(x_ptr.dtype.element_ty),
-             mask=ok)
+    tl.store(out_ptr + row * out_stride + cols,
+             (0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))).to(out_ptr.dtype.element_ty), mask=ok)
 
 
 RESIDUAL_NORMS = Kernel(_residual_norms_kernel) if triton is not None else None
@@ -152,14 +156,17 @@ def residual_norms(x: torch.Tensor, adds: tuple[torch.Tensor, ...], norms: tuple
     return outs
 
 
-def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, *, backend: str = "auto") -> torch.Tensor:
-    """gelu(x + bias), exact (erf) GELU as GPT-NeoX's hidden_act 'gelu', written into x (rows, 4h)."""
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, *, out: torch.Tensor | None = None,
+              backend: str = "auto") -> torch.Tensor:
+    """gelu(x + bias), exact (erf) GELU as GPT-NeoX's hidden_act 'gelu', of x (rows, 4h) written into `out`
+    (rows, 4h; unit stride along the row, e.g. the right part of the output GEMM's input), else into x."""
+    out = x if out is None else out
     if not use_triton(x, backend):
-        return x.copy_(F.gelu(_biased(x, bias)))
+        return out.copy_(F.gelu(_biased(x, bias)))
     rows, cols = x.shape
-    BIAS_GELU[(rows, triton.cdiv(cols, GELU_BLOCK))](x, bias if bias is not None else x, cols,
+    BIAS_GELU[(rows, triton.cdiv(cols, GELU_BLOCK))](x, bias if bias is not None else x, out, cols, out.stride(0),
                                                      HAS_BIAS=bias is not None, BLOCK=GELU_BLOCK, num_warps=4)
-    return x
+    return out
 
 
 # ---- attention of one new token over the KV cache -----------------------------------------------
@@ -173,9 +180,13 @@ class AttentionTile:
     stages: int
 
 
-# by BLOCK_D (the head dim rounded up to a power of two); see attention_tile
-ATTENTION_TILES = {16: AttentionTile(64, 4, 3), 32: AttentionTile(64, 4, 3), 64: AttentionTile(64, 4, 3),
-                   128: AttentionTile(32, 4, 3), 256: AttentionTile(16, 4, 3)}
+# By BLOCK_D (the head dim rounded up to a power of two). 128 and 256: measured on an H200
+# (scripts/tune_decode_kernels.py at 9fe0b4f: 36 tiles x splits per head dim, rows b=1..64,
+# prompt 128..4096): 16 keys x 4 warps x 3 stages is the fastest or within 5% at every row of the decode
+# benchmark for head dims 80, 128 and 256 (b=16, p=2048: 3.5-3.65 TB/s of 4.28; the kernel before, 0.9-1.2),
+# one stage (no pipelining) 1.5-2.5x slower, 8 warps 5-40% slower. 16-64: not measured (Pythia-160m/410m).
+ATTENTION_TILES = {16: AttentionTile(32, 4, 3), 32: AttentionTile(32, 4, 3), 64: AttentionTile(32, 4, 3),
+                   128: AttentionTile(16, 4, 3), 256: AttentionTile(16, 4, 3)}
 
 
 @dataclass(frozen=True)
@@ -201,14 +212,14 @@ def attention_tile(head_dim: int) -> AttentionTile:
 def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: torch.device,
                      count: int | None = None, *, tile: AttentionTile | None = None,
                      programs_per_sm: int | None = None) -> Splits:
-    """Enough programs to cover every SM `programs_per_sm` times (batch 1 with 8 heads needs ~60 splits of
-    the cache; batch 64 needs none), each at least one tile of keys, at most MAX_SPLITS. `count` fixes the
-    number of splits, `tile` the kernel's tile (the tuning script sweeps both)."""
+    """Enough programs to cover every SM `programs_per_sm` times (batch 1 with 8 heads needs ~30 splits of
+    the cache; batch 64 none, but gets MIN_SPLITS), each at least one tile of keys, at most MAX_SPLITS.
+    `count` fixes the number of splits, `tile` the kernel's tile (the tuning script sweeps both)."""
     block_d = 1 << max(4, math.ceil(math.log2(head_dim)))
     tile = tile or attention_tile(head_dim)
     blocks = -(-capacity // tile.block_n)
     if count is None:
-        count = -(-(programs_per_sm or PROGRAMS_PER_SM) * program_slots(device) // rows_x_heads)
+        count = max(MIN_SPLITS, -(-(programs_per_sm or PROGRAMS_PER_SM) * program_slots(device) // rows_x_heads))
     count = max(1, min(count, blocks, MAX_SPLITS))
     per_split = -(-blocks // count)
     return Splits(-(-blocks // per_split), per_split * tile.block_n, tile.block_n, block_d, tile.warps, tile.stages)
@@ -217,7 +228,7 @@ def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: to
 def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr,
                              out_stride, m_ptr, l_ptr, acc_ptr, count_ptr, heads, rotary_dims, capacity,
                              keys_per_split, n_splits, scale_log2, attention_programs, up_ptr, up_bias_ptr, ffn,
-                             HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr,
+                             qkv_stride, up_stride, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr,
                              BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr,
                              STAGES: tl.constexpr, BLOCK_S: tl.constexpr, HAS_GELU: tl.constexpr,
                              HAS_UP_BIAS: tl.constexpr, GELU_BLOCK: tl.constexpr):
@@ -227,9 +238,9 @@ def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_pt
     pid = tl.program_id(0)
     if pid < attention_programs:
         _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr, out_stride, m_ptr,
-                l_ptr, acc_ptr, count_ptr, pid // n_splits, pid % n_splits, heads, rotary_dims, capacity,
-                keys_per_split, n_splits, scale_log2, HEAD_DIM, HALF, BLOCK_N, BLOCK_D, HAS_BIAS, DIRECT, STAGES,
-                BLOCK_S)
+                l_ptr, acc_ptr, count_ptr, pid // n_splits, pid % n_splits, qkv_stride, heads, rotary_dims,
+                capacity, keys_per_split, n_splits, scale_log2, HEAD_DIM, HALF, BLOCK_N, BLOCK_D, HAS_BIAS, DIRECT,
+                STAGES, BLOCK_S)
     else:
         if HAS_GELU:
             job = pid - attention_programs
@@ -237,7 +248,7 @@ def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_pt
             row = (job // col_blocks).to(tl.int64)
             cols = (job % col_blocks) * GELU_BLOCK + tl.arange(0, GELU_BLOCK)
             ok = cols < ffn
-            x = tl.load(up_ptr + row * ffn + cols, mask=ok, other=0.0).to(tl.float32)
+            x = tl.load(up_ptr + row * up_stride + cols, mask=ok, other=0.0).to(tl.float32)
             if HAS_UP_BIAS:
                 x += tl.load(up_bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
             x = x.to(up_ptr.dtype.element_ty).to(tl.float32)  # the GEMM with its bias would round here
@@ -246,8 +257,8 @@ def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_pt
 
 
 def _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr, out_stride, m_ptr,
-            l_ptr, acc_ptr, count_ptr, bh, split, heads, rotary_dims, capacity, keys_per_split, n_splits, scale_log2,
-            HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+            l_ptr, acc_ptr, count_ptr, bh, split, qkv_stride, heads, rotary_dims, capacity, keys_per_split, n_splits,
+            scale_log2, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
             HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr, STAGES: tl.constexpr, BLOCK_S: tl.constexpr):
     row, head = bh // heads, bh % heads
     pos = tl.load(pos_ptr).to(tl.int32)  # where this step's token sits: it attends to positions 0..pos
@@ -255,7 +266,7 @@ def _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_p
     d_ok = d < HEAD_DIM
     # GPT-NeoX packs [q, k, v] per head: (b, heads, 3, d); rotary turns the first rotary_dims of q and k,
     # half-split: x_j cos - x_{j+half} sin below half, x_j cos + x_{j-half} sin above
-    packed = qkv_ptr + row.to(tl.int64) * heads * 3 * HEAD_DIM + head * 3 * HEAD_DIM
+    packed = qkv_ptr + row.to(tl.int64) * qkv_stride + head * 3 * HEAD_DIM
     biases = bias_ptr + head * 3 * HEAD_DIM
     rotated = d < rotary_dims
     partner = tl.where(rotated, tl.where(d < HALF, d + HALF, d - HALF), d)
@@ -374,7 +385,7 @@ def decode_attention_torch(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache
     qkv = _biased(qkv, bias)
     b = qkv.shape[0]
     d = k_cache.shape[-1]
-    packed = qkv.view(b, heads, 3, d)
+    packed = qkv.reshape(b, heads, 3, d)
     at = pos.view(1)
     c, s = cos.index_select(0, at), sin.index_select(0, at)  # (1, rotary_dims)
     q = rotate(packed[:, :, 0], c, s)  # (b, heads, d) float32
@@ -408,7 +419,8 @@ def _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, *, heads
     DECODE_ATTENTION[(attention_programs + gelu,)](
         qkv, bias if bias is not None else qkv, k_cache, v_cache, pos, cos, sin, out, out.stride(0), m, l_, acc,
         count, heads, rotary_dims, capacity, splits.keys, splits.count, scale * LOG2E, attention_programs,
-        up if up is not None else out, up_bias if up_bias is not None else out, ffn, HEAD_DIM=d,
+        up if up is not None else out, up_bias if up_bias is not None else out, ffn, qkv.stride(0),
+        up.stride(0) if up is not None else 0, HEAD_DIM=d,
         HALF=max(1, rotary_dims // 2), BLOCK_N=splits.block_n, BLOCK_D=splits.block_d, HAS_BIAS=bias is not None,
         DIRECT=splits.direct, STAGES=splits.stages, BLOCK_S=triton.next_power_of_2(splits.count),
         HAS_GELU=up is not None, HAS_UP_BIAS=up_bias is not None, GELU_BLOCK=GELU_BLOCK, num_warps=splits.warps)
@@ -416,15 +428,17 @@ def _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, *, heads
 
 def decode_attention(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, heads: int, scale: float,
-                     splits: Splits, backend: str = "auto") -> torch.Tensor:
+                     splits: Splits, out: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
     """One new token per batch row. qkv (b, heads*3*d) straight from the QKV GEMM, `bias` its bias (3h,);
     k_cache, v_cache (b, heads, T, d) of one layer; pos a device int64 scalar; cos, sin (T, rotary_dims)
     float32. Writes the token's k and v at pos and returns its attention output (b, heads*d), ready for the
-    out-projection."""
+    out-projection: into `out` where given (unit stride along the row, e.g. the left part of the output
+    GEMM's input [attention | gelu(up)])."""
     if not use_triton(qkv, backend):
-        return decode_attention_torch(qkv, bias, k_cache, v_cache, pos, cos, sin, heads, scale)
+        context = decode_attention_torch(qkv, bias, k_cache, v_cache, pos, cos, sin, heads, scale)
+        return context if out is None else out.copy_(context)
     b, _, _, d = k_cache.shape
-    out = torch.empty(b, heads * d, device=qkv.device, dtype=qkv.dtype)
+    out = torch.empty(b, heads * d, device=qkv.device, dtype=qkv.dtype) if out is None else out
     _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, heads=heads, scale=scale, splits=splits)
     return out
 

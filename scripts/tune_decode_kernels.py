@@ -138,10 +138,14 @@ SPLIT_BASES = [G.GemmPlan("gemv", 8, 512, 4, 4), G.GemmPlan("gemv", 16, 512, 4, 
                G.GemmPlan("dot", 16, 512, 4, 4), G.GemmPlan("dot", 32, 256, 4, 4)]
 
 
+SWEEP = {"tiles": None, "pps": PROGRAMS_PER_SM}  # --attention-tiles / --pps narrow the sweep
+
+
 def attention_candidates(head_dim: int) -> list[AttentionCandidate]:
     block_d = 1 << max(4, math.ceil(math.log2(head_dim)))
     out = [AttentionCandidate("v0", None, V0.PROGRAMS_PER_SM)]
-    for (bn, w, st), pps in itertools.product(LANE_TILES[min(block_d, 256)], PROGRAMS_PER_SM):
+    tiles = SWEEP["tiles"] or LANE_TILES[min(block_d, 256)]
+    for (bn, w, st), pps in itertools.product(tiles, SWEEP["pps"]):
         out.append(AttentionCandidate("lane", K.AttentionTile(bn, w, st), pps))
     return out
 
@@ -151,7 +155,8 @@ def gemm_candidates(case: GemmCase) -> list[G.GemmPlan | None]:
     pool = (GEMV_PLANS + DOT_PLANS) if case.m == 1 else DOT_PLANS if case.m <= 16 else DOT64_PLANS
     if case.n <= case.k:  # few output columns: split K too
         pool = pool + [G.GemmPlan(p.kind, p.block_n, p.block_k, p.warps, p.stages, split, p.block_m)
-                       for p in SPLIT_BASES for split in (2, 4) if case.m <= p.block_m and (p.kind == "dot" or case.m == 1)]
+                       for p in SPLIT_BASES for split in (2, 4)
+                       if case.m <= p.block_m and (p.kind == "dot" or case.m == 1)]
     plans += [p for p in pool if G.fits(p, case.m, case.n, case.k) and case.k % p.block_k == 0]
     return plans
 
@@ -343,7 +348,8 @@ def measure(case, inputs, candidate, device, replays, flush) -> dict:
 def _compile_shard(args: tuple) -> int:
     """Worker: launch each candidate of the shard once on every case it applies to (fills Triton's disk
     cache). Returns how many launches ran."""
-    models, rows, gemm_rows, gemm_models, shard, shards, device_type = args
+    models, rows, gemm_rows, gemm_models, shard, shards, device_type, sweep = args
+    SWEEP.update(sweep)  # a spawned worker imports this module afresh
     device = torch.device(device_type)
     cpu = device.type != "cuda"
     ran = 0
@@ -376,8 +382,8 @@ def precompile(models, rows, gemm_rows, gemm_models, jobs: int, budget_s: float,
     context = mp.get_context("spawn")
     pool = context.Pool(jobs)
     try:
-        result = pool.map_async(_compile_shard, [(models, rows, gemm_rows, gemm_models, i, jobs, device_type)
-                                                   for i in range(jobs)])
+        shards = [(models, rows, gemm_rows, gemm_models, i, jobs, device_type, dict(SWEEP)) for i in range(jobs)]
+        result = pool.map_async(_compile_shard, shards)
         launches = result.get(timeout=budget_s)
         status = f"{sum(launches)} launches in {jobs} workers"
     except Exception as exc:  # noqa: BLE001 - the timing loop compiles what is missing itself
@@ -427,6 +433,8 @@ def parse_args(argv):
                    help="attention rows, BATCHxPROMPT")
     p.add_argument("--gemm-models", default="pythia-1b,pythia-2.8b", help="models whose weight GEMMs are swept")
     p.add_argument("--gemm-rows", default="1,16,2,4,8,64", help="GEMM row counts M")
+    p.add_argument("--attention-tiles", default="", help="only these tiles, KEYSxWARPSxSTAGES,... (default: the table)")
+    p.add_argument("--pps", default="", help="only these programs per SM, e.g. 2,4")
     p.add_argument("--deadline-s", type=float, default=130.0)
     p.add_argument("--jobs", type=int, default=12, help="compile workers (0: compile in the timing loop)")
     p.add_argument("--replays", type=int, default=7)
@@ -445,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = [tuple(int(x) for x in r.split("x")) for r in args.rows.split(",") if r.strip()]
     gemm_rows = [int(m) for m in args.gemm_rows.split(",") if m.strip()]
     gemm_models = [m for m in args.gemm_models.split(",") if m.strip()]
+    if args.attention_tiles:
+        SWEEP["tiles"] = [tuple(int(v) for v in t.split("x")) for t in args.attention_tiles.split(",")]
+    if args.pps:
+        SWEEP["pps"] = tuple(int(v) for v in args.pps.split(","))
     if not cuda:  # tiny shapes through the interpreter
         import tempfile
 

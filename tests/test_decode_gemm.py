@@ -44,6 +44,20 @@ def test_a_split_k_gemm_gives_the_same_bits_at_every_launch_and_leaves_its_count
     assert int(counters(x.device, 3, "gemm")[:3].abs().sum()) == 0
 
 
+@interpreted
+@pytest.mark.parametrize("split", [1, 2])
+def test_the_gemv_epilogue_writes_gelu_of_the_biased_output_into_a_wider_buffer(split):
+    from models.decode_kernels import bias_gelu
+
+    x, w = operands(1, 48, 256, seed=2)
+    bias = torch.randn(48, generator=torch.Generator().manual_seed(3))
+    joined = torch.full((1, 16 + 48), float("nan"))
+    G.triton_linear(x, w, G.GemmPlan("gemv", 16, 64, 4, 3, split=split), joined[:, 16:], gelu=True, bias=bias)
+    expected = bias_gelu(x @ w.T, bias, backend="torch")
+    torch.testing.assert_close(joined[:, 16:], expected, atol=1e-4, rtol=1e-5)
+    assert joined[:, :16].isnan().all()  # the attention's half untouched
+
+
 def test_a_plan_that_does_not_fit_the_shape_is_refused():
     x, w = operands(2, 16, 64)
     with pytest.raises(ValueError, match="does not fit"):
@@ -51,19 +65,17 @@ def test_a_plan_that_does_not_fit_the_shape_is_refused():
     assert not G.fits(G.GemmPlan("dot", 16, 64, 4, 3, split=3), 1, 16, 256)  # 256 / 3 is no whole tile
 
 
-def test_the_table_picks_the_first_entry_with_enough_rows_and_leaves_the_rest_to_cublas(monkeypatch):
+def test_the_table_picks_the_entry_whose_rows_hold_m_and_leaves_the_rest_to_cublas(monkeypatch):
     gemv, dot = G.GemmPlan("gemv", 16, 256, 4, 4), G.GemmPlan("dot", 16, 256, 4, 4)
-    monkeypatch.setattr(G, "GEMM_TABLE", {(6144, 2048): [(1, gemv), (16, dot)]})
+    monkeypatch.setattr(G, "GEMM_TABLE", {(6144, 2048): [(1, 1, gemv), (2, 7, dot), (9, 16, dot)]})
     assert G.gemm_plan(1, 6144, 2048) == gemv
-    assert G.gemm_plan(8, 6144, 2048) == dot
+    assert G.gemm_plan(4, 6144, 2048) == dot and G.gemm_plan(16, 6144, 2048) == dot
+    assert G.gemm_plan(8, 6144, 2048) is None  # measured slower there: cuBLAS
     assert G.gemm_plan(64, 6144, 2048) is None and G.gemm_plan(1, 2048, 6144) is None
 
 
-@interpreted
-def test_the_model_decodes_through_the_tabled_kernels_as_through_cublas(monkeypatch, tmp_path):
-    """Every GEMM of a tiny model's step in the table: the step's logits equal the plain-torch step's."""
+def tiny_model(tmp_path):
     from inference.checkpoints import ensure_checkpoint, resolve_model
-    from inference.graph_decoder import GreedyDecoder
     from models.neox_checkpoint import load_causal_lm
 
     config = tmp_path / "tiny-gemm.yaml"
@@ -71,19 +83,48 @@ def test_the_model_decodes_through_the_tabled_kernels_as_through_cublas(monkeypa
                       "vocab_size: 512\nmax_position_embeddings: 64\n")
     checkpoint = ensure_checkpoint(resolve_model(str(config)), tmp_path / "ckpt", device=torch.device("cpu"),
                                    log=lambda _: None)
-    model = load_causal_lm(checkpoint, dtype=torch.float32, kernels="triton")
-    plan = G.GemmPlan("dot", 16, 64, 4, 3)
-    shapes = {(192, 64), (256, 64), (64, 320), (model.cfg.embedding_rows, 64)}  # qkv, up, [out | down], logits
-    monkeypatch.setattr(G, "GEMM_TABLE", {shape: [(16, plan)] for shape in shapes})
+    return load_causal_lm(checkpoint, dtype=torch.float32, kernels="triton")
+
+
+def step_against_torch(model, monkeypatch, table: dict, batch: int = 2, branches: bool | None = None) -> set:
+    """One decode step with `table` as the GEMM table: its logits against the plain-torch step's; returns
+    the weight shapes the Triton kernels ran."""
+    import models.causal_lm as causal_lm
+    from inference.graph_decoder import GreedyDecoder
+
+    monkeypatch.setattr(G, "GEMM_TABLE", table)
     used = []
     original = G.triton_linear
-    monkeypatch.setattr(G, "triton_linear", lambda x, w, p, out=None: used.append(tuple(w.shape)) or original(x, w, p))
-    ids = torch.randint(3, 512, (2, 10), generator=torch.Generator().manual_seed(0))
-    decoder = GreedyDecoder(model, batch=2, prompt_len=10, new_tokens=3, splits=2)
+
+    def spy(x, w, plan, out=None, **kwargs):
+        used.append(tuple(w.shape))
+        return original(x, w, plan, out, **kwargs)
+
+    monkeypatch.setattr(G, "triton_linear", spy)
+    monkeypatch.setattr(causal_lm, "triton_linear", spy)
+    ids = torch.randint(3, 512, (batch, 10), generator=torch.Generator().manual_seed(0))
+    decoder = GreedyDecoder(model, batch=batch, prompt_len=10, new_tokens=3, splits=2, branches=branches)
     decoder.capture(ids)
     decoder.rewind()
     expected = decoder.reference_step()
     used.clear()
     decoder.step()
-    assert set(used) == shapes
     torch.testing.assert_close(decoder.logits, expected, atol=1e-4, rtol=1e-5)
+    return set(used)
+
+
+@interpreted
+def test_the_model_decodes_through_the_tabled_kernels_as_through_cublas(monkeypatch, tmp_path):
+    """Every GEMM of a tiny model's step in the table, one by one: the step equals the plain-torch step."""
+    model = tiny_model(tmp_path)
+    plan = G.GemmPlan("dot", 16, 64, 4, 3)
+    shapes = {(192, 64), (256, 64), (64, 320), (model.cfg.embedding_rows, 64)}  # qkv, up, [out | down], logits
+    assert step_against_torch(model, monkeypatch, {shape: [(1, 16, plan)] for shape in shapes}) == shapes
+
+
+@interpreted
+def test_at_batch_one_the_two_branch_step_runs_the_gemv_kernels_with_the_gelu_epilogue(monkeypatch, tmp_path):
+    model = tiny_model(tmp_path)
+    plan = G.GemmPlan("gemv", 16, 64, 4, 3)
+    shapes = {(192, 64), (256, 64), (64, 320), (model.cfg.embedding_rows, 64)}
+    assert step_against_torch(model, monkeypatch, {s: [(1, 1, plan)] for s in shapes}, batch=1, branches=True) == shapes
