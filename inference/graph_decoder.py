@@ -8,9 +8,11 @@ is not: `prefill` runs it once through the model eagerly (its cost is GEMMs and 
 launches) and picks the first token.
 
 On a CPU there is no graph: `step` runs the same function eagerly, so the CPU tests run the same math.
+On CUDA a layer's attention chain (QKV GEMM, attention) and MLP chain (MLP-up GEMM, bias + GELU) are captured
+on two streams, so the graph runs them side by side (`branches`; docs/decode-engine.md says why).
 
 torch.compile (optional, `compile=True`): the per-layer work is already fused by hand
-(models/decode_kernels.py: 6 kernels a layer, 3 of them GEMMs), so what is left for inductor is the step's
+(models/decode_kernels.py: 5 kernels a layer, 3 of them GEMMs), so what is left for inductor is the step's
 head (embedding gather + the first layer's norms: 2 kernels -> 1) and tail (banned-token mask, argmax, three
 writes, position increment: ~6 kernels -> 2). Both are compiled with fullgraph=True and run inside our own
 graph (inductor's cudagraphs stay off). A compile that fails, or a capture that fails with it, falls back to
@@ -47,7 +49,7 @@ class GreedyDecoder:
 
     def __init__(self, model: NeoXCausalLM, *, batch: int, prompt_len: int, new_tokens: int,
                  banned_token: int | None = None, use_graph: bool | None = None, compile: bool = False,
-                 splits: int | None = None):
+                 splits: int | None = None, branches: bool | None = None):
         if new_tokens < 2:
             raise ValueError("new_tokens must be >= 2: the first comes from prefill, the rest from decode steps")
         cfg, device = model.cfg, model.device
@@ -72,6 +74,12 @@ class GreedyDecoder:
             self._head = torch.compile(model.embed_and_norm, fullgraph=True)
             self._tail = torch.compile(greedy_pick, fullgraph=True)
             self.compile_status = "on"
+        # the parallel residual's two branches per layer on two streams of the graph (decode_from); on a CPU,
+        # or branches=True without a graph, the same two chains one after the other
+        parallel = cfg.residual == "parallel"
+        self.branches = parallel and (self.use_graph if branches is None else branches)
+        self.branch = torch.cuda.Stream(device) if self.branches and self.use_graph else None
+        self.branch_status = "two streams" if self.branch is not None else "in order" if self.branches else "off"
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None  # the step's output (b, vocab): static once captured
 
@@ -99,7 +107,8 @@ class GreedyDecoder:
 
     def _step(self) -> torch.Tensor:
         x, normed = self._head(self.tokens)
-        logits = self.model.decode_from(x, normed, self.cache, self.pos, self.splits, self.tables)  # (b, vocab)
+        logits = self.model.decode_from(x, normed, self.cache, self.pos, self.splits, self.tables,
+                                        branches=self.branches, branch=self.branch)  # (b, vocab)
         self._tail(logits, self.banned, self.tokens, self.generated, self.count, self.pos)
         return logits
 
@@ -126,17 +135,24 @@ class GreedyDecoder:
     @torch.no_grad()
     def capture(self, input_ids: torch.Tensor) -> None:
         """Prefill, warm the step up on a side stream, capture it (on a CPU, or use_graph=False: prefill and
-        one eager step). With compile, a failure falls back to the plain step and compile_status says why."""
-        try:
-            self._prepare(input_ids)
-        except Exception as exc:  # noqa: BLE001 - only a compiled step may fail here; the plain one must not
-            if self.compile_status != "on" or isinstance(exc, torch.cuda.OutOfMemoryError):
-                raise
-            self.compile_status = (f"fell back to the plain step: {type(exc).__name__}: "
-                                   f"{(str(exc).strip().splitlines() or [''])[0][:160]}")
-            self._head, self._tail = self.model.embed_and_norm, greedy_pick
-            self.graph = None
-            self._prepare(input_ids)
+        one eager step). A failure with compile falls back to the plain step (compile_status says why), one
+        with two streams to one stream (branch_status says why)."""
+        fallbacks = (["compile"] if self.compile_status == "on" else []) + (["branch"] if self.branch else [])
+        while True:
+            try:
+                self._prepare(input_ids)
+                return
+            except Exception as exc:  # noqa: BLE001 - only a compiled or two-stream step may fail here
+                if isinstance(exc, torch.cuda.OutOfMemoryError) or not fallbacks:
+                    raise
+                why = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
+                if fallbacks.pop(0) == "compile":
+                    self.compile_status = f"fell back to the plain step: {why}"
+                    self._head, self._tail = self.model.embed_and_norm, greedy_pick
+                else:
+                    self.branch_status = f"fell back to one stream: {why}"
+                    self.branches, self.branch = False, None
+                self.graph = None
 
     def _prepare(self, input_ids: torch.Tensor) -> None:
         self.prefill(input_ids)

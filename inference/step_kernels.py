@@ -11,6 +11,10 @@ what each class costs beyond the bytes it must move:
   small kernels    time of the norm and other kernels (they move next to no bytes)
   launch gaps      step time - summed kernel time (the GPU idle between dependent kernels of the graph)
 
+With a layer's two branches on two streams, kernels overlap and their summed time can exceed the step:
+`overlapped_ms` = summed kernel time - step time (then the gaps are 0 and each class's excess is an upper
+bound on what it costs the step).
+
 and names the largest. `launch_floor_ms` = kernels x the shortest kernel: what the step would cost if every
 kernel were as short as the shortest one, a lower bound that only fewer kernels can lower.
 """
@@ -97,11 +101,13 @@ def holds_back(step_ms: float, kernels: StepKernels | None, *, weight_bytes: int
     gemm_ms, attention_ms = kernels.class_ms("gemm"), kernels.class_ms("attention")
     small_ms = kernels.class_ms("norm") + kernels.class_ms("other")
     gaps_ms = max(0.0, step_ms - kernels.total_us / 1e3)
+    overlapped_ms = max(0.0, kernels.total_us / 1e3 - step_ms)
     excess = {"GEMV bandwidth": gemm_ms - weight_bytes * to_ms, "attention": attention_ms - kv_bytes * to_ms,
               "small kernels": small_ms, "launch gaps": gaps_ms}
     worst = max(excess, key=excess.get)
     return {
         "gemm_ms": gemm_ms, "attention_ms": attention_ms, "small_kernels_ms": small_ms, "launch_gaps_ms": gaps_ms,
+        "overlapped_ms": overlapped_ms,
         "gemv_tbps": weight_bytes / (gemm_ms * 1e-3) / 1e12 if gemm_ms else None,
         "attention_tbps": kv_bytes / (attention_ms * 1e-3) / 1e12 if attention_ms else None,
         "launch_floor_ms": kernels.count * kernels.min_us / 1e3,

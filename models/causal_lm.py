@@ -14,6 +14,7 @@ why: at batch 1 a biased addmm is two kernels).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,7 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError, ModelConfig
-from .decode_kernels import Splits, bias_gelu, decode_attention, decode_attention_and_gelu, residual_norms
+from .decode_gemm import gemm_plan, linear, triton_linear
+from .decode_kernels import (Splits, bias_gelu, decode_attention, decode_attention_and_gelu, residual_norms,
+                             use_triton)
 from .kernels import apply_rotary_in_place
 from .layer import LogitLayer, TransformerLayer, rotary_tables
 
@@ -196,20 +199,27 @@ class NeoXCausalLM(nn.Module):
 
     # ---- decode: one token per row at a device-held position --------------------------------------
     def decode_logits(self, tokens: torch.Tensor, cache: KVCache, pos: torch.Tensor, splits: Splits,
-                      tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+                      tables: tuple[torch.Tensor, torch.Tensor], **branching) -> torch.Tensor:
         """tokens (b,) at position `pos` (a device int64 scalar, the same for every row): writes their k and
         v at pos and returns their logits (b, vocab). No host sync and no shape depends on pos. `tables`:
         rotary_tables(cache.capacity), held by the caller (a captured graph reads them at replay)."""
         x, normed = self.embed_and_norm(tokens)
-        return self.decode_from(x, normed, cache, pos, splits, tables)
+        return self.decode_from(x, normed, cache, pos, splits, tables, **branching)
 
     def decode_from(self, x: torch.Tensor, normed: tuple[torch.Tensor, ...], cache: KVCache, pos: torch.Tensor,
-                    splits: Splits, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """decode_logits after the embedding and first norm (which torch.compile may have fused)."""
+                    splits: Splits, tables: tuple[torch.Tensor, torch.Tensor], *, branches: bool = False,
+                    branch: torch.cuda.Stream | None = None) -> torch.Tensor:
+        """decode_logits after the embedding and first norm (which torch.compile may have fused).
+
+        `branches` (parallel residual): each layer's attention branch (QKV GEMM, attention) and MLP branch
+        (MLP-up GEMM, bias + GELU) as two separate chains, on the `branch` stream and the current one where
+        a stream is given, so that in a CUDA graph they run concurrently (models/decode_kernels.py says why);
+        without, the attention kernel also does the MLP's bias + GELU (one kernel fewer, no overlap)."""
         cos, sin = tables
         heads = self.cfg.heads_per_gpu
         if self.cfg.residual == "parallel" and all(self.output_weight(layer) is not None for layer in self.layers):
-            return self.logit_layer.logits(self._parallel_decode(x, normed, cache, pos, splits, tables))
+            final = self._parallel_decode(x, normed, cache, pos, splits, tables, branches, branch)  # (b, h)
+            return self._gemm(final, self.logit_layer.logits.weight)  # (b, vocab)
 
         def attend(i: int, layer: TransformerLayer, qkv: torch.Tensor) -> torch.Tensor:
             return decode_attention(qkv, layer.attention.qkv_transform.bias, cache.keys[i], cache.values[i], pos,
@@ -218,23 +228,63 @@ class NeoXCausalLM(nn.Module):
 
         return self.logit_layer.logits(self.layers_forward(x, normed, attend))  # (b, vocab)
 
+    def _gemm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """A decode GEMM without bias: the tuned Triton kernel where models/decode_gemm.py's table has one for
+        this shape, else cuBLAS (always cuBLAS / plain torch on the torch path, the reference)."""
+        plan = gemm_plan(x.shape[0], weight.shape[0], weight.shape[1]) if use_triton(x, self.kernels) else None
+        return linear(x, weight, plan)
+
     def _parallel_decode(self, x: torch.Tensor, normed: tuple[torch.Tensor, ...], cache: KVCache, pos: torch.Tensor,
-                         splits: Splits, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+                         splits: Splits, tables: tuple[torch.Tensor, torch.Tensor], branches: bool = False,
+                         branch: torch.cuda.Stream | None = None) -> torch.Tensor:
         """layers_forward for one token per row with the parallel residual's output GEMMs joined: per layer a
-        norm kernel, the QKV and MLP-up GEMMs, the attention kernel, one small kernel (split combine + bias +
-        GELU) and one GEMM [attention | gelu(up)] x [W_out | W_down]^T. Returns the final norm (b, h)."""
+        norm kernel, the QKV and MLP-up GEMMs, the attention kernel (with the MLP-up's bias + GELU, or beside
+        it: `branches`) and one GEMM [attention | gelu(up)] x [W_out | W_down]^T. Returns the final norm (b, h)."""
         cos, sin = tables
         heads = self.cfg.heads_per_gpu
         count = len(self.layers)
         for i, layer in enumerate(self.layers):
             following = self.layers[i + 1] if i + 1 < count else None
             attention, mlp = layer.attention, layer.mlp
-            qkv = F.linear(normed[0], attention.qkv_transform.weight)  # (b, 3h)
-            up = F.linear(normed[1], mlp.mlp_up.weight)  # (b, 4h)
-            joined = decode_attention_and_gelu(qkv, attention.qkv_transform.bias, cache.keys[i], cache.values[i], pos,
-                                               cos, sin, up, mlp.mlp_up.bias, heads=heads, scale=attention.scale,
-                                               splits=splits, backend=self.kernels)  # (b, h + 4h)
-            both = F.linear(joined, self.output_weight(layer))  # (b, h): attn + mlp before their biases
+            if branches:
+                joined = self._two_branches(i, layer, normed, cache, pos, splits, tables, branch)  # (b, h + 4h)
+            else:
+                qkv = self._gemm(normed[0], attention.qkv_transform.weight)  # (b, 3h)
+                up = self._gemm(normed[1], mlp.mlp_up.weight)  # (b, 4h)
+                joined = decode_attention_and_gelu(qkv, attention.qkv_transform.bias, cache.keys[i], cache.values[i],
+                                                   pos, cos, sin, up, mlp.mlp_up.bias, heads=heads,
+                                                   scale=attention.scale, splits=splits,
+                                                   backend=self.kernels)  # (b, h + 4h)
+            both = self._gemm(joined, self.output_weight(layer))  # (b, h): attn + mlp before their biases
             normed = residual_norms(x, (both,), self._norms_of(following),
                                     biases=(mlp.mlp_down.bias, attention.out_projection.bias), backend=self.kernels)
         return normed[0]
+
+    def _two_branches(self, i: int, layer: TransformerLayer, normed: tuple[torch.Tensor, ...], cache: KVCache,
+                      pos: torch.Tensor, splits: Splits, tables: tuple[torch.Tensor, torch.Tensor],
+                      branch: torch.cuda.Stream | None) -> torch.Tensor:
+        """[attention(norm1(x) W_qkv) | gelu(norm2(x) W_up + b)] (b, h + 4h): the attention chain on `branch`,
+        the MLP chain on the current stream, both writing their half of one buffer allocated (and, after the
+        output GEMM, freed) on the current stream, which waits for the branch before returning. Every tensor
+        the branch reads or allocates stays referenced until then, so no block is reused under it."""
+        attention, mlp = layer.attention, layer.mlp
+        rows, h = normed[0].shape
+        joined = torch.empty(rows, h + mlp.mlp_up.out_features, device=normed[0].device, dtype=normed[0].dtype)
+        main = torch.cuda.current_stream(normed[0].device) if branch is not None else None
+        if branch is not None:
+            branch.wait_stream(main)  # the norms are written
+        with torch.cuda.stream(branch) if branch is not None else nullcontext():
+            qkv = self._gemm(normed[0], attention.qkv_transform.weight)  # (b, 3h)
+            decode_attention(qkv, attention.qkv_transform.bias, cache.keys[i], cache.values[i], pos, *tables,
+                             heads=self.cfg.heads_per_gpu, scale=attention.scale, splits=splits, out=joined[:, :h],
+                             backend=self.kernels)
+        up_weight = mlp.mlp_up.weight
+        plan = gemm_plan(rows, *up_weight.shape) if use_triton(normed[1], self.kernels) else None
+        if plan is not None and plan.kind == "gemv":  # bias + GELU in the GEMV's epilogue
+            triton_linear(normed[1], up_weight, plan, joined[:, h:], gelu=True, bias=mlp.mlp_up.bias)
+        else:
+            bias_gelu(linear(normed[1], up_weight, plan), mlp.mlp_up.bias, out=joined[:, h:], backend=self.kernels)
+        if branch is not None:
+            main.wait_stream(branch)
+        del qkv
+        return joined

@@ -9,13 +9,14 @@ ride on the ops that read the GEMMs' outputs:
 - `residual_norms`: the residual add(s) of a layer, with the out-projection's and MLP-down's biases, and the
   norm(s) that read the result, one pass per row. With GPT-NeoX's parallel residual the next layer's two
   norms read the same x, so one kernel does x += (mlp + b) + (attn + b), norm1(x), norm2(x).
-- `bias_gelu`: the MLP-up's bias and the exact (erf) GELU, in place.
+- `bias_gelu`: the MLP-up's bias and the exact (erf) GELU, in place or into the output GEMM's input.
 - `decode_attention`: the QKV bias, rotary of the new token's q and k, the write of its k and v into the
   cache at a position held in a device tensor, and attention over the cache positions 0..pos, split over
   the cache (flash-decoding) so that batch 1 with 8 heads still spreads the cache read over every SM.
   Splits past pos return at once, so a step reads the filled part of the cache, not the preallocated
-  capacity; shapes (and the grid) stay fixed, so the step can be captured in a CUDA graph. A second small
-  kernel combines the splits; with one split (large batches) the first kernel writes the result itself.
+  capacity; shapes (and the grid) stay fixed, so the step can be captured in a CUDA graph. The last split
+  of a (row, head) to finish combines the splits, in the same launch. Optionally (one-stream step) extra
+  programs of the same grid write the MLP's bias + GELU: `decode_attention_and_gelu`.
 
 On CUDA these are Triton kernels; elsewhere the same ops run as plain torch (the CPU path, and the
 independent reference the GPU kernels are checked against). `backend="triton"` on a CPU tensor runs the
@@ -35,7 +36,10 @@ from .invariant.backend import Kernel, program_slots, triton, tl
 
 BACKENDS = ("auto", "triton", "torch")
 MAX_SPLITS = 64  # the combine kernel holds all splits of a head in one tile
-PROGRAMS_PER_SM = 4  # enough (b, head, split) programs in flight to keep HBM busy at batch 1
+# (b, head, split) programs per SM the splits aim at: of 2, 4, 8, 16, 2 was fastest at nearly every row on an
+# H200 (fewer splits: less to combine; b=16, p=2048 at 2 is ~one wave of 3 programs an SM)
+PROGRAMS_PER_SM = 2
+MIN_SPLITS = 2  # b=64 with 8 heads: one split gives 1.3 waves (323 us a layer), two 273
 
 
 def use_triton(t: torch.Tensor, backend: str) -> bool:
@@ -48,6 +52,23 @@ def use_triton(t: torch.Tensor, backend: str) -> bool:
     return backend == "triton" or t.is_cuda
 
 
+_COUNTERS: dict = {}
+_RETIRED: list = []
+
+
+def counters(device: torch.device, n: int, purpose: str) -> torch.Tensor:
+    """n int32 zeros that outlive any graph: the arrival counters of kernels whose last program reduces what
+    the others wrote (each launch leaves them at zero again). Allocated on first use, outside a capture."""
+    have = _COUNTERS.get((device, purpose))
+    if have is None or have.numel() < n:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"{purpose} counters must be allocated before a graph capture (run the step once)")
+        if have is not None:
+            _RETIRED.append(have)  # a captured graph may still point at it: never freed
+        have = _COUNTERS[(device, purpose)] = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+    return have
+
+
 # ---- residual add + layer norms -----------------------------------------------------------------
 def _residual_norms_kernel(x_ptr, a_ptr, c_ptr, bias1_ptr, bias2_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, y1_ptr,
                            y2_ptr, n_cols, eps, N_ADDS: tl.constexpr, N_BIASES: tl.constexpr,
@@ -55,7 +76,14 @@ def _residual_norms_kernel(x_ptr, a_ptr, c_ptr, bias1_ptr, bias2_ptr, w1_ptr, b1
     row = tl.program_id(0).to(tl.int64) * n_cols  # one row of the residual stream per program
     cols = tl.arange(0, BLOCK)
     ok = cols < n_cols
+    # every load first (the norms' weights too): one round trip to memory, not one before and one after the
+    # reductions (a reduction's barrier keeps the loads after it from being issued early)
     x = tl.load(x_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
+    w1 = tl.load(w1_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    b1 = tl.load(b1_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+    if TWO_NORMS:
+        w2 = tl.load(w2_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+        b2 = tl.load(b2_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     if N_ADDS > 0:
         x += tl.load(a_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
         if N_ADDS > 1:
@@ -71,25 +99,21 @@ def _residual_norms_kernel(x_ptr, a_ptr, c_ptr, bias1_ptr, bias2_ptr, w1_ptr, b1
     centred = tl.where(ok, x - mean, 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=0) / n_cols + eps)
     normed = centred * rstd
-    w1 = tl.load(w1_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-    b1 = tl.load(b1_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     tl.store(y1_ptr + row + cols, (normed * w1 + b1).to(y1_ptr.dtype.element_ty), mask=ok)
     if TWO_NORMS:
-        w2 = tl.load(w2_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-        b2 = tl.load(b2_ptr + cols, mask=ok, other=0.0).to(tl.float32)
         tl.store(y2_ptr + row + cols, (normed * w2 + b2).to(y2_ptr.dtype.element_ty), mask=ok)
 
 
-def _bias_gelu_kernel(x_ptr, bias_ptr, n_cols, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64) * n_cols
+def _bias_gelu_kernel(x_ptr, bias_ptr, out_ptr, n_cols, out_stride, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < n_cols
-    x = tl.load(x_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + row * n_cols + cols, mask=ok, other=0.0).to(tl.float32)
     if HAS_BIAS:
         x += tl.load(bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     x = x.to(x_ptr.dtype.element_ty).to(tl.float32)  # the GEMM with its bias would round here
-    tl.store(x_ptr + row + cols, (0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))).to(x_ptr.dtype.element_ty),
-             mask=ok)
+    tl.store(out_ptr + row * out_stride + cols,
+             (0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))).to(out_ptr.dtype.element_ty), mask=ok)
 
 
 RESIDUAL_NORMS = Kernel(_residual_norms_kernel) if triton is not None else None
@@ -132,17 +156,39 @@ def residual_norms(x: torch.Tensor, adds: tuple[torch.Tensor, ...], norms: tuple
     return outs
 
 
-def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, *, backend: str = "auto") -> torch.Tensor:
-    """gelu(x + bias), exact (erf) GELU as GPT-NeoX's hidden_act 'gelu', written into x (rows, 4h)."""
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, *, out: torch.Tensor | None = None,
+              backend: str = "auto") -> torch.Tensor:
+    """gelu(x + bias), exact (erf) GELU as GPT-NeoX's hidden_act 'gelu', of x (rows, 4h) written into `out`
+    (rows, 4h; unit stride along the row, e.g. the right part of the output GEMM's input), else into x."""
+    out = x if out is None else out
     if not use_triton(x, backend):
-        return x.copy_(F.gelu(_biased(x, bias)))
+        return out.copy_(F.gelu(_biased(x, bias)))
     rows, cols = x.shape
-    BIAS_GELU[(rows, triton.cdiv(cols, GELU_BLOCK))](x, bias if bias is not None else x, cols,
+    BIAS_GELU[(rows, triton.cdiv(cols, GELU_BLOCK))](x, bias if bias is not None else x, out, cols, out.stride(0),
                                                      HAS_BIAS=bias is not None, BLOCK=GELU_BLOCK, num_warps=4)
-    return x
+    return out
 
 
 # ---- attention of one new token over the KV cache -----------------------------------------------
+@dataclass(frozen=True)
+class AttentionTile:
+    """The attention kernel's compile-time shape: keys per loop iteration, warps, and how many iterations'
+    loads the software pipeline keeps in flight (tl.range num_stages: cp.async into shared memory)."""
+
+    block_n: int
+    warps: int
+    stages: int
+
+
+# By BLOCK_D (the head dim rounded up to a power of two). 128 and 256: measured on an H200
+# (scripts/tune_decode_kernels.py at 9fe0b4f: 36 tiles x splits per head dim, rows b=1..64,
+# prompt 128..4096): 16 keys x 4 warps x 3 stages is the fastest or within 5% at every row of the decode
+# benchmark for head dims 80, 128 and 256 (b=16, p=2048: 3.5-3.65 TB/s of 4.28; the kernel before, 0.9-1.2),
+# one stage (no pipelining) 1.5-2.5x slower, 8 warps 5-40% slower. 16-64: not measured (Pythia-160m/410m).
+ATTENTION_TILES = {16: AttentionTile(32, 4, 3), 32: AttentionTile(32, 4, 3), 64: AttentionTile(32, 4, 3),
+                   128: AttentionTile(16, 4, 3), 256: AttentionTile(16, 4, 3)}
+
+
 @dataclass(frozen=True)
 class Splits:
     """How the cache of one (batch row, head) is cut for the attention kernel: fixed per captured graph."""
@@ -152,46 +198,76 @@ class Splits:
     block_n: int  # keys per loop iteration
     block_d: int  # head dim rounded up to a power of two
     warps: int  # per program
+    stages: int = 3  # loop iterations whose loads are in flight at once
 
     @property
     def direct(self) -> bool:  # one split: the kernel normalises and writes the output itself
         return self.count == 1
 
 
-def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: torch.device,
-                     count: int | None = None) -> Splits:
-    """Enough programs to cover every SM PROGRAMS_PER_SM times (batch 1 with 8 heads needs ~60 splits of
-    the cache; batch 64 needs none), each at least one tile of keys, at most MAX_SPLITS.
+def attention_tile(head_dim: int) -> AttentionTile:
+    return ATTENTION_TILES[max(16, 1 << math.ceil(math.log2(head_dim)))]
 
-    Tiles of 4096 elements (8 KB of keys and 8 KB of values in flight per program and iteration). Warps from
-    ptxas' register counts for sm_90: a 64-wide tile takes 204 registers a thread at 4 warps (2 programs, 8
-    warps an SM) and 111 at 8 (16 warps an SM); 128- and 256-wide tiles fit 3-5 programs an SM at 4 warps
-    (142 and 91 registers) and lose them at 8."""
+
+def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: torch.device,
+                     count: int | None = None, *, tile: AttentionTile | None = None,
+                     programs_per_sm: int | None = None) -> Splits:
+    """Enough programs to cover every SM `programs_per_sm` times (batch 1 with 8 heads needs ~30 splits of
+    the cache; batch 64 none, but gets MIN_SPLITS), each at least one tile of keys, at most MAX_SPLITS.
+    `count` fixes the number of splits, `tile` the kernel's tile (the tuning script sweeps both)."""
     block_d = 1 << max(4, math.ceil(math.log2(head_dim)))
-    block_n = max(16, min(64, 4096 // block_d))
-    blocks = -(-capacity // block_n)
+    tile = tile or attention_tile(head_dim)
+    blocks = -(-capacity // tile.block_n)
     if count is None:
-        count = -(-PROGRAMS_PER_SM * program_slots(device) // rows_x_heads)
+        count = max(MIN_SPLITS, -(-(programs_per_sm or PROGRAMS_PER_SM) * program_slots(device) // rows_x_heads))
     count = max(1, min(count, blocks, MAX_SPLITS))
     per_split = -(-blocks // count)
-    return Splits(-(-blocks // per_split), per_split * block_n, block_n, block_d, 8 if block_d <= 64 else 4)
+    return Splits(-(-blocks // per_split), per_split * tile.block_n, tile.block_n, block_d, tile.warps, tile.stages)
 
 
 def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr,
-                             out_stride, m_ptr, l_ptr, acc_ptr, heads, head_dim, rotary_dims, capacity, keys_per_split,
-                             n_splits, scale,
-                             HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                             HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr):
-    bh = tl.program_id(0)  # one (batch row, head) ...
-    split = tl.program_id(1)  # ... and one stretch of its cache
+                             out_stride, m_ptr, l_ptr, acc_ptr, count_ptr, heads, rotary_dims, capacity,
+                             keys_per_split, n_splits, scale_log2, attention_programs, up_ptr, up_bias_ptr, ffn,
+                             qkv_stride, up_stride, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr,
+                             BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr,
+                             STAGES: tl.constexpr, BLOCK_S: tl.constexpr, HAS_GELU: tl.constexpr,
+                             HAS_UP_BIAS: tl.constexpr, GELU_BLOCK: tl.constexpr):
+    """Programs below attention_programs: one (batch row, head, stretch of its cache) each, split fastest;
+    the last split of a (row, head) to finish combines the splits. The rest (HAS_GELU): gelu(up + bias) of
+    one (batch row, GELU_BLOCK columns) into out[:, heads * d:], the other half of the output GEMM's input."""
+    pid = tl.program_id(0)
+    if pid < attention_programs:
+        _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr, out_stride, m_ptr,
+                l_ptr, acc_ptr, count_ptr, pid // n_splits, pid % n_splits, qkv_stride, heads, rotary_dims,
+                capacity, keys_per_split, n_splits, scale_log2, HEAD_DIM, HALF, BLOCK_N, BLOCK_D, HAS_BIAS, DIRECT,
+                STAGES, BLOCK_S)
+    else:
+        if HAS_GELU:
+            job = pid - attention_programs
+            col_blocks = tl.cdiv(ffn, GELU_BLOCK)
+            row = (job // col_blocks).to(tl.int64)
+            cols = (job % col_blocks) * GELU_BLOCK + tl.arange(0, GELU_BLOCK)
+            ok = cols < ffn
+            x = tl.load(up_ptr + row * up_stride + cols, mask=ok, other=0.0).to(tl.float32)
+            if HAS_UP_BIAS:
+                x += tl.load(up_bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
+            x = x.to(up_ptr.dtype.element_ty).to(tl.float32)  # the GEMM with its bias would round here
+            y = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+            tl.store(out_ptr + row * out_stride + heads * HEAD_DIM + cols, y.to(out_ptr.dtype.element_ty), mask=ok)
+
+
+def _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr, out_stride, m_ptr,
+            l_ptr, acc_ptr, count_ptr, bh, split, qkv_stride, heads, rotary_dims, capacity, keys_per_split, n_splits,
+            scale_log2, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+            HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr, STAGES: tl.constexpr, BLOCK_S: tl.constexpr):
     row, head = bh // heads, bh % heads
-    pos = tl.load(pos_ptr)  # where this step's token sits: it attends to positions 0..pos
+    pos = tl.load(pos_ptr).to(tl.int32)  # where this step's token sits: it attends to positions 0..pos
     d = tl.arange(0, BLOCK_D)
-    d_ok = d < head_dim
+    d_ok = d < HEAD_DIM
     # GPT-NeoX packs [q, k, v] per head: (b, heads, 3, d); rotary turns the first rotary_dims of q and k,
     # half-split: x_j cos - x_{j+half} sin below half, x_j cos + x_{j-half} sin above
-    packed = qkv_ptr + row.to(tl.int64) * heads * 3 * head_dim + head * 3 * head_dim
-    biases = bias_ptr + head * 3 * head_dim
+    packed = qkv_ptr + row.to(tl.int64) * qkv_stride + head * 3 * HEAD_DIM
+    biases = bias_ptr + head * 3 * HEAD_DIM
     rotated = d < rotary_dims
     partner = tl.where(rotated, tl.where(d < HALF, d + HALF, d - HALF), d)
     cos = tl.load(cos_ptr + pos * rotary_dims + d, mask=rotated, other=1.0)
@@ -199,97 +275,97 @@ def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_pt
     # q, k (and their rotary partners) and v, each with its bias, rounded as the GEMM with its bias would store it
     q = tl.load(packed + d, mask=d_ok, other=0.0).to(tl.float32)
     q_partner = tl.load(packed + partner, mask=d_ok, other=0.0).to(tl.float32)
-    k_own = tl.load(packed + head_dim + d, mask=d_ok, other=0.0).to(tl.float32)
-    k_partner = tl.load(packed + head_dim + partner, mask=d_ok, other=0.0).to(tl.float32)
-    v_new = tl.load(packed + 2 * head_dim + d, mask=d_ok, other=0.0).to(tl.float32)
+    k_own = tl.load(packed + HEAD_DIM + d, mask=d_ok, other=0.0).to(tl.float32)
+    k_partner = tl.load(packed + HEAD_DIM + partner, mask=d_ok, other=0.0).to(tl.float32)
+    v_new = tl.load(packed + 2 * HEAD_DIM + d, mask=d_ok, other=0.0).to(tl.float32)
     if HAS_BIAS:
         q += tl.load(biases + d, mask=d_ok, other=0.0).to(tl.float32)
         q_partner += tl.load(biases + partner, mask=d_ok, other=0.0).to(tl.float32)
-        k_own += tl.load(biases + head_dim + d, mask=d_ok, other=0.0).to(tl.float32)
-        k_partner += tl.load(biases + head_dim + partner, mask=d_ok, other=0.0).to(tl.float32)
-        v_new += tl.load(biases + 2 * head_dim + d, mask=d_ok, other=0.0).to(tl.float32)
+        k_own += tl.load(biases + HEAD_DIM + d, mask=d_ok, other=0.0).to(tl.float32)
+        k_partner += tl.load(biases + HEAD_DIM + partner, mask=d_ok, other=0.0).to(tl.float32)
+        v_new += tl.load(biases + 2 * HEAD_DIM + d, mask=d_ok, other=0.0).to(tl.float32)
     dtype = qkv_ptr.dtype.element_ty
     q = q.to(dtype).to(tl.float32) * cos + q_partner.to(dtype).to(tl.float32) * sin
+    q = q * scale_log2  # the softmax scale and log2(e) folded into q: scores in base 2 (exp2 below)
     k_new = k_own.to(dtype).to(tl.float32) * cos + k_partner.to(dtype).to(tl.float32) * sin
     k_new = k_new.to(k_cache_ptr.dtype.element_ty)  # as stored, so this step sees what later steps will read
     v_new = v_new.to(v_cache_ptr.dtype.element_ty)
-    cache = bh.to(tl.int64) * capacity * head_dim
-    lo = split.to(tl.int64) * keys_per_split  # int64 like pos: the loop bounds share one type
+    cache = bh.to(tl.int64) * capacity * HEAD_DIM  # this (row, head)'s (T, d) block; offsets within it fit int32
+    keys = k_cache_ptr + cache
+    values = v_cache_ptr + cache
+    lo = split * keys_per_split
     hi = tl.minimum(lo + keys_per_split, pos + 1)  # splits past pos do no work (fixed grid, filled cache read)
     owner = (lo <= pos) & (pos < lo + keys_per_split) & (pos < capacity)  # one split writes the new k, v
-    store_ok = d < tl.where(owner, head_dim, 0)  # (not d_ok & owner: the interpreter mis-types vector & scalar)
-    tl.store(k_cache_ptr + cache + pos * head_dim + d, k_new, mask=store_ok)
-    tl.store(v_cache_ptr + cache + pos * head_dim + d, v_new, mask=store_ok)
+    store_ok = d < tl.where(owner, HEAD_DIM, 0)  # (not d_ok & owner: the interpreter mis-types vector & scalar)
+    tl.store(keys + pos * HEAD_DIM + d, k_new, mask=store_ok)
+    tl.store(values + pos * HEAD_DIM + d, v_new, mask=store_ok)
     k_new = k_new.to(tl.float32)
     v_new = v_new.to(tl.float32)
-    m_i = tl.max(tl.full([BLOCK_N], float("-inf"), tl.float32), axis=0)  # running max, sum, output (online softmax)
-    l_i = tl.sum(tl.zeros([BLOCK_N], tl.float32), axis=0)
-    acc = tl.zeros([BLOCK_D], tl.float32)
-    for start in range(lo, hi, BLOCK_N):
+    # Online softmax per key lane: each of the BLOCK_N lanes keeps its own running max, sum and output row,
+    # merged once after the loop. A running max per tile (one max over the tile per iteration) reduces
+    # across warps, i.e. a barrier per iteration that drains the loads in flight; per lane, the loop body
+    # is elementwise but for the q.k dot along d (within a warp), so the pipeline keeps STAGES tiles coming.
+    # Lanes start at a finite floor, not -inf: exp2(floor - floor) = 1 where a lane has seen no key yet.
+    m_lane = tl.full([BLOCK_N], -1.0e30, tl.float32)
+    l_lane = tl.zeros([BLOCK_N], tl.float32)
+    acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for start in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
         n = start + tl.arange(0, BLOCK_N)
         n_ok = n < hi
-        tile = cache + n[:, None].to(tl.int64) * head_dim + d[None, :]
+        tile = n[:, None] * HEAD_DIM + d[None, :]
         tile_ok = n_ok[:, None] & d_ok[None, :]
+        k = tl.load(keys + tile, mask=tile_ok, other=0.0)
+        v = tl.load(values + tile, mask=tile_ok, other=0.0)
         is_new = (n == pos)[:, None]  # the new key is in registers; its cache slot is written above
-        k = tl.where(is_new, k_new[None, :], tl.load(k_cache_ptr + tile, mask=tile_ok, other=0.0).to(tl.float32))
-        s = tl.where(n_ok, tl.sum(k * q[None, :], axis=1) * scale, float("-inf"))  # (BLOCK_N,)
-        m_new = tl.maximum(m_i, tl.max(s, axis=0))
-        p = tl.exp(s - m_new)
-        alpha = tl.exp(m_i - m_new)
-        v = tl.where(is_new, v_new[None, :], tl.load(v_cache_ptr + tile, mask=tile_ok, other=0.0).to(tl.float32))
-        l_i = l_i * alpha + tl.sum(p, axis=0)
-        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
-        m_i = m_new
+        k = tl.where(is_new, k_new[None, :], k.to(tl.float32))
+        v = tl.where(is_new, v_new[None, :], v.to(tl.float32))
+        s = tl.where(n_ok, tl.sum(k * q[None, :], axis=1), float("-inf"))  # (BLOCK_N,), base-2 units
+        m_new = tl.maximum(m_lane, s)
+        alpha = tl.exp2(m_lane - m_new)
+        p = tl.exp2(s - m_new)
+        l_lane = l_lane * alpha + p
+        acc = acc * alpha[:, None] + p[:, None] * v
+        m_lane = m_new
+    m_i = tl.max(m_lane, axis=0)
+    weight = tl.exp2(m_lane - m_i)  # a lane with no key: its floor lies ~1e30 below m_i, weight 0
+    l_i = tl.sum(l_lane * weight, axis=0)
+    acc_d = tl.sum(acc * weight[:, None], axis=0)  # (BLOCK_D,)
     if DIRECT:  # out (b, >= heads*d) with row stride out_stride: the output GEMM's input, or a plain (b, h)
-        where = out_ptr + row.to(tl.int64) * out_stride + head * head_dim + d
-        tl.store(where, (acc / l_i).to(out_ptr.dtype.element_ty), mask=d_ok)
-    else:
-        part = bh.to(tl.int64) * n_splits + split
-        tl.store(m_ptr + part, m_i)
-        tl.store(l_ptr + part, l_i)
-        tl.store(acc_ptr + part * head_dim + d, acc, mask=d_ok)
+        where = out_ptr + row.to(tl.int64) * out_stride + head * HEAD_DIM + d
+        tl.store(where, (acc_d / l_i).to(out_ptr.dtype.element_ty), mask=d_ok)
+    else:  # a split with no key (wholly past pos) stores m = floor, l = 0: the combine gives it weight 0
+        part = bh.to(tl.int64) * n_splits
+        tl.store(m_ptr + part + split, m_i)
+        tl.store(l_ptr + part + split, l_i)
+        tl.store(acc_ptr + (part + split) * HEAD_DIM + d, acc_d, mask=d_ok)
+        # the last split of this (row, head) to finish combines them all, in split order: no second kernel
+        tl.debug_barrier()  # every thread's partial stored before the one atomic releases them
+        done = tl.atomic_add(count_ptr + bh, 1, sem="acq_rel")
+        if done == n_splits - 1:
+            s = tl.arange(0, BLOCK_S)
+            s_ok = s < n_splits
+            m_all = tl.load(m_ptr + part + s, mask=s_ok, other=float("-inf"), cache_modifier=".cg")
+            m_max = tl.max(m_all, axis=0)
+            weights = tl.exp2(m_all - m_max)  # base 2, as the scores; an empty split: 0
+            total = tl.sum(weights * tl.load(l_ptr + part + s, mask=s_ok, other=0.0, cache_modifier=".cg"), axis=0)
+            combined = tl.zeros([BLOCK_D], tl.float32)
+            for first in tl.range(0, n_splits, COMBINE_CHUNK):  # a few splits' rows at a time (registers)
+                c = first + tl.arange(0, COMBINE_CHUNK)
+                c_ok = c < n_splits
+                w = tl.exp2(tl.load(m_ptr + part + c, mask=c_ok, other=float("-inf"), cache_modifier=".cg") - m_max)
+                rows = tl.load(acc_ptr + (part + c)[:, None] * HEAD_DIM + d[None, :],
+                               mask=c_ok[:, None] & d_ok[None, :], other=0.0, cache_modifier=".cg")
+                combined += tl.sum(w[:, None] * rows, axis=0)
+            where = out_ptr + row.to(tl.int64) * out_stride + head * HEAD_DIM + d
+            tl.store(where, (combined / total).to(out_ptr.dtype.element_ty), mask=d_ok)
+            tl.store(count_ptr + bh, 0)  # ready for the next launch (the next replay of the graph)
 
 
-def _join_kernel(m_ptr, l_ptr, acc_ptr, out_ptr, out_stride, n_splits, heads, head_dim, combine_programs,
-                 up_ptr, up_bias_ptr, ffn, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr, HAS_GELU: tl.constexpr,
-                 HAS_UP_BIAS: tl.constexpr, GELU_BLOCK: tl.constexpr):
-    """The two small jobs between the attention kernel and the output GEMM, in one launch. Programs below
-    combine_programs merge the attention splits of one (batch row, head, BLOCK_D dims) into out[:, :h]; the
-    rest (HAS_GELU) write gelu(up + bias) of one (batch row, GELU_BLOCK columns) into out[:, h:]."""
-    pid = tl.program_id(0)
-    if pid < combine_programs:
-        d_blocks = tl.cdiv(head_dim, BLOCK_D)
-        bh = (pid // d_blocks).to(tl.int64)
-        d = (pid % d_blocks) * BLOCK_D + tl.arange(0, BLOCK_D)
-        s = tl.arange(0, BLOCK_S)
-        s_ok = s < n_splits
-        d_ok = d < head_dim
-        m = tl.load(m_ptr + bh * n_splits + s, mask=s_ok, other=float("-inf"))
-        weight = tl.exp(m - tl.max(m, axis=0))  # a split with no keys has m = -inf: weight 0
-        total = tl.sum(weight * tl.load(l_ptr + bh * n_splits + s, mask=s_ok, other=0.0), axis=0)
-        acc = tl.load(acc_ptr + (bh * n_splits + s)[:, None] * head_dim + d[None, :],
-                      mask=s_ok[:, None] & d_ok[None, :], other=0.0)
-        out = tl.sum(weight[:, None] * acc, axis=0) / total
-        where = out_ptr + (bh // heads) * out_stride + (bh % heads) * head_dim + d
-        tl.store(where, out.to(out_ptr.dtype.element_ty), mask=d_ok)
-    else:
-        if HAS_GELU:
-            job = pid - combine_programs
-            col_blocks = tl.cdiv(ffn, GELU_BLOCK)
-            row = (job // col_blocks).to(tl.int64)
-            cols = (job % col_blocks) * GELU_BLOCK + tl.arange(0, GELU_BLOCK)
-            ok = cols < ffn
-            x = tl.load(up_ptr + row * ffn + cols, mask=ok, other=0.0).to(tl.float32)
-            if HAS_UP_BIAS:
-                x += tl.load(up_bias_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-            x = x.to(up_ptr.dtype.element_ty).to(tl.float32)  # the GEMM with its bias would round here
-            y = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
-            tl.store(out_ptr + row * out_stride + heads * head_dim + cols, y.to(out_ptr.dtype.element_ty), mask=ok)
-
-
+COMBINE_CHUNK = tl.constexpr(16) if tl is not None else 16  # splits the last split's program combines per step
+LOG2E = 1.4426950408889634
+if triton is not None:  # _attend is called from the kernel: a JIT function (the interpreter runs it as its twin)
+    _attend = triton.jit(_attend)
 DECODE_ATTENTION = Kernel(_decode_attention_kernel) if triton is not None else None
-JOIN = Kernel(_join_kernel) if triton is not None else None
-COMBINE_BLOCK_D = 32
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -309,7 +385,7 @@ def decode_attention_torch(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache
     qkv = _biased(qkv, bias)
     b = qkv.shape[0]
     d = k_cache.shape[-1]
-    packed = qkv.view(b, heads, 3, d)
+    packed = qkv.reshape(b, heads, 3, d)
     at = pos.view(1)
     c, s = cos.index_select(0, at), sin.index_select(0, at)  # (1, rotary_dims)
     q = rotate(packed[:, :, 0], c, s)  # (b, heads, d) float32
@@ -325,44 +401,44 @@ def decode_attention_torch(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache
 
 def _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, *, heads, scale, splits, up=None,
                        up_bias=None) -> None:
-    """Launch the attention kernel (and the join kernel: split combine, and bias + GELU of `up` into
-    out[:, h:] when given) writing into out (b, >= h), which may be a row-strided view."""
+    """Launch the attention kernel writing into out (b, >= h), which may be a row-strided view: the splits
+    and their combine, and (with `up`) bias + GELU of up into out[:, h:], all in one launch."""
     b, _, capacity, d = k_cache.shape
     rows = b * heads
     if splits.direct:
-        m = l_ = acc = out  # unused
+        m = l_ = acc = count = out  # unused
     else:
         m = torch.empty(rows, splits.count, device=qkv.device, dtype=torch.float32)
         l_ = torch.empty_like(m)
         acc = torch.empty(rows, splits.count, d, device=qkv.device, dtype=torch.float32)
+        count = counters(qkv.device, rows, "attention")
     rotary_dims = cos.shape[-1]
-    DECODE_ATTENTION[(rows, splits.count)](
-        qkv, bias if bias is not None else qkv, k_cache, v_cache, pos, cos, sin, out, out.stride(0), m, l_, acc,
-        heads, d, rotary_dims, capacity, splits.keys, splits.count, scale, HALF=max(1, rotary_dims // 2),
-        BLOCK_N=splits.block_n, BLOCK_D=splits.block_d, HAS_BIAS=bias is not None, DIRECT=splits.direct,
-        num_warps=splits.warps)
-    combine = 0 if splits.direct else rows * triton.cdiv(d, COMBINE_BLOCK_D)
+    attention_programs = rows * splits.count
     ffn = up.shape[1] if up is not None else 0
     gelu = b * triton.cdiv(ffn, GELU_BLOCK) if up is not None else 0
-    if combine + gelu:
-        JOIN[(combine + gelu,)](m, l_, acc, out, out.stride(0), splits.count, heads, d, combine,
-                                up if up is not None else out, up_bias if up_bias is not None else out, ffn,
-                                BLOCK_S=triton.next_power_of_2(splits.count), BLOCK_D=COMBINE_BLOCK_D,
-                                HAS_GELU=up is not None, HAS_UP_BIAS=up_bias is not None, GELU_BLOCK=GELU_BLOCK,
-                                num_warps=4)
+    DECODE_ATTENTION[(attention_programs + gelu,)](
+        qkv, bias if bias is not None else qkv, k_cache, v_cache, pos, cos, sin, out, out.stride(0), m, l_, acc,
+        count, heads, rotary_dims, capacity, splits.keys, splits.count, scale * LOG2E, attention_programs,
+        up if up is not None else out, up_bias if up_bias is not None else out, ffn, qkv.stride(0),
+        up.stride(0) if up is not None else 0, HEAD_DIM=d,
+        HALF=max(1, rotary_dims // 2), BLOCK_N=splits.block_n, BLOCK_D=splits.block_d, HAS_BIAS=bias is not None,
+        DIRECT=splits.direct, STAGES=splits.stages, BLOCK_S=triton.next_power_of_2(splits.count),
+        HAS_GELU=up is not None, HAS_UP_BIAS=up_bias is not None, GELU_BLOCK=GELU_BLOCK, num_warps=splits.warps)
 
 
 def decode_attention(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      pos: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, heads: int, scale: float,
-                     splits: Splits, backend: str = "auto") -> torch.Tensor:
+                     splits: Splits, out: torch.Tensor | None = None, backend: str = "auto") -> torch.Tensor:
     """One new token per batch row. qkv (b, heads*3*d) straight from the QKV GEMM, `bias` its bias (3h,);
     k_cache, v_cache (b, heads, T, d) of one layer; pos a device int64 scalar; cos, sin (T, rotary_dims)
     float32. Writes the token's k and v at pos and returns its attention output (b, heads*d), ready for the
-    out-projection."""
+    out-projection: into `out` where given (unit stride along the row, e.g. the left part of the output
+    GEMM's input [attention | gelu(up)])."""
     if not use_triton(qkv, backend):
-        return decode_attention_torch(qkv, bias, k_cache, v_cache, pos, cos, sin, heads, scale)
+        context = decode_attention_torch(qkv, bias, k_cache, v_cache, pos, cos, sin, heads, scale)
+        return context if out is None else out.copy_(context)
     b, _, _, d = k_cache.shape
-    out = torch.empty(b, heads * d, device=qkv.device, dtype=qkv.dtype)
+    out = torch.empty(b, heads * d, device=qkv.device, dtype=qkv.dtype) if out is None else out
     _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, heads=heads, scale=scale, splits=splits)
     return out
 

@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed passes of the N-1 steps per row")
     p.add_argument("--checkpoints", type=Path, default=DEFAULT_ROOT)
     p.add_argument("--compile", action="store_true", help="torch.compile the step's head and tail")
+    p.add_argument("--one-stream", action="store_true",
+                   help="the attention and MLP branches of a layer one after the other (default: two graph streams)")
     p.add_argument("--check", choices=("all", "first", "none"), default="all",
                    help="transformers' logits and tokens against ours at one small row: every model, the first, none")
     p.add_argument("--no-trace", action="store_true", help="skip the profiler trace of one replay per row")
@@ -192,7 +194,7 @@ def run_row(model, cfg, *, name: str, batch: int, prompt_len: int, args, device,
     decoder = None
     try:
         decoder = GreedyDecoder(model, batch=batch, prompt_len=prompt_len, new_tokens=args.new_tokens,
-                                banned_token=EOS, compile=args.compile)
+                                banned_token=EOS, compile=args.compile, branches=False if args.one_stream else None)
         gen = torch.Generator(device="cpu").manual_seed(batch * 100003 + prompt_len)
         ids = torch.randint(3, cfg.vocab_size, (batch, prompt_len), generator=gen).to(device)
         started = time.perf_counter()
@@ -209,7 +211,7 @@ def run_row(model, cfg, *, name: str, batch: int, prompt_len: int, args, device,
             "floor_ms": floors.decode_floor_ms, "weight_bytes": floors.weight_bytes, "kv_bytes": floors.kv_bytes,
             "context_mean": floors.context_mean,
             "step_vs_floor": steps.median_ms / floors.decode_floor_ms if floors.decode_floor_ms else None,
-            "graph": decoder.graph is not None, "compile": decoder.compile_status,
+            "graph": decoder.graph is not None, "compile": decoder.compile_status, "branches": decoder.branch_status,
             "splits": decoder.splits.count, "cache_gb": decoder.cache.bytes / 2**30,
         })
         kernels = None if args.no_trace else trace_row(decoder, device)
@@ -333,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": environment(device), "copy_bandwidth": bandwidth,
         "settings": {"models": models, "batches": list(args.batches), "prompt_lens": list(args.contexts),
                      "new_tokens": args.new_tokens, "repeats": args.repeats, "dtype": dtype,
-                     "compile": args.compile,
+                     "compile": args.compile, "one_stream": args.one_stream,
                      "check": args.check, "timing": "CUDA events between graph replays, one sync per pass; "
                      "repeats x (new_tokens - 1) steps from the state after prefill, after one untimed pass"},
         "models": [], "rows": [], "targets": [],

@@ -147,6 +147,23 @@ def test_decode_steps_through_the_cache_equal_the_prefill_of_the_longer_prompt(c
         assert check.passed and check.max_abs_diff <= FLOAT32_TOLERANCE * max(1.0, check.ref_max_abs)
 
 
+@pytest.mark.parametrize("kernels", ["torch", pytest.param("triton", marks=interpreted)])
+def test_the_two_branch_step_gives_the_one_branch_steps_logits(checkpoints, kernels):
+    """The attention chain and the MLP chain apart (as on two graph streams, here one after the other)
+    against the attention kernel that also does the MLP's bias + GELU."""
+    model = load_causal_lm(checkpoints["tiny-par"], dtype=torch.float32, kernels=kernels)
+    ids = prompt_ids(2, 10, seed=3)
+    logits = []
+    for branches in (False, True):
+        decoder = GreedyDecoder(model, batch=2, prompt_len=10, new_tokens=3, splits=2, branches=branches)
+        decoder.capture(ids)
+        decoder.rewind()
+        decoder.step()
+        logits.append(decoder.logits)
+        assert decoder.branch_status == ("in order" if branches else "off")
+    torch.testing.assert_close(logits[1], logits[0], atol=1e-5, rtol=0)
+
+
 def test_the_out_projection_and_mlp_down_weights_are_views_of_one_joined_weight(checkpoints):
     from safetensors.torch import load_file
 

@@ -96,7 +96,9 @@ class GraphDecodeEngine:
                         return decoder.generate(ids, mark=lambda: timer(None, None)).tolist()
 
                     timing = time_row(generate, device, warmup_s=job.warmup_s, repeats=job.repeats, eos_token_id=eos)
-                    note = "" if decoder.compile_status in ("off", "on") else f"torch.compile {decoder.compile_status}"
+                    notes = ([] if decoder.compile_status in ("off", "on") else [f"torch.compile {decoder.compile_status}"])
+                    notes += [f"branches {decoder.branch_status}"] if "fell back" in decoder.branch_status else []
+                    note = "; ".join(notes)
                     on_result(BatchResult(prompt_len, batch, "ok", note, timing, PeakMemory.read(device), dtype,
                                           check, check_error))
                 except Exception as exc:  # noqa: BLE001 - one row out of memory must not lose the others

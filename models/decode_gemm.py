@@ -1,0 +1,210 @@
+"""The decode step's weight GEMMs at a handful of rows: y (M, N) = x (M, K) @ W (N, K)^T, W read once.
+
+At batch 1-16 a decode GEMM is a weight stream: 2NK bytes for 2MNK flops, so what counts is how close the
+kernel reads W to the copy bandwidth, and cuBLAS' kernels for these skinny shapes read it at ~3 TB/s of an
+H200's 4.3 (evidence/h200/decode). Two Triton kernels, both reading W once, tile by tile, with the loads
+software-pipelined (tl.range num_stages: cp.async, several tiles in flight per program):
+
+- `gemv` (M = 1): each program owns BLOCK_N rows of W and keeps a (BLOCK_N, BLOCK_K) fp32 accumulator,
+  reduced once after the loop; no tensor cores, no reduction inside the loop.
+- `dot` (M <= BLOCK_M): the same walk over W with tl.dot on x padded to BLOCK_M rows (the padding costs
+  tensor-core cycles, which a weight stream has to spare).
+
+Both may split K over `split` programs per column block (for the GEMMs with few output columns, h x 5h and
+h x 4h: without it 2048 / 16 = 128 programs leave an H200's 132 SMs short). The split is fixed and its
+reduction deterministic: each program writes its partial, and the last to finish (a counter per column
+block, reset by that program for the next launch) adds the partials in split order. One kernel, no atomics
+on the output, the same sum at every replay.
+
+Which kernel (or cuBLAS) runs for a shape is `gemm_plan`'s table, measured on an H200
+(scripts/tune_decode_kernels.py); anything not in it stays on cuBLAS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .decode_kernels import counters
+from .invariant.backend import Kernel, triton, tl
+
+
+@dataclass(frozen=True)
+class GemmPlan:
+    kind: str  # "gemv" (M = 1) or "dot"
+    block_n: int
+    block_k: int
+    warps: int
+    stages: int
+    split: int = 1  # programs along K per column block
+    block_m: int = 16  # dot only: rows of x per tile (x padded up to it)
+
+    @property
+    def name(self) -> str:
+        return (f"{self.kind}_n{self.block_n}_k{self.block_k}_w{self.warps}_s{self.stages}_split{self.split}"
+                + (f"_m{self.block_m}" if self.kind == "dot" else ""))
+
+
+def _gelu_of_biased(y, bias_ptr, rows, rows_ok, dtype: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """gelu(y + bias) rounded as cuBLAS' output + models/decode_kernels.bias_gelu would round it."""
+    y = y.to(dtype).to(tl.float32)
+    if HAS_BIAS:
+        y = (y + tl.load(bias_ptr + rows, mask=rows_ok, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
+    return 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
+
+
+def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, bias_ptr, N, K, stride_w, k_per_split,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
+                 STAGES: tl.constexpr, GELU: tl.constexpr, HAS_BIAS: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows_ok = rows < N
+    cols = tl.arange(0, BLOCK_K)
+    k_lo = pid_k * k_per_split
+    k_hi = tl.minimum(k_lo + k_per_split, K)
+    w_rows = w_ptr + rows[:, None].to(tl.int64) * stride_w
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
+        k = k0 + cols
+        if EVEN_K:  # K and the split a multiple of BLOCK_K: only the rows past N are masked
+            x = tl.load(x_ptr + k).to(tl.float32)
+            w = tl.load(w_rows + k[None, :], mask=rows_ok[:, None], other=0.0)
+        else:
+            x = tl.load(x_ptr + k, mask=k < k_hi, other=0.0).to(tl.float32)
+            w = tl.load(w_rows + k[None, :], mask=rows_ok[:, None] & (k < k_hi)[None, :], other=0.0)
+        acc += w.to(tl.float32) * x[None, :]
+    y = tl.sum(acc, axis=1)  # (BLOCK_N,)
+    if SPLIT == 1:
+        if GELU:  # MLP-up's epilogue: bias and GELU, written where the output GEMM reads them
+            y = _gelu_of_biased(y, bias_ptr, rows, rows_ok, y_ptr.dtype.element_ty, HAS_BIAS)
+        tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows_ok)
+    else:
+        tl.store(part_ptr + pid_k * N + rows, y, mask=rows_ok)
+        tl.debug_barrier()  # every thread's partial stored before the one atomic releases them
+        done = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")  # release our partial, see the others'
+        if done == SPLIT - 1:  # the last of this column block: the sum in split order, then reset the counter
+            total = tl.zeros([BLOCK_N], tl.float32)
+            for s in tl.static_range(SPLIT):
+                total += tl.load(part_ptr + s * N + rows, mask=rows_ok, other=0.0, cache_modifier=".cg")
+            if GELU:
+                total = _gelu_of_biased(total, bias_ptr, rows, rows_ok, y_ptr.dtype.element_ty, HAS_BIAS)
+            tl.store(y_ptr + rows, total.to(y_ptr.dtype.element_ty), mask=rows_ok)
+            tl.store(count_ptr + pid_n, 0)
+
+
+def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_x, stride_w, stride_y, k_per_split,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
+                EVEN_K: tl.constexpr, STAGES: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rm = tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    n_ok = rn < N
+    k_lo = pid_k * k_per_split
+    k_hi = tl.minimum(k_lo + k_per_split, K)
+    x_rows = x_ptr + rm[:, None] * stride_x
+    w_rows = w_ptr + rn[:, None].to(tl.int64) * stride_w
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
+        k = k0 + rk
+        if EVEN_K:
+            x = tl.load(x_rows + k[None, :], mask=m_ok[:, None], other=0.0)  # (BLOCK_M, BLOCK_K)
+            w = tl.load(w_rows + k[None, :], mask=n_ok[:, None], other=0.0)  # (BLOCK_N, BLOCK_K)
+        else:
+            k_ok = k < k_hi
+            x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        acc = tl.dot(x, tl.trans(w), acc)
+    out_ok = m_ok[:, None] & n_ok[None, :]
+    if SPLIT == 1:
+        tl.store(y_ptr + rm[:, None] * stride_y + rn[None, :], acc.to(y_ptr.dtype.element_ty), mask=out_ok)
+    else:
+        parts = part_ptr + rm[:, None] * N + rn[None, :]  # (SPLIT, M, N) float32
+        tl.store(parts + pid_k * M * N, acc, mask=out_ok)
+        tl.debug_barrier()
+        done = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
+        if done == SPLIT - 1:
+            total = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            for s in tl.static_range(SPLIT):
+                total += tl.load(parts + s * M * N, mask=out_ok, other=0.0, cache_modifier=".cg")
+            tl.store(y_ptr + rm[:, None] * stride_y + rn[None, :], total.to(y_ptr.dtype.element_ty), mask=out_ok)
+            tl.store(count_ptr + pid_n, 0)
+
+
+if triton is not None:  # called from the kernel: a JIT function (the interpreter runs its twin)
+    _gelu_of_biased = triton.jit(_gelu_of_biased)
+GEMV = Kernel(_gemv_kernel) if triton is not None else None
+DOT = Kernel(_skinny_gemm_kernel, do_not_specialize=["M"]) if triton is not None else None
+def fits(plan: GemmPlan, m: int, n: int, k: int) -> bool:
+    """Whether the plan's kernel can run this shape (gemv: one row; dot: at most block_m rows; the split of
+    K a whole number of tiles)."""
+    if plan.kind == "gemv" and m != 1 or plan.kind == "dot" and m > plan.block_m:
+        return False
+    return plan.split == 1 or (k // plan.split) % plan.block_k == 0 and k % plan.split == 0
+
+
+def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: torch.Tensor | None = None, *,
+                  gelu: bool = False, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (M, K) @ weight (N, K)^T with the plan's kernel; x and weight with unit stride along K, `out` (M, N)
+    with unit stride along N (a view into a wider buffer is fine). gelu (gemv only): gelu(y + bias)."""
+    m, k = x.shape
+    n = weight.shape[0]
+    if not fits(plan, m, n, k):
+        raise ValueError(f"GEMM plan {plan.name} does not fit M={m}, N={n}, K={k}")
+    if gelu and plan.kind != "gemv":
+        raise ValueError("the bias + GELU epilogue is the gemv kernel's (M = 1)")
+    y = torch.empty(m, n, device=x.device, dtype=x.dtype) if out is None else out
+    k_per_split = k // plan.split if plan.split > 1 else k
+    even_k = k_per_split % plan.block_k == 0
+    blocks = triton.cdiv(n, plan.block_n)
+    part = torch.empty(plan.split, m, n, device=x.device, dtype=torch.float32) if plan.split > 1 else y
+    counts = counters(x.device, blocks, "gemm") if plan.split > 1 else y
+    grid = (blocks, plan.split)
+    if plan.kind == "gemv":
+        GEMV[grid](x, weight, y, part, counts, bias if bias is not None else y, n, k, weight.stride(0), k_per_split,
+                   BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT=plan.split, EVEN_K=even_k, STAGES=plan.stages,
+                   GELU=gelu, HAS_BIAS=bias is not None, num_warps=plan.warps)
+    else:
+        DOT[grid](x, weight, y, part, counts, m, n, k, x.stride(0), weight.stride(0), y.stride(0), k_per_split,
+                  BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT=plan.split,
+                  EVEN_K=even_k, STAGES=plan.stages, num_warps=plan.warps)
+    return y
+
+
+# Where a Triton kernel beat cuBLAS on an H200 (scripts/tune_decode_kernels.py; evidence: the tune run of
+# 9fe0b4f, CUDA graphs over distinct weight copies, L2 flushed): (N, K) of the weight -> [(fewest rows, most
+# rows, plan)]. Row counts and shapes not listed run on cuBLAS (QKV, MLP-up and the output GEMM of 2.8b at
+# 2-64 rows: no candidate beat it; Pythia-1b's output GEMM at 2-16 rows by 3-5%, split 4 ways).
+_GEMV_QKV_UP = GemmPlan("gemv", 16, 256, 4, 4)  # 1b: 9.2 / 11.7 us vs 10.7 / 12.5; 2.8b: 13.2 / 17.1 vs 14.3 / 18.2
+_GEMV_OUT = GemmPlan("gemv", 8, 512, 4, 4)  # [out | down]: 1b 14.5 us vs 16.7; 2.8b 20.4 vs 23.1
+_GEMV_LOGITS = GemmPlan("gemv", 8, 512, 4, 3)  # 1b 51.7 us vs 57.4; 2.8b 63.1 vs 70.5
+_DOT_LOGITS = GemmPlan("dot", 64, 256, 4, 3)  # 2-16 rows: 1b 53-55 us vs 57-58; 2.8b 65-66 vs 71 (not at 8 rows)
+_DOT_OUT_1B = GemmPlan("dot", 32, 256, 4, 4, split=4)  # 2-16 rows: 15.9-16.4 us vs 16.7-17.2
+GEMM_TABLE: dict[tuple[int, int], list[tuple[int, int, GemmPlan]]] = {
+    (6144, 2048): [(1, 1, _GEMV_QKV_UP)], (8192, 2048): [(1, 1, _GEMV_QKV_UP)],  # Pythia-1b
+    (2048, 10240): [(1, 1, _GEMV_OUT), (2, 16, _DOT_OUT_1B)],
+    (50304, 2048): [(1, 1, _GEMV_LOGITS), (2, 16, _DOT_LOGITS)],
+    (7680, 2560): [(1, 1, _GEMV_QKV_UP)], (10240, 2560): [(1, 1, _GEMV_QKV_UP)],  # Pythia-2.8b, gpt3-2.7b
+    (2560, 12800): [(1, 1, _GEMV_OUT)],
+    (50304, 2560): [(1, 1, _GEMV_LOGITS), (2, 7, _DOT_LOGITS), (9, 16, _DOT_LOGITS)],
+}
+
+
+def gemm_plan(m: int, n: int, k: int) -> GemmPlan | None:
+    """The tuned kernel for x (m, k) @ W (n, k)^T, or None for cuBLAS."""
+    for fewest, most, plan in GEMM_TABLE.get((n, k), ()):
+        if fewest <= m <= most and fits(plan, m, n, k):
+            return plan
+    return None
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan | None) -> torch.Tensor:
+    """The decode step's GEMM: cuBLAS (F.linear, no bias) where `plan` is None, else the plan's kernel."""
+    if plan is None:
+        return F.linear(x, weight)
+    return triton_linear(x, weight, plan)

@@ -1,0 +1,130 @@
+"""The decode step's Triton GEMMs (models/decode_gemm.py) through Triton's interpreter: equal to a float32
+matmul at the shapes' edges (rows past N, K not a whole number of tiles, several x rows), the split-K
+reduction deterministic and reset for the next launch, and the shape table deciding what the model runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import decode_gemm as G
+from models.invariant.backend import available
+
+INTERPRETER = available("cpu")
+interpreted = pytest.mark.skipif(INTERPRETER is not None, reason=str(INTERPRETER))
+
+
+def operands(m: int, n: int, k: int, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(m, k, generator=gen), torch.randn(n, k, generator=gen)
+
+
+@interpreted
+@pytest.mark.parametrize("plan, m, n, k", [
+    (G.GemmPlan("gemv", 16, 64, 4, 3), 1, 40, 256),  # the last column block masked
+    (G.GemmPlan("gemv", 16, 64, 4, 3), 1, 32, 200),  # K not a whole number of tiles
+    (G.GemmPlan("gemv", 8, 64, 4, 3, split=4), 1, 24, 256),
+    (G.GemmPlan("dot", 16, 32, 4, 3), 3, 40, 96),
+    (G.GemmPlan("dot", 16, 32, 4, 3, split=2), 16, 48, 128),
+])
+def test_triton_gemms_equal_a_float32_matmul(plan, m, n, k):
+    x, w = operands(m, n, k)
+    got = G.triton_linear(x, w, plan)
+    torch.testing.assert_close(got, x @ w.T, atol=1e-4, rtol=1e-5)
+
+
+@interpreted
+def test_a_split_k_gemm_gives_the_same_bits_at_every_launch_and_leaves_its_counters_at_zero():
+    plan = G.GemmPlan("gemv", 8, 64, 4, 3, split=4)
+    x, w = operands(1, 24, 256, seed=1)
+    first = G.triton_linear(x, w, plan)
+    assert torch.equal(G.triton_linear(x, w, plan), first)  # fixed split order, not arrival order
+    from models.decode_kernels import counters
+
+    assert int(counters(x.device, 3, "gemm")[:3].abs().sum()) == 0
+
+
+@interpreted
+@pytest.mark.parametrize("split", [1, 2])
+def test_the_gemv_epilogue_writes_gelu_of_the_biased_output_into_a_wider_buffer(split):
+    from models.decode_kernels import bias_gelu
+
+    x, w = operands(1, 48, 256, seed=2)
+    bias = torch.randn(48, generator=torch.Generator().manual_seed(3))
+    joined = torch.full((1, 16 + 48), float("nan"))
+    G.triton_linear(x, w, G.GemmPlan("gemv", 16, 64, 4, 3, split=split), joined[:, 16:], gelu=True, bias=bias)
+    expected = bias_gelu(x @ w.T, bias, backend="torch")
+    torch.testing.assert_close(joined[:, 16:], expected, atol=1e-4, rtol=1e-5)
+    assert joined[:, :16].isnan().all()  # the attention's half untouched
+
+
+def test_a_plan_that_does_not_fit_the_shape_is_refused():
+    x, w = operands(2, 16, 64)
+    with pytest.raises(ValueError, match="does not fit"):
+        G.triton_linear(x, w, G.GemmPlan("gemv", 16, 64, 4, 3))  # gemv is one row
+    assert not G.fits(G.GemmPlan("dot", 16, 64, 4, 3, split=3), 1, 16, 256)  # 256 / 3 is no whole tile
+
+
+def test_the_table_picks_the_entry_whose_rows_hold_m_and_leaves_the_rest_to_cublas(monkeypatch):
+    gemv, dot = G.GemmPlan("gemv", 16, 256, 4, 4), G.GemmPlan("dot", 16, 256, 4, 4)
+    monkeypatch.setattr(G, "GEMM_TABLE", {(6144, 2048): [(1, 1, gemv), (2, 7, dot), (9, 16, dot)]})
+    assert G.gemm_plan(1, 6144, 2048) == gemv
+    assert G.gemm_plan(4, 6144, 2048) == dot and G.gemm_plan(16, 6144, 2048) == dot
+    assert G.gemm_plan(8, 6144, 2048) is None  # measured slower there: cuBLAS
+    assert G.gemm_plan(64, 6144, 2048) is None and G.gemm_plan(1, 2048, 6144) is None
+
+
+def tiny_model(tmp_path):
+    from inference.checkpoints import ensure_checkpoint, resolve_model
+    from models.neox_checkpoint import load_causal_lm
+
+    config = tmp_path / "tiny-gemm.yaml"
+    config.write_text("name: tiny-gemm\nhidden_size: 64\nnum_attention_heads: 4\nnum_layers: 2\n"
+                      "vocab_size: 512\nmax_position_embeddings: 64\n")
+    checkpoint = ensure_checkpoint(resolve_model(str(config)), tmp_path / "ckpt", device=torch.device("cpu"),
+                                   log=lambda _: None)
+    return load_causal_lm(checkpoint, dtype=torch.float32, kernels="triton")
+
+
+def step_against_torch(model, monkeypatch, table: dict, batch: int = 2, branches: bool | None = None) -> set:
+    """One decode step with `table` as the GEMM table: its logits against the plain-torch step's; returns
+    the weight shapes the Triton kernels ran."""
+    import models.causal_lm as causal_lm
+    from inference.graph_decoder import GreedyDecoder
+
+    monkeypatch.setattr(G, "GEMM_TABLE", table)
+    used = []
+    original = G.triton_linear
+
+    def spy(x, w, plan, out=None, **kwargs):
+        used.append(tuple(w.shape))
+        return original(x, w, plan, out, **kwargs)
+
+    monkeypatch.setattr(G, "triton_linear", spy)
+    monkeypatch.setattr(causal_lm, "triton_linear", spy)
+    ids = torch.randint(3, 512, (batch, 10), generator=torch.Generator().manual_seed(0))
+    decoder = GreedyDecoder(model, batch=batch, prompt_len=10, new_tokens=3, splits=2, branches=branches)
+    decoder.capture(ids)
+    decoder.rewind()
+    expected = decoder.reference_step()
+    used.clear()
+    decoder.step()
+    torch.testing.assert_close(decoder.logits, expected, atol=1e-4, rtol=1e-5)
+    return set(used)
+
+
+@interpreted
+def test_the_model_decodes_through_the_tabled_kernels_as_through_cublas(monkeypatch, tmp_path):
+    """Every GEMM of a tiny model's step in the table, one by one: the step equals the plain-torch step."""
+    model = tiny_model(tmp_path)
+    plan = G.GemmPlan("dot", 16, 64, 4, 3)
+    shapes = {(192, 64), (256, 64), (64, 320), (model.cfg.embedding_rows, 64)}  # qkv, up, [out | down], logits
+    assert step_against_torch(model, monkeypatch, {shape: [(1, 16, plan)] for shape in shapes}) == shapes
+
+
+@interpreted
+def test_at_batch_one_the_two_branch_step_runs_the_gemv_kernels_with_the_gelu_epilogue(monkeypatch, tmp_path):
+    model = tiny_model(tmp_path)
+    plan = G.GemmPlan("gemv", 16, 64, 4, 3)
+    shapes = {(192, 64), (256, 64), (64, 320), (model.cfg.embedding_rows, 64)}
+    assert step_against_torch(model, monkeypatch, {s: [(1, 1, plan)] for s in shapes}, batch=1, branches=True) == shapes
