@@ -312,6 +312,9 @@ def carries_verdict(outcomes: list[str]) -> str:
         return "cannot tell (missing numbers)"
     if all(o == "same" for o in known):
         return "no difference in training or inference"
+    if all(o in ("same", "inference only") for o in known):
+        # training ties the pair: there is no training gain to carry, whatever inference shows
+        return "nothing to carry over: training shows no difference, inference does (inference only)"
     good = [o in ("agrees", "same") for o in known]
     if all(good):
         return "carries over"

@@ -298,3 +298,14 @@ def test_rounds_run_on_the_engines_eager_cpu_path_and_the_report_renders(tmp_pat
                  "--no-bench", "--no-decode", "--rounds", "3", "--round-prefill", "1x16", "--round-decode", "1x8",
                  "--round-steps", "2", "--device", "cpu", "--out", str(out), "--no-progress"]) == 0
     assert len(pd.read_csv(out / "rounds" / "rounds.csv")) == len(rounds)
+
+
+def test_inference_gains_without_a_training_gain_are_not_called_carrying_over():
+    """The H200 run at 965e58f: gpt3-2.7b-a20's training and prefill tied with the baseline's while its decode
+    was 2-20% faster, and the verdict read 'partly carries over'. With no training gain there is nothing to
+    carry: the verdict says inference alone differs. Doctored the other way (a training gain that decode
+    keeps), the same rule says 'carries over'."""
+    tied_training = shape(100.0, 50.0, 1.0)  # training and prefill tied, decode 20% faster
+    line = verdict(tied_training)
+    assert line.startswith("nothing to carry over") and "carries over" not in line.replace("carry over", "")
+    assert verdict(shape(80.0, 40.0, 1.0)) == "carries over"
