@@ -194,12 +194,14 @@ def build_sections(frames: dict[str, pd.DataFrame], runs: dict[str, dict]) -> li
         sections.append(Section(
             "Kernel choice per GEMM",
             "Each weight-GEMM shape gets the fastest kernel that passed a bitwise probe on this GPU "
-            "(<code>models.invariant.choose</code>): cuBLASLt with split-K off (torch's "
-            "<code>allow_bf16_reduced_precision_reduction = (False, False)</code> on the cuBLASLt backend), the "
-            "Triton kernel (BLOCK_K fixed per (N, K), other tile sizes by M bucket), or both split at an M where "
-            "they agree bit for bit. The probe compares, at every M of its sweep, each row with the same row of the "
-            "largest product and with its one-row product. <i>reason</i> says what passed, what did not and the "
-            "throughput ratios the choice was made on.",
+            "(<code>profiler.invariance.choose</code>): cuBLAS with its defaults where it passes, cuBLASLt with "
+            "split-K off (torch's <code>allow_bf16_reduced_precision_reduction = (False, False)</code> on the "
+            "cuBLASLt backend), the Triton kernel (BLOCK_K fixed per (N, K), other tile sizes by M bucket), or two "
+            "of them split at an M below which the first one's rows are bitwise the second one's. The probe "
+            "compares, at every M of its sweep, each row with the same row of the largest product and with its "
+            "one-row product; the pick is then proven as it runs (<i>sweep</i>: the M the proof covered). "
+            "<i>reason</i> says what passed, what did not and the throughput ratios (CUDA-graph timed) the choice "
+            "was made on.",
             tables=[table_html(analysis.choice_table(choice), float_format="{:,.3g}")],
             notes=["MMA instruction per compiled Triton configuration: "
                    + ", ".join(f"{cfg}: {fam}" for cfg, fam in sorted(families.items()))] if families else []))
@@ -208,7 +210,8 @@ def build_sections(frames: dict[str, pd.DataFrame], runs: dict[str, dict]) -> li
         at = analysis.layer_gemm_ratio(throughput)
         sections.append(Section(
             "Batch-invariant GEMM: throughput vs number of tokens",
-            "TFLOP/s of each weight GEMM of the layer (Table II) as the number of tokens M grows, for torch "
+            "TFLOP/s of each weight GEMM of the layer (Table II) as the number of tokens M grows (each call "
+            "replayed from a CUDA graph unless the run says otherwise: GPU time, the host's launch cost left out), for torch "
             "(cuBLAS picks a kernel per shape and M, split-K included) and the batch-invariant path (the kernel chosen "
             "for the shape on this GPU, next section; dotted: its candidates on their own where measured). Beside "
             "each, the invariance search over M for the same shape. Error bars: p10-p90. The ratio chart puts all "

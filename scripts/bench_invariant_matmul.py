@@ -2,25 +2,29 @@
 
 For the weight GEMMs (QKV, output projection, MLP up (+gate), MLP down) of pythia-1b, pythia-6.9b and
 llama-2-7b-like:
-  1. choose: the bitwise probe over M = 1..8192 of cuBLASLt with split-K off and of the M-bucketed Triton
-     kernel, their agreement, a few timings, and the choice (models.invariant.choose; cached on disk);
+  1. choose: the cross-probe over M = 1..8192 of cuBLAS's default, cuBLASLt with split-K off and the
+     M-bucketed Triton kernel, their timings, the pick, and its proof at every M 1..--every-m-to
+     (profiler.invariance.choose; cached on disk);
   2. throughput: TFLOP/s of cuBLAS with its defaults (F.linear) and of the invariant path per M, 1..8192,
-     with profiler.timing (L2 flushed before every repetition, the same warm-up for both);
+     with profiler.timing (L2 flushed before every repetition, the same warm-up for both), each call
+     replayed from a CUDA graph (GPU time; graph_timing.py says why);
   3. invariance: for every M of the dense search, each kernel's rows vs the same rows computed alone;
-  4. (full mode, time permitting) the two candidates' own TFLOP/s curves, for context;
+  4. (time permitting) the same two eager, launched from Python (host cost included), at a few M, for
+     context, then the two candidates' own TFLOP/s curves;
 then one table (ratio at M = 1, 16, ..., 8192, median, min, % bitwise invariant, kernel and why), files and a
-report in --out. ~3 minutes on an H200 (most of it compiling the Triton tiles and timing); --quick ~1.
+report in --out. ~3-4 minutes on an H200; --quick ~1.
 
 Usage (repository root): python scripts/bench_invariant_matmul.py --out DIR [--quick] [--refresh]
        [--configs pythia-1b,pythia-6.9b,llama-2-7b-like] [--dtype bfloat16] [--budget-s 210]
-Writes DIR/matmul_throughput.csv, matmul_invariance.csv, matmul_choice.csv, matmul_run.json, summary.txt and
-report.html. Provenance from CODESIGN_GIT_SHA (the GPU machine's copy has no .git).
+Writes DIR/matmul_throughput.csv, matmul_invariance.csv, matmul_choice.csv, matmul_run.json, summary.txt,
+report.html and (time permitting) matmul_throughput_eager.csv. Provenance from CODESIGN_GIT_SHA (the GPU machine's copy has no .git).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -42,24 +46,19 @@ def log(message: str) -> None:
 
 
 def short_reason(choice) -> str:
-    """A few words for the table: what passed, what did not."""
-    cands = {c.kernel: c for c in choice.candidates}
-    lt = cands.get("cublaslt")
-    if lt is None:
-        lt_text = "cublaslt not probed"
-    elif lt.invariant is None:
-        lt_text = f"cublaslt could not run ({lt.note[:40]})"
-    elif lt.invariant:
-        lt_text = f"cublaslt invariant at {lt.verdict.get('m_checked')} M"
-    else:
-        lt_text = f"cublaslt NOT invariant at {lt.verdict.get('n_failed')}/{lt.verdict.get('m_checked')} M"
-    if choice.kernel == "hybrid":
-        return f"{lt_text}; triton == cublaslt bitwise; switch M={choice.switch_m}"
-    if choice.kernel == "triton":
-        return f"{lt_text}; triton {'faster' if lt is not None and lt.usable else 'invariant'}"
-    if choice.kernel == "cublaslt":
-        return lt_text
-    return f"{choice.kernel}: {choice.reason[:60]}"
+    """A few words for the table: which candidates were invariant on their own, and the proof of the pick."""
+    parts = []
+    for c in choice.candidates:
+        if c.invariant is None:
+            parts.append(f"{c.kernel} could not run")
+        else:
+            v = c.verdict
+            parts.append(f"{c.kernel} {'ok' if c.invariant else 'NOT ok'} at "
+                         f"{v.get('m_checked', 0) - v.get('n_failed', 0)}/{v.get('m_checked')} M")
+    proof = choice.proof or {}
+    parts.append(f"proof {'passed' if proof.get('invariant') else 'FAILED'} at {proof.get('m_checked')} M"
+                 if proof else "no proof")
+    return "; ".join(parts)
 
 
 def phase(name: str, failures: list[str], fn, *args, **kwargs):
@@ -87,15 +86,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="cpu: a wiring check in Triton's interpreter (use tiny --configs and --max-tokens)")
     parser.add_argument("--max-tokens", type=int, default=8192, help="largest M (default 8192)")
     parser.add_argument("--budget-s", type=float, default=210.0,
-                        help="skip the optional candidate curves once this much wall time has passed")
+                        help="skip the optional eager timings and candidate curves once this much wall time has passed")
+    parser.add_argument("--every-m-to", type=int, default=8192,
+                        help="the chosen path's proof probes every M from 1 to this (and the probe's sample beyond)")
     args = parser.parse_args(argv)
 
     from models import load_config
-    from models.invariant import mma_families, probe_tokens
+    from models.invariant import mma_families, probe_tokens, splitk
     from models.invariant.cublas import cublaslt_version
     from models.invariant.matmul import DESCRIPTION
     from profiler.hardware import environment
-    from profiler.invariance import analysis, files, matmul_bench, shapes
+    from profiler.invariance import analysis, files, graph_timing, matmul_bench, shapes
     from profiler.timing import POLICY
     from reports.invariance_report import write_report
 
@@ -122,16 +123,32 @@ def main(argv: list[str] | None = None) -> int:
         phase_s[name] = round(time.perf_counter() - started, 1)
         return out
 
+    # 0. compile every plan's Triton tiles on several processes at once (Triton compiles one at a time)
+    def precompile_plans():
+        from tune_invariant_matmul import precompile  # scripts/ is on sys.path: this script's folder
+
+        from models.invariant.tiles import plan_for
+
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        jobs = sorted({("tri", (c.block_m, c.block_n, c.block_k, c.num_warps, c.num_stages), g.bias)
+                       for shape_list in gemms.values() for g in shape_list
+                       for c in (b.configs[0] for b in plan_for(g.n, g.k, dtype, sms).buckets)})
+        precompile(jobs, min(12, max(1, (os.cpu_count() or 2) - 2)))
+
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        timed("precompile", precompile_plans)
+
     # 1. the choice per shape (probe + timings), cached on disk
     def choose_all():
         out = []
         for cfg_name, shape_list in gemms.items():
             for g in shape_list:
                 started = time.perf_counter()
-                from models.invariant import choose
+                from profiler.invariance.choice import choose
 
                 c = choose(g.n, g.k, dtype, g.bias, device, sweep="quick" if args.quick else "thorough",
-                           max_m=args.max_tokens, refresh=args.refresh, log=lambda s: log("   " + s))
+                           max_m=args.max_tokens, every_m_to=args.every_m_to, refresh=args.refresh,
+                           log=lambda s: log("   " + s))
                 log(f"   {cfg_name} {g.label}: {c.label} ({time.perf_counter() - started:.1f} s)")
                 out.append(c)
         return out
@@ -156,7 +173,17 @@ def main(argv: list[str] | None = None) -> int:
         [matmul_bench.invariance(s, check_tokens, dtype=dtype, device=device, config_name=c)
          for c, s in gemms.items()], ignore_index=True))
 
-    # 4. the candidates on their own (context for the choice), if time remains
+    # 4. eager (host launch included), for context: what a caller without CUDA graphs sees
+    eager = None
+    if device.type == "cuda" and time.perf_counter() - T0 < args.budget_s - 40:
+        eager_tokens = tuple(m for m in QUICK_TOKENS if m <= args.max_tokens)
+        eager = timed("eager throughput", lambda: pd.concat(
+            [matmul_bench.throughput(s, eager_tokens, dtype=dtype, device=device, budget=budget, config_name=c,
+                                     launch="eager") for c, s in gemms.items()], ignore_index=True))
+    else:
+        log("== eager throughput skipped (over budget)")
+
+    # 5. the candidates on their own (context for the choice), if time remains
     if not args.quick and device.type == "cuda" and time.perf_counter() - T0 < args.budget_s - 60:
         extra = timed("candidate curves", lambda: pd.concat(
             [matmul_bench.throughput(s, sweep, dtype=dtype, device=device, budget=budget, config_name=c,
@@ -172,19 +199,29 @@ def main(argv: list[str] | None = None) -> int:
     run = {"environment": environment(device), "dtype": args.dtype, "mode": "quick" if args.quick else "full",
            "configs": {c: [g.label for g in s] for c, s in gemms.items()}, "sweep_tokens": list(sweep),
            "check_tokens": list(check_tokens or []), "budget": budget.__dict__, "timing_policy": POLICY,
-           "mma_families": mma_families(), "targets": met, "phase_s": phase_s, "failed_phases": failures,
+           "mma_families": {**mma_families(), **splitk.mma_families()}, "targets": met,
+           "timing": graph_timing.TIMING if device.type == "cuda" else "host clock (CPU)", "phase_s": phase_s, "failed_phases": failures,
            "cublaslt": cublaslt_version(),
            "kernels": {"torch": "torch.nn.functional.linear, cuBLAS defaults (split-K allowed)",
                        "invariant": "models.invariant.choice.linear: the kernel chosen per shape (matmul_choice.csv)",
+                       "default": "in a choice: F.linear with cuBLAS's defaults, where the probe proved it invariant",
                        "cublaslt": "models.invariant.cublas_linear: cuBLASLt, allow_*_reduced_precision_reduction=(False, False)",
                        "triton": f"models.invariant.invariant_linear: {DESCRIPTION}"}}
     args.out.mkdir(parents=True, exist_ok=True)
     files.save(args.out, "matmul", frames, run)
+    if eager is not None:
+        eager.to_csv(args.out / "matmul_throughput_eager.csv", index=False)
     by_shape = {(c.n, c.k, c.bias): c for c in choices}
     why = [{"config": cfg, "component": g.component, "kernel": by_shape[(g.n, g.k, g.bias)].label,
             "why": short_reason(by_shape[(g.n, g.k, g.bias)])}
            for cfg, shape_list in gemms.items() for g in shape_list if (g.n, g.k, g.bias) in by_shape]
     text = summary(throughput, check, why, met, analysis)
+    text += f"\n== timing: {graph_timing.TIMING if device.type == 'cuda' else 'host clock (a CPU wiring check)'}"
+    if eager is not None and not eager.empty:
+        e = analysis.throughput_ratio(eager).dropna(subset=["ratio"])
+        text += (f"\n== eager (launched from Python, host cost included), for context: median ratio "
+                 f"{e['ratio'].median():.3f}, min {e['ratio'].min():.3f} over {len(e)} (shape, M) at M in "
+                 f"{sorted(set(e['m'].astype(int)))}")
     (args.out / "summary.txt").write_text(text + "\n")
     print(text, flush=True)
     phase("report", failures, lambda: log(f"report: {write_report([args.out], args.out)}"))

@@ -20,11 +20,14 @@ pytest.importorskip("triton", reason="the batch-invariant kernels need Triton (p
 from models.invariant import choice as choice_module  # noqa: E402
 from models.invariant import matmul, probe_tokens, tiles, verdict_cache  # noqa: E402
 from models.invariant.backend import available  # noqa: E402
-from models.invariant.choice import Candidate, KernelChoice, select  # noqa: E402
+from models.invariant.choice import Candidate, KernelChoice  # noqa: E402
 from models.invariant.cublas import no_split_k, switch_problem  # noqa: E402
 from models.invariant.matmul import invariant_linear  # noqa: E402
-from models.invariant.probe import agreement, probe  # noqa: E402
+from models.invariant.probe import CrossVerdict, ProbeVerdict, agreement, bitwise_equal, cross_probe, probe  # noqa: E402
+from models.invariant.splitk import chunked_linear  # noqa: E402
 from models.invariant.tiles import Bucket, MatmulConfig, MatmulPlan, plan_for, reduction_problem  # noqa: E402
+from profiler.invariance import choice as pick  # noqa: E402
+from profiler.invariance.choice import Option, options, rank  # noqa: E402
 
 INTERPRETER = available("cpu")
 interpreted = pytest.mark.skipif(INTERPRETER is not None, reason=str(INTERPRETER))
@@ -56,16 +59,22 @@ def test_a_plan_has_one_block_k_and_a_tile_for_every_m(n, k, dtype):
 
 
 @pytest.mark.parametrize("n, k", [(6144, 2048), (2048, 2048), (8192, 2048), (2048, 8192), (16384, 4096), (11008, 4096)])
-def test_every_16_bit_bucket_meets_the_wgmma_conditions_so_all_m_use_one_mma_instruction(n, k):
+def test_every_16_bit_tile_fits_the_shared_memory_and_only_decode_tiles_leave_wgmma(n, k):
+    """Decode tiles are 16 rows (mma.sync, the H200 sweep's fastest); from M = 33 on every tile meets the
+    wgmma conditions, so a plan crosses instruction families once, at a bucket edge the probe covers."""
     for bucket in plan_for(n, k, torch.bfloat16).buckets:
         for c in bucket.configs:
-            assert c.block_m % 64 == 0 and c.num_warps % 4 == 0 and c.block_n % 8 == 0, c.label
+            assert (c.block_m + c.block_n) * c.block_k * 2 * c.num_stages <= tiles.SMEM_BUDGET, c.label
+            wgmma = c.block_m % 64 == 0 and c.num_warps % 4 == 0 and c.block_n % 8 == 0
+            assert wgmma == (bucket.max_m is None or bucket.max_m > 32), c.label
 
 
-def test_decode_tiles_are_narrow_enough_to_fill_the_sms_and_prefill_tiles_are_wide():
-    plan = plan_for(2048, 8192, torch.bfloat16, 132)  # pythia-1b's MLP down-projection: N = 2048 only
-    decode, prefill = plan.buckets[0].configs[0], plan.buckets[-1].configs[0]
-    assert 2048 // decode.block_n >= 0.75 * 132 and decode.num_stages >= 8
+def test_decode_tiles_are_narrow_and_long_k_shapes_take_longer_k_steps():
+    down = plan_for(2048, 8192, torch.bfloat16)  # pythia-1b's MLP down-projection: N = 2048, K = 8192
+    up = plan_for(8192, 2048, torch.bfloat16)
+    assert down.block_k == 256 and up.block_k == 128
+    decode, prefill = down.buckets[0].configs[0], up.buckets[-1].configs[0]
+    assert decode.block_m == 16 and 2048 // decode.block_n >= 64 and decode.num_stages >= 4
     assert prefill.block_m * prefill.block_n >= 128 * 128
 
 
@@ -87,20 +96,49 @@ def test_fp32_rows_are_bitwise_the_same_across_every_m_bucket():
 @interpreted
 def test_the_16_bit_plans_buckets_keep_one_reduction_order_too():
     x, w, b = wild_operands(m=1100)
-    plan = plan_for(48, 80, torch.bfloat16)  # its tiles (64..128 rows, 3 buckets crossed), run on fp32 data
-    tokens = (1, 64, 65, 256, 257, 1100)
+    plan = plan_for(48, 80, torch.bfloat16)  # its tiles (16..128 rows, every bucket crossed), run on fp32 data
+    tokens = (1, 17, 33, 64, 65, 256, 257, 1100)
     assert len({plan.bucket_index(m) for m in tokens}) == len(plan.buckets)
-    verdict = probe(lambda a: invariant_linear(a, w, b, plan=plan), x, tokens, alone_rows=(0, 64, 256))
+    verdict = probe(lambda a: invariant_linear(a, w, b, plan=plan), x, tokens, alone_rows=(0, 16, 64, 256))
     assert verdict.invariant, verdict.summary()
 
 
 @interpreted
-def test_a_kernel_whose_reduction_order_follows_m_fails_the_check(monkeypatch):
+def test_block_k_cuts_the_loop_not_the_order_of_the_k_steps(monkeypatch):
+    """BLOCK_K chosen by M (16 for small M, 32 above) gives the same rows: the sum runs in 16-wide k steps,
+    one after another, whatever BLOCK_K groups them into, as the H200 sweep found for every tile. (The plans
+    keep one BLOCK_K anyway: reduction_problem.) What does change the order is a split of K: next tests."""
     x, w, b = wild_operands()
     monkeypatch.setattr(matmul, "plan_for", lambda n, k, dtype, sms=None: m_dependent_plan())
     verdict = probe(lambda a: invariant_linear(a, w, b), x, (1, 2, 31, 32, 33, 100, 300), alone_rows=(0, 5))
-    assert not verdict.invariant and verdict.max_abs_diff > 0
-    assert {1, 33, 300} <= set(verdict.m_failed)  # both sides of the bucket edge disagree with the other side
+    assert verdict.invariant, verdict.summary()
+
+
+@interpreted
+def test_the_split_k_kernel_keeps_one_tree_for_every_m_and_its_two_launches_agree():
+    """splitk.py: the chunk count is fixed per shape, so every M sums the same partials in the same order;
+    the split launch (workspace + ordered reduction) and the inline walk add the same fp32 numbers."""
+    x, w, b = wild_operands(m=70, k=96, n=24)
+    split = lambda a: chunked_linear(a, w, b, chunks=3, block_m=16, block_n=16, block_k=16, split=True)  # noqa: E731
+    inline = lambda a: chunked_linear(a, w, b, chunks=3, block_m=32, block_n=16, block_k=16, split=False)  # noqa: E731
+    verdict = probe(split, x, (1, 2, 17, 33, 70), alone_rows=(0, 16, 69))
+    assert verdict.invariant, verdict.summary()
+    assert bitwise_equal(split(x), inline(x))
+    ref = F.linear(x.double(), w.double(), b.double())
+    assert ((split(x).double() - ref).abs() <= 1e-6 * (x.abs() @ w.abs().T).double() + 1e-6).all()
+
+
+@interpreted
+def test_a_split_k_whose_chunk_count_follows_m_fails_the_check():
+    """The mutant issue 21 asks a CPU test to catch: one chunk (a plain chain) for small M, four above."""
+    x, w, b = wild_operands(m=40, k=96, n=24)
+
+    def mutant(a):
+        return chunked_linear(a, w, b, chunks=1 if a.shape[0] <= 16 else 4, block_m=16, block_n=16, block_k=16,
+                              split=True)
+
+    verdict = probe(mutant, x, (1, 2, 16, 17, 40), alone_rows=(0, 5))
+    assert not verdict.invariant and {1, 2, 16} <= set(verdict.m_failed) and verdict.max_abs_diff > 0
 
 
 @interpreted
@@ -163,64 +201,118 @@ def test_probe_tokens_cover_every_small_m_and_each_side_of_the_tile_edges():
     assert probe_tokens(300)[-1] == 300
 
 
-# ---- the choice: fastest candidate that passed, and why -----------------------------------------------------
+# ---- the choice: fastest option the probe passed, and why ---------------------------------------------------
 DEFAULT_US = {1: 10.0, 64: 12.0, 1024: 100.0, 8192: 700.0}
 
 
-def candidate(kernel, invariant=True, accurate=True, us=None, failed=""):
-    verdict = {"invariant": invariant, "m_checked": 600, "m_max": 8192, "m_failed": failed,
-               "n_failed": 0 if invariant else 3}
-    return Candidate(kernel, invariant, accurate, 0.5, verdict, us or {})
+def cross_of(own_failed: dict, failed: dict | None = None, alone: dict | None = None, tokens=(1, 2, 16, 64, 1024, 8192)):
+    """A CrossVerdict from the M where each kernel's rows differed from its own / another's largest product."""
+    own = {name: ProbeVerdict(not bad, len(tokens), tokens[-1], tuple(bad), 1.0 if bad else 0.0, 5)
+           for name, bad in own_failed.items()}
+    names = list(own_failed)
+    failed = {(a, b): tuple((failed or {}).get((a, b), own_failed[a] if a == b else tokens)) for a in names for b in names}
+    alone = {(a, b): (alone or {}).get((a, b), True) for a in names for b in names if a != b}
+    return CrossVerdict(tuple(tokens), own, failed, alone)
 
 
-def test_cublaslt_is_chosen_where_it_is_invariant_and_as_fast():
-    cands = {"triton": candidate("triton", us={1: 10.5, 64: 12.5, 1024: 125.0, 8192: 900.0}),
-             "cublaslt": candidate("cublaslt", us={1: 10.0, 64: 12.0, 1024: 101.0, 8192: 702.0})}
-    kernel, switch, reason = select(cands, DEFAULT_US, agree=False)
-    assert kernel == "cublaslt" and switch is None and "min 0.99" in reason and "triton min 0.78" in reason
+def test_cublas_default_is_the_pick_wherever_its_rows_never_differ():
+    cross = cross_of({"default": (), "cublaslt": (), "triton": ()})
+    timings = {"default": DEFAULT_US, "cublaslt": {m: t * 1.3 for m, t in DEFAULT_US.items()},
+               "triton": {m: t * 1.1 for m, t in DEFAULT_US.items()}}
+    (pick, (worst, median)), *_ = rank(options(cross, ["default", "cublaslt", "triton"]), timings, DEFAULT_US)
+    assert pick == Option.single("default") and worst == median == 1.0
 
 
-def test_triton_is_chosen_where_cublaslt_is_not_invariant_and_the_reason_says_where():
-    cands = {"triton": candidate("triton", us={1: 11.0, 64: 13.0, 1024: 110.0, 8192: 760.0}),
-             "cublaslt": candidate("cublaslt", invariant=False, failed="1-3, 17", us={})}
-    kernel, _, reason = select(cands, DEFAULT_US, agree=False)
-    assert kernel == "triton" and "cublaslt: not invariant at 3 of 600 M (1-3, 17)" in reason
+def test_a_kernel_whose_rows_differ_somewhere_is_no_option_alone_but_may_take_the_m_where_they_do_not():
+    # cuBLAS's default splits K below M=64 (its rows differ there); Triton's rows are the default's below 64
+    cross = cross_of({"default": (1, 2, 16), "triton": ()}, failed={("triton", "default"): (1024, 8192)},
+                     alone={("triton", "default"): False})
+    opts = options(cross, ["default", "triton"])
+    assert Option.single("default") not in opts and Option.single("triton") in opts
+    assert Option(((1, "triton"), (64, "default"))) in opts  # triton below 64, where its rows are default's
+    assert Option(((1, "triton"), (16, "default"))) not in opts  # default would run at 16, where it splits K
+    assert Option(((1, "triton"), (1024, "default"))) in opts  # triton's rows differ from default's at 1024 only
+    assert Option(((1, "triton"), (2048, "default"))) not in opts
+    timings = {"default": DEFAULT_US, "triton": {1: 11.0, 64: 14.0, 1024: 150.0, 8192: 1000.0}}
+    best, (worst, _) = rank(opts, timings, DEFAULT_US)[0]
+    assert best.kernel == "hybrid" and best.segments[1][0] in (32, 64) and worst == pytest.approx(10 / 11)
 
 
-def test_a_hybrid_is_chosen_where_the_two_agree_and_each_wins_one_end():
-    cands = {"triton": candidate("triton", us={1: 10.0, 64: 12.0, 1024: 130.0, 8192: 950.0}),
-             "cublaslt": candidate("cublaslt", us={1: 20.0, 64: 24.0, 1024: 100.0, 8192: 700.0})}
-    kernel, switch, reason = select(cands, DEFAULT_US, agree=True)
-    assert kernel == "hybrid" and switch in (256, 1024) and "agree bitwise" in reason
-    assert select(cands, DEFAULT_US, agree=False)[0] in ("triton", "cublaslt")  # no agreement: no hybrid
+def test_three_kernels_may_share_the_m_range_when_each_ones_rows_are_the_last_ones():
+    """Triton for decode, cuBLASLt (split-K off: slow below 32) in between, cuBLAS's default from 512 on,
+    where its heuristics stop splitting K: each one's rows are the default's largest product's."""
+    cross = cross_of({"default": (1, 2, 16, 64, 256), "cublaslt": (), "triton": ()},
+                     failed={("default", "default"): (1, 2, 16, 64, 256), ("triton", "default"): (),
+                             ("cublaslt", "default"): (), ("triton", "cublaslt"): ()},
+                     alone={("triton", "default"): False, ("triton", "cublaslt"): False},
+                     tokens=(1, 2, 16, 64, 256, 1024, 8192))
+    us = {1: 10.0, 16: 10.0, 64: 12.0, 256: 20.0, 1024: 100.0, 8192: 700.0}
+    timings = {"default": us, "cublaslt": {**us, 1: 100.0, 16: 100.0, 1024: 110.0, 8192: 770.0},
+               "triton": {**{m: t / 0.97 for m, t in us.items()}, 64: 24.0, 256: 40.0, 1024: 200.0, 8192: 1400.0}}
+    opts = options(cross, ["default", "cublaslt", "triton"])
+    best, (worst, _) = rank(opts, timings, us)[0]
+    assert best == Option(((1, "triton"), (32, "cublaslt"), (512, "default"))) and worst == pytest.approx(0.97)
+    assert Option(((1, "triton"), (32, "cublaslt"), (256, "default"))) not in opts  # default splits at 256
 
 
-def test_an_inaccurate_or_failed_kernel_is_never_chosen():
-    cands = {"triton": candidate("triton", accurate=False, us={1: 1.0, 64: 1.0, 1024: 1.0, 8192: 1.0}),
-             "cublaslt": Candidate("cublaslt", None, note="torch 2.9 has no split-K switch")}
-    kernel, _, reason = select(cands, DEFAULT_US, agree=False)
-    assert kernel == "triton-fixed" and "unproven" in reason and "no split-K switch" in reason
+def test_no_hybrid_where_the_low_kernels_rows_alone_differ_from_the_high_ones():
+    cross = cross_of({"default": (1, 2), "triton": ()}, failed={("triton", "default"): ()},
+                     alone={("triton", "default"): True})
+    assert [o for o in options(cross, ["default", "triton"]) if o.segments[0][1] == "triton" and o.kernel == "hybrid"] == []
 
 
-def test_a_choice_survives_json():
-    choice = KernelChoice(2048, 8192, "bfloat16", True, "hybrid", "because", 256, "buckets: ...", True, "thorough",
-                          "abc", (candidate("triton", us={1: 3.0}),), {1: 4.0}, {"invariant": True}, {"gpu": "H200"})
-    back = KernelChoice.from_dict(json.loads(json.dumps(choice.to_dict())))
-    assert back == choice and back.kernel_at(255) == "triton" and back.kernel_at(256) == "cublaslt"
+def test_an_inaccurate_kernel_is_never_an_option():
+    cross = cross_of({"default": (), "triton": ()})
+    assert options(cross, ["triton"]) == [Option.single("triton")]
+
+
+def test_within_close_of_the_best_the_simpler_option_wins():
+    cross = cross_of({"cublaslt": (), "triton": ()}, failed={("triton", "cublaslt"): ()},
+                     alone={("triton", "cublaslt"): False})
+    timings = {"default": DEFAULT_US, "cublaslt": {m: t / 0.99 for m, t in DEFAULT_US.items()},
+               "triton": {m: t / 1.0 for m, t in DEFAULT_US.items()}}
+    ranked = rank(options(cross, ["cublaslt", "triton"]), timings, DEFAULT_US)
+    assert ranked[0][0] == Option.single("cublaslt") and {o.kernel for o, _ in ranked} >= {"triton", "hybrid"}
+
+
+def test_cross_probe_says_which_stand_ins_may_share_the_m_range():
+    """A split-K heuristic below M=20 (rows differ there), a sequential kernel equal to its rows elsewhere."""
+    x, w, _ = wild_operands(m=64, k=96)
+    fns = {"default": lambda a: chunked(a, w, 4 if a.shape[0] < 20 else 1),
+           "triton": lambda a: torch.cat([chunked(r, w, 1) for r in a.split(1)])}
+    cross = cross_probe(fns, x, range(1, 65), alone_rows=(0, 5, 30))
+    assert cross.own["default"].m_failed == tuple(range(1, 65))  # its one-row products split K: no M passes alone
+    assert cross.failed[("default", "default")] == tuple(range(1, 20))  # its M-row products from 20 on are its own
+    assert cross.own["triton"].invariant and cross.consistent("triton", "default")
+    assert cross.consistent("default", "default", 20) and not cross.consistent("default", "default", 19)
+    opts = options(cross, ["default", "triton"])
+    assert Option(((1, "triton"), (32, "default"))) in opts and Option(((1, "triton"), (16, "default"))) not in opts
+
+
+def test_a_pick_that_fails_its_every_m_proof_gives_way_to_the_next(monkeypatch):
+    """The default differs only at M=37, which the cross-probe's sample skips; the proof at every M finds it."""
+    monkeypatch.setitem(choice_module.RUNNERS, "default", lambda a, w, b: chunked(a, w, 3 if a.shape[0] == 37 else 1))
+    monkeypatch.setitem(choice_module.RUNNERS, "cublaslt", lambda a, w, b: chunked(a, w, 1) * 1.0)
+    monkeypatch.setitem(choice_module.RUNNERS, "triton", lambda a, w, b: chunked(a, w, 1))
+    choice = pick._probe_and_pick(24, 64, torch.float32, False, torch.device("cpu"), (1, 2, 8, 16, 36, 38, 48),
+                                  "custom", {"sms": 132}, lambda fn, device: 5.0, None, every_m_to=48)
+    assert choice.proven and choice.kernel != "default" and "default failed its proof" in choice.reason
+    assert "not invariant at 1 of 48 M (37" in choice.reason and choice.proof["m_checked"] == 48
+    assert choice.sweep == "every M 1..48"
 
 
 def test_a_hybrid_runs_each_call_on_the_side_its_number_of_tokens_picks(monkeypatch):
     ran = []
     monkeypatch.setitem(choice_module.RUNNERS, "triton", lambda x, w, b: ran.append(("triton", x.shape)) or x)
     monkeypatch.setitem(choice_module.RUNNERS, "cublaslt", lambda x, w, b: ran.append(("cublaslt", x.shape)) or x)
-    hybrid = KernelChoice(8, 8, "bfloat16", False, "hybrid", "", switch_m=64)
+    hybrid = KernelChoice(8, 8, "bfloat16", False, "hybrid", "", switch_m=64, low="triton", high="cublaslt")
     choice_module.linear(torch.zeros(2, 31, 8), None, None, hybrid)  # 62 tokens
     choice_module.linear(torch.zeros(2, 32, 8), None, None, hybrid)  # 64 tokens
     assert [k for k, _ in ran] == ["triton", "cublaslt"]
 
 
 def test_off_a_gpu_the_choice_is_triton_and_says_why():
-    choice = choice_module.choose(2048, 2048, torch.float32, True, "cpu")
+    choice = pick.choose(2048, 2048, torch.float32, True, "cpu")
     assert choice.kernel == "triton" and not choice.proven and "off a GPU" in choice.reason
     assert choice.plan.startswith("buckets:")
 
@@ -314,8 +406,9 @@ def test_the_summary_says_the_ratio_per_shape_and_whether_the_targets_are_met():
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 def test_gpu_pythia_1b_every_gemm_gets_a_proven_kernel_and_its_path_is_invariant_over_m(tmp_path, monkeypatch):
     from models import load_config
-    from models.invariant import choose, mma_families
+    from models.invariant import mma_families
     from profiler.invariance import matmul_bench, shapes
+    from profiler.invariance.choice import choose
 
     monkeypatch.setenv("CODESIGN_CACHE_DIR", str(tmp_path))
     device = torch.device("cuda")
@@ -325,6 +418,7 @@ def test_gpu_pythia_1b_every_gemm_gets_a_proven_kernel_and_its_path_is_invariant
         ops = matmul_bench.make_operands(gemm, 8192, dtype=torch.bfloat16, device=device, seed=5)
         verdict = probe(lambda a: choice_module.linear(a, ops.weight, ops.bias, choice), ops.x, probe_tokens(quick=True))
         assert verdict.invariant, f"{gemm.label} on {choice.label}: {verdict.summary()}"
+        assert choice.proof["m_checked"] >= 8192 and choice.proof["invariant"]  # every M 1..8192 and beyond
     assert set(mma_families().values()) <= {"wgmma", "unknown"}, mma_families()
 
 
@@ -338,11 +432,12 @@ def test_the_whole_choice_runs_on_stand_in_timings_and_says_what_each_candidate_
         calls.append(device)
         return 5.0
 
-    choice = choice_module._probe_and_pick(48, 64, torch.float32, True, torch.device("cpu"), (1, 2, 3, 8, 17, 40),
-                                           "custom", {"sms": 132}, timer, None)
+    choice = pick._probe_and_pick(48, 64, torch.float32, True, torch.device("cpu"), (1, 2, 3, 8, 17, 40),
+                                  "custom", {"sms": 132}, timer, None, every_m_to=20)
     cands = {c.kernel: c for c in choice.candidates}
     assert cands["triton"].usable and cands["triton"].verdict["m_checked"] == 6
     assert cands["cublaslt"].invariant is not None and cands["cublaslt"].accurate
-    assert choice.proven and choice.kernel in ("cublaslt", "triton", "hybrid")
-    assert set(choice.default_us) == {1, 16} and len(calls) >= 4  # the timing M within the operand's 40 rows
+    assert choice.proven and choice.kernel in ("default", "cublaslt", "triton", "hybrid")
+    assert choice.proof["m_checked"] == 21 and choice.sweep == "every M 1..20 and 1 sampled M to 40"
+    assert set(choice.default_us) == {1, 2, 4, 8, 16, 32} and len(calls) >= 6  # timing M within the 40 rows
     assert KernelChoice.from_dict(json.loads(json.dumps(choice.to_dict()))) == choice

@@ -141,3 +141,16 @@ def _loaded_library(stem: str) -> str | None:
 def blas_environment() -> dict[str, str]:
     """The environment variables that change which cuBLAS(Lt) kernel a shape gets (part of the cache key)."""
     return {name: os.environ[name] for name in BLAS_ENV if name in os.environ}
+
+
+def blas_flags() -> dict[str, object]:
+    """torch's process-wide BLAS switches as they are now (part of the cache key): cuBLAS's default kernel
+    for a shape depends on them, so a `default` verdict holds only while they are what they were when probed."""
+    flags = {"bf16_reduced_precision_reduction": list(_reduction_state(
+                 torch._C._get_cublas_allow_bf16_reduced_precision_reduction)),
+             "fp16_reduced_precision_reduction": list(_reduction_state(
+                 torch._C._get_cublas_allow_fp16_reduced_precision_reduction)),
+             "allow_tf32": bool(torch._C._get_cublas_allow_tf32())}
+    if torch.version.cuda is not None:
+        flags["preferred_blas_library"] = str(torch.backends.cuda.preferred_blas_library())
+    return flags

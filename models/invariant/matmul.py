@@ -52,21 +52,29 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, M, N, K, batch,
     b_ptrs = b_ptr + z64 * stride_bb + offs_k[:, None] * stride_bk + cols[None, :] * stride_bn
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kt in range(tl.cdiv(K, BLOCK_K)):  # the one reduction order: k = 0, BLOCK_K, 2 BLOCK_K, ...
-        if EVEN_K:  # K a multiple of BLOCK_K (a property of the weight, not of M): no masks on k
-            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-            b = tl.load(b_ptrs)
-        else:
-            k_ok = offs_k < K - kt * BLOCK_K
-            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
         if INTERPRETED:
             # numpy stand-in for the MMA: its matmul multiplies bf16 bit patterns, and BLAS may round a row
-            # differently by its place in the block; exact fp32 products summed over k, row by row, do neither
-            acc += tl.sum(a.to(tl.float32)[:, :, None] * b.to(tl.float32)[None, :, :], axis=1)
+            # differently by its place in the block; exact fp32 products summed over k, row by row, do neither.
+            # Summed in k steps of 16, one after another, as the tensor cores do (the H200 sweep found every
+            # BLOCK_K bitwise the same: the k steps are the order, BLOCK_K only how many run per iteration)
+            for kk in tl.static_range(0, BLOCK_K, 16):
+                k16 = kt * BLOCK_K + kk + tl.arange(0, 16)
+                a16 = tl.load(a_ptr + z64 * stride_ab + rows[:, None] * stride_am + k16[None, :] * stride_ak,
+                              mask=row_ok[:, None] & (k16 < K)[None, :], other=0.0)
+                b16 = tl.load(b_ptr + z64 * stride_bb + k16[:, None] * stride_bk + cols[None, :] * stride_bn,
+                              mask=(k16 < K)[:, None], other=0.0)
+                acc += tl.sum(a16.to(tl.float32)[:, :, None] * b16.to(tl.float32)[None, :, :], axis=1)
         else:
+            if EVEN_K:  # K a multiple of BLOCK_K (a property of the weight, not of M): no masks on k
+                a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+                b = tl.load(b_ptrs)
+            else:
+                k_ok = offs_k < K - kt * BLOCK_K
+                a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+                b = tl.load(b_ptrs, mask=k_ok[:, None], other=0.0)
             acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
-        a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * stride_bk
+            a_ptrs += BLOCK_K * stride_ak
+            b_ptrs += BLOCK_K * stride_bk
     if HAS_ALPHA:  # a constexpr, so alpha = 1 (every linear) is not even a multiply: no fma contraction either
         acc = acc * alpha
     if HAS_BIAS:

@@ -155,3 +155,69 @@ def accuracy(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, weight
     bound = 4 * ulp + 1e-6 * (x.shape[-1] ** 0.5) * ref.abs().max()
     ratio = float(((out - ref).abs() / bound).max())
     return ratio <= 1.0, ratio
+
+
+@dataclass(frozen=True)
+class CrossVerdict:
+    """Several matmuls probed on one sweep of M: each one's rows against its own largest product and its rows
+    alone (`own`: what `probe` says), and every one's M-row products against every one's largest product
+    (`failed[(a, b)]`: the M where a(x[:m]) differed from b(x[:max m])[:m], b = a included: rows alone left
+    out there); `alone_differs[(a, b)]`: some row computed alone by a differed from the same row of b's."""
+
+    tokens: tuple[int, ...]
+    own: dict  # name -> ProbeVerdict
+    failed: dict  # (name, reference) -> tuple of M
+    alone_differs: dict  # (name, reference) -> bool, name != reference
+
+    def consistent(self, name: str, reference: str, lo: int = 1, hi: int | None = None) -> bool:
+        """name's rows are reference's largest product's at every probed M in [lo, hi), and, when the range
+        starts at M = 1 (where a row alone runs), name's rows alone are too."""
+        if name == reference and lo <= 1:
+            bad = self.own[name].m_failed
+        else:
+            bad = self.failed[(name, reference)]
+            if lo <= 1 and self.alone_differs[(name, reference)]:
+                return False
+        return not any(lo <= m and (hi is None or m < hi) for m in bad)
+
+
+@torch.inference_mode()
+def cross_probe(fns: dict[str, Callable[[torch.Tensor], torch.Tensor]], x: torch.Tensor, tokens, *,
+                alone_rows: tuple[int, ...] = ALONE_ROWS) -> CrossVerdict:
+    """`probe` for every fn at once, plus every fn's rows against every other fn's largest product: which
+    pairs may share the M range between them (one below a switch M, the other from it) and stay invariant."""
+    tokens = sorted({int(m) for m in tokens if 1 <= m <= x.shape[0]})
+    if not tokens:
+        raise ValueError("cross_probe: no token count within the operand's rows")
+    names = list(fns)
+    top = tokens[-1]
+    full = {name: fns[name](x[:top]) for name in names}
+    rows = [r for r in sorted(set(alone_rows)) if r < top]
+    index = torch.tensor(rows, device=x.device, dtype=torch.long)
+    alone = {name: torch.cat([fns[name](x[r:r + 1]) for r in rows]) for name in names}
+    bad = torch.zeros(len(tokens), len(names), len(names), dtype=torch.bool, device=x.device)
+    own_bad = torch.zeros(len(tokens), len(names), dtype=torch.bool, device=x.device)
+    diff = torch.zeros(len(tokens), len(names), dtype=torch.float32, device=x.device)
+    for i, m in enumerate(tokens):
+        inside = bisect.bisect_left(rows, m)
+        for a, name in enumerate(names):
+            out = fns[name](x[:m])
+            for b, ref in enumerate(names):
+                bad[i, a, b] = _differs(out, full[ref][:m])
+            differs, worst = bad[i, a, a], _max_diff(out, full[name][:m])
+            if inside:  # as `probe`: the rows alone too
+                mine = out[index[:inside]]
+                differs = differs | _differs(mine, alone[name][:inside])
+                worst = torch.maximum(worst, _max_diff(mine, alone[name][:inside]))
+            own_bad[i, a], diff[i, a] = differs, worst
+    alone_bad = {(a, b): _differs(alone[a], full[b][index]) for a in names for b in names if a != b}
+    bad, own_bad, diff = bad.cpu(), own_bad.cpu(), diff.cpu()
+    alone_differs = {key: bool(value) for key, value in alone_bad.items()}
+    own, failed = {}, {}
+    for a, name in enumerate(names):
+        m_bad = tuple(m for m, flag in zip(tokens, own_bad[:, a].tolist()) if flag)
+        own[name] = ProbeVerdict(not m_bad, len(tokens), top, m_bad, float(diff[:, a].max()) if m_bad else 0.0,
+                                 len(rows))
+        for b, ref in enumerate(names):
+            failed[(name, ref)] = tuple(m for m, flag in zip(tokens, bad[:, a, b].tolist()) if flag)
+    return CrossVerdict(tuple(tokens), own, failed, alone_differs)

@@ -1,11 +1,13 @@
 """The layer switch: `make_batch_invariant(stack)` runs the same LayerStack on batch-invariant kernels.
 
-Each Linear runs on the kernel chosen for its (N, K, dtype, bias) on this GPU (choice.py: cuBLASLt with
-split-K off where a bitwise probe over M = 1..8192 passed, else the M-bucketed Triton kernel, or both split
-by M where they agree bit for bit) and keeps that choice, with its reason, as `module.kernel_choice`;
-`kernel_choices(stack)` lists them per GEMM. Choosing probes the GPU (a second or two per new shape, then
-cached on disk), so it happens in `make_batch_invariant` when the weights are already on the GPU, else at
-the first forward on one: call `choose_kernels(stack)` before capturing a CUDA graph.
+Each Linear runs on the kernel a chooser picked for its (N, K, dtype, bias) on the weight's device and keeps
+that choice, with its reason, as `module.kernel_choice`; `kernel_choices(stack)` lists them per GEMM. The
+chooser is handed in (`make_batch_invariant(stack, choose=profiler.invariance.choose)`: the fastest kernel a
+bitwise probe over M proved invariant on this GPU, cuBLAS's default included where it passes; it lives on the
+profiler floor because it times candidates). Without one, every Linear runs the M-bucketed Triton kernel,
+invariant by construction but not probed here. A chooser probes the GPU (seconds per new shape, then cached on
+disk), so it runs in `make_batch_invariant` when the weights are already on the GPU, else at the first
+forward on one: call `choose_kernels(stack)` before capturing a CUDA graph.
 
 models/layer.py is not edited: each module is re-classed to a subclass that keeps its parameters, names and
 state_dict and overrides only `forward` (nn.Linear -> InvariantLinear, the norms -> InvariantLayerNorm /
@@ -20,13 +22,14 @@ The kernels are forward-only (inference): a call that would need gradients is re
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
 from torch import nn
 
 from .. import layer as _layer
 from .attention import invariant_attention
-from .choice import KernelChoice, choose, linear
+from .choice import KernelChoice, linear, unprobed_choice
 from .matmul import invariant_bmm
 from .norms import invariant_layer_norm, invariant_rms_norm
 
@@ -37,10 +40,17 @@ def _forward_only(*tensors: torch.Tensor | None) -> None:
                            "or torch.inference_mode()")
 
 
+Chooser = Callable[..., KernelChoice]  # (n, k, dtype, bias, device) -> KernelChoice
+OFF_GPU = "off a GPU: the Triton kernel (in Triton's interpreter); cuBLAS is probed only on a GPU"
+NO_CHOOSER = ("no chooser handed to make_batch_invariant: the M-bucketed Triton kernel, invariant by construction, "
+              "not probed on this GPU (profiler.invariance.choose probes and picks)")
+
+
 class InvariantLinear(nn.Linear):
     """nn.Linear on the invariant kernel chosen for its shape on the weight's device (`kernel_choice`)."""
 
     kernel_choice: KernelChoice | None = None  # set on first use; an instance attribute from then on
+    chooser: Chooser | None = None  # set by make_batch_invariant; None: the Triton kernel, unprobed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _forward_only(x, self.weight, self.bias)
@@ -50,7 +60,11 @@ class InvariantLinear(nn.Linear):
         w = self.weight
         where = (w.device, w.dtype)  # a module moved or cast after choosing chooses again
         if self.__dict__.get("_kernel_for") != where:
-            self.kernel_choice = choose(w.shape[0], w.shape[1], w.dtype, self.bias is not None, w.device)
+            n, k, bias = w.shape[0], w.shape[1], self.bias is not None
+            if w.device.type != "cuda" or self.chooser is None:
+                self.kernel_choice = unprobed_choice(n, k, w.dtype, bias, OFF_GPU if w.device.type != "cuda" else NO_CHOOSER)
+            else:
+                self.kernel_choice = self.chooser(n, k, w.dtype, bias, w.device)
             self._kernel_for = where
         return self.kernel_choice
 
@@ -103,16 +117,20 @@ SWAPS = ((nn.Linear, InvariantLinear), (nn.LayerNorm, InvariantLayerNorm), (nn.R
          (_layer.Attention, InvariantAttention))
 
 
-def make_batch_invariant(stack: nn.Module, *, norms: bool = True, inplace: bool = False) -> nn.Module:
+def make_batch_invariant(stack: nn.Module, *, norms: bool = True, inplace: bool = False,
+                         choose: Chooser | None = None) -> nn.Module:
     """The same stack (a copy unless `inplace`) on batch-invariant kernels: every nn.Linear (QKV, output
     projection, MLP up/gate/down, logits; biases on the GEMM epilogue), the attention, and (with `norms`)
-    LayerNorm / RMSNorm. Returns it in eval mode; weights are shared with nothing (a deep copy)."""
+    LayerNorm / RMSNorm. `choose(n, k, dtype, bias, device) -> KernelChoice` picks each Linear's kernel on a
+    GPU (None: the Triton kernel). Returns it in eval mode; weights are shared with nothing (a deep copy)."""
     target = stack if inplace else copy.deepcopy(stack)
     for module in target.modules():
         for base, invariant in SWAPS:
             if type(module) is base and (norms or base not in (nn.LayerNorm, nn.RMSNorm)):
                 _check_swappable(module)
                 module.__class__ = invariant
+        if isinstance(module, InvariantLinear):
+            module.chooser = choose
     if any(p.is_cuda for p in target.parameters()):
         choose_kernels(target)
     return target.eval()

@@ -5,27 +5,31 @@ In the invariant kernel (matmul.py) one program owns a whole output tile and wal
 BLOCK_K steps, each step one `tl.dot` into the same fp32 accumulator, with no split over K. What BLOCK_M,
 BLOCK_N, num_warps and num_stages change is how many elements one program owns, how warps share them and
 how far ahead loads run; none of them changes which products are added to (i, j), or in which order. So the
-plan fixes BLOCK_K for the (N, K, dtype) and lets the rest follow M:
+plan fixes BLOCK_K for the (N, K, dtype) and lets the rest follow M.
 
-- decode (a few rows): memory-bound on the weight. Tiles are 64 rows (the smallest Hopper wgmma M) by a
-  narrow BLOCK_N, so that N / BLOCK_N programs cover the SMs, with deep pipelines: with every program
-  resident, N x (stages - 1) x BLOCK_K x 2 bytes of weights are in flight, which has to reach a few MB
-  (bandwidth x latency, ~4 MB on an H200) for the kernel to run at HBM speed;
-- prefill (thousands of rows): compute-bound. The 128 x 256 x 64 tile with 8 warps, 3 stages.
+The tiles are the ones the H200 tuning sweep measured fastest (scripts/tune_invariant_matmul.py, CUDA-graph
+timed against cuBLAS, at 84057fd: evidence in the issue-21 notes), as a rule of (N, K):
 
-Hopper caveat (reasoned here, verified on the GPU by scripts/bench_invariant_matmul.py): Triton lowers
-`tl.dot` to wgmma (MMA v3) when num_warps % 4 == 0, BLOCK_M % 64 == 0 and BLOCK_N % 8 == 0, else to
-mma.sync (MMA v2); the two are different instructions and nothing promises they round alike. Every 16-bit
-bucket below satisfies the wgmma conditions, so all M use the one instruction family; the kernel records
-which family each compiled configuration got (matmul.mma_families) and the GPU script compares rows across
-buckets bitwise over the M sweep.
+- BLOCK_K = 256 where K >= N (output projection, MLP down: few columns, a long K to stream), else 128;
+- M <= 16: 16 x 32 tiles, one warpgroup, deep pipelines (N / 32 programs stream the weight);
+- M <= 32: 16 x 64 where N >= 4096, else 16 x 32;
+- M <= 64: 64-row tiles; larger M: 128-row tiles, 8 warps (compute-bound; the choice puts cuBLAS there
+  wherever the probe allows, as this kernel runs at ~0.7 of cuBLAS at large M).
 
-No split over K (considered, not taken): a split count S fixed per (N, K) stays invariant only if every M
-runs the same chunked tree (S partial sums, added in one order), i.e. large M would keep two accumulators
-and refill its pipeline at each chunk, and small M would need an ordered cross-program reduction (a second
-launch, or semaphores) costing a microsecond or two on a decode GEMM of ten. Deep pipelines on narrow tiles
-reach the same bandwidth without it, and keep each element one sequential chain over K, the chain a
-no-split-K cuBLASLt kernel computes too (which is what lets choice.py try cuBLASLt and Triton together).
+Measured there: the decode tiles run at 0.97-1.13 of cuBLAS's default at M <= 16 for all 12 weight GEMMs of
+pythia-1b / pythia-6.9b / llama-2-7b-like (the 64 x 16..64 x 64 tiles of the first plan: 0.76-1.04).
+
+MMA instructions: a 16-row tile is below wgmma's 64 rows, so Triton lowers it to mma.sync (MMA v2), while
+64- and 128-row tiles with 4k warps use wgmma (MMA v3). Both accumulate in fp32 in 16-wide k steps, in k
+order; the sweep found every tile (BLOCK_M 16 / 64 / 128, BLOCK_K 64 / 128 / 256, mma.sync or wgmma) bitwise
+equal to the others, and to cuBLASLt's non-split kernels, at every M it ran (1..256, 12 shapes). That is a
+measured fact of one GPU and compiler, not a construction, which is why nothing here is used without the
+per-shape bitwise probe (choice.py in profiler/invariance) and why each compiled configuration records its
+instruction family (matmul.mma_families).
+
+No split over K in this kernel: a split count fixed per (N, K) would be invariant too (splitk.py has one,
+with its ordered reduction), but its sums differ from every non-split kernel's, so it could not share the
+M range with cuBLAS; the sweep measured it no faster than the narrow tiles at small M.
 """
 
 from __future__ import annotations
@@ -124,57 +128,50 @@ def reduction_problem(plan: MatmulPlan) -> str | None:
     return None
 
 
-# 16-bit buckets: (largest M, BLOCK_M, warps, widest BLOCK_N, most stages, memory-bound). Every BLOCK_M is a
-# multiple of 64 and every warp count a multiple of 4: the wgmma conditions, so every bucket uses one MMA
-# instruction. Memory-bound buckets size their pipelines so all programs are resident at once (one wave).
-SIXTEEN_BIT_BUCKETS = (
-    (64, 64, 4, 64, 16, True),  # decode: one warpgroup, narrow N, deep pipeline (bound by the weight's bytes)
-    (256, 128, 8, 128, 6, True),  # small batches: still near memory-bound on an H200 (ridge ~200 rows)
-    (1024, 128, 8, 256, 4, False),  # compute-bound, but few row tiles: N tiles narrow enough to fill the SMs
-    (None, 128, 8, 256, 3, False),  # prefill: the 128 x 256 x 64 tile
-)
 # fp32 (exact products, no tensor cores: each dot is an FMA chain over k, also independent of the tile shape)
-FP32_BUCKETS = ((32, 32, 4, 32, 3, False), (128, 64, 4, 64, 3, False), (None, 64, 8, 128, 2, False))
+FP32_BUCKETS = ((32, 32, 4, 32, 3), (128, 64, 4, 64, 3), (None, 64, 8, 128, 2))
 
 
-def _block_n(n: int, rows_tiles: int, widest: int, sms: int) -> int:
-    """The widest power-of-two BLOCK_N (16..widest) whose programs still cover FILL of the SMs."""
-    bn = widest
-    while bn > 16 and rows_tiles * -(-n // bn) < FILL * sms:
-        bn //= 2
-    return bn
+def sixteen_bit_block_k(n: int, k: int) -> int:
+    """256 where K >= N (few columns, a long K: fewer, longer steps keep the loads in flight), else 128."""
+    return 256 if k >= n else 128
 
 
-def _stage_options(n: int, m_hi: int | None, block_m: int, block_n: int, block_k: int, most: int, sms: int,
-                   elem_bytes: int, memory_bound: bool) -> tuple[int, ...]:
-    """Stages, deepest first. A memory-bound bucket goes as deep as the shared memory left to each program
-    allows when all of its programs (at the bucket's largest M) are resident at once: the bytes in flight are
-    what it runs on. A compute-bound one takes `most`. Shallower ones follow for GPUs with less memory."""
-    per_stage = (block_m + block_n) * block_k * elem_bytes
-    deepest = most
-    if memory_bound:
-        programs = -(-(m_hi or block_m) // block_m) * -(-n // block_n)
-        resident = max(1, -(-programs // sms))  # programs one SM must hold at once to avoid a second wave
-        deepest = min(most, SMEM_BUDGET // resident // per_stage)
-    deepest = max(2, min(deepest, SMEM_BUDGET // per_stage))
-    return tuple(dict.fromkeys(max(2, s) for s in (deepest, deepest - 1, deepest * 2 // 3, deepest // 2, 2)))
+def _sixteen_bit_table(n: int, k: int) -> tuple[tuple[int | None, MatmulConfig], ...]:
+    """(largest M, configuration) per bucket, from the H200 sweep (see the module docstring)."""
+    bk = sixteen_bit_block_k(n, k)
+    long_k = bk == 256
+    mid_n = 64 if n >= 4096 else 32
+    m64 = (MatmulConfig(64, 16 if n <= 2048 else 32, bk, num_warps=4, num_stages=5 if n <= 2048 else 3) if long_k
+           else MatmulConfig(64, 64, bk, num_warps=4, num_stages=6))
+    return ((16, MatmulConfig(16, 32, bk, num_warps=4, num_stages=6 if long_k else 4)),
+            (32, MatmulConfig(16, mid_n, bk, num_warps=4, num_stages=6 if long_k and mid_n == 32 else 4)),
+            (64, m64),
+            (256, MatmulConfig(128, 64, bk, num_warps=8, num_stages=2 if long_k else 4)),
+            (None, MatmulConfig(128, 64, bk, num_warps=8, num_stages=2) if long_k
+             else MatmulConfig(128, 128, bk, num_warps=8, num_stages=3)))
+
+
+def _fallbacks(cfg: MatmulConfig) -> tuple[MatmulConfig, ...]:
+    """The configuration, then shallower pipelines of it (a GPU with less shared memory: an M-free fact)."""
+    stages = dict.fromkeys(max(2, s) for s in (cfg.num_stages, cfg.num_stages - 1, cfg.num_stages // 2, 2))
+    while (cfg.block_m + cfg.block_n) * cfg.block_k * 2 * next(iter(stages)) > SMEM_BUDGET and len(stages) > 1:
+        stages.pop(next(iter(stages)))
+    return tuple(MatmulConfig(cfg.block_m, cfg.block_n, cfg.block_k, cfg.group_m, cfg.num_warps, s) for s in stages)
 
 
 @functools.lru_cache(maxsize=None)
 def plan_for(n: int, k: int, dtype: torch.dtype, sms: int = REFERENCE_SMS) -> MatmulPlan:
-    """The bucketed plan of an (., K) x (K, N) product: a function of (N, K, dtype) and the GPU's SM count,
-    never of M. BLOCK_K is one value for the plan (64 for 16-bit inputs, 32 for fp32)."""
-    fp32 = dtype == torch.float32
-    table, block_k, elem = (FP32_BUCKETS, 32, 4) if fp32 else (SIXTEEN_BIT_BUCKETS, 64, 2)
-    buckets, m_lo = [], 1
-    for max_m, block_m, warps, widest, most, memory_bound in table:
-        # fewest programs at the bucket's smallest M; fp32 (FMA, no tensor cores) keeps its tile: it is for exactness
-        bn = widest if fp32 else _block_n(n, -(-m_lo // block_m), widest, sms)
-        configs = tuple(MatmulConfig(block_m, bn, block_k, num_warps=warps, num_stages=s)
-                        for s in _stage_options(n, max_m, block_m, bn, block_k, most, sms, elem, memory_bound))
-        buckets.append(Bucket(max_m, configs))
-        m_lo = (max_m or m_lo) + 1
-    plan = MatmulPlan("buckets", tuple(buckets))
+    """The bucketed plan of an (., K) x (K, N) product: a function of (N, K, dtype), never of M (`sms` is
+    kept for callers that pass the GPU's SM count; the H200-tuned table does not need it). One BLOCK_K for
+    the plan: sixteen_bit_block_k for 16-bit inputs, 32 for fp32."""
+    if dtype == torch.float32:
+        buckets = tuple(Bucket(max_m, tuple(MatmulConfig(bm, bn, 32, num_warps=w, num_stages=s2)
+                                            for s2 in dict.fromkeys((st, 2))))
+                        for max_m, bm, w, bn, st in FP32_BUCKETS)
+    else:
+        buckets = tuple(Bucket(max_m, _fallbacks(cfg)) for max_m, cfg in _sixteen_bit_table(n, k))
+    plan = MatmulPlan("buckets", buckets)
     problem = reduction_problem(plan)
     assert problem is None, problem  # a bug in the tables above, not a user error
     return plan

@@ -15,7 +15,7 @@ import re
 import tempfile
 from pathlib import Path
 
-CACHE_VERSION = 1  # bump when the Triton plans, the probe's sweep or the selection rule change meaning
+CACHE_VERSION = 2  # 2: cuBLAS default and hybrids of any two kernels, CUDA-graph timing, every-M proof. Bump when the Triton plans, the probe's sweep or the selection rule change meaning
 
 
 def cache_root() -> Path:

@@ -196,5 +196,5 @@ def choice_table(choice: pd.DataFrame) -> pd.DataFrame:
     """The kernel each GEMM got and why, with each candidate's probe verdict (the report's choice table)."""
     keep = ["config", "component", "n", "k", "bias", "kernel", "proven", "reason"]
     verdicts = [c for c in choice.columns if c.endswith("_invariant") or c.endswith("_m_failed")]
-    return choice[[c for c in keep if c in choice.columns] + verdicts + [c for c in ("triton_vs_cublaslt", "plan")
+    return choice[[c for c in keep if c in choice.columns] + verdicts + [c for c in ("sweep", "agreement", "plan")
                                                                           if c in choice.columns]]

@@ -23,7 +23,7 @@ CSV_FILES = {
 }
 TEXT_COLUMNS = {"tile", "first_differing_step", "differing_steps", "note", "reason", "tokens_alone",
                 "tokens_in_batch", "output", "step", "shape", "component", "kernel", "kernels", "position", "op",
-                "plan", "sweep", "triton_vs_cublaslt", "dtype"}
+                "plan", "sweep", "triton_vs_cublaslt", "agreement", "dtype"}
 RUN_FILES = {"matmul": "matmul_run.json", "layer": "layer_run.json", "engines": "engines_run.json"}
 
 

@@ -69,10 +69,12 @@ def _inputs(cfg: ModelConfig, batch: int, position: str, device, dtype, seed: in
 def build_stacks(cfg: ModelConfig, kernel_sets, *, include_logits: bool, device, dtype) -> dict:
     from models.invariant import make_batch_invariant
 
+    from .choice import choose
+
     default = build_layer(cfg, include_logits=include_logits, device=device, dtype=dtype).eval()
     stacks = {"default": default}
     if "invariant" in kernel_sets:
-        stacks["invariant"] = make_batch_invariant(default)
+        stacks["invariant"] = make_batch_invariant(default, choose=choose)
     return {k: stacks[k] for k in kernel_sets}
 
 

@@ -2,8 +2,10 @@
 batch-invariant path (the kernel models.invariant.choose picked for the shape on this GPU: cuBLASLt with
 split-K off, the M-bucketed Triton kernel, or both split by M), optionally its two candidates alone:
 
-- `throughput`: TFLOP/s at each M (profiler.timing.bench: CUDA events, L2 flushed, medians and p10/p90),
-  with the invariant kernel's largest difference from torch at that M (a correctness check, not a timing);
+- `throughput`: TFLOP/s at each M (profiler.timing.bench: CUDA events, L2 flushed, medians and p10/p90) of
+  one call replayed from a CUDA graph (graph_timing.py: GPU time, the host's launch cost left out, as in a
+  serving engine's graph-replayed decode step; `launch="eager"` times the Python call instead), with the
+  invariant kernel's largest difference from torch at that M (a correctness check, not a timing);
 - `invariance`: for each M, is every row the same as when computed alone (M = 1) and as the same row inside
   the largest M? Rows are compared bitwise (torch.equal) and by their largest absolute difference.
 
@@ -21,10 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from ..timing import bench, summarize
+from .graph_timing import graph_samples_ms
 from .shapes import GemmShape
 
 KERNELS = ("torch", "invariant")
 CANDIDATES = ("cublaslt", "triton")  # the invariant path's candidates on their own (context for the choice)
+LAUNCHES = ("graph", "eager")
 KERNEL_LABELS = {"torch": "Non-batch-invariant (cuBLAS)", "invariant": "Batch-invariant (chosen per shape)",
                  "cublaslt": "cuBLASLt, split-K off", "triton": "Batch-invariant Triton (tiles by M)"}
 ALONE_SAMPLE_ROWS = 64  # rows 0..63 alone, plus the last row of every M checked, plus random ones
@@ -55,7 +59,7 @@ def make_operands(shape: GemmShape, max_tokens: int, *, dtype: torch.dtype, devi
 
 def kernel_choice(shape: GemmShape, dtype: torch.dtype, device: torch.device):
     """The invariant kernel of this shape on `device` (probed on a GPU the first time, then cached)."""
-    from models.invariant import choose
+    from .choice import choose
 
     return choose(shape.n, shape.k, dtype, shape.bias, device)
 
@@ -91,8 +95,8 @@ def kernel_at(kernel: str, shape: GemmShape, m: int, dtype: torch.dtype, device:
     if kernel == "torch":
         return ""
     name = kernel_choice(shape, dtype, device).kernel_at(m) if kernel == "invariant" else kernel
-    if name == "cublaslt":
-        return "cublaslt"
+    if name in ("cublaslt", "default"):
+        return name
     from models.invariant.tiles import fixed_plan
 
     plan = fixed_plan(shape.n, shape.k, dtype) if name == "triton-fixed" else None
@@ -109,7 +113,8 @@ def choice_frame(shapes: list[GemmShape], *, dtype: torch.dtype, device: torch.d
         row = {"config": config_name, "component": shape.component, "n": shape.n, "k": shape.k, "bias": shape.bias,
                "dtype": choice.dtype, "kernel": choice.label, "proven": choice.proven, "sweep": choice.sweep,
                "reason": choice.reason, "plan": choice.plan,
-               "triton_vs_cublaslt": (choice.agreement or {}).get("summary", "")}
+               "agreement": (choice.agreement or {}).get("summary", ""),
+               "proof": (choice.proof or {}).get("m_checked")}
         for cand in choice.candidates:
             verdict = cand.verdict or {}
             row[f"{cand.kernel}_invariant"] = cand.invariant
@@ -128,9 +133,12 @@ def choice_frame(shapes: list[GemmShape], *, dtype: torch.dtype, device: torch.d
 @torch.inference_mode()
 def throughput(shapes: list[GemmShape], tokens: Iterable[int], *, dtype: torch.dtype, device: torch.device,
                budget: Budget = Budget(), kernels: tuple[str, ...] = KERNELS, progress: bool = False,
-               config_name: str = "") -> pd.DataFrame:
+               config_name: str = "", launch: str = "graph") -> pd.DataFrame:
     """One row per shape x kernel x M: median/p10/p90 time, TFLOP/s, and (invariant rows) the largest
-    absolute difference from torch's result for the same operands."""
+    absolute difference from torch's result for the same operands. `launch`: 'graph' (one call replayed
+    from a CUDA graph: the kernels' GPU time) or 'eager' (the Python call, host launch cost included)."""
+    if launch not in LAUNCHES:
+        raise ValueError(f"launch '{launch}': one of {', '.join(LAUNCHES)}")
     from tqdm import tqdm
 
     tokens = tuple(tokens)
@@ -147,15 +155,18 @@ def throughput(shapes: list[GemmShape], tokens: Iterable[int], *, dtype: torch.d
             for kernel, fn in fns.items():
                 out = fn(a)
                 diff = (out.float() - reference.float()).abs().max().item() if reference is not None else None
-                stats = summarize(bench(lambda fn=fn, a=a: fn(a), warmup_ms=budget.warmup_ms, rep_ms=budget.rep_ms,
-                                        min_reps=budget.min_reps, device=device))
+                call = lambda fn=fn, a=a: fn(a)  # noqa: E731
+                timing = dict(warmup_ms=budget.warmup_ms, rep_ms=budget.rep_ms, min_reps=budget.min_reps)
+                samples = (graph_samples_ms(call, device, **timing) if launch == "graph"
+                           else bench(call, device=device, **timing))
+                stats = summarize(samples)
                 flops = 2 * m * shape.n * shape.k
                 rows.append({"config": config_name, "component": shape.component, "n": shape.n, "k": shape.k,
                              "bias": shape.bias, "m": m, "kernel": kernel, "dtype": str(dtype).removeprefix("torch."),
                              "median_us": stats.median_ms * 1e3, "p10_us": stats.p10_ms * 1e3,
                              "p90_us": stats.p90_ms * 1e3, "repeats": stats.repeats, "flops": flops,
                              "tflops": flops / (stats.median_ms * 1e-3) / 1e12,
-                             "max_abs_diff_vs_torch": diff if kernel != "torch" else 0.0,
+                             "max_abs_diff_vs_torch": diff if kernel != "torch" else 0.0, "launch": launch,
                              "tile": kernel_at(kernel, shape, m, dtype, device)})
                 bar.update()
     bar.close()
