@@ -385,10 +385,10 @@ def main(argv=None) -> int:
         inline = df[df["group"] == "inline"] if not df.empty else df
         if not inline.empty:
             text += "\n== split-K's tree at large M (inline S, graph us) vs the large tile, and inline == split bitwise\n"
-            large = df[(df["kernel"] == "large") & df["m"].isin(LARGE_TOKENS)][["component", "m", "graph_us"]]
-            torch_l = df[(df["kernel"] == "torch") & df["m"].isin(LARGE_TOKENS)][["component", "m", "graph_us"]]
-            j = inline.merge(large, on=["component", "m"], suffixes=("", "_large")).merge(
-                torch_l, on=["component", "m"], suffixes=("", "_torch"))
+            keys = ["config", "component", "m"]
+            large = df[(df["kernel"] == "large") & df["m"].isin(LARGE_TOKENS)][keys + ["graph_us"]]
+            torch_l = df[(df["kernel"] == "torch") & df["m"].isin(LARGE_TOKENS)][keys + ["graph_us"]]
+            j = inline.merge(large, on=keys, suffixes=("", "_large")).merge(torch_l, on=keys, suffixes=("", "_torch"))
             text += j[["config", "component", "kernel", "m", "graph_us", "graph_us_large", "graph_us_torch",
                        "eq_split"]].to_string(index=False)
     text += f"\n== failed: {len(extra['failed'])}; skipped: {len(extra['skipped'])}; {info['seconds']} s"
