@@ -16,6 +16,13 @@ from pathlib import Path
 from typing import Callable, Hashable
 
 
+def _whole_record(raw: bytes) -> bool:
+    try:
+        return isinstance(json.loads(raw), dict)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        return False
+
+
 class JsonLinesFile:
     allow_nan = True  # subclasses whose readers are strict JSON parsers turn NaN into an error
 
@@ -74,7 +81,9 @@ class JsonLinesFile:
         return [r for r in self.read()[0] if r.get("record") == "run"]
 
     def repair(self) -> None:
-        """Cut a torn last line so appends start on a line of their own."""
+        """Cut a torn last line so appends start on a line of their own. A last line that is a whole record
+        without its newline (a full disk can refuse just that byte) is kept, as `read` keeps it: it is ended
+        instead of cut, so a point the resumed run counts as already in is not lost."""
         if not self.path.exists():
             return
         with self.path.open("rb+") as f:
@@ -93,11 +102,16 @@ class JsonLinesFile:
                 chunk = f.read(end - start)
                 idx = chunk.rfind(b"\n")
                 if idx >= 0:
-                    f.truncate(start + idx + 1)
+                    start += idx + 1
                     break
                 end = start
             else:
-                f.truncate(0)
+                start = 0
+            f.seek(start)
+            if _whole_record(f.read(size - start)):
+                f.write(b"\n")
+            else:
+                f.truncate(start)
             f.flush()
             os.fsync(f.fileno())
 

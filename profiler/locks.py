@@ -55,37 +55,49 @@ class DirectoryLock:
     def acquire(self) -> DirectoryLock:
         self.directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            self._lock(fd)
+            info = {"what": self.what, "pid": os.getpid(), "host": platform.node(),
+                    "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                    "command": " ".join(sys.argv)[:300]}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)  # ENOSPC on a full disk: the run stops before any work
+        except BaseException as exc:
+            # whatever stops us here (a full disk, a Ctrl-C while waiting) must not keep the lock: flock belongs to
+            # this open file, so a leaked descriptor would make the next run in this same process (a notebook, a
+            # test) wait for itself for ever
+            os.close(fd)
+            if isinstance(exc, OSError) and exc.filename is None:  # pwrite names no file: say which one
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from None
+            raise
+        self._fd = fd
+        return self
+
+    def _lock(self, fd: int) -> None:
         started, told = time.monotonic(), False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                return
             except BlockingIOError:
                 waited = time.monotonic() - started
                 if not self.wait or (self.timeout_s is not None and waited >= self.timeout_s):
-                    holder = self.holder()
-                    os.close(fd)
-                    raise UserError(f"--out: {self.directory} is in use by {holder}; wait for it to finish or "
-                                    "choose another --out") from None
+                    raise UserError(f"--out: {self.directory} is in use by {self.holder()}; wait for it to finish "
+                                    "or choose another --out") from None
                 if not told and self.on_wait is not None:
                     self.on_wait(f"notice: {self.directory} is in use by {self.holder()}; waiting for it to "
                                  "finish (one writer per directory; Ctrl-C to stop)")
                     told = True
                 time.sleep(POLL_S)
-        self._fd = fd
-        info = {"what": self.what, "pid": os.getpid(), "host": platform.node(),
-                "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "command": " ".join(sys.argv)[:300]}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
-        return self
 
     def release(self) -> None:
         if self._fd is None:
             return
-        os.ftruncate(self._fd, 0)  # the holder's line goes with it; the OS lock goes with the close
-        os.close(self._fd)
-        self._fd = None
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)  # the holder's line goes with it; the OS lock goes with the close
+        finally:
+            os.close(fd)
 
     @property
     def held(self) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from profiler.outputs import write_atomic
 from profiler.sweeps import analysis
 from profiler.sweeps.runner import gpu_label
 from profiler.sweeps.store import RESULTS_NAME, ResultStore
@@ -394,13 +395,13 @@ def write_outputs(inputs: list[str | Path], out_dir: str | Path, *, title: str =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, html_path = out / "results.csv", out / "report.html"
-    df.to_csv(csv_path, index=False)
+    write_atomic(csv_path, df.to_csv(index=False))  # a full disk leaves the previous file, never half of one
     gpus = ", ".join(sorted({str(g) for g in df["gpu"].dropna()})) or "no results"
     ceilings = gemm_ceiling(df, runs)
     cpu = on_cpu(df)
     device = gpus.replace("cpu:", "CPU: ") if cpu else gpus
-    html_path.write_text(render_page(title, build_sections(df, runs, skipped, ceilings),
-                                     environment=report_environment(runs), subtitle=f"{len(df)} points",
-                                     how_to_read=how_to_read(ceilings), plotly_src=plotly_src,
-                                     answer=sweep_answer(df, ceilings), device=device, on_cpu=cpu), encoding="utf-8")
+    write_atomic(html_path, render_page(title, build_sections(df, runs, skipped, ceilings),
+                                        environment=report_environment(runs), subtitle=f"{len(df)} points",
+                                        how_to_read=how_to_read(ceilings), plotly_src=plotly_src,
+                                        answer=sweep_answer(df, ceilings), device=device, on_cpu=cpu))
     return csv_path, html_path

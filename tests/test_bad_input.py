@@ -23,6 +23,7 @@ import pytest
 from cli.main import inference_main, profiler_main
 from models import ConfigError, ModelConfig, config_from_mapping, load_config
 from models.config import MAX_LAYERS, safe_name
+from profiler.sweeps import ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "hidden_size: 64\nnum_attention_heads: 2\nnum_layers: 2\nseq_length: 32\nmicro_batch_size: 1\nvocab_size: 500\n"
@@ -99,54 +100,75 @@ class FullDisk:
         return self
 
 
-def _mount(path: Path, options: str) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0:
-        return False
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
-    return done.returncode == 0
+# Our tmpfs mounts are named for the pytest process that made them: a session killed by a timeout runs no
+# finalizer, and the next session unmounts what a dead one left (never a live session's: helpers share /tmp).
+MOUNT_SOURCE = "codesign-test-"
+
+
+def _unmount_leftovers() -> None:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        source, where, fstype = line.split()[:3]
+        if fstype != "tmpfs" or not source.startswith(MOUNT_SOURCE):
+            continue
+        try:
+            os.kill(int(source.removeprefix(MOUNT_SOURCE)), 0)
+        except ProcessLookupError:
+            subprocess.run(["umount", "-l", where], check=False)
+        except (ValueError, PermissionError):
+            pass
 
 
 @pytest.fixture
-def small_fs(tmp_path):
-    """A real 8 MiB file system the test can fill (tmpfs), or a skip where mounting is not allowed."""
-    if not os.environ.get("CODESIGN_REAL_DISK_TESTS"):
-        # after the directory lock and the interleaved protocol landed, the layer case found its tmpfs full right
-        # after a 2.3 MB run and the suite then hung in this class: opt in until that is understood
-        pytest.skip("real-tmpfs tests are opt-in (CODESIGN_REAL_DISK_TESTS=1) until their hang is fixed")
-    path = tmp_path / "disk"
-    if not _mount(path, "size=8m"):
-        pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN); the in-process full disk covers it")
-    yield path
-    subprocess.run(["umount", "-l", str(path)], check=False)
+def tmpfs(tmp_path):
+    """`tmpfs(name, options)`: a real file system of its own under tmp_path (a tmpfs: root with CAP_SYS_ADMIN, else
+    a skip), always unmounted when the test ends, however it ends."""
+    mounted = []
+
+    def mount(name: str, options: str) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        if os.geteuid() != 0:
+            pytest.skip("cannot mount a tmpfs as an ordinary user; the in-process full disk covers it")
+        _unmount_leftovers()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, f"{MOUNT_SOURCE}{os.getpid()}", str(path)],
+                              capture_output=True)
+        if done.returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (needs CAP_SYS_ADMIN); the in-process full disk covers it")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)
 
 
-def fill(directory: Path) -> Path:
-    """Write zeros into `directory` until its file system says ENOSPC; the ballast file, to delete later."""
-    ballast = directory / "ballast"
-    with open(ballast, "wb") as f:
+def fill(directory: Path, leave: int = 0) -> Path:
+    """Write zeros into `directory` until its file system says ENOSPC, then free `leave` bytes (a multiple of the
+    4 KiB page tmpfs counts in); the ballast file, to delete later."""
+    spare, ballast = directory / "spare", directory / "ballast"
+    spare.write_bytes(b"\0" * leave)
+    # unbuffered: a buffered file would keep the bytes the last write could not place and raise ENOSPC again when
+    # it is closed, which reads as "the disk was already full" at the open() line
+    with open(ballast, "wb", buffering=0) as f:
         try:
             while True:
                 f.write(b"\0" * 65536)
-                f.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC
+    spare.unlink()
     return ballast
 
 
 @pytest.fixture
-def read_only_dir(tmp_path):
-    path = tmp_path / "ro"
+def read_only_dir(tmp_path, tmpfs):
     if os.geteuid() != 0:
+        path = tmp_path / "ro"
         path.mkdir()
         path.chmod(0o500)
         yield path
         path.chmod(0o700)
-    elif _mount(path, "size=1m,ro"):
-        yield path
-        subprocess.run(["umount", "-l", str(path)], check=False)
-    else:
-        pytest.skip("root, where chmod does not bind, and no read-only file system can be mounted")
+    else:  # root, where chmod does not bind
+        yield tmpfs("ro", "size=1m,ro")
 
 
 # ---- 1. a full disk ---------------------------------------------------------------------------------------------
@@ -158,8 +180,9 @@ def test_a_full_disk_mid_sweep_is_one_line_and_the_rerun_resumes_from_the_saved_
     line = one_error_line(capsys)
     assert "No space left on device" in line and str(out) in line and "run the same command again" in line
     monkeypatch.undo()
-    saved = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()[:-1]]  # the last one is torn
-    points = [r for r in saved if r.get("record") != "run"]
+    points = ResultStore(out).points()  # what a reader keeps: the torn last line is skipped
+    # the write that crossed the budget wrote what fitted: a torn line, or (when only its newline did not fit)
+    # a whole record without its newline, which counts as saved and must still be there after the rerun
     assert 1 <= len(points) < 8 and disk.used == disk.budget
     assert profiler_main([*SWEEP, "--out", str(out)]) == 0
     err = capsys.readouterr().err
@@ -183,37 +206,52 @@ def test_a_write_refused_mid_run_names_the_file_system_and_the_fix(tmp_path, mon
     assert "Read-only file system" in line and str(out) in line and "another --out" in line
 
 
-def test_a_real_full_disk_during_layer_keeps_what_was_profiled_and_the_rerun_resumes(small_fs, capsys):
-    out = small_fs / "run"
-    (small_fs / "tiny.yaml").write_text(TINY)
-    (small_fs / "tiny2.yaml").write_text(TINY)
-    assert profiler_main(["layer", "--config", str(small_fs / "tiny.yaml"), "--out", str(out), *FAST]) == 0
+# a layer run of TINY on a CPU writes 1.5-2.5 MB (report.html 1.2 MB, a trace of 0.1-1.1 MB as its rounds vary);
+# the rerun of two configs holds both traces, the old report and its replacement at once: about 5 MB
+LAYER_DISK = "size=16m"
+ROOM = 64 * 1024  # what a nearly full disk has left: the lock's line and a run record fit, a trace or report does not
+
+
+@pytest.mark.parametrize("leave", [0, ROOM], ids=["full-at-start", "full-mid-run"])
+def test_a_real_full_disk_during_layer_keeps_what_was_profiled_and_the_rerun_resumes(tmpfs, capsys, leave):
+    disk = tmpfs("disk", LAYER_DISK)
+    out = disk / "run"
+    (disk / "tiny.yaml").write_text(TINY)
+    (disk / "tiny2.yaml").write_text(TINY)
+    assert profiler_main(["layer", "--config", str(disk / "tiny.yaml"), "--out", str(out), *FAST]) == 0
     before = (out / "run.json").read_text()
-    ballast = fill(small_fs)
+    ballast = fill(disk, leave)
     capsys.readouterr()
-    both = ["layer", "--config", str(small_fs / "tiny.yaml"), "--config", str(small_fs / "tiny2.yaml"), "--out",
-            str(out), *FAST]
+    both = ["layer", "--config", str(disk / "tiny.yaml"), "--config", str(disk / "tiny2.yaml"), "--out", str(out),
+            *FAST]
     assert profiler_main(both) == 2
-    line = one_error_line(capsys)
+    captured = capsys.readouterr()
+    line = one_error_line(captured.err)
     assert "No space left on device" in line and str(out) in line
+    # full at the start: it stops at the directory's lock, before any work; mid-run: tiny2's trace did not fit
+    assert ("building rounds" in captured.out) == bool(leave)
     assert (out / "run.json").read_text() == before  # written atomically: the saved run is intact and readable
     assert set(pd.read_csv(out / "components.csv")["config"]) == {"tiny"}
     ballast.unlink()
-    assert profiler_main(both) == 0
+    assert profiler_main(both) == 0  # in the same process: the failed run let go of the directory's lock
     assert "already profiled" in capsys.readouterr().out
     assert [e["name"] for e in json.loads((out / "run.json").read_text())["configs"]] == ["tiny", "tiny2"]
 
 
-def test_a_real_full_disk_during_a_sweep_report_keeps_the_results_and_the_rerun_writes_it(small_fs, capsys):
-    out = small_fs / "sweep"
+@pytest.mark.parametrize("leave", [0, ROOM], ids=["full-at-start", "full-at-report"])
+def test_a_real_full_disk_during_a_sweep_report_keeps_the_results_and_the_rerun_writes_it(tmpfs, capsys, leave):
+    disk = tmpfs("disk", "size=8m")  # the 8 points' results are a few KB, its report.html 1.2 MB (twice, while replaced)
+    out = disk / "sweep"
     assert profiler_main([*SWEEP, "--out", str(out), "--no-report"]) == 0
-    ballast = fill(small_fs)
+    ballast = fill(disk, leave)
     assert profiler_main([*SWEEP, "--out", str(out)]) == 2
     assert "No space left on device" in one_error_line(capsys)
     assert len((out / "results.jsonl").read_text().splitlines()) == 9  # the run record and 8 points
+    assert not (out / "report.html").exists()
     ballast.unlink()
     assert profiler_main([*SWEEP, "--out", str(out)]) == 0
     assert "0 measured now, 8 already in" in capsys.readouterr().err
+    assert (out / "report.html").is_file()
 
 
 # ---- 2. an --out that cannot be written --------------------------------------------------------------------------

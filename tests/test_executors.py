@@ -2,6 +2,7 @@
 killed by SIGKILL mid-run: no finished point lost, none stored twice, the same points as one process measures;
 every point attributable to its worker and GPU. Issue 25.1: two runs into one folder at once (real processes)."""
 
+import errno
 import json
 import os
 import re
@@ -293,6 +294,21 @@ def test_a_lock_held_by_another_process_is_named_and_refused_without_waiting(tmp
         holder.kill()
         holder.wait()
     with DirectoryLock(tmp_path, what="layer run", wait=False) as lock:  # the OS dropped the dead holder's lock
+        assert lock.held
+
+
+def test_a_lock_whose_holder_line_cannot_be_written_is_let_go_so_this_process_can_lock_again(tmp_path, monkeypatch):
+    """A full disk at the start: the OSError names the lock file, and the lock is not kept by a leaked descriptor
+    (flock belongs to the open file: the next run in this same process would wait for itself for ever)."""
+    def no_space(fd, data, offset):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", no_space)
+    with pytest.raises(OSError) as caught:
+        DirectoryLock(tmp_path, what="layer run").acquire()
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(tmp_path / ".lock")
+    monkeypatch.undo()
+    with DirectoryLock(tmp_path, what="layer run", wait=False) as lock:
         assert lock.held
 
 

@@ -98,6 +98,18 @@ def test_torn_last_line_is_skipped_on_load_and_cut_before_the_next_append(tmp_pa
     assert sorted(p["k"] for p in ResultStore(tmp_path).points()) == [8, 16, 24]
 
 
+def test_a_whole_last_record_without_its_newline_is_kept_and_ended_before_the_next_append(tmp_path):
+    """A full disk can refuse only a record's newline: load counts the record, so the append must keep it
+    (cutting it, as a torn line is cut, lost a point the resumed run had counted as already in)."""
+    store = ResultStore(tmp_path / "results.jsonl")
+    store.append({"record": "point", "kind": "mm", "m": 8, "n": 8, "k": 8, "status": "ok"})
+    with store.path.open("a") as f:
+        f.write(json.dumps({"record": "point", "kind": "mm", "m": 8, "n": 8, "k": 16, "status": "ok"}))
+    assert [p["k"] for p in store.points()] == [8, 16]
+    store.append({"record": "point", "kind": "mm", "m": 8, "n": 8, "k": 24, "status": "ok"})
+    assert [json.loads(line)["k"] for line in lines(store.path)] == [8, 16, 24]
+
+
 # ---- out of memory ------------------------------------------------------------------------------------
 def test_real_cpu_allocation_failure_is_recorded_as_oom_and_the_sweep_continues(tmp_path):
     # k = 2^40: the (64, k) float32 input is 256 TiB, which the CPU allocator refuses: a real OOM, not a mock
