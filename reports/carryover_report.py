@@ -335,11 +335,11 @@ def rounds_answer(rounds: RoundsData, baseline: str) -> Answer | None:
     fig = {"data": data, "layout": layout(
         f"Does the training speed-up carry over? interleaved rounds against {baseline}",
         axis(f"training fwd+bwd speed-up over {baseline} (x)", range=[lo, hi]),
-        axis(f"inference speed-up over {baseline} (x; decode on {rounds_analysis.ROUND_ENGINE})", range=[lo, hi]))}
+        axis(f"inference speed-up over {baseline} (x)", range=[lo, hi]))}  # the engine is in the caption
     verdicts = "; ".join(f"{m}: {c.split(' (')[0]}" for m, c in zip(rounds.verdicts["model"], rounds.verdicts["carries_over"]))
     return Answer("Does the training-shape gain carry over, per shape?", fig,
                   f"Each point is one shape in one cell: its training speed-up over {baseline} (x) against its prefill "
-                  f"or decode speed-up (y), measured in shuffled interleaved rounds; bars: the bootstrap interval of "
+                  f"or decode speed-up (y; decode on {rounds_analysis.ROUND_ENGINE}), measured in shuffled interleaved rounds; bars: the bootstrap interval of "
                   f"the median per-round ratio, the same kind on both axes. Verdicts: {verdicts}.")
 
 
