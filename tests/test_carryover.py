@@ -216,6 +216,8 @@ micro_batch_size: 1
 """
 
 
+@pytest.mark.slow  # a minute on 2 cores: four layer profiles, each a process of its own, twice; the command's
+# analysis and report with given profiles is test_given_layer_profiles_are_used_as_they_are's
 def test_carryover_command_end_to_end_on_tiny_shapes(tmp_path, capsys):
     for name, h, a in (("tiny-a4", 128, 4), ("tiny-a8", 128, 8)):
         (tmp_path / f"{name}.yaml").write_text(TINY.format(name=name, h=h, a=a))

@@ -47,9 +47,10 @@ def run_records(out: Path) -> list[dict]:
     return [r for r in ResultStore(out).runs()]
 
 
-def single_process_keys(tmp_path: Path) -> set[str]:
-    """The same points measured the old way: one process, inline."""
-    reference = tmp_path / "reference"
+@pytest.fixture(scope="module")
+def single_process_keys(tmp_path_factory) -> set[str]:
+    """The same points measured the old way: one process, inline (once for every test that compares with it)."""
+    reference = tmp_path_factory.mktemp("reference")
     assert main(["sweep", *SHAPE, "--out", str(reference), *FAST]) == 0
     keys = [point_key(r) for r in point_lines(reference)]
     assert len(keys) == len(set(keys)) == 160
@@ -173,8 +174,9 @@ def test_executor_flags_that_do_not_fit_are_one_line_errors(tmp_path, capsys, fl
 
 
 # ---- sweeps over local workers -------------------------------------------------------------------------------
-def test_local_sweep_with_a_worker_killed_mid_run_equals_a_single_process_run(tmp_path):
-    expected = single_process_keys(tmp_path)
+@pytest.mark.slow  # a driver, two workers and a reference run; the requeue itself is the executor API test's above
+def test_local_sweep_with_a_worker_killed_mid_run_equals_a_single_process_run(tmp_path, single_process_keys):
+    expected = single_process_keys
     out = tmp_path / "local"
     driver = start_sweep(out, "--executor", "local", "--workers", "2")
     victim = kill_a_worker_mid_run(out, driver, workers=2)
@@ -187,8 +189,9 @@ def test_local_sweep_with_a_worker_killed_mid_run_equals_a_single_process_run(tm
     assert {r["worker_pid"] for r in run_records(out)} == {p["worker_pid"] for p in points}  # each worker's provenance
 
 
-def test_a_killed_driver_takes_its_workers_with_it_and_the_next_run_resumes(tmp_path):
-    expected = single_process_keys(tmp_path)
+@pytest.mark.slow  # a driver and two workers started twice, and a reference run
+def test_a_killed_driver_takes_its_workers_with_it_and_the_next_run_resumes(tmp_path, single_process_keys):
+    expected = single_process_keys
     out = tmp_path / "local"
     driver = start_sweep(out, "--executor", "local", "--workers", "2")
     wait_for(lambda: len(run_records(out)) >= 2 and points_so_far(out) >= 12, what="the workers' first points")
@@ -222,8 +225,8 @@ def ray_cluster(monkeypatch):
 
 
 @pytest.mark.slow
-def test_ray_sweep_with_an_actor_killed_mid_run_equals_a_single_process_run(tmp_path, ray_cluster):
-    expected = single_process_keys(tmp_path)
+def test_ray_sweep_with_an_actor_killed_mid_run_equals_a_single_process_run(tmp_path, ray_cluster, single_process_keys):
+    expected = single_process_keys
     out = tmp_path / "ray"
     driver = start_sweep(out, "--executor", "ray", "--ray-address", ray_cluster.address, "--workers", "2")
     victim = kill_a_worker_mid_run(out, driver, workers=2)

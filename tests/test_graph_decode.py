@@ -106,6 +106,7 @@ def test_greedy_tokens_equal_transformers_generate(checkpoints, shape):
 
 
 @interpreted
+@pytest.mark.slow  # the interpreter for a whole decode loop; each kernel (h/a = 40 included) is tested alone below
 def test_greedy_tokens_through_the_triton_kernels_equal_transformers_generate(checkpoints):
     """The GPU path's kernels (interpreted) in the whole decode loop: h/a = 40, so the head dim is masked."""
     checkpoint = checkpoints["tiny-d40"]
@@ -129,8 +130,10 @@ def test_a_row_in_a_batch_equals_the_same_prompt_alone(checkpoints):
         assert greedy(model, ids[row:row + 1], 6) == [batched_tokens[row]]
 
 
-@pytest.mark.parametrize("kernels", ["torch", pytest.param("triton", marks=interpreted)])
-@pytest.mark.parametrize("shape", ["tiny-par", "tiny-seq"])
+@pytest.mark.parametrize("kernels, shape", [
+    ("torch", "tiny-par"), ("torch", "tiny-seq"), pytest.param("triton", "tiny-par", marks=interpreted),
+    # the sequential residual's two output GEMMs through the interpreter: the torch twin above is the quick one
+    pytest.param("triton", "tiny-seq", marks=[interpreted, pytest.mark.slow])])
 def test_decode_steps_through_the_cache_equal_the_prefill_of_the_longer_prompt(checkpoints, kernels, shape):
     """The cache path on its own terms: the logits of step k equal a prefill of prompt + tokens so far (the
     parallel residual through the joined output GEMM, the sequential one through two)."""
@@ -374,6 +377,7 @@ def test_a_failing_compile_falls_back_to_the_plain_step_and_says_so(checkpoints,
     assert decoder.generate(ids).tolist() == plain
 
 
+@pytest.mark.slow  # inductor compiles C++ for the CPU: half a minute; the fallback tests below stay quick
 def test_the_compiled_head_and_tail_give_the_plain_steps_tokens(checkpoints):
     model = load_causal_lm(checkpoints["tiny-par"], dtype=torch.float32)
     ids = prompt_ids(2, 12, seed=5)

@@ -354,6 +354,8 @@ def test_bench_marks_an_engine_whose_tokens_differ_beyond_noise_a_mismatch(workd
         assert "tokens differ from transformers'" in r["reason"]
 
 
+@pytest.mark.slow  # a worker process of its own; the stand-in passes undoctored in the worker's own test above, and the
+# doctored test above runs the same bench path
 def test_bench_passes_the_same_engine_undoctored(workdir, tmp_path, monkeypatch):
     standin_mii(tmp_path, monkeypatch)
     monkeypatch.setattr(MIIEngine, "unavailable_reason", lambda self, **_: None)
@@ -367,6 +369,7 @@ def test_bench_passes_the_same_engine_undoctored(workdir, tmp_path, monkeypatch)
     assert all(r["token_check"] == "reference" and r["tokens_match"] for r in hf)  # same tokens as its untimed pass
 
 
+@pytest.mark.slow  # two worker processes; the limit is test_kernel_support's, a refused shape's noinject row the test above's
 def test_a_prompt_and_batch_past_the_fused_softmax_int32_limit_run_without_injection(workdir, tmp_path, monkeypatch):
     """gpt3-2.7b-c2 at b=16, prompt 2048 came out wrong on the H100 (the fused softmax indexes scores with a
     32-bit int). Doctored limit: tiny-a at prompt 12 passes it at batch 1 and exceeds it at batch 2. The

@@ -29,6 +29,7 @@ from profiler.invariance.layer_check import LayerCheckSpec, check_layer  # noqa:
 from profiler.invariance.tape import StepComparer, first_difference, record_regions  # noqa: E402
 
 from models.invariant.backend import available  # noqa: E402
+from models.invariant.tiles import plan_for  # noqa: E402
 
 import mii_standin  # noqa: E402
 
@@ -79,11 +80,25 @@ def test_invariant_linear_matches_torch_at_odd_shapes(dtype):
     assert ((out.double() - reference).abs() <= ulps_of(reference, dtype).double() + 1e-5).all()
 
 
+def bucket_and_tile_edges(n: int, k: int, dtype: torch.dtype, top: int) -> list[int]:
+    """M on either side of every edge the plan has up to `top`: its buckets' ends and their tiles' row counts."""
+    edges = {1, 2, top - 1, top}
+    for bucket in plan_for(n, k, dtype).buckets:
+        block_m = bucket.configs[0].block_m
+        for edge in filter(None, (bucket.max_m, block_m, 2 * block_m)):
+            edges |= {edge - 1, edge, edge + 1}
+    return sorted(m for m in edges if 1 <= m <= top)
+
+
 @interpreted
-def test_row_is_bitwise_the_same_for_every_m_and_alone():
+@pytest.mark.parametrize("which", ["edges", pytest.param("every", marks=pytest.mark.slow)])
+def test_row_is_bitwise_the_same_for_every_m_and_alone(which):
     x, w, b = operands(140, 80, 72, torch.bfloat16)
     full = invariant_linear(x, w, b)
-    for m in range(1, 141):  # across the 128-row tile boundary of the bf16 configuration
+    # across the bucket edge at 64 and the 128-row tile edge of the bf16 configuration: the M either side of each
+    # edge (seconds), or every M to 140 (the interpreter's half a minute)
+    ms = bucket_and_tile_edges(72, 80, torch.bfloat16, 140) if which == "edges" else range(1, 141)
+    for m in ms:
         assert torch.equal(invariant_linear(x[:m], w, b), full[:m]), f"M={m}"
     for r in (0, 1, 63, 127, 128, 139):
         assert torch.equal(invariant_linear(x[r:r + 1], w, b), full[r:r + 1]), f"row {r} alone"
@@ -182,9 +197,12 @@ def test_switch_keeps_parameters_and_leaves_the_original_alone():
 
 
 @interpreted
-@pytest.mark.parametrize("attention, extra", [("sdpa", {}), ("eager", {}),
-                                              ("sdpa", {"activation": "swiglu", "norm": "rmsnorm", "bias": False,
-                                                        "intermediate_size": 96, "residual": "sequential"})])
+@pytest.mark.parametrize("attention, extra", [
+    ("sdpa", {}),
+    # eager attention's score, softmax and value ops are each checked invariant by test_each_op_... (quick)
+    pytest.param("eager", {}, marks=pytest.mark.slow),
+    ("sdpa", {"activation": "swiglu", "norm": "rmsnorm", "bias": False, "intermediate_size": 96,
+              "residual": "sequential"})])
 def test_invariant_layer_matches_the_default_and_is_bitwise_invariant(attention, extra):
     cfg = small_config(attention, **extra)
     stack = build_layer(cfg, include_logits=True)
@@ -240,6 +258,7 @@ def test_tape_names_every_region_and_finds_the_first_step_that_differs():
 
 
 @interpreted
+@pytest.mark.slow  # the interpreter's latency loop; the CLI test below checks the same outputs and steps, quickly
 def test_layer_check_reports_bitwise_invariance_of_the_invariant_layer():
     spec = LayerCheckSpec(small_config(), batches=(3,), measure_latency=True, warmup_ms=0.0, rep_ms=0.0,
                           min_reps=1)
@@ -290,9 +309,9 @@ def test_shapes_come_from_table_two_and_merge_mlp_up_with_gate():
 @interpreted
 def test_invariance_check_and_throughput_rows():
     gemm = [shapes.GemmShape("mlp_up", 72, 80, True)]
-    check = matmul_bench.invariance(gemm, range(1, 20), dtype=torch.bfloat16, device=torch.device("cpu"))
+    check = matmul_bench.invariance(gemm, range(1, 10), dtype=torch.bfloat16, device=torch.device("cpu"))
     mine = check[check["kernel"] == "invariant"]
-    assert len(mine) == 19 and mine["invariant"].all() and (mine["alone_rows"] > 0).all()
+    assert len(mine) == 9 and mine["invariant"].all() and (mine["alone_rows"] > 0).all()
     assert (mine["prefix_max_abs_diff"] == 0).all() and (mine["alone_max_abs_diff"] == 0).all()
     summary = analysis.non_invariant_tokens(check).set_index("kernel")
     assert summary.loc["invariant", "m_not_invariant"] == 0
@@ -309,14 +328,19 @@ def test_invariance_check_and_throughput_rows():
 def test_cli_matmul_then_layer_then_one_report(tmp_path, capsys):
     config = tiny_config(tmp_path)
     out = tmp_path / "out"
-    assert profiler_main(["invariance", "matmul", "--config", str(config), "--max-tokens", "4", "--warmup-ms", "0",
-                          "--rep-ms", "0", "--out", str(out), "--no-progress"]) == 0
-    assert profiler_main(["invariance", "layer", "--config", str(config), "--batch", "2", "--prompt-len", "8",
-                          "--no-latency", "--out", str(out), "--no-progress"]) == 0
+    # the fewest points that still make each part (M=1 timed, prefixes 1..3 checked, one batch at one position)
+    assert profiler_main(["invariance", "matmul", "--config", str(config), "--tokens", "1", "--check-tokens", "1,2,3",
+                          "--warmup-ms", "0", "--rep-ms", "0", "--out", str(out), "--no-progress"]) == 0
+    assert profiler_main(["invariance", "layer", "--config", str(config), "--batch", "2", "--prompt-len", "4",
+                          "--positions", "last", "--no-latency", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "throughput ratio invariant/cuBLAS" in printed and "layer: prompt alone vs in a batch" in printed
     frames, runs = files.load([out])
     assert {"throughput", "check", "outputs", "steps"} <= set(frames) and "latency" not in frames  # --no-latency
+    invariant = frames["outputs"][frames["outputs"]["kernels"] == "invariant"]
+    assert len(invariant) == 1 and invariant["output_equal"].all() and invariant["greedy_tokens_equal"].all()
+    breaks = analysis.step_breaks(frames["steps"])
+    assert breaks.loc[breaks["kernels"] == "invariant", "runs_differing"].sum() == 0
     assert {"git_sha", "torch", "gpu_name"} <= set(runs["matmul"]["environment"]) and runs["layer"]["batches"] == [2]
     assert pd.read_csv(out / "matmul_invariance.csv").query("kernel == 'invariant'")["invariant"].all()
     html = (out / "report.html").read_text()
@@ -338,8 +362,8 @@ def test_cli_matmul_on_a_cpu_says_how_long_before_it_starts_and_keeps_what_it_me
         raise KeyboardInterrupt
 
     monkeypatch.setattr(matmul_bench, "invariance", stopped)
-    code = profiler_main(["invariance", "matmul", "--config", str(config), "--max-tokens", "4", "--warmup-ms", "0",
-                          "--rep-ms", "0", "--out", str(out), "--no-progress"])
+    code = profiler_main(["invariance", "matmul", "--config", str(config), "--max-tokens", "4", "--tokens", "1",
+                          "--warmup-ms", "0", "--rep-ms", "0", "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 130 and "interrupted: what was measured is in" in err
     assert "estimate: about" in err and "calls of the invariant kernel" in err

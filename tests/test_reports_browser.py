@@ -122,19 +122,44 @@ def test_how_to_read_comes_first():
 
 
 # ---- scripts/render_evidence.py ------------------------------------------------------------------------
-def test_render_evidence_links_every_page_to_one_shared_plotly(tmp_path):
-    copy = tmp_path / "evidence"  # the committed data only: no traces, no pages
-    for _, folder, kind in EVIDENCE:
-        _copy_data(folder, copy / folder.relative_to(ROOT), kind)
-    assert render_evidence.main([str(copy)]) == 0, "see the errors printed above"
+def one_page_per_kind() -> list[tuple[Path, Path, str]]:
+    """The folder of each kind with the least data (a CPU fixture where there is one): every report module
+    once, in seconds."""
+    def data_bytes(entry) -> int:
+        return sum(p.stat().st_size for p in entry[1].rglob("*") if p.is_file())
+
+    kinds = {}
+    for entry in EVIDENCE:
+        kinds.setdefault(entry[2], []).append(entry)
+    return [min(entries, key=data_bytes) for entries in kinds.values()]
+
+
+def assert_every_page_links_the_shared_plotly(copy: Path) -> list[Path]:
     pages = sorted(p for p in copy.rglob("*.html"))
-    assert len(pages) == len(EVIDENCE)
+    assert len(pages) == len(render_evidence.find_pages(copy))  # a carry-over folder holds pages of its own
     for page in pages:
         depth = len(page.relative_to(copy).parts) - 1
         text = page.read_text()
         assert f'<script src="{"../" * depth}assets/plotly-basic.min.js"></script>' in text
         assert len(text) < 2_500_000 and "Copyright 2012" not in text  # the bundle is not inlined
     assert (copy / "assets" / "plotly-basic.min.js").read_bytes() == (ROOT / "reports" / "assets" / "plotly-basic.min.js").read_bytes()
+    return pages
+
+
+def test_render_evidence_links_a_page_of_every_kind_to_one_shared_plotly(tmp_path):
+    copy = tmp_path / "evidence"  # the committed data only: no traces, no pages
+    for _, folder, kind in one_page_per_kind():
+        _copy_data(folder, copy / folder.relative_to(ROOT), kind)
+    assert render_evidence.main([str(copy)]) == 0, "see the errors printed above"
+    assert_every_page_links_the_shared_plotly(copy)
+    assert {kind for _, kind in render_evidence.find_pages(copy)} == set(MODULE_OF_KIND)
+
+
+@pytest.mark.slow  # half a minute: every page of the evidence (the browser test below opens the same pages)
+def test_render_evidence_links_every_page_to_one_shared_plotly(evidence_copy):
+    copy, code = evidence_copy
+    assert code == 0, "see the errors printed above"
+    assert len(assert_every_page_links_the_shared_plotly(copy)) == len(EVIDENCE)
 
 
 def test_render_evidence_fails_on_a_page_it_cannot_rebuild(tmp_path, capsys):
@@ -386,20 +411,21 @@ def _copy_data(folder: Path, to: Path, kind: str) -> None:
 
 @pytest.fixture(scope="module")
 def evidence_copy(tmp_path_factory):
-    """A copy of the evidence's data (no traces, no pages), with the shared plotly.js installed."""
+    """A copy of the evidence's data (no traces, no pages) and every page rendered from it once, as
+    scripts/render_evidence.py does (the shared plotly.js installed and linked); (the copy, the script's exit
+    code). The rendering test and the browser test read the same pages."""
     copy = tmp_path_factory.mktemp("evidence")
     for _, folder, kind in EVIDENCE:
         _copy_data(folder, copy / folder.relative_to(ROOT), kind)
-    render_evidence.install_assets(copy)
-    return copy
+    return copy, render_evidence.main([str(copy)])
 
 
 @pytest.mark.slow  # about 3 minutes on 2 cores for every page, in one Chromium session
 @pytest.mark.parametrize("root, folder, kind", EVIDENCE,
                          ids=[f"{f.relative_to(ROOT).as_posix()}" for _, f, _ in EVIDENCE])
 def test_evidence_page_reads_offline_with_titled_charts(browser, evidence_copy, root, folder, kind):
-    here = evidence_copy / folder.relative_to(ROOT)
-    page = render_evidence.render(here, kind, evidence_copy / "assets" / "plotly-basic.min.js")
+    page = evidence_copy[0] / folder.relative_to(ROOT) / render_evidence.PAGE_NAMES.get(kind, "report.html")
+    assert page.is_file(), "scripts/render_evidence.py did not render it: see the errors it printed"
     shots = os.environ.get("REPORT_SCREENSHOTS")
     name = SCREENSHOTS.get(folder.relative_to(ROOT).as_posix())
     visit = browser.visit(page, screenshot=Path(shots) / name if shots and name else None)

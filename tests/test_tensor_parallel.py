@@ -231,6 +231,7 @@ def test_job_with_configs_of_another_t_is_refused():
         DistributedJob(configs=(tiny().to_dict(),), out="x", tensor_parallel=2, device="cpu")
 
 
+@pytest.mark.slow  # torchrun and two ranks, each its own torch import; the gloo parity above stays quick
 def test_distributed_profile_over_gloo_writes_merged_results(tmp_path):
     cfg = tiny(hidden_size=128, seq_length=32, tensor_parallel=2)
     job = DistributedJob.for_configs([cfg], out=tmp_path, device="cpu", mode="forward+backward", warmup_steps=1,
