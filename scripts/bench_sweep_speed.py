@@ -200,6 +200,11 @@ def main() -> int:
     points = [expand(s)[0] for s in specs]
     keep_busy = KeepBusy(device, budget.keep_busy_ms) if not cpu and budget.keep_busy_ms > 0 else None
     rows = []
+
+    def reference_ms(fn) -> float:  # do_bench's budgets, under the sweep's own policy
+        return summarize(bench(fn, warmup_ms=25, rep_ms=100, device=device, keep_busy=keep_busy,
+                               busy_ratio=budget.busy_ratio)).median_ms
+
     with tempfile.TemporaryDirectory() as tmp:
         store = ResultStore(tmp)
         t0 = time.perf_counter()
@@ -216,17 +221,14 @@ def main() -> int:
         fn = operands.build(point, torch_dtype(dtype), device)
         ok = row["status"] == "ok"
         # the reference the target is judged against: do_bench's budgets, under the sweep's own policy
-        row["do_bench_ms"] = summarize(bench(fn, warmup_ms=25, rep_ms=100, device=device, keep_busy=keep_busy,
-                                             busy_ratio=budget.busy_ratio)).median_ms if ok else None
+        row["do_bench_ms"] = reference_ms(fn) if ok else None
         # and, for the record, triton's do_bench as it comes (no keep-busy): what the policy changes
         row["triton_do_bench_ms"] = do_bench_ms(fn, device) if ok else None
         del fn
     if args.reference_twice:  # the reference against itself, a pass later: how far the GPU lets two agree
         for row, spec, point in zip(rows, specs, points):
             fn = operands.build(point, torch_dtype(dtype), device)
-            row["do_bench_again_ms"] = summarize(bench(
-                fn, warmup_ms=25, rep_ms=100, device=device, keep_busy=keep_busy,
-                busy_ratio=budget.busy_ratio)).median_ms if row["status"] == "ok" else None
+            row["do_bench_again_ms"] = reference_ms(fn) if row["status"] == "ok" else None
             del fn
     df = pd.DataFrame(rows)
     df["diff_pct"] = 100 * (df["sweep_ms"] / df["do_bench_ms"] - 1)
