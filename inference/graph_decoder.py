@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from models.causal_lm import KVCache, NeoXCausalLM
-from models.decode_kernels import Splits, attention_splits
+from models.decode_kernels import Splits, attention_splits, invariant_splits
 
 WARMUP_STEPS = 3  # before capture, on a side stream: Triton JIT, cuBLAS handles and heuristics, compile
 
@@ -57,7 +57,9 @@ class GreedyDecoder:
         capacity = prompt_len + new_tokens
         self.cache = KVCache.allocate(cfg, batch=batch, capacity=capacity, device=device, dtype=model.dtype)
         self.tables = model.rotary_tables(capacity)  # held here: the graph reads them at every replay
-        self.splits: Splits = attention_splits(batch * cfg.heads_per_gpu, capacity, cfg.head_dim, device, splits)
+        # batch-invariant model (NeoXCausalLM.use_invariant_gemms): a split size fixed by the capacity alone
+        self.splits: Splits = (invariant_splits(capacity, cfg.head_dim) if model.invariant and splits is None
+                               else attention_splits(batch * cfg.heads_per_gpu, capacity, cfg.head_dim, device, splits))
         self.tokens = torch.zeros(batch, dtype=torch.long, device=device)
         self.pos = torch.zeros((), dtype=torch.long, device=device)
         self.count = torch.zeros((), dtype=torch.long, device=device)
@@ -125,11 +127,13 @@ class GreedyDecoder:
         """The step's logits (b, vocab) from plain torch ops, eagerly, without advancing the state: the
         independent computation the kernels in the graph are checked against."""
         kernels, self.model.kernels = self.model.kernels, "torch"
+        choices, self.model.gemm_choices = self.model.gemm_choices, None  # plain F.linear too
         try:
             x, normed = self.model.embed_and_norm(self.tokens)
             return self.model.decode_from(x, normed, self.cache, self.pos, self.splits, self.tables)
         finally:
             self.model.kernels = kernels
+            self.model.gemm_choices = choices
 
     # ---- capture ------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -10,6 +10,13 @@ Both phases share `layers_forward` (norms, GEMMs, residual) and differ only in a
 over the prompt's own k and v, decode runs models/decode_kernels.decode_attention over the cache. The GEMMs
 run without their biases, which ride on the fused ops that read their outputs (models/decode_kernels.py says
 why: at batch 1 a biased addmm is two kernels).
+
+Batch-invariant mode (`use_invariant_gemms`, issue 21): a row's tokens do not depend on the other rows of its
+batch. Decode runs every GEMM on a kernel chosen per (N, K) whose rows are bitwise the same at every M (the
+chooser's probe proves it on the GPU: models/invariant/choice.py), the attention with a split size fixed by
+the cache's capacity alone (decode_kernels.invariant_splits), and the norms, GELU and argmax one row per
+program as always. Prefill runs the prompt of each row on its own (batch 1), so its GEMMs and flash attention
+see the same shapes whatever the batch: invariant by construction, at the cost of b prefills of one row.
 """
 
 from __future__ import annotations
@@ -26,12 +33,19 @@ from .config import ConfigError, ModelConfig
 from .decode_gemm import gemm_plan, linear, triton_linear
 from .decode_kernels import (Splits, bias_gelu, decode_attention, decode_attention_and_gelu, residual_norms,
                              use_triton)
+from .invariant.choice import KernelChoice, unprobed_choice
+from .invariant.choice import linear as choice_linear
 from .kernels import apply_rotary_in_place
 from .layer import LogitLayer, TransformerLayer, rotary_tables
 
 # attend(layer index, layer, qkv (rows, 3h) without its bias) -> attention output (rows, h), before the
 # out-projection
 Attend = Callable[[int, TransformerLayer, torch.Tensor], torch.Tensor]
+Chooser = Callable[..., KernelChoice]  # (n, k, dtype, bias, device) -> KernelChoice, as make_batch_invariant's
+
+
+def _plain_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, weight)
 
 
 def unsupported_reason(cfg: ModelConfig) -> str | None:
@@ -60,6 +74,10 @@ class KVCache:
     def allocate(cls, cfg: ModelConfig, *, batch: int, capacity: int, device, dtype: torch.dtype) -> KVCache:
         shape = (cfg.num_layers, batch, cfg.heads_per_gpu, capacity, cfg.head_dim)
         return cls(torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype))
+
+    def row(self, r: int) -> KVCache:
+        """Batch row r's cache as a batch of one (views: writing them writes this cache)."""
+        return KVCache(self.keys[:, r:r + 1], self.values[:, r:r + 1])
 
     @property
     def batch(self) -> int:
@@ -91,7 +109,45 @@ class NeoXCausalLM(nn.Module):
         self.layers = nn.ModuleList(TransformerLayer(cfg, device, dtype) for _ in range(cfg.num_layers))
         self.logit_layer = LogitLayer(cfg, device, dtype)
         self._tables: dict = {}
+        # (N, K) -> the batch-invariant kernel of that decode GEMM; None: the default (fastest) kernels
+        self.gemm_choices: dict[tuple[int, int], KernelChoice] | None = None
         self.pack_output_weights()
+
+    # ---- batch-invariant mode ----------------------------------------------------------------------
+    @property
+    def invariant(self) -> bool:
+        return self.gemm_choices is not None
+
+    def decode_gemm_shapes(self) -> list[tuple[int, int]]:
+        """(N, K) of every weight GEMM a decode step runs (the packed [out | down] as one), logits last."""
+        shapes: list[tuple[int, int]] = []
+        for layer in self.layers:
+            packed = self.output_weight(layer)
+            weights = [layer.attention.qkv_transform.weight, layer.mlp.mlp_up.weight]
+            weights += [packed] if packed is not None else [layer.attention.out_projection.weight,
+                                                             layer.mlp.mlp_down.weight]
+            shapes += [tuple(w.shape) for w in weights if tuple(w.shape) not in shapes]
+        logits = tuple(self.logit_layer.logits.weight.shape)
+        return [s for s in shapes if s != logits] + [logits]
+
+    def use_invariant_gemms(self, choose: Chooser | None) -> list[dict]:
+        """Batch-invariant decode from now on: each decode GEMM shape gets the kernel `choose` picks (on a GPU:
+        profiler.invariance.choose, probed bitwise over M); without a chooser, or off a GPU, the M-bucketed
+        Triton kernel (invariant by construction; on a CPU in Triton's interpreter). Returns one row per
+        shape: (N, K), the kernel and why. Choose before capturing a graph (a probe cannot be captured)."""
+        choices = {}
+        for n, k in self.decode_gemm_shapes():
+            if choose is None or self.device.type != "cuda":
+                why = "no chooser: not probed" if choose is None else "off a GPU: not probed"
+                choices[(n, k)] = unprobed_choice(n, k, self.dtype, False, why)
+            else:
+                choices[(n, k)] = choose(n, k, self.dtype, False, self.device)
+        self.gemm_choices = choices
+        return [{"n": n, "k": k, "kernel": c.label, "proven": c.proven, "reason": c.reason}
+                for (n, k), c in choices.items()]
+
+    def use_default_gemms(self) -> None:
+        self.gemm_choices = None
 
     def pack_output_weights(self) -> None:
         """Parallel residual: each layer's out-projection and MLP-down weights become views of one (h, h + 4h)
@@ -146,29 +202,31 @@ class NeoXCausalLM(nn.Module):
         x = self.embed(input_ids).reshape(-1, self.cfg.hidden_size)  # (b*s, h)
         return x, residual_norms(x, (), self._norms_of(self.layers[0]), backend=self.kernels)
 
-    def layers_forward(self, x: torch.Tensor, normed: tuple[torch.Tensor, ...], attend: Attend) -> torch.Tensor:
+    def layers_forward(self, x: torch.Tensor, normed: tuple[torch.Tensor, ...], attend: Attend,
+                       gemm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = _plain_linear) -> torch.Tensor:
         """Every layer over the residual stream x (updated in place); returns the final norm of it (rows, h).
 
         The layer's Linear modules hold the weights; their biases are added by the op after each GEMM (the
         attention op for QKV, bias_gelu for MLP-up, residual_norms for the out-projection and MLP-down), and
-        each residual add is fused with the norm(s) that read its result."""
+        each residual add is fused with the norm(s) that read its result. `gemm(x, weight)`: the weight GEMMs'
+        kernel (F.linear; the invariant decode's chosen kernels)."""
         parallel = self.cfg.residual == "parallel"
         count = len(self.layers)
         for i, layer in enumerate(self.layers):
             following = self.layers[i + 1] if i + 1 < count else None
             qkv_t, out_t = layer.attention.qkv_transform, layer.attention.out_projection
             up, down = layer.mlp.mlp_up, layer.mlp.mlp_down
-            attn_out = F.linear(attend(i, layer, F.linear(normed[0], qkv_t.weight)), out_t.weight)  # (rows, h)
+            attn_out = gemm(attend(i, layer, gemm(normed[0], qkv_t.weight)), out_t.weight)  # (rows, h)
             if parallel:  # x + attn(norm1(x)) + mlp(norm2(x))
-                hidden = bias_gelu(F.linear(normed[1], up.weight), up.bias, backend=self.kernels)  # (rows, 4h)
-                mlp_out = F.linear(hidden, down.weight)
+                hidden = bias_gelu(gemm(normed[1], up.weight), up.bias, backend=self.kernels)  # (rows, 4h)
+                mlp_out = gemm(hidden, down.weight)
                 normed = residual_norms(x, (mlp_out, attn_out), self._norms_of(following),
                                         biases=(down.bias, out_t.bias), backend=self.kernels)
             else:  # x + attn(norm1(x)), then + mlp(norm2(.))
                 (mlp_in,) = residual_norms(x, (attn_out,), (layer.post_attention_norm,), biases=(out_t.bias,),
                                            backend=self.kernels)
-                hidden = bias_gelu(F.linear(mlp_in, up.weight), up.bias, backend=self.kernels)
-                normed = residual_norms(x, (F.linear(hidden, down.weight),), self._norms_of(following),
+                hidden = bias_gelu(gemm(mlp_in, up.weight), up.bias, backend=self.kernels)
+                normed = residual_norms(x, (gemm(hidden, down.weight),), self._norms_of(following),
                                         biases=(down.bias,), backend=self.kernels)
         return normed[0]
 
@@ -178,6 +236,9 @@ class NeoXCausalLM(nn.Module):
         returns the logits of the last `logits_positions` positions (b, positions, vocab)."""
         cfg = self.cfg
         b, s = input_ids.shape
+        if self.invariant and b > 1:  # each row alone: the shapes a row sees do not depend on the batch
+            return torch.cat([self.prefill(input_ids[r:r + 1], cache.row(r), logits_positions=logits_positions)
+                              for r in range(b)])
         heads, d = cfg.heads_per_gpu, cfg.head_dim
         cos, sin = self.rotary_tables(cache.capacity)
 
@@ -226,13 +287,25 @@ class NeoXCausalLM(nn.Module):
                                     cos, sin, heads=heads, scale=layer.attention.scale, splits=splits,
                                     backend=self.kernels)
 
+        if self.invariant:
+            final = self.layers_forward(x, normed, attend, self._gemm)
+            return self._gemm(final, self.logit_layer.logits.weight)  # (b, vocab)
         return self.logit_layer.logits(self.layers_forward(x, normed, attend))  # (b, vocab)
 
+    def _plan(self, rows: int, weight: torch.Tensor):
+        """The tuned Triton plan of a decode GEMM (models/decode_gemm.py's table), None for cuBLAS; never one
+        in invariant mode (the table picks kernels by rows, so a row's sums would change with the batch)."""
+        if self.invariant or not use_triton(weight, self.kernels):
+            return None
+        return gemm_plan(rows, weight.shape[0], weight.shape[1])
+
     def _gemm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """A decode GEMM without bias: the tuned Triton kernel where models/decode_gemm.py's table has one for
-        this shape, else cuBLAS (always cuBLAS / plain torch on the torch path, the reference)."""
-        plan = gemm_plan(x.shape[0], weight.shape[0], weight.shape[1]) if use_triton(x, self.kernels) else None
-        return linear(x, weight, plan)
+        """A decode GEMM without bias: in invariant mode the kernel chosen for its shape; else the tuned Triton
+        kernel where models/decode_gemm.py's table has one for this shape, else cuBLAS (always cuBLAS / plain
+        torch on the torch path, the reference)."""
+        if self.invariant:
+            return choice_linear(x, weight, None, self.gemm_choices[tuple(weight.shape)])
+        return linear(x, weight, self._plan(x.shape[0], weight))
 
     def _parallel_decode(self, x: torch.Tensor, normed: tuple[torch.Tensor, ...], cache: KVCache, pos: torch.Tensor,
                          splits: Splits, tables: tuple[torch.Tensor, torch.Tensor], branches: bool = False,
@@ -279,11 +352,11 @@ class NeoXCausalLM(nn.Module):
                              heads=self.cfg.heads_per_gpu, scale=attention.scale, splits=splits, out=joined[:, :h],
                              backend=self.kernels)
         up_weight = mlp.mlp_up.weight
-        plan = gemm_plan(rows, *up_weight.shape) if use_triton(normed[1], self.kernels) else None
+        plan = self._plan(rows, up_weight)
         if plan is not None and plan.kind == "gemv":  # bias + GELU in the GEMV's epilogue
             triton_linear(normed[1], up_weight, plan, joined[:, h:], gelu=True, bias=mlp.mlp_up.bias)
         else:
-            bias_gelu(linear(normed[1], up_weight, plan), mlp.mlp_up.bias, out=joined[:, h:], backend=self.kernels)
+            bias_gelu(self._gemm(normed[1], up_weight), mlp.mlp_up.bias, out=joined[:, h:], backend=self.kernels)
         if branch is not None:
             main.wait_stream(branch)
         del qkv

@@ -225,6 +225,23 @@ def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: to
     return Splits(-(-blocks // per_split), per_split * tile.block_n, tile.block_n, block_d, tile.warps, tile.stages)
 
 
+INVARIANT_SPLIT_KEYS = 128  # cache positions per split in batch-invariant mode (136 programs at b=1, p=2048)
+
+
+def invariant_splits(capacity: int, head_dim: int, *, keys: int | None = None) -> Splits:
+    """The batch-invariant cut of the cache: `keys` positions per split whatever the batch (more only where
+    MAX_SPLITS would be exceeded, which depends on the capacity alone). A row's attention then sums the same
+    splits in the same order at every batch size; attention_splits instead aims at filling the SMs, so its
+    split count, and the row's rounding, change with the batch."""
+    tile = attention_tile(head_dim)
+    block_d = 1 << max(4, math.ceil(math.log2(head_dim)))
+    keys = keys or INVARIANT_SPLIT_KEYS
+    per_split = -(-max(keys, tile.block_n) // tile.block_n)  # in tiles
+    blocks = -(-capacity // tile.block_n)
+    per_split = max(per_split, -(-blocks // MAX_SPLITS))
+    return Splits(-(-blocks // per_split), per_split * tile.block_n, tile.block_n, block_d, tile.warps, tile.stages)
+
+
 def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr,
                              out_stride, m_ptr, l_ptr, acc_ptr, count_ptr, heads, rotary_dims, capacity,
                              keys_per_split, n_splits, scale_log2, attention_programs, up_ptr, up_bias_ptr, ffn,
