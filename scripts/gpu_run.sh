@@ -15,6 +15,9 @@
 #   invariance batch-invariance kernels, layer and engines (scripts/gpu_invariance.sh)           ~3 min
 #   inference  the inference carry-over bench (scripts/gpu_inference.sh)                          ~8 min
 #   distributed tensor-parallel layer on 2 GPUs (scripts/gpu_distributed.sh; nvidia-h200-x2)   ~3 min
+#   decode     the decode engine against its floor (scripts/bench_decode.py; DECODE_MODELS)        ~3 min
+#   invdecode  batch-invariant decode: 1000 requests in batches 1..64, cost vs default kernels     ~3 min
+#   prefill    the engine's prefill against the profiler's layer x L + logits (same shape)         ~1 min
 # The git SHA of the code is passed in because the GPU machine's copy of the tree has no .git.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -69,6 +72,23 @@ if want layer; then
   elapsed layer-$run
 fi
 done
+if want decode; then
+  python3 scripts/bench_decode.py --out /tmp/decode --models ${DECODE_MODELS:-pythia-1b,pythia-2.8b,gpt3-2.7b} \
+    --batches ${DECODE_BATCHES:-1,16} --contexts ${DECODE_CONTEXTS:-128,2048} --repeats 3 --check first 2>&1 | tail -n 40
+  bundle decode /tmp/decode
+  elapsed decode
+fi
+if want invdecode; then
+  python3 scripts/bench_invariant_decode.py --out /tmp/invdecode --model ${INVDECODE_MODEL:-pythia-1b} \
+    --requests ${INVDECODE_REQUESTS:-1000} 2>&1 | tail -n 40
+  bundle invdecode /tmp/invdecode
+  elapsed invdecode
+fi
+if want prefill; then
+  python3 scripts/bench_prefill_vs_layers.py --out /tmp/prefill --models ${PREFILL_MODELS:-pythia-1b,pythia-2.8b} 2>&1 | tail -n 20
+  bundle prefill /tmp/prefill
+  elapsed prefill
+fi
 if want speed; then
   python3 scripts/bench_sweep_speed.py --points ${SPEED_POINTS:-100} --out /tmp/speed 2>&1 | tail -n 20
   bundle speed /tmp/speed
