@@ -17,6 +17,7 @@
 #   distributed tensor-parallel layer on 2 GPUs (scripts/gpu_distributed.sh; nvidia-h200-x2)   ~3 min
 #   decode     the decode engine against its floor (scripts/bench_decode.py; DECODE_MODELS)        ~3 min
 #   invdecode  batch-invariant decode: 1000 requests in batches 1..64, cost vs default kernels     ~3 min
+#   advserve   advise --measure --measure-serving for gpt3-2.7b flash through the local executor     ~4 min
 #   prefill    the engine's prefill against the profiler's layer x L + logits (same shape)         ~1 min
 # The git SHA of the code is passed in because the GPU machine's copy of the tree has no .git.
 set -uo pipefail
@@ -83,6 +84,12 @@ if want invdecode; then
     --requests ${INVDECODE_REQUESTS:-1000} 2>&1 | tail -n 40
   bundle invdecode /tmp/invdecode
   elapsed invdecode
+fi
+if want advserve; then
+  python3 -m profiler advise --config ${ADVSERVE_CONFIG:-gpt3-2.7b} --attention flash --measure --measure-serving \
+    --no-profile --top ${ADVSERVE_TOP:-3} --executor local --workers 1 --out /tmp/advserve 2>&1 | tail -n 60
+  bundle advserve /tmp/advserve
+  elapsed advserve
 fi
 if want prefill; then
   python3 scripts/bench_prefill_vs_layers.py --out /tmp/prefill --models ${PREFILL_MODELS:-pythia-1b,pythia-2.8b} 2>&1 | tail -n 20
