@@ -142,3 +142,21 @@ def test_invariant_prefill_runs_each_row_alone_and_the_reference_step_is_plain_t
     torch.testing.assert_close(decoder.logits, reference, atol=1e-4, rtol=1e-4)
     model.use_default_gemms()
     assert not model.invariant
+
+
+def test_the_skinny_kernel_gives_a_row_the_same_bits_at_every_m_and_refuses_a_bias():
+    """The decode engine's weight-streaming kernel as an invariant candidate: one plan per shape (K split 4
+    ways here), 64-row chunks, so M = 1, 5, 64 and 70 (two chunks) give every row the same bits."""
+    from models.invariant.skinny import skinny_linear, skinny_plan
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(70, 512, generator=gen)
+    w = torch.randn(32, 512, generator=gen) * 0.05
+    assert skinny_plan(32, 512, 4).split == 4
+    full = skinny_linear(x, w)
+    torch.testing.assert_close(full, x @ w.T, atol=1e-4, rtol=1e-4)
+    for m in (1, 5, 64):
+        assert torch.equal(skinny_linear(x[:m], w), full[:m]), m
+    assert torch.equal(skinny_linear(x[66:67], w), full[66:67])
+    with pytest.raises(ValueError, match="no bias"):
+        skinny_linear(x[:1], w, torch.zeros(32))

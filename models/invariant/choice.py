@@ -10,6 +10,8 @@ a chooser (switch.py) and applies the `KernelChoice` it returns. Kernels a choic
 - `cublaslt`: cuBLASLt with split-K off (cublas.py);
 - `triton`: the M-bucketed Triton kernel (matmul.py, tiles.py), invariant by construction;
 - `triton-fixed`: one Triton tile for every M (the kernel before issue 21), the last fall-back;
+- `skinny`: the decode engine's weight-streaming kernel, one plan per shape, 64-row chunks (skinny.py): a
+  candidate only where a caller asks for it (the decode engine's invariant mode: M = batch <= 64);
 - `hybrid`: two or three of those, each over a range of M (`segments`), where each one's rows are bitwise
   the rows of the largest product of the last one (the reference) at every probed M of its range.
 """
@@ -24,13 +26,15 @@ import torch.nn.functional as F
 
 from .cublas import cublas_linear
 from .matmul import fixed_linear, invariant_linear
+from .skinny import skinny_linear
 from .tiles import plan_for
 
 KERNEL_NAMES = {"default": "cuBLAS, default settings", "cublaslt": "cuBLASLt, split-K off",
                 "triton": "Triton, tiles by M bucket", "triton-fixed": "Triton, one tile for every M",
-                "hybrid": "one kernel below the switch M, another from it"}
+                "hybrid": "one kernel below the switch M, another from it",
+                "skinny": "Triton weight-streaming GEMM, 64-row chunks, one split of K per shape"}
 RUNNERS: dict[str, Callable] = {"default": F.linear, "cublaslt": cublas_linear, "triton": invariant_linear,
-                                "triton-fixed": fixed_linear}
+                                "triton-fixed": fixed_linear, "skinny": skinny_linear}
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,8 @@ from models.invariant.tiles import fixed_plan, plan_for
 from .graph_timing import graph_us
 
 PROBED = ("default", "cublaslt", "triton")
-SIMPLICITY = ("default", "cublaslt", "triton", "hybrid", "triton-fixed")  # preferred in this order when within CLOSE
+DECODE_CANDIDATES = PROBED + ("skinny",)  # the decode engine's few rows: its weight-streaming kernel too
+SIMPLICITY = ("default", "cublaslt", "triton", "skinny", "hybrid", "triton-fixed")  # preferred in this order when within CLOSE
 CLOSE = 0.02
 TIMING_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 SWITCHES = (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)  # each in TIMING_TOKENS: both sides are timed
@@ -180,15 +181,18 @@ def sweep_words(tokens, every_m_to: int) -> str:
     return f"every M 1..{dense}" + (f" and {beyond} sampled M to {max(tokens)}" if beyond else "")
 
 
-def _tokens_digest(tokens, every_m_to: int) -> str:
-    return verdict_cache.environment_digest({"tokens": list(tokens), "every_m_to": every_m_to, "rule": RULE})
+def _tokens_digest(tokens, every_m_to: int, candidates: tuple[str, ...] = PROBED) -> str:
+    key = {"tokens": list(tokens), "every_m_to": every_m_to, "rule": RULE}
+    if tuple(candidates) != PROBED:  # the digests of verdicts cached before the choice took candidates stay valid
+        key["candidates"] = list(candidates)
+    return verdict_cache.environment_digest(key)
 
 
 def choose(n: int, k: int, dtype: torch.dtype, bias: bool, device: torch.device | str = "cuda", *,
            sweep: str = "thorough", tokens=None, max_m: int = 8192, every_m_to: int = EVERY_M_TO,
            refresh: bool = False, use_cache: bool = True,
            timer: Callable[[Callable[[], object], torch.device], float] | None = None,
-           log: Callable[[str], None] | None = None) -> KernelChoice:
+           log: Callable[[str], None] | None = None, candidates: tuple[str, ...] = PROBED) -> KernelChoice:
     """The kernel for F.linear with an (N, K) weight of `dtype` on `device`: cached in memory (the first choice
     of a process stands) and on disk (a verdict answers requests of the same M sample and proof range only),
     probed when neither has it or `refresh` (see the module docstring)."""
@@ -197,7 +201,7 @@ def choose(n: int, k: int, dtype: torch.dtype, bias: bool, device: torch.device 
         return unprobed_choice(n, k, dtype, bias, OFF_GPU)
     if device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
-    memo_key = (device.index, n, k, dtype, bias)
+    memo_key = (device.index, n, k, dtype, bias, tuple(candidates), max_m, every_m_to)
     if not refresh and memo_key in _memo:
         return _memo[memo_key]
     tokens = tuple(tokens) if tokens is not None else probe_tokens(max_m, quick=sweep == "quick")
@@ -207,12 +211,13 @@ def choose(n: int, k: int, dtype: torch.dtype, bias: bool, device: torch.device 
     choice = None
     if use_cache and not refresh:
         record = verdict_cache.load(env, key)
-        if record and record.get("tokens_digest") == _tokens_digest(tokens, every_m_to):
+        if record and record.get("tokens_digest") == _tokens_digest(tokens, every_m_to, candidates):
             choice = KernelChoice.from_dict(record)
             if log:
                 log(f"{key}: {choice.label} (cached: {verdict_cache.cache_file(env)})")
     if choice is None:
-        choice = _probe_and_pick(n, k, dtype, bias, device, tokens, sweep, env, timer or _bench_us, log, every_m_to)
+        choice = _probe_and_pick(n, k, dtype, bias, device, tokens, sweep, env, timer or _bench_us, log, every_m_to,
+                                 candidates)
         if use_cache:
             verdict_cache.store(env, key, choice.to_dict())
     forced = os.environ.get(FORCE_ENV)
@@ -236,7 +241,8 @@ def _run(option: Option, fns: dict) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 @torch.inference_mode()
-def _probe_and_pick(n, k, dtype, bias, device, tokens, sweep, env, timer, log, every_m_to=EVERY_M_TO) -> KernelChoice:
+def _probe_and_pick(n, k, dtype, bias, device, tokens, sweep, env, timer, log, every_m_to=EVERY_M_TO,
+                    candidates: tuple[str, ...] = PROBED) -> KernelChoice:
     gen = torch.Generator(device="cpu").manual_seed(n * 7919 + k)
     x = torch.randn(max(tokens), k, generator=gen).to(device=device, dtype=dtype)
     w = (torch.randn(n, k, generator=gen) * 0.02).to(device=device, dtype=dtype)
@@ -247,7 +253,7 @@ def _probe_and_pick(n, k, dtype, bias, device, tokens, sweep, env, timer, log, e
 
     notes, runnable = {}, {}
     problem = switch_problem()
-    for kernel in PROBED:
+    for kernel in candidates:
         if kernel == "cublaslt" and problem:
             notes[kernel] = problem
             continue
@@ -275,7 +281,7 @@ def _probe_and_pick(n, k, dtype, bias, device, tokens, sweep, env, timer, log, e
                             runnable[kname][1] if kname in runnable else None,
                             {**cross.own[kname].to_dict(), "summary": cross.own[kname].summary()}
                             if kname in cross.own else {}, timings.get(kname, {}), notes.get(kname, ""))
-                  for kname in PROBED)
+                  for kname in candidates)
     failures = "; ".join(f"{c.kernel}: {c.note or c.verdict.get('summary', '')}" for c in cands if not c.usable)
     proof_m = proof_tokens(tokens, every_m_to)
     words = sweep_words(tokens, every_m_to)
@@ -299,7 +305,7 @@ def _probe_and_pick(n, k, dtype, bias, device, tokens, sweep, env, timer, log, e
         return KernelChoice(n, k, str(dtype).removeprefix("torch."), bias, option.kernel, reason,
                             option.segments[1][0] if hybrid else None,
                             plan_for(n, k, dtype, env["sms"]).label if uses_triton else "", True, words,
-                            _tokens_digest(tokens, every_m_to), cands, default_us, agree, env,
+                            _tokens_digest(tokens, every_m_to, candidates), cands, default_us, agree, env,
                             option.segments[0][1] if hybrid else "triton", option.reference if hybrid else "cublaslt",
                             verdict.to_dict(), option.segments if hybrid else ())
     # nothing passed (or nothing ran): the one-tile Triton kernel, probed as well, proven only if it passes
@@ -307,7 +313,8 @@ def _probe_and_pick(n, k, dtype, bias, device, tokens, sweep, env, timer, log, e
     reason = (f"no option passed ({'; '.join(refused) or 'none found'}; {failures}); the one-tile Triton kernel: "
               f"{verdict.summary()}")
     return KernelChoice(n, k, str(dtype).removeprefix("torch."), bias, "triton-fixed", reason, None,
-                        fixed_plan(n, k, dtype).label, verdict.invariant, words, _tokens_digest(tokens, every_m_to),
+                        fixed_plan(n, k, dtype).label, verdict.invariant, words,
+                        _tokens_digest(tokens, every_m_to, candidates),
                         cands, default_us, {}, env, proof=verdict.to_dict())
 
 
