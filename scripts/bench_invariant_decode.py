@@ -274,7 +274,10 @@ def main(argv=None) -> int:
         "cost_at_most_1.10": all(r["met"] for r in costs) if costs else None,
         "graph_checks": all(r["graph_check"] for r in costs) if costs else None}
     save()
-    print(f"targets: {record['targets']}; wrote {out / 'invariant_decode.json'} ({time.perf_counter() - started:.0f} s)")
+    from reports.decode_bench_report import write_report
+
+    write_report(out)
+    print(f"targets: {record['targets']}; wrote {out / 'invariant_decode.json'} and report.html ({time.perf_counter() - started:.0f} s)")
     return 0 if invariant.get("unique_completions") == 1 and record["targets"]["graph_checks"] is not False else 1
 
 

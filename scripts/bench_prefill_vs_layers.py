@@ -138,9 +138,12 @@ def main(argv=None) -> int:
     pd.DataFrame(record["rows"]).to_csv(args.out / "prefill_vs_layers.csv", index=False)
     if frames:
         pd.concat(frames).to_csv(args.out / "rounds.csv", index=False)
+    from reports.decode_bench_report import write_report
+
+    write_report(args.out)
     ok = [r for r in record["rows"] if r.get("status") == "ok"]
     print(f"{sum(r['within_10pct'] for r in ok)} of {len(ok)} cells within 10% "
-          f"({time.perf_counter() - started:.0f} s); wrote {args.out / 'prefill_vs_layers.json'}")
+          f"({time.perf_counter() - started:.0f} s); wrote {args.out / 'prefill_vs_layers.json'} and report.html")
     return 0
 
 

@@ -64,6 +64,8 @@ def page_kind(folder: Path) -> str | None:
         return "diff"
     if (folder / "carryover.json").is_file():
         return "carryover"
+    if (folder / "invariant_decode.json").is_file() or (folder / "prefill_vs_layers.json").is_file():
+        return "decode-bench"
     if any((folder / name).is_file() for name in INVARIANCE_RUNS):
         return "invariance"
     for name in ("results.jsonl", "results.jsonl.gz"):
@@ -115,6 +117,9 @@ def render(folder: Path, kind: str, asset: Path) -> Path:
             from cli.carryover import write_outputs
             with contextlib.chdir(folder):  # carryover.json's relative paths (configs, layer profiles) start here
                 return folder / write_outputs(Path("."))
+        if kind == "decode-bench":
+            from reports.decode_bench_report import write_report as write_decode_bench_report
+            return write_decode_bench_report(folder)
         if kind == "invariance":
             from reports.invariance_report import write_report as write_invariance_report
             return write_invariance_report([folder], folder)
