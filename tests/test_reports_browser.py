@@ -395,7 +395,7 @@ EVIDENCE = [(root, folder, kind) for root in EVIDENCE_ROOTS for folder, kind in 
 LEFT_BEHIND = shutil.ignore_patterns("*.html", "tb", "logs", "*.trace.json*")  # pages and traces: not data
 MODULE_OF_KIND = {"layer": "layer_report", "sweeps": "sweep_report", "inference": "inference_report",
                   "distributed": "distributed_report", "advisor": "advisor_report", "carryover": "carryover_report",
-                  "invariance": "invariance_report", "diff": "diff_report"}
+                  "invariance": "invariance_report", "diff": "diff_report", "decode-bench": "decode_bench_report"}
 
 
 def _copy_data(folder: Path, to: Path, kind: str) -> None:
