@@ -225,7 +225,11 @@ def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: to
     return Splits(-(-blocks // per_split), per_split * tile.block_n, tile.block_n, block_d, tile.warps, tile.stages)
 
 
-INVARIANT_SPLIT_KEYS = 128  # cache positions per split in batch-invariant mode (136 programs at b=1, p=2048)
+# Cache positions per split in batch-invariant mode. Measured on an H200 (pythia-1b, fp16, step time against
+# the default engine's at b = 1, 16, 64 x p = 128, 2048; evidence/h200/session-2026-12-02c/
+# invariant-decode-split-sweep-c2c7edb): worst ratio 1.70x at 32 keys, 1.46x at 64, 1.21x at 128, 1.10x at 256,
+# 1.26x at 512. Small splits fill the SMs at batch 1 but multiply programs and partials at batch 64.
+INVARIANT_SPLIT_KEYS = 256
 
 
 def invariant_splits(capacity: int, head_dim: int, *, keys: int | None = None) -> Splits:

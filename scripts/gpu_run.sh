@@ -81,7 +81,7 @@ if want decode; then
 fi
 if want invdecode; then
   python3 scripts/bench_invariant_decode.py --out /tmp/invdecode --model ${INVDECODE_MODEL:-pythia-1b} \
-    --requests ${INVDECODE_REQUESTS:-1000} --split-keys ${INVDECODE_SPLIT_KEYS:-128} 2>&1 | tail -n 40
+    --requests ${INVDECODE_REQUESTS:-1000} --split-keys ${INVDECODE_SPLIT_KEYS:-256} 2>&1 | tail -n 40
   bundle invdecode /tmp/invdecode
   elapsed invdecode
 fi
