@@ -110,7 +110,9 @@ def prefill_figure(rows: pd.DataFrame) -> dict:
                       "y": [0.9, 0.9, None, 1.1, 1.1], "line": {"dash": "dash", "color": "#888"}}],
             "layout": layout("Engine prefill against the profiler's layer x L + logits",
                              axis("model, batch, prompt", automargin=True),
-                             axis("time ratio (prefill / layer stack)", automargin=True), legend={"orientation": "h", "y": -0.35})}
+                             axis("time ratio (prefill / layer stack)", automargin=True),
+                             # beside the plot: below it, the rotated cell labels push the x title into the legend
+                             legend={"x": 1.02, "xanchor": "left", "y": 1, "yanchor": "top"})}
 
 
 def prefill_page(record: dict, plotly_src: str | None = None) -> str:
