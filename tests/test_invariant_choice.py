@@ -419,7 +419,11 @@ def test_gpu_pythia_1b_every_gemm_gets_a_proven_kernel_and_its_path_is_invariant
         verdict = probe(lambda a: choice_module.linear(a, ops.weight, ops.bias, choice), ops.x, probe_tokens(quick=True))
         assert verdict.invariant, f"{gemm.label} on {choice.label}: {verdict.summary()}"
         assert choice.proof["m_checked"] >= 8192 and choice.proof["invariant"]  # every M 1..8192 and beyond
-    assert set(mma_families().values()) <= {"wgmma", "unknown"}, mma_families()
+    # 16-row decode tiles compile to mma.sync (the H200 sweep's fastest at small M); every tile of 64 rows and more
+    # must be wgmma, so a plan crosses instruction families only at a bucket edge the proof above covered
+    wrong = {label: family for label, family in mma_families().items()
+             if family not in ({"wgmma", "unknown"} if int(label.split("x")[0]) >= 64 else {"wgmma", "mma.sync", "unknown"})}
+    assert wrong == {}, wrong
 
 
 @interpreted

@@ -31,7 +31,11 @@ def test_a_training_step_on_the_gpu_is_fully_attributed_with_a_floor_per_role(tm
     assert set(backward["role"]) == {"dgrad", "wgrad"}
     heavy = rows[(rows["kind"] == "gemm") | (rows["component"] == "flash_attention")]
     assert heavy["alone_us"].notna().all()
-    assert checks["clock_phases"].status != "skipped" or not telemetry.available
+    if checks["clock_phases"].status == "skipped" and telemetry.available:
+        # a small layer's rounds can end before NVML's 10 ms sampler saw 3 samples: a skip only for that reason
+        phases = summary["clock"]["phases"]
+        assert summary["clock"]["comparison"]["skipped"], checks["clock_phases"].observed
+        assert all(phases[p].get("samples", 0) < 3 for p in summary["clock"]["comparison"]["skipped"]), phases
     assert summary["latency_us"]["warmup"]["windows"] >= 2
     # the protocol's guarantees: graph replays named by the eager call, GPU-side figures compared, nothing
     # above the ceiling, idle never negative
