@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from models import ModelConfig, layer_gemms  # noqa: E402
-from profiler.advisor.calibration import points_from_layer_components, points_from_sweeps  # noqa: E402
+from profiler.advisor.calibration import ROLE_LAYOUT, points_from_layer_components, points_from_sweeps  # noqa: E402
 
 
 def git_sha() -> str | None:
@@ -130,8 +130,8 @@ def from_evidence(evidence: Path, gpu: str, borrow: Path | None, sweeps_sha: str
 SHAPES_FILE = ROOT / "profiler" / "advisor" / "calibration" / "reference_shapes.json"
 
 
-def reference_shapes(names: list[str] | None) -> tuple[list[tuple[int, int, int, int]], list[tuple[int, int, int]]]:
-    """(GEMMs (batch, m, n, k), flash (batch_heads, seq, head_dim)) of the reference configs and of the
+def reference_shapes(names: list[str] | None) -> tuple[list[tuple[str, int, int, int, int]], list[tuple[int, int, int]]]:
+    """(GEMMs (layout, batch, m, n, k), flash (batch_heads, seq, head_dim)) of the reference configs and of the
     proposals the advisor would measure for them (with the analytic model and with each committed table,
     so that a calibrated run measures shapes the table has): every forward, dgrad and wgrad shape of their
     layers and logit layers; causal flash at every h/a a candidate at that h and b may take."""
@@ -149,8 +149,9 @@ def reference_shapes(names: list[str] | None) -> tuple[list[tuple[int, int, int,
                 shapes[c.name] = c
         for c in shapes.values():
             for g in layer_gemms(c, include_logits=True):
-                for shape in ((g.m, g.n, g.k), (g.m, g.k, g.n), (g.k, g.n, g.m)):
-                    gemms.add((g.batch, *shape))
+                # the roles' shapes as cost_model.gemm_estimates keys them, each in the layout autograd runs it
+                for role, shape in (("fprop", (g.m, g.n, g.k)), ("dgrad", (g.m, g.k, g.n)), ("wgrad", (g.k, g.n, g.m))):
+                    gemms.add((ROLE_LAYOUT[role] if g.batch == 1 else "bmm", g.batch, *shape))
             if c.attention != "eager":
                 for d in range(32, 257, 8):  # every h/a a candidate at this h may take (bucket and neighbours)
                     if (c.hidden_per_gpu * c.micro_batch_size) % d == 0:
@@ -163,12 +164,37 @@ def load_shapes(path: Path, names: list[str] | None):
     takes minutes the GPU run should not spend), or computed now when --configs asks for a subset."""
     if names is None and path.exists():
         doc = json.loads(path.read_text())
-        return [tuple(g) for g in doc["gemm"]], [tuple(f) for f in doc["flash"]]
+        # a list from before layouts holds (batch, m, n, k): each measured as F.linear, as it was then
+        gemms = [tuple(g) if isinstance(g[0], str) else ("nt" if g[0] == 1 else "bmm", *g) for g in doc["gemm"]]
+        return gemms, [tuple(f) for f in doc["flash"]]
     return reference_shapes(names)
 
 
+def gemm_operands(layout: str, b: int, m: int, n: int, k: int, *, device, dtype):
+    """(a, b, fn): random operands of one (batch x) (m,k)x(k,n) GEMM stored as autograd stores them in
+    `layout` (calibration.LAYOUTS; "bmm": unfused attention's batched GEMMs), and the call that runs it."""
+    import torch
+
+    def rand(*shape):
+        return torch.randn(*shape, device=device, dtype=dtype)
+
+    if layout == "bmm":  # (b*a, m, k) x (b*a, k, n)
+        x, w = rand(b, m, k), rand(b, k, n)
+        return x, w, lambda: torch.bmm(x, w)
+    if layout == "nt":  # the forward, as nn.Linear runs it: the weight stored (n, k)
+        x, w = rand(m, k), rand(n, k)
+        return x, w, lambda: torch.nn.functional.linear(x, w)
+    if layout == "nn":  # dgrad: dX (m, k) = dY (m, n) @ W (n, k), here (m, K) @ (K, N) with both row-major
+        x, w = rand(m, k), rand(k, n)
+        return x, w, lambda: torch.mm(x, w)
+    if layout == "tn":  # wgrad: dW = dY^T @ X, the gradient transposed: its key (m, n, k) stores dY (k, n), X (k, m)
+        x, w = rand(k, n), rand(k, m)
+        return x, w, lambda: torch.mm(x.t(), w)
+    raise ValueError(f"unknown GEMM layout {layout!r}")
+
+
 def measure(out: Path, budget_s: float, names: list[str] | None, *, on_cpu: bool = False,
-            max_shapes: int | None = None) -> int:
+            max_shapes: int | None = None, attention_from: Path | None = None) -> int:
     import contextlib
 
     import torch
@@ -194,6 +220,10 @@ def measure(out: Path, budget_s: float, names: list[str] | None, *, on_cpu: bool
     gemms, flash = load_shapes(SHAPES_FILE, names)
     say(f"{env['gpu_name']}: {len(gemms)} GEMM shapes, {len(flash)} flash shapes; budget {budget_s:.0f} s")
     rng = random.Random(0)
+    kept = json.loads(attention_from.read_text())["attention"] if attention_from else None
+    if kept is not None:  # GEMMs only: the fused-attention points of a table measured before are kept as they are
+        say(f"attention: {len(kept)} points kept from {_rel(attention_from)}, not measured")
+        flash = []
     jobs = [("gemm", s) for s in gemms] + [("flash", s) for s in flash]
     rng.shuffle(jobs)  # a cut budget leaves a random subset, not the large shapes only
     if max_shapes is not None:
@@ -201,7 +231,7 @@ def measure(out: Path, budget_s: float, names: list[str] | None, *, on_cpu: bool
     budget = {"warmup_ms": 10.0, "rep_ms": 25.0, "min_reps": 5} if not on_cpu else {"warmup_ms": 1.0, "rep_ms": 2.0,
                                                                                    "min_reps": 2}
     table = {"gpu": gpu, "gpu_name": env["gpu_name"] or "cpu (wiring only)", "dtype": "bfloat16", "gemm": [],
-             "attention": []}
+             "attention": list(kept or [])}
 
     def flash_only():  # a fresh context each time (a generator-based context manager is single-use)
         return (contextlib.nullcontext() if on_cpu else
@@ -213,19 +243,12 @@ def measure(out: Path, budget_s: float, names: list[str] | None, *, on_cpu: bool
             break
         try:
             if kind == "gemm":
-                b, m, n, k = shape
-                if b > 1:  # the attention BMMs of unfused attention: (b*a, m, k) x (b*a, k, n)
-                    x = torch.randn(b, m, k, device=device, dtype=dtype)
-                    w = torch.randn(b, k, n, device=device, dtype=dtype)
-                    fn = lambda x=x, w=w: torch.bmm(x, w)  # noqa: E731
-                else:  # as nn.Linear runs it: the weight stored (n, k)
-                    x = torch.randn(m, k, device=device, dtype=dtype)
-                    w = torch.randn(n, k, device=device, dtype=dtype)
-                    fn = lambda x=x, w=w: torch.nn.functional.linear(x, w)  # noqa: E731
+                layout, b, m, n, k = shape
+                x, w, fn = gemm_operands(layout, b, m, n, k, device=device, dtype=dtype)
                 stats = summarize(bench(fn, device=device, **budget))
-                table["gemm"].append({"batch": b, "m": m, "n": n, "k": k, "time_ms": stats.median_ms,
+                table["gemm"].append({"batch": b, "m": m, "n": n, "k": k, "layout": layout, "time_ms": stats.median_ms,
                                       "p10_ms": stats.p10_ms, "p90_ms": stats.p90_ms, "source": "measured"})
-                del x, w
+                del x, w, fn
             else:
                 bh, s, d = shape
                 q, k_, v = (torch.randn(1, bh, s, d, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
@@ -261,6 +284,7 @@ def _write(out: Path, gpu: str, table: dict, env: dict, budget: dict, started: f
         "driver": env.get("driver"), "timestamp": env.get("timestamp"),
         "protocol": (f"profiler.timing.bench per shape ({budget}; warm-up until stable, L2 flushed per call, median "
                      "of repetitions), shapes in shuffled order, random bf16 operands; GEMM: F.linear(x (m,k), w (n,k)) as nn.Linear runs it "
+                     "for the forward, torch.mm in the layout autograd uses for dgrad (nn) and wgrad (tn), each point's layout recorded "
                      "(torch.bmm for the batched attention GEMMs); flash: torch SDPA with the FLASH_ATTENTION backend, causal, (1, b*a, s, h/a)"),
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
@@ -283,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                    help="measured: cpu runs a few shapes to prove the wiring (with --max-shapes)")
     p.add_argument("--max-shapes", type=int, help="measured: at most this many shapes (after the shuffle)")
+    p.add_argument("--attention-from", type=Path, help="measured: keep this table's fused-attention points and "
+                                                       "measure the GEMMs only")
     p.add_argument("--write-shapes", action="store_true", help="CPU: write the reference shape list the measured "
                                                                "run reads (profiler/advisor/calibration/reference_shapes.json)")
     args = p.parse_args(argv)
@@ -302,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out}: {len(table['gemm'])} GEMM, {len(table['attention'])} attention points")
         return 0
     return measure(args.out, args.budget_s, args.configs.split(",") if args.configs else None,
-                   on_cpu=args.device == "cpu", max_shapes=args.max_shapes)
+                   on_cpu=args.device == "cpu", max_shapes=args.max_shapes,
+                   attention_from=args.attention_from.resolve() if args.attention_from else None)
 
 
 if __name__ == "__main__":

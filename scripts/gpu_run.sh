@@ -19,6 +19,7 @@
 #   invdecode  batch-invariant decode: 1000 requests in batches 1..64, cost vs default kernels     ~3 min
 #   advserve   advise --measure --measure-serving for gpt3-2.7b flash through the local executor     ~4 min
 #   prefill    the engine's prefill against the profiler's layer x L + logits (same shape)         ~1 min
+#   calib      the advisor's GEMM calibration in autograd's layouts (attention points kept)     ~1 min
 # The git SHA of the code is passed in because the GPU machine's copy of the tree has no .git.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -95,6 +96,12 @@ if want prefill; then
   python3 scripts/bench_prefill_vs_layers.py --out /tmp/prefill --models ${PREFILL_MODELS:-pythia-1b,pythia-2.8b} 2>&1 | tail -n 20
   bundle prefill /tmp/prefill
   elapsed prefill
+fi
+if want calib; then
+  python3 scripts/calibrate_advisor.py --out /tmp/calib --budget-s ${CALIB_BUDGET_S:-150} \
+    --attention-from profiler/advisor/calibration/h200.json 2>&1 | tail -n 8
+  bundle calib /tmp/calib
+  elapsed calib
 fi
 if want speed; then
   python3 scripts/bench_sweep_speed.py --points ${SPEED_POINTS:-100} --out /tmp/speed 2>&1 | tail -n 20

@@ -232,3 +232,30 @@ def swiglu_agreement(folder: Path, gpu: GpuModel) -> dict:
             "rounds": int(rounds["round"].nunique()), "spearman": spearman(model[m.index], m),
             "modelled_top": f"f{best_model}", "measured_top": f"f{best_measured}", "top1": top1,
             "top1_ok": top1 != "missed", "measured_best_over_modelled_top": gap, "gap_ci_lo": lo, "gap_ci_hi": hi}
+
+
+def remodelled_agreement(rounds: pd.DataFrame, gpu: GpuModel, *, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per config, per-shape table) of a committed agreement run (its rounds.csv: config, round,
+    candidate, what, time_ms) against today's model of `gpu`: the measured rounds stay as they were, the
+    shapes are rebuilt from their reference config and their names (the candidate search names them) and
+    modelled again. What a new calibration table would have ranked, on measurements that did not see it."""
+    from .candidates import configs_by_name
+
+    refs = {r.key: r for r in reference_configs()}
+    rows, tables = [], []
+    for key, measured in rounds.groupby("config", sort=False):
+        ref = refs.get(key)
+        if ref is None:
+            continue
+        names = [n for n in measured["candidate"].unique() if n != self_name(ref.config.name)]
+        configs = configs_by_name(ref.config, gpu, ref.space, names)
+        base = step_estimate(ref.config, gpu).step_ms
+        modelled = pd.DataFrame({"name": names, "modelled_speedup": [base / step_estimate(c, gpu).step_ms for c in configs]})
+        shapes = pd.DataFrame({"name": [*names, self_name(ref.config.name)],
+                               "L": [c.num_layers for c in configs] + [ref.config.num_layers],
+                               "tokens": [ref.config.tokens] * (len(names) + 1)})
+        per_round = round_steps(measured, shapes)
+        figures = config_agreement(per_round, modelled, ref.config.name, rounds=measured, seed=seed)
+        rows.append({**figures, "config": key, "why": ref.why, "attention": ref.config.attention})
+        tables.append(shapes_frame(per_round, modelled, ref.config.name, key))
+    return pd.DataFrame(rows), (pd.concat(tables, ignore_index=True) if tables else pd.DataFrame())

@@ -43,7 +43,15 @@ from ..quantization import largest_power_of_two_dividing
 
 TABLE_DIR = Path(__file__).parent / "calibration"
 NEIGHBOURS = 3
-GEMM_COLUMNS = ["batch", "m", "n", "k", "time_ms", "source"]
+GEMM_COLUMNS = ["batch", "m", "n", "k", "time_ms", "source", "layout"]
+# How autograd runs each role of nn.Linear's Y = X W^T (W stored (n, k)), as cuBLAS sees it: the forward
+# F.linear (weight transposed: "nt"), dgrad dX = dY @ W (both row-major: "nn"), wgrad dW = dY^T @ X (the
+# transposed gradient: "tn"). cuBLAS picks its kernel per layout, and the H200 agreement run showed why it
+# matters: layers of h=2304/2496/3968 ran 1.15-1.19x their model while h=2560/4096 ran 1.08-1.11x, with every
+# GEMM shape in the table but measured as F.linear only.
+LAYOUTS = ("nt", "nn", "tn")
+ROLE_LAYOUT = {"fprop": "nt", "dgrad": "nn", "wgrad": "tn"}
+LEGACY_LAYOUT = "nt"  # a point without a layout was measured as F.linear (the calibration before layouts)
 ATTENTION_COLUMNS = ["pass", "causal", "batch_heads", "seq", "head_dim", "time_ms", "source"]
 # kept in step with cost_model.FLASH_HEAD_DIM_BUCKETS (imported there from here, so there is one list)
 FLASH_HEAD_DIM_BUCKETS = (32, 64, 96, 128, 192, 256)
@@ -79,6 +87,7 @@ class Calibration:
         self.dtype = table.get("dtype", "bfloat16")
         self.provenance = dict(table.get("provenance", {}))
         self.gemm = pd.DataFrame(table.get("gemm", []), columns=GEMM_COLUMNS)
+        self.gemm["layout"] = self.gemm["layout"].astype(object).fillna(LEGACY_LAYOUT)
         self.attention = pd.DataFrame(table.get("attention", []), columns=ATTENTION_COLUMNS)
         self._gemm_cache: dict = {}
         self._flash_cache: dict = {}
@@ -91,25 +100,35 @@ class Calibration:
         self._log = np.log(g[["batch", "m", "n", "k"]].to_numpy(dtype=float)) if len(g) else np.zeros((0, 4))
         self._class = np.array([alignment_class(int(m), int(n), int(k), self.dtype, fast_alignment_bytes)
                                 for m, n, k in zip(g["m"], g["n"], g["k"])], dtype=int)
+        self._layout = g["layout"].to_numpy(dtype=object)
         self._factor = np.array([t / analytic(int(b), int(m), int(n), int(k))
                                  for b, m, n, k, t in zip(g["batch"], g["m"], g["n"], g["k"], g["time_ms"])])
         self._prepared_for = signature
         self._gemm_cache = {}
 
+    @property
+    def layouts(self) -> set[str]:
+        return set(self.gemm["layout"]) if len(self.gemm) else set()
+
     def gemm_factor(self, batch: int, m: int, n: int, k: int, *, analytic, signature, fast_alignment_bytes: int,
-                    dtype: str) -> float | None:
+                    dtype: str, layout: str | None = None) -> float | None:
         """Measured / analytic time of the nearest measured shapes (None: none in this alignment class, or a
         dtype the table was not measured in). `signature` identifies the analytic model (the GPU's numbers):
-        the measured points' factors are recomputed when it changes (a run that re-measured the ceiling)."""
+        the measured points' factors are recomputed when it changes (a run that re-measured the ceiling).
+        `layout` (LAYOUTS) keeps to points measured in that layout when the table has any; a table measured
+        in one layout answers every layout from it (the calibration before layouts)."""
         if dtype != self.dtype or self.gemm.empty:
             return None
         if self._prepared_for != signature:
             self._prepare(analytic, signature, fast_alignment_bytes)
-        key = (batch, m, n, k)
+        key = (batch, m, n, k, layout)
         if key in self._gemm_cache:
             return self._gemm_cache[key]
         cls = alignment_class(m, n, k, dtype, fast_alignment_bytes)
-        same = np.flatnonzero(self._class == cls)
+        same_class = self._class == cls
+        if layout is not None and (same_class & (self._layout == layout)).any():
+            same_class &= self._layout == layout
+        same = np.flatnonzero(same_class)
         if not len(same):
             self._gemm_cache[key] = None
             return None
@@ -117,8 +136,8 @@ class Calibration:
         dist = np.sqrt(((self._log[same] - q) ** 2).sum(axis=1))
         order = np.argsort(dist, kind="stable")[:NEIGHBOURS]
         d, f = dist[order], self._factor[same][order]
-        if d[0] < 1e-9:
-            factor = float(f[0])
+        if d[0] < 1e-9:  # the shape itself (in several layouts, when the asked one was never measured)
+            factor = float(math.exp(np.log(f[d < 1e-9]).mean()))
         else:  # inverse-distance weights, in log space (a geometric mean of factors)
             w = 1 / d
             factor = float(math.exp((w * np.log(f)).sum() / w.sum()))
@@ -299,7 +318,7 @@ def points_from_layer_components(components: pd.DataFrame, configs: dict[str, Mo
             continue
         m, n, k = ROLE_SHAPE[role](g.m, g.n, g.k)
         gemms.append({"batch": g.batch, "m": m, "n": n, "k": k, "time_ms": time_ms,
-                      "source": f"{source} {name} {component} {role}"})
+                      "source": f"{source} {name} {component} {role}", "layout": ROLE_LAYOUT[role]})
     return gemms, attention
 
 

@@ -30,7 +30,7 @@ from models import DTYPE_BYTES, ModelConfig, layer_gemms
 
 from ..quantization import TILE_SIZES, largest_power_of_two_dividing, tile_efficiency, tiles, wave_efficiency, waves
 
-from .calibration import FLASH_HEAD_DIM_BUCKETS, flash_bucket, flash_padded_flops  # noqa: F401 (the one bucket list, re-exported)
+from .calibration import FLASH_HEAD_DIM_BUCKETS, ROLE_LAYOUT, flash_bucket, flash_padded_flops  # noqa: F401 (the one bucket list, re-exported)
 from .gpus import GpuModel
 
 TILES = ((128, 256), (256, 128))  # the paper's most efficient tile, in both orientations (VI-B): the checks' tiles
@@ -74,13 +74,14 @@ def _peak_flops_per_s(gpu: GpuModel, dtype: str) -> float:
 
 
 def estimate_gemm(component: str, pass_name: str, batch: int, m: int, n: int, k: int, gpu: GpuModel,
-                  dtype: str) -> GemmEstimate:
+                  dtype: str, layout: str | None = None) -> GemmEstimate:
     """Model one (batch x) (m,k)x(k,n) GEMM on `gpu`: the wave/tile model, times the measured/modelled
-    ratio of the nearest measured shapes when the GPU has a calibration table (calibration.py)."""
-    key = (component, pass_name, batch, m, n, k, dtype, gpu.signature, id(gpu.calibration))
+    ratio of the nearest measured shapes (in `layout`, calibration.LAYOUTS, where the table has it) when the
+    GPU has a calibration table (calibration.py)."""
+    key = (component, pass_name, batch, m, n, k, dtype, layout, gpu.signature, id(gpu.calibration))
     hit = _GEMM_CACHE.get(key)
     if hit is None or hit[0] is not gpu.calibration:
-        hit = (gpu.calibration, _estimate_gemm(component, pass_name, batch, m, n, k, gpu, dtype))
+        hit = (gpu.calibration, _estimate_gemm(component, pass_name, batch, m, n, k, gpu, dtype, layout))
         if len(_GEMM_CACHE) > 200_000:  # the candidate search asks for the same shapes again and again
             _GEMM_CACHE.clear()
         _GEMM_CACHE[key] = hit
@@ -91,13 +92,13 @@ _GEMM_CACHE: dict = {}
 
 
 def _estimate_gemm(component: str, pass_name: str, batch: int, m: int, n: int, k: int, gpu: GpuModel,
-                   dtype: str) -> GemmEstimate:
+                   dtype: str, layout: str | None = None) -> GemmEstimate:
     g = _analytic_gemm(component, pass_name, batch, m, n, k, gpu, dtype)
     if gpu.calibration is None:
         return g
     factor = gpu.calibration.gemm_factor(
         batch, m, n, k, dtype=dtype, signature=(gpu.signature, dtype), fast_alignment_bytes=gpu.fast_alignment_bytes,
-        analytic=lambda b, mm, nn, kk: _analytic_gemm("", "", b, mm, nn, kk, gpu, dtype).time_ms)
+        layout=layout if batch == 1 else None, analytic=lambda b, mm, nn, kk: _analytic_gemm("", "", b, mm, nn, kk, gpu, dtype).time_ms)
     if factor is None:
         return g
     return dataclasses.replace(g, time_ms=g.time_ms * factor, calibration_factor=factor)
@@ -132,9 +133,9 @@ def gemm_estimates(cfg: ModelConfig, gpu: GpuModel, *, include_logits: bool = Fa
     for g in layer_gemms(cfg, include_logits=include_logits or only_logits):
         if only_logits and g.component != "logits":
             continue
-        out.append(estimate_gemm(g.component, "forward", g.batch, g.m, g.n, g.k, gpu, cfg.dtype))
-        out.append(estimate_gemm(g.component, "backward", g.batch, g.m, g.k, g.n, gpu, cfg.dtype))
-        out.append(estimate_gemm(g.component, "backward", g.batch, g.k, g.n, g.m, gpu, cfg.dtype))
+        out.append(estimate_gemm(g.component, "forward", g.batch, g.m, g.n, g.k, gpu, cfg.dtype, ROLE_LAYOUT["fprop"]))
+        out.append(estimate_gemm(g.component, "backward", g.batch, g.m, g.k, g.n, gpu, cfg.dtype, ROLE_LAYOUT["dgrad"]))
+        out.append(estimate_gemm(g.component, "backward", g.batch, g.k, g.n, g.m, gpu, cfg.dtype, ROLE_LAYOUT["wgrad"]))
     return out
 
 
