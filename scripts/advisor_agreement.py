@@ -16,6 +16,10 @@ written as they finish. Writes DIR/agreement.json (provenance: git SHA, GPU, tor
 settings; per config the figures; the pooled summary against the goals), DIR/agreement.csv (one line per
 config), DIR/shapes.csv (modelled vs measured speed-up and rank per shape) and DIR/rounds.csv.
 
+On a CPU, a committed agreement run re-modelled (no timing; --calibration a table file to try a new one):
+
+    python scripts/advisor_agreement.py --from-agreement evidence/h200/advise-agreement --gpu h200 --out DIR
+
 On a CPU, from committed evidence (no timing):
 
     python scripts/advisor_agreement.py --from-evidence evidence/h100/advise --gpu h100 --out DIR
@@ -42,9 +46,9 @@ sys.path.insert(0, str(ROOT))
 
 from profiler.advisor import AdviceOptions, advise, resolve_gpu  # noqa: E402
 from profiler.advisor.agreement import (agreement_summary, config_agreement, evidence_agreement,  # noqa: E402
-                                        reference_configs, shapes_frame, swiglu_agreement)
+                                        reference_configs, remodelled_agreement, shapes_frame, swiglu_agreement)
 from profiler.advisor.cost_model import step_estimate  # noqa: E402
-from profiler.advisor.gpus import calibration_summary  # noqa: E402
+from profiler.advisor.gpus import calibration_summary, with_calibration  # noqa: E402
 from profiler.advisor.ranking import round_steps, self_name  # noqa: E402
 
 # per bench call on the GPU: enough for a stable median of a layer step, short enough for 14 configs in
@@ -201,11 +205,45 @@ def from_evidence(args) -> int:
     return 0
 
 
+def from_agreement(args) -> int:
+    """A committed agreement run's rounds against today's model, with and without a calibration table."""
+    rounds_file = args.from_agreement / "rounds.csv"
+    if not rounds_file.is_file():
+        print(f"--from-agreement: {rounds_file} not found; give a folder written by this script on a GPU", file=sys.stderr)
+        return 2
+    rounds = pd.read_csv(rounds_file)
+    models = {"calibrated": args.calibration if args.calibration != "none" else "auto", "uncalibrated": None}
+    frames, shapes, summaries, tables = [], [], {}, {}
+    for label, calibration in models.items():
+        gpu = with_calibration(resolve_gpu(args.gpu, calibration=None), calibration)
+        rows, table = remodelled_agreement(rounds, gpu, seed=args.seed)
+        frames.append(rows.assign(model=label))
+        shapes.append(table.assign(model=label))
+        summaries[label] = agreement_summary(rows)
+        tables[label] = calibration_summary(gpu)
+    frame = pd.concat(frames, ignore_index=True)
+    doc = {"source": str(args.from_agreement), "gpu": args.gpu, "git_sha": git_sha(), "calibration": tables,
+           "note": "the rounds measured then (see the source's agreement.json), the shapes modelled again now",
+           "summary": summaries, "configs": frame.to_dict("records")}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "agreement.json").write_text(json.dumps(doc, indent=2, default=str))
+    frame.to_csv(args.out / "agreement.csv", index=False)
+    pd.concat(shapes, ignore_index=True).to_csv(args.out / "shapes.csv", index=False)
+    cols = ["model", "config", "shapes", "spearman", "modelled_top", "measured_top", "top1"]
+    print(frame[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    for label, summary in summaries.items():
+        print(f"{label}: Spearman median {summary['spearman_median']:.2f} (goal {summary['goal_spearman']}), "
+              f"top-1 {summary['top1_share']:.0%} (exact {summary['top1_exact']} of {summary['configs']})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--from-evidence", type=Path, help="a folder of committed advise runs (CPU; no timing)")
-    p.add_argument("--gpu", default="h100", help="--from-evidence: the GPU kind they were measured on")
+    p.add_argument("--from-agreement", type=Path, help="a committed agreement run (this script's GPU output): its "
+                                                       "rounds re-modelled with today's model (CPU; no timing)")
+    p.add_argument("--gpu", default="h100", help="--from-evidence / --from-agreement: the GPU kind they were measured on")
     p.add_argument("--calibration", default="auto", help="GPU run: auto | none | a table file")
     p.add_argument("--configs", help="comma-separated reference keys (default: all; see profiler/advisor/agreement.py)")
     p.add_argument("--budget-s", type=float, default=270.0, help="GPU run: start no config past this (default 270)")
@@ -215,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=5, help="shuffled interleaved rounds (default 5)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.from_agreement:
+        return from_agreement(args)
     return from_evidence(args) if args.from_evidence else on_gpu(args)
 
 

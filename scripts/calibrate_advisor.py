@@ -104,8 +104,11 @@ def from_evidence(evidence: Path, gpu: str, borrow: Path | None, sweeps_sha: str
                         "what": f"borrowed: {results['gpu'].iloc[0]}'s non-causal flash sweep, for the head-size buckets "
                                 f"{gpu} did not measure (same GH100 SMs assumed); the model scales non-causal rates by "
                                 "this table's causal/non-causal ratio over the buckets measured both ways"})
-    # one point per shape: the median of repeats across runs
-    gemm = (pd.DataFrame(gemms).groupby(["batch", "m", "n", "k"], as_index=False)
+    # one point per shape and layout (in-layer roles carry theirs; sweep points ran as F.linear): the median of
+    # repeats across runs
+    gemm_frame = pd.DataFrame(gemms)
+    gemm_frame["layout"] = gemm_frame.get("layout", pd.Series(index=gemm_frame.index, dtype=object)).fillna("nt")
+    gemm = (gemm_frame.groupby(["batch", "m", "n", "k", "layout"], as_index=False)
             .agg(time_ms=("time_ms", "median"), source=("source", lambda s: "; ".join(sorted(set(s))[:3]))))
     att = (pd.DataFrame(attention).groupby(["pass", "causal", "batch_heads", "seq", "head_dim"], as_index=False)
            .agg(time_ms=("time_ms", "median"), source=("source", lambda s: "; ".join(sorted(set(s))[:3]))))
@@ -220,7 +223,8 @@ def measure(out: Path, budget_s: float, names: list[str] | None, *, on_cpu: bool
     gemms, flash = load_shapes(SHAPES_FILE, names)
     say(f"{env['gpu_name']}: {len(gemms)} GEMM shapes, {len(flash)} flash shapes; budget {budget_s:.0f} s")
     rng = random.Random(0)
-    kept = json.loads(attention_from.read_text())["attention"] if attention_from else None
+    kept_doc = json.loads(attention_from.read_text()) if attention_from else None
+    kept = kept_doc["attention"] if kept_doc else None
     if kept is not None:  # GEMMs only: the fused-attention points of a table measured before are kept as they are
         say(f"attention: {len(kept)} points kept from {_rel(attention_from)}, not measured")
         flash = []
@@ -232,6 +236,8 @@ def measure(out: Path, budget_s: float, names: list[str] | None, *, on_cpu: bool
                                                                                    "min_reps": 2}
     table = {"gpu": gpu, "gpu_name": env["gpu_name"] or "cpu (wiring only)", "dtype": "bfloat16", "gemm": [],
              "attention": list(kept or [])}
+    if kept_doc:  # where the kept points were measured: their table's own provenance
+        table["attention_provenance"] = {"kept_from": _rel(attention_from), **kept_doc.get("provenance", {})}
 
     def flash_only():  # a fresh context each time (a generator-based context manager is single-use)
         return (contextlib.nullcontext() if on_cpu else

@@ -842,3 +842,27 @@ def test_the_agreement_script_measures_one_reference_config_through_the_advisor(
     assert figures["config"] == "tiny" and figures["top1"] in ("exact", "within noise", "missed")
     assert figures["shapes"] == len(shapes) == 3 and set(shapes["measured_rank"]) <= {1, 2, 3}
     assert "tiny (again)" in set(rounds["candidate"])
+
+
+def test_a_committed_agreement_run_remodelled_reproduces_its_evidence_and_fails_on_reversed_measurements():
+    from pathlib import Path
+    from profiler.advisor.agreement import remodelled_agreement
+    root = Path(__file__).parents[1] / "evidence" / "h200"
+    rounds = pd.read_csv(root / "advise-agreement" / "rounds.csv")
+    rounds = rounds[rounds["config"] == "gpt3-2.7b-flash"]
+    committed = pd.read_csv(root / "advise-calibration-6e76998" / "remodelled" / "agreement.csv")
+    committed = committed[committed["model"] == "calibrated"].set_index("config").loc["gpt3-2.7b-flash"]
+    gpu = resolve_gpu("h200")
+    rows, shapes = remodelled_agreement(rounds, gpu)
+    row = rows.set_index("config").loc["gpt3-2.7b-flash"]
+    assert row["spearman"] == pytest.approx(committed["spearman"]) and row["top1"] == committed["top1"]
+    assert row["shapes"] == len(shapes) == committed["shapes"]
+    # doctored: every shape's rounds scaled so that its measured speed-up becomes 1 / its modelled one (the
+    # modelled order reversed); the same model must now disagree with the measurement
+    scale = (shapes["measured_speedup"] * shapes["modelled_speedup"]).set_axis(shapes["name"])
+    base = "gpt3-2.7b-flash"
+    doctored = rounds.copy()
+    key = doctored["candidate"].replace({f"{base} (again)": base})
+    doctored["time_ms"] = doctored["time_ms"] * key.map(scale)
+    bad, _ = remodelled_agreement(doctored, gpu)
+    assert bad["spearman"].iloc[0] < 0 and bad["top1"].iloc[0] == "missed"
