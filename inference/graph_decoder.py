@@ -26,7 +26,8 @@ from typing import Callable
 import torch
 
 from models.causal_lm import KVCache, NeoXCausalLM
-from models.decode_kernels import Splits, attention_splits, invariant_splits
+from models.decode_kernels import (PREFETCH_TILES, Splits, attention_splits, dependent_launches, invariant_splits,
+                                   pdl_problem)
 
 WARMUP_STEPS = 3  # before capture, on a side stream: Triton JIT, cuBLAS handles and heuristics, compile
 
@@ -49,7 +50,8 @@ class GreedyDecoder:
 
     def __init__(self, model: NeoXCausalLM, *, batch: int, prompt_len: int, new_tokens: int,
                  banned_token: int | None = None, use_graph: bool | None = None, compile: bool = False,
-                 splits: int | None = None, branches: bool | None = None):
+                 splits: int | None = None, branches: bool | None = None, pdl: bool = False,
+                 pdl_prefetch: int = PREFETCH_TILES):
         if new_tokens < 2:
             raise ValueError("new_tokens must be >= 2: the first comes from prefill, the rest from decode steps")
         cfg, device = model.cfg, model.device
@@ -82,6 +84,11 @@ class GreedyDecoder:
         self.branches = parallel and (self.use_graph if branches is None else branches)
         self.branch = torch.cuda.Stream(device) if self.branches and self.use_graph else None
         self.branch_status = "two streams" if self.branch is not None else "in order" if self.branches else "off"
+        # programmatic dependent launch of the step's Triton kernels (models/decode_kernels.py says why)
+        problem = pdl_problem() if pdl and device.type == "cuda" else None
+        self.pdl = bool(pdl) and device.type == "cuda" and problem is None
+        self.pdl_status = "on" if self.pdl else f"off: {problem}" if problem else "off"
+        self.pdl_prefetch = pdl_prefetch
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None  # the step's output (b, vocab): static once captured
 
@@ -108,10 +115,11 @@ class GreedyDecoder:
         self.count.fill_(1)
 
     def _step(self) -> torch.Tensor:
-        x, normed = self._head(self.tokens)
-        logits = self.model.decode_from(x, normed, self.cache, self.pos, self.splits, self.tables,
-                                        branches=self.branches, branch=self.branch)  # (b, vocab)
-        self._tail(logits, self.banned, self.tokens, self.generated, self.count, self.pos)
+        with dependent_launches(self.pdl, prefetch_tiles=self.pdl_prefetch):
+            x, normed = self._head(self.tokens)
+            logits = self.model.decode_from(x, normed, self.cache, self.pos, self.splits, self.tables,
+                                            branches=self.branches, branch=self.branch)  # (b, vocab)
+            self._tail(logits, self.banned, self.tokens, self.generated, self.count, self.pos)
         return logits
 
     @torch.no_grad()
@@ -140,8 +148,10 @@ class GreedyDecoder:
     def capture(self, input_ids: torch.Tensor) -> None:
         """Prefill, warm the step up on a side stream, capture it (on a CPU, or use_graph=False: prefill and
         one eager step). A failure with compile falls back to the plain step (compile_status says why), one
-        with two streams to one stream (branch_status says why)."""
-        fallbacks = (["compile"] if self.compile_status == "on" else []) + (["branch"] if self.branch else [])
+        with programmatic dependent launch to plain launches (pdl_status), one with two streams to one stream
+        (branch_status)."""
+        fallbacks = ((["compile"] if self.compile_status == "on" else []) + (["pdl"] if self.pdl else [])
+                     + (["branch"] if self.branch else []))
         while True:
             try:
                 self._prepare(input_ids)
@@ -150,9 +160,13 @@ class GreedyDecoder:
                 if isinstance(exc, torch.cuda.OutOfMemoryError) or not fallbacks:
                     raise
                 why = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
-                if fallbacks.pop(0) == "compile":
+                fallback = fallbacks.pop(0)
+                if fallback == "compile":
                     self.compile_status = f"fell back to the plain step: {why}"
                     self._head, self._tail = self.model.embed_and_norm, greedy_pick
+                elif fallback == "pdl":
+                    self.pdl_status = f"fell back to plain launches: {why}"
+                    self.pdl = False
                 else:
                     self.branch_status = f"fell back to one stream: {why}"
                     self.branches, self.branch = False, None

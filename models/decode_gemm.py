@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .decode_kernels import counters
+from .decode_kernels import counters, pdl_launch, prefetch_l2, prefetch_tiles, wait_for_predecessor
 from .invariant.backend import Kernel, triton, tl
 
 
@@ -57,7 +57,8 @@ def _gelu_of_biased(y, bias_ptr, rows, rows_ok, dtype: tl.constexpr, HAS_BIAS: t
 
 def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, bias_ptr, N, K, stride_w, k_per_split,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
-                 STAGES: tl.constexpr, GELU: tl.constexpr, HAS_BIAS: tl.constexpr):
+                 STAGES: tl.constexpr, GELU: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
+                 LINE: tl.constexpr, PREFETCH: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -65,6 +66,9 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, bias_ptr, N, K, strid
     cols = tl.arange(0, BLOCK_K)
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, K)
+    if PREFETCH > 0:  # (PDL) the weight does not depend on the kernel before: its first tiles come meanwhile
+        prefetch_l2(w_ptr, rows, rows_ok, stride_w, k_lo, k_hi, BLOCK_K, LINE, PREFETCH)
+    wait_for_predecessor(PDL)
     w_rows = w_ptr + rows[:, None].to(tl.int64) * stride_w
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
@@ -97,7 +101,8 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, bias_ptr, N, K, strid
 
 def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_x, stride_w, stride_y, k_per_split,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
-                EVEN_K: tl.constexpr, STAGES: tl.constexpr):
+                EVEN_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr, LINE: tl.constexpr,
+                PREFETCH: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm = tl.arange(0, BLOCK_M)
@@ -107,6 +112,9 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, strid
     n_ok = rn < N
     k_lo = pid_k * k_per_split
     k_hi = tl.minimum(k_lo + k_per_split, K)
+    if PREFETCH > 0:
+        prefetch_l2(w_ptr, rn, n_ok, stride_w, k_lo, k_hi, BLOCK_K, LINE, PREFETCH)
+    wait_for_predecessor(PDL)
     x_rows = x_ptr + rm[:, None] * stride_x
     w_rows = w_ptr + rn[:, None].to(tl.int64) * stride_w
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
@@ -165,14 +173,19 @@ def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: to
     part = torch.empty(plan.split, m, n, device=x.device, dtype=torch.float32) if plan.split > 1 else y
     counts = counters(x.device, blocks, "gemm") if plan.split > 1 else y
     grid = (blocks, plan.split)
+    pdl, launch = pdl_launch(x)
+    line = max(1, min(plan.block_k, 128 // weight.element_size()))  # elements per 128-byte line
+    tiles = min(prefetch_tiles(), triton.cdiv(k_per_split, plan.block_k)) if pdl else 0
     if plan.kind == "gemv":
         GEMV[grid](x, weight, y, part, counts, bias if bias is not None else y, n, k, weight.stride(0), k_per_split,
                    BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT=plan.split, EVEN_K=even_k, STAGES=plan.stages,
-                   GELU=gelu, HAS_BIAS=bias is not None, num_warps=plan.warps)
+                   GELU=gelu, HAS_BIAS=bias is not None, PDL=pdl, LINE=line, PREFETCH=tiles, num_warps=plan.warps,
+                   **launch)
     else:
         DOT[grid](x, weight, y, part, counts, m, n, k, x.stride(0), weight.stride(0), y.stride(0), k_per_split,
                   BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT=plan.split,
-                  EVEN_K=even_k, STAGES=plan.stages, num_warps=plan.warps)
+                  EVEN_K=even_k, STAGES=plan.stages, PDL=pdl, LINE=line, PREFETCH=tiles, num_warps=plan.warps,
+                  **launch)
     return y
 
 

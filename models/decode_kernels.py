@@ -25,7 +25,9 @@ kernels in Triton's interpreter (models/invariant/backend.py), which is how the 
 
 from __future__ import annotations
 
+import contextvars
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +35,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .invariant.backend import Kernel, program_slots, triton, tl
+
+try:  # grid dependency control (Hopper on): Triton 3.3 and later
+    from triton.language.extra import cuda as tl_cuda
+except ImportError:  # pragma: no cover - no Triton, or one without it
+    tl_cuda = None
 
 BACKENDS = ("auto", "triton", "torch")
 MAX_SPLITS = 64  # the combine kernel holds all splits of a head in one tile
@@ -50,6 +57,81 @@ def use_triton(t: torch.Tensor, backend: str) -> bool:
     if torch.compiler.is_compiling() or backend == "torch" or triton is None:
         return False
     return backend == "triton" or t.is_cuda
+
+
+# ---- programmatic dependent launch ---------------------------------------------------------------
+# In a decode step every kernel waits for the one before it, and between two of them the GPU drains: the
+# last programs of a GEMV finish while most SMs sit idle, then the next kernel ramps up from nothing. With
+# programmatic dependent launch (PDL, sm_90+) a kernel is launched while its predecessor still runs: its
+# programs start, do what does not depend on the predecessor (the GEMVs prefetch their first weight tiles
+# into L2: weights never change during decoding), then wait (griddepcontrol.wait: the predecessor complete,
+# its writes visible) before touching anything the step writes. Each kernel lets its successor launch once
+# its own wait is over, so at most one kernel runs ahead. Every program of a kernel waits before its first
+# read of step state, so a kernel completes only after its predecessor did, and by induction after every
+# kernel before it: the order of writes is that of the unfused step. A CUDA graph keeps the dependency as a
+# programmatic edge. Kernels launched without it (cuBLAS, torch's) still wait for completion as usual.
+_PDL = contextvars.ContextVar("decode_pdl", default=(False, 0))
+PREFETCH_TILES = 4  # weight tiles per GEMV program prefetched into L2 before the wait
+
+
+def pdl_problem() -> str | None:
+    """None when this Triton can launch the decode kernels with programmatic dependent launch, else why not."""
+    if triton is None or tl_cuda is None or not hasattr(tl_cuda, "gdc_wait"):
+        return "this Triton has no grid dependency control (triton.language.extra.cuda.gdc_wait; Triton >= 3.3)"
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    if torch.cuda.get_device_capability()[0] < 9:
+        return "programmatic dependent launch needs sm_90 (Hopper) or later"
+    return None
+
+
+@contextmanager
+def dependent_launches(on: bool = True, *, prefetch_tiles: int = PREFETCH_TILES):
+    """Within: the decode kernels launched on CUDA tensors use programmatic dependent launch, the GEMVs
+    prefetching `prefetch_tiles` weight tiles per program before their wait (0: none)."""
+    token = _PDL.set((on, prefetch_tiles))
+    try:
+        yield
+    finally:
+        _PDL.reset(token)
+
+
+def pdl_launch(t: torch.Tensor) -> tuple[bool, dict]:
+    """(the kernels' PDL constexpr, the extra launch options) for a launch on t's device."""
+    on = _PDL.get()[0] and t.is_cuda
+    return on, ({"launch_pdl": True} if on else {})
+
+
+def prefetch_tiles() -> int:
+    """Weight tiles a GEMV program prefetches before its wait (0 without PDL)."""
+    on, tiles = _PDL.get()
+    return tiles if on else 0
+
+
+def wait_for_predecessor(PDL: tl.constexpr):
+    """The first thing a decode kernel does with step state: wait for the kernel before it (PDL), then let the
+    next one launch. Without PDL nothing (and never reached in the interpreter)."""
+    if PDL:
+        tl_cuda.gdc_wait()
+        tl_cuda.gdc_launch_dependents()
+
+
+def prefetch_l2(w_ptr, rows, rows_ok, stride_w, k_lo, k_hi, BLOCK_K: tl.constexpr, LINE: tl.constexpr,
+                TILES: tl.constexpr):
+    """Ask L2 for the first TILES (rows, BLOCK_K) tiles of a weight (N, K) from column k_lo on: one prefetch
+    per 128-byte line (LINE elements). Rows past N go to row 0 and columns past k_hi to k_hi - 1, so a
+    prefetch never points outside the tensor."""
+    lines = tl.arange(0, BLOCK_K // LINE) * LINE
+    row_starts = w_ptr + tl.where(rows_ok, rows, 0)[:, None].to(tl.int64) * stride_w
+    for t in tl.static_range(TILES):
+        k = tl.minimum(k_lo + t * BLOCK_K + lines, k_hi - 1)
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [row_starts + k[None, :]],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+
+
+if triton is not None:  # called from kernels: JIT functions (the interpreter runs their twins)
+    wait_for_predecessor = triton.jit(wait_for_predecessor)
+    prefetch_l2 = triton.jit(prefetch_l2)
 
 
 _COUNTERS: dict = {}
@@ -72,7 +154,8 @@ def counters(device: torch.device, n: int, purpose: str) -> torch.Tensor:
 # ---- residual add + layer norms -----------------------------------------------------------------
 def _residual_norms_kernel(x_ptr, a_ptr, c_ptr, bias1_ptr, bias2_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, y1_ptr,
                            y2_ptr, n_cols, eps, N_ADDS: tl.constexpr, N_BIASES: tl.constexpr,
-                           TWO_NORMS: tl.constexpr, BLOCK: tl.constexpr):
+                           TWO_NORMS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    wait_for_predecessor(PDL)
     row = tl.program_id(0).to(tl.int64) * n_cols  # one row of the residual stream per program
     cols = tl.arange(0, BLOCK)
     ok = cols < n_cols
@@ -104,7 +187,9 @@ def _residual_norms_kernel(x_ptr, a_ptr, c_ptr, bias1_ptr, bias2_ptr, w1_ptr, b1
         tl.store(y2_ptr + row + cols, (normed * w2 + b2).to(y2_ptr.dtype.element_ty), mask=ok)
 
 
-def _bias_gelu_kernel(x_ptr, bias_ptr, out_ptr, n_cols, out_stride, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+def _bias_gelu_kernel(x_ptr, bias_ptr, out_ptr, n_cols, out_stride, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
+                      PDL: tl.constexpr):
+    wait_for_predecessor(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < n_cols
@@ -150,9 +235,11 @@ def residual_norms(x: torch.Tensor, adds: tuple[torch.Tensor, ...], norms: tuple
     bias2 = biases[1] if len(biases) > 1 else bias1
     second = norms[1] if len(norms) > 1 else norms[0]
     block = triton.next_power_of_2(h)
+    pdl, launch = pdl_launch(x)
     RESIDUAL_NORMS[(rows,)](x, a, c, bias1, bias2, norms[0].weight, norms[0].bias, second.weight, second.bias,
                             outs[0], outs[-1], h, eps, N_ADDS=len(adds), N_BIASES=len(biases),
-                            TWO_NORMS=len(norms) == 2, BLOCK=block, num_warps=8 if block >= 4096 else 4)
+                            TWO_NORMS=len(norms) == 2, BLOCK=block, PDL=pdl, num_warps=8 if block >= 4096 else 4,
+                            **launch)
     return outs
 
 
@@ -164,8 +251,10 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, *, out: torch.Tensor |
     if not use_triton(x, backend):
         return out.copy_(F.gelu(_biased(x, bias)))
     rows, cols = x.shape
+    pdl, launch = pdl_launch(x)
     BIAS_GELU[(rows, triton.cdiv(cols, GELU_BLOCK))](x, bias if bias is not None else x, out, cols, out.stride(0),
-                                                     HAS_BIAS=bias is not None, BLOCK=GELU_BLOCK, num_warps=4)
+                                                     HAS_BIAS=bias is not None, BLOCK=GELU_BLOCK, PDL=pdl,
+                                                     num_warps=4, **launch)
     return out
 
 
@@ -252,10 +341,11 @@ def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_pt
                              qkv_stride, up_stride, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr,
                              BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr,
                              STAGES: tl.constexpr, BLOCK_S: tl.constexpr, HAS_GELU: tl.constexpr,
-                             HAS_UP_BIAS: tl.constexpr, GELU_BLOCK: tl.constexpr):
+                             HAS_UP_BIAS: tl.constexpr, GELU_BLOCK: tl.constexpr, PDL: tl.constexpr):
     """Programs below attention_programs: one (batch row, head, stretch of its cache) each, split fastest;
     the last split of a (row, head) to finish combines the splits. The rest (HAS_GELU): gelu(up + bias) of
     one (batch row, GELU_BLOCK columns) into out[:, heads * d:], the other half of the output GEMM's input."""
+    wait_for_predecessor(PDL)  # every program, the ones with no work too (see dependent_launches)
     pid = tl.program_id(0)
     if pid < attention_programs:
         _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr, out_stride, m_ptr,
@@ -437,6 +527,7 @@ def _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, *, heads
     attention_programs = rows * splits.count
     ffn = up.shape[1] if up is not None else 0
     gelu = b * triton.cdiv(ffn, GELU_BLOCK) if up is not None else 0
+    pdl, launch = pdl_launch(qkv)
     DECODE_ATTENTION[(attention_programs + gelu,)](
         qkv, bias if bias is not None else qkv, k_cache, v_cache, pos, cos, sin, out, out.stride(0), m, l_, acc,
         count, heads, rotary_dims, capacity, splits.keys, splits.count, scale * LOG2E, attention_programs,
@@ -444,7 +535,8 @@ def _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, *, heads
         up.stride(0) if up is not None else 0, HEAD_DIM=d,
         HALF=max(1, rotary_dims // 2), BLOCK_N=splits.block_n, BLOCK_D=splits.block_d, HAS_BIAS=bias is not None,
         DIRECT=splits.direct, STAGES=splits.stages, BLOCK_S=triton.next_power_of_2(splits.count),
-        HAS_GELU=up is not None, HAS_UP_BIAS=up_bias is not None, GELU_BLOCK=GELU_BLOCK, num_warps=splits.warps)
+        HAS_GELU=up is not None, HAS_UP_BIAS=up_bias is not None, GELU_BLOCK=GELU_BLOCK, PDL=pdl,
+        num_warps=splits.warps, **launch)
 
 
 def decode_attention(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache: torch.Tensor, v_cache: torch.Tensor,

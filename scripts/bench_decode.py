@@ -40,6 +40,7 @@ import torch  # noqa: E402
 from inference.checkpoints import DEFAULT_ROOT, ensure_checkpoint, resolve_model  # noqa: E402
 from inference.checks import check_tokens, compare_logits  # noqa: E402
 from inference.graph_decoder import GreedyDecoder  # noqa: E402
+from models.decode_kernels import PREFETCH_TILES  # noqa: E402
 from inference.metrics import decode_floors, kv_bytes_per_decode_step  # noqa: E402
 from inference.spec import BenchSpec, fit_model  # noqa: E402
 from inference.step_kernels import holds_back, summarize_kernels, trace_step  # noqa: E402
@@ -75,6 +76,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true", help="torch.compile the step's head and tail")
     p.add_argument("--one-stream", action="store_true",
                    help="the attention and MLP branches of a layer one after the other (default: two graph streams)")
+    p.add_argument("--pdl", action="store_true",
+                   help="programmatic dependent launch of the step's Triton kernels (models/decode_kernels.py)")
+    p.add_argument("--pdl-prefetch", type=int, default=PREFETCH_TILES,
+                   help=f"--pdl: weight tiles a GEMV program prefetches into L2 before its wait (default {PREFETCH_TILES})")
     p.add_argument("--check", choices=("all", "first", "none"), default="all",
                    help="transformers' logits and tokens against ours at one small row: every model, the first, none")
     p.add_argument("--no-trace", action="store_true", help="skip the profiler trace of one replay per row")
@@ -194,7 +199,8 @@ def run_row(model, cfg, *, name: str, batch: int, prompt_len: int, args, device,
     decoder = None
     try:
         decoder = GreedyDecoder(model, batch=batch, prompt_len=prompt_len, new_tokens=args.new_tokens,
-                                banned_token=EOS, compile=args.compile, branches=False if args.one_stream else None)
+                                banned_token=EOS, compile=args.compile, branches=False if args.one_stream else None,
+                                pdl=args.pdl, pdl_prefetch=args.pdl_prefetch)
         gen = torch.Generator(device="cpu").manual_seed(batch * 100003 + prompt_len)
         ids = torch.randint(3, cfg.vocab_size, (batch, prompt_len), generator=gen).to(device)
         started = time.perf_counter()
@@ -212,6 +218,7 @@ def run_row(model, cfg, *, name: str, batch: int, prompt_len: int, args, device,
             "context_mean": floors.context_mean,
             "step_vs_floor": steps.median_ms / floors.decode_floor_ms if floors.decode_floor_ms else None,
             "graph": decoder.graph is not None, "compile": decoder.compile_status, "branches": decoder.branch_status,
+            "pdl": decoder.pdl_status,
             "splits": decoder.splits.count, "cache_gb": decoder.cache.bytes / 2**30,
         })
         kernels = None if args.no_trace else trace_row(decoder, device)
@@ -255,7 +262,8 @@ def describe(row: dict) -> str:
                    f"holds back: {row['holds_back']}")
     return (f"{head} step {row['step_ms']:.3f} ms (p10 {row['step_p10_ms']:.3f}, p90 {row['step_p90_ms']:.3f}) "
             f"floor {floor} ms = {ratio}; prefill {row['prefill_ms']:.1f} ms{kernels}"
-            f"{'' if row['graph_check']['passed'] else '  [GRAPH CHECK FAILED]'}")
+            f"{'' if row['graph_check']['passed'] else '  [GRAPH CHECK FAILED]'}"
+            f"{'  [pdl ' + row['pdl'] + ']' if 'fell back' in str(row.get('pdl', '')) else ''}")
 
 
 def targets(rows: list[dict]) -> list[dict]:
@@ -335,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": environment(device), "copy_bandwidth": bandwidth,
         "settings": {"models": models, "batches": list(args.batches), "prompt_lens": list(args.contexts),
                      "new_tokens": args.new_tokens, "repeats": args.repeats, "dtype": dtype,
-                     "compile": args.compile, "one_stream": args.one_stream,
+                     "compile": args.compile, "one_stream": args.one_stream, "pdl": args.pdl, "pdl_prefetch": args.pdl_prefetch if args.pdl else None,
                      "check": args.check, "timing": "CUDA events between graph replays, one sync per pass; "
                      "repeats x (new_tokens - 1) steps from the state after prefill, after one untimed pass"},
         "models": [], "rows": [], "targets": [],

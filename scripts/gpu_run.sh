@@ -20,6 +20,8 @@
 #   advserve   advise --measure --measure-serving for gpt3-2.7b flash through the local executor     ~4 min
 #   prefill    the engine's prefill against the profiler's layer x L + logits (same shape)         ~1 min
 #   calib      the advisor's GEMM calibration in autograd's layouts (attention points kept)     ~1 min
+#   pdl        the decode bench with and without programmatic dependent launch, alternated:      ~4 min
+#              plain, pdl (PDL_PREFETCH tiles, default 4), pdl without prefetch, plain again
 # The git SHA of the code is passed in because the GPU machine's copy of the tree has no .git.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -79,6 +81,21 @@ if want decode; then
     --batches ${DECODE_BATCHES:-1,16} --contexts ${DECODE_CONTEXTS:-128,2048} --repeats 3 --check first 2>&1 | tail -n 40
   bundle decode /tmp/decode
   elapsed decode
+fi
+if want pdl; then
+  P=/tmp/pdl; rm -rf $P; mkdir -p $P
+  pdl_bench() {  # NAME ARGS...: one decode bench into $P/NAME
+    local name=$1; shift
+    python3 scripts/bench_decode.py --out $P/$name --models ${DECODE_MODELS:-pythia-1b,pythia-2.8b} \
+      --batches ${DECODE_BATCHES:-1,16} --contexts ${DECODE_CONTEXTS:-128,2048} --repeats 5 --check first "$@" \
+      2>&1 | grep -E "step|floor|pdl|Error|error" | tail -n 12 | sed "s/^/[$name] /"
+  }
+  pdl_bench plain
+  pdl_bench pdl --pdl --pdl-prefetch ${PDL_PREFETCH:-4}
+  pdl_bench pdl-noprefetch --pdl --pdl-prefetch 0
+  pdl_bench plain-again
+  bundle pdl $P
+  elapsed pdl
 fi
 if want invdecode; then
   python3 scripts/bench_invariant_decode.py --out /tmp/invdecode --model ${INVDECODE_MODEL:-pythia-1b} \

@@ -491,6 +491,28 @@ def test_the_decode_benchmark_script_runs_on_cpu_and_writes_json_and_csv(checkpo
     assert len((tmp_path / "out" / "decode.csv").read_text().splitlines()) == 5
 
 
+def test_dependent_launches_apply_to_cuda_launches_only_and_end_with_their_block(checkpoints):
+    from models.decode_kernels import dependent_launches, pdl_launch, prefetch_tiles
+    x = torch.zeros(2)
+    assert pdl_launch(x) == (False, {}) and prefetch_tiles() == 0
+    with dependent_launches(True, prefetch_tiles=3):
+        assert prefetch_tiles() == 3
+        assert pdl_launch(x) == (False, {})  # a CPU tensor: the interpreter has no grid dependency control
+        with dependent_launches(False):
+            assert prefetch_tiles() == 0
+        assert prefetch_tiles() == 3
+    assert prefetch_tiles() == 0
+    # asked for on a CPU, the decoder says it is off and decodes as without
+    model = load_causal_lm(checkpoints["tiny-par"], device="cpu", dtype=torch.float32)
+    ids = prompt_ids(2, 9)
+    runs = []
+    for pdl in (False, True):
+        decoder = GreedyDecoder(model, batch=2, prompt_len=9, new_tokens=4, pdl=pdl)
+        assert decoder.pdl_status == "off" and decoder.pdl is False
+        runs.append(decoder.generate(ids).tolist())
+    assert runs[0] == runs[1]
+
+
 # ---- on the GPU machine (pytest -m gpu) -----------------------------------------------------------
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -512,8 +534,9 @@ def test_on_gpu_the_engine_passes_both_checks_through_the_bench(tmp_path):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("batch, splits", [(1, None), (2, 1), (3, 5)])
-def test_on_gpu_the_captured_step_equals_the_plain_torch_step(tmp_path, batch, splits):
+@pytest.mark.parametrize("batch, splits, pdl", [(1, None, False), (2, 1, False), (3, 5, False), (1, None, True),
+                                               (3, 5, True)])
+def test_on_gpu_the_captured_step_equals_the_plain_torch_step(tmp_path, batch, splits, pdl):
     from inference.step_kernels import trace_step
 
     (tmp_path / "tiny-gpu.yaml").write_text(TINY.format(name="tiny-gpu", h=160, extra=""))  # h/a = 40
@@ -521,9 +544,10 @@ def test_on_gpu_the_captured_step_equals_the_plain_torch_step(tmp_path, batch, s
                                    device=torch.device("cuda"), log=lambda _: None)
     model = load_causal_lm(checkpoint, device="cuda", dtype=torch.float16)
     ids = prompt_ids(batch, 150).cuda()
-    decoder = GreedyDecoder(model, batch=batch, prompt_len=150, new_tokens=8, banned_token=0, splits=splits)
+    decoder = GreedyDecoder(model, batch=batch, prompt_len=150, new_tokens=8, banned_token=0, splits=splits,
+                            pdl=pdl)
     decoder.capture(ids)
-    assert decoder.graph is not None
+    assert decoder.graph is not None and decoder.pdl_status == ("on" if pdl else "off"), decoder.pdl_status
     for _ in range(3):  # along the decode: positions 150, 151, 152
         expected = decoder.reference_step().float()
         decoder.step()
