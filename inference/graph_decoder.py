@@ -51,7 +51,7 @@ class GreedyDecoder:
     def __init__(self, model: NeoXCausalLM, *, batch: int, prompt_len: int, new_tokens: int,
                  banned_token: int | None = None, use_graph: bool | None = None, compile: bool = False,
                  splits: int | None = None, branches: bool | None = None, pdl: bool = False,
-                 pdl_prefetch: int = PREFETCH_TILES):
+                 pdl_prefetch: int = PREFETCH_TILES, pdl_late: bool = False):
         if new_tokens < 2:
             raise ValueError("new_tokens must be >= 2: the first comes from prefill, the rest from decode steps")
         cfg, device = model.cfg, model.device
@@ -88,7 +88,7 @@ class GreedyDecoder:
         problem = pdl_problem() if pdl and device.type == "cuda" else None
         self.pdl = bool(pdl) and device.type == "cuda" and problem is None
         self.pdl_status = "on" if self.pdl else f"off: {problem}" if problem else "off"
-        self.pdl_prefetch = pdl_prefetch
+        self.pdl_prefetch, self.pdl_late = pdl_prefetch, pdl_late
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None  # the step's output (b, vocab): static once captured
 
@@ -115,7 +115,7 @@ class GreedyDecoder:
         self.count.fill_(1)
 
     def _step(self) -> torch.Tensor:
-        with dependent_launches(self.pdl, prefetch_tiles=self.pdl_prefetch):
+        with dependent_launches(self.pdl, prefetch_tiles=self.pdl_prefetch, late=self.pdl_late):
             x, normed = self._head(self.tokens)
             logits = self.model.decode_from(x, normed, self.cache, self.pos, self.splits, self.tables,
                                             branches=self.branches, branch=self.branch)  # (b, vocab)

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .decode_kernels import counters, pdl_launch, prefetch_l2, prefetch_tiles, wait_for_predecessor
+from .decode_kernels import (counters, let_dependents_launch, pdl_late, pdl_launch, prefetch_l2, prefetch_tiles,
+                             wait_for_predecessor)
 from .invariant.backend import Kernel, triton, tl
 
 
@@ -58,7 +59,7 @@ def _gelu_of_biased(y, bias_ptr, rows, rows_ok, dtype: tl.constexpr, HAS_BIAS: t
 def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, bias_ptr, N, K, stride_w, k_per_split,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
                  STAGES: tl.constexpr, GELU: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
-                 LINE: tl.constexpr, PREFETCH: tl.constexpr):
+                 LINE: tl.constexpr, PREFETCH: tl.constexpr, LATE: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -68,7 +69,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, bias_ptr, N, K, strid
     k_hi = tl.minimum(k_lo + k_per_split, K)
     if PREFETCH > 0:  # (PDL) the weight does not depend on the kernel before: its first tiles come meanwhile
         prefetch_l2(w_ptr, rows, rows_ok, stride_w, k_lo, k_hi, BLOCK_K, LINE, PREFETCH)
-    wait_for_predecessor(PDL)
+    wait_for_predecessor(PDL, LATE)
     w_rows = w_ptr + rows[:, None].to(tl.int64) * stride_w
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
@@ -80,6 +81,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, bias_ptr, N, K, strid
             x = tl.load(x_ptr + k, mask=k < k_hi, other=0.0).to(tl.float32)
             w = tl.load(w_rows + k[None, :], mask=rows_ok[:, None] & (k < k_hi)[None, :], other=0.0)
         acc += w.to(tl.float32) * x[None, :]
+    let_dependents_launch(PDL, LATE)
     y = tl.sum(acc, axis=1)  # (BLOCK_N,)
     if SPLIT == 1:
         if GELU:  # MLP-up's epilogue: bias and GELU, written where the output GEMM reads them
@@ -102,7 +104,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, bias_ptr, N, K, strid
 def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_x, stride_w, stride_y, k_per_split,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
                 EVEN_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr, LINE: tl.constexpr,
-                PREFETCH: tl.constexpr):
+                PREFETCH: tl.constexpr, LATE: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm = tl.arange(0, BLOCK_M)
@@ -114,7 +116,7 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, strid
     k_hi = tl.minimum(k_lo + k_per_split, K)
     if PREFETCH > 0:
         prefetch_l2(w_ptr, rn, n_ok, stride_w, k_lo, k_hi, BLOCK_K, LINE, PREFETCH)
-    wait_for_predecessor(PDL)
+    wait_for_predecessor(PDL, LATE)
     x_rows = x_ptr + rm[:, None] * stride_x
     w_rows = w_ptr + rn[:, None].to(tl.int64) * stride_w
     acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
@@ -128,6 +130,7 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, strid
             x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
             w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
         acc = tl.dot(x, tl.trans(w), acc)
+    let_dependents_launch(PDL, LATE)
     out_ok = m_ok[:, None] & n_ok[None, :]
     if SPLIT == 1:
         tl.store(y_ptr + rm[:, None] * stride_y + rn[None, :], acc.to(y_ptr.dtype.element_ty), mask=out_ok)
@@ -179,13 +182,13 @@ def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: to
     if plan.kind == "gemv":
         GEMV[grid](x, weight, y, part, counts, bias if bias is not None else y, n, k, weight.stride(0), k_per_split,
                    BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT=plan.split, EVEN_K=even_k, STAGES=plan.stages,
-                   GELU=gelu, HAS_BIAS=bias is not None, PDL=pdl, LINE=line, PREFETCH=tiles, num_warps=plan.warps,
-                   **launch)
+                   GELU=gelu, HAS_BIAS=bias is not None, PDL=pdl, LINE=line, PREFETCH=tiles, LATE=pdl and pdl_late(),
+                   num_warps=plan.warps, **launch)
     else:
         DOT[grid](x, weight, y, part, counts, m, n, k, x.stride(0), weight.stride(0), y.stride(0), k_per_split,
                   BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT=plan.split,
-                  EVEN_K=even_k, STAGES=plan.stages, PDL=pdl, LINE=line, PREFETCH=tiles, num_warps=plan.warps,
-                  **launch)
+                  EVEN_K=even_k, STAGES=plan.stages, PDL=pdl, LINE=line, PREFETCH=tiles, LATE=pdl and pdl_late(),
+                  num_warps=plan.warps, **launch)
     return y
 
 

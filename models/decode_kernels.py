@@ -70,7 +70,7 @@ def use_triton(t: torch.Tensor, backend: str) -> bool:
 # read of step state, so a kernel completes only after its predecessor did, and by induction after every
 # kernel before it: the order of writes is that of the unfused step. A CUDA graph keeps the dependency as a
 # programmatic edge. Kernels launched without it (cuBLAS, torch's) still wait for completion as usual.
-_PDL = contextvars.ContextVar("decode_pdl", default=(False, 0))
+_PDL = contextvars.ContextVar("decode_pdl", default=(False, 0, False))
 PREFETCH_TILES = 4  # weight tiles per GEMV program prefetched into L2 before the wait
 
 
@@ -86,10 +86,11 @@ def pdl_problem() -> str | None:
 
 
 @contextmanager
-def dependent_launches(on: bool = True, *, prefetch_tiles: int = PREFETCH_TILES):
+def dependent_launches(on: bool = True, *, prefetch_tiles: int = PREFETCH_TILES, late: bool = False):
     """Within: the decode kernels launched on CUDA tensors use programmatic dependent launch, the GEMVs
-    prefetching `prefetch_tiles` weight tiles per program before their wait (0: none)."""
-    token = _PDL.set((on, prefetch_tiles))
+    prefetching `prefetch_tiles` weight tiles per program before their wait (0: none). `late`: the kernels
+    with a main loop (GEMVs, attention) let their successor launch after it, not right after their wait."""
+    token = _PDL.set((on, prefetch_tiles, late))
     try:
         yield
     finally:
@@ -102,17 +103,29 @@ def pdl_launch(t: torch.Tensor) -> tuple[bool, dict]:
     return on, ({"launch_pdl": True} if on else {})
 
 
+def pdl_late() -> bool:
+    """Whether looping kernels let their successor launch after their loop (see dependent_launches)."""
+    return _PDL.get()[2]
+
+
 def prefetch_tiles() -> int:
     """Weight tiles a GEMV program prefetches before its wait (0 without PDL)."""
-    on, tiles = _PDL.get()
+    on, tiles, _ = _PDL.get()
     return tiles if on else 0
 
 
-def wait_for_predecessor(PDL: tl.constexpr):
-    """The first thing a decode kernel does with step state: wait for the kernel before it (PDL), then let the
-    next one launch. Without PDL nothing (and never reached in the interpreter)."""
+def wait_for_predecessor(PDL: tl.constexpr, LATE: tl.constexpr = False):
+    """The first thing a decode kernel does with step state: wait for the kernel before it (PDL), then (unless
+    LATE: let_dependents_launch comes later) let the next one launch. Without PDL nothing."""
     if PDL:
         tl_cuda.gdc_wait()
+        if not LATE:
+            tl_cuda.gdc_launch_dependents()
+
+
+def let_dependents_launch(PDL: tl.constexpr, LATE: tl.constexpr):
+    """After a kernel's main loop (LATE): its successor may launch now."""
+    if PDL and LATE:
         tl_cuda.gdc_launch_dependents()
 
 
@@ -131,6 +144,7 @@ def prefetch_l2(w_ptr, rows, rows_ok, stride_w, k_lo, k_hi, BLOCK_K: tl.constexp
 
 if triton is not None:  # called from kernels: JIT functions (the interpreter runs their twins)
     wait_for_predecessor = triton.jit(wait_for_predecessor)
+    let_dependents_launch = triton.jit(let_dependents_launch)
     prefetch_l2 = triton.jit(prefetch_l2)
 
 
@@ -341,18 +355,20 @@ def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_pt
                              qkv_stride, up_stride, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr,
                              BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr,
                              STAGES: tl.constexpr, BLOCK_S: tl.constexpr, HAS_GELU: tl.constexpr,
-                             HAS_UP_BIAS: tl.constexpr, GELU_BLOCK: tl.constexpr, PDL: tl.constexpr):
+                             HAS_UP_BIAS: tl.constexpr, GELU_BLOCK: tl.constexpr, PDL: tl.constexpr,
+                             LATE: tl.constexpr):
     """Programs below attention_programs: one (batch row, head, stretch of its cache) each, split fastest;
     the last split of a (row, head) to finish combines the splits. The rest (HAS_GELU): gelu(up + bias) of
     one (batch row, GELU_BLOCK columns) into out[:, heads * d:], the other half of the output GEMM's input."""
-    wait_for_predecessor(PDL)  # every program, the ones with no work too (see dependent_launches)
+    wait_for_predecessor(PDL, LATE)  # every program, the ones with no work too (see dependent_launches)
     pid = tl.program_id(0)
     if pid < attention_programs:
         _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr, out_stride, m_ptr,
                 l_ptr, acc_ptr, count_ptr, pid // n_splits, pid % n_splits, qkv_stride, heads, rotary_dims,
                 capacity, keys_per_split, n_splits, scale_log2, HEAD_DIM, HALF, BLOCK_N, BLOCK_D, HAS_BIAS, DIRECT,
-                STAGES, BLOCK_S)
+                STAGES, BLOCK_S, PDL, LATE)
     else:
+        let_dependents_launch(PDL, LATE)
         if HAS_GELU:
             job = pid - attention_programs
             col_blocks = tl.cdiv(ffn, GELU_BLOCK)
@@ -370,7 +386,8 @@ def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_pt
 def _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr, out_stride, m_ptr,
             l_ptr, acc_ptr, count_ptr, bh, split, qkv_stride, heads, rotary_dims, capacity, keys_per_split, n_splits,
             scale_log2, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-            HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr, STAGES: tl.constexpr, BLOCK_S: tl.constexpr):
+            HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr, STAGES: tl.constexpr, BLOCK_S: tl.constexpr,
+            PDL: tl.constexpr, LATE: tl.constexpr):
     row, head = bh // heads, bh % heads
     pos = tl.load(pos_ptr).to(tl.int32)  # where this step's token sits: it attends to positions 0..pos
     d = tl.arange(0, BLOCK_D)
@@ -437,6 +454,7 @@ def _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_p
         l_lane = l_lane * alpha + p
         acc = acc * alpha[:, None] + p[:, None] * v
         m_lane = m_new
+    let_dependents_launch(PDL, LATE)
     m_i = tl.max(m_lane, axis=0)
     weight = tl.exp2(m_lane - m_i)  # a lane with no key: its floor lies ~1e30 below m_i, weight 0
     l_i = tl.sum(l_lane * weight, axis=0)
@@ -536,7 +554,7 @@ def _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, *, heads
         HALF=max(1, rotary_dims // 2), BLOCK_N=splits.block_n, BLOCK_D=splits.block_d, HAS_BIAS=bias is not None,
         DIRECT=splits.direct, STAGES=splits.stages, BLOCK_S=triton.next_power_of_2(splits.count),
         HAS_GELU=up is not None, HAS_UP_BIAS=up_bias is not None, GELU_BLOCK=GELU_BLOCK, PDL=pdl,
-        num_warps=splits.warps, **launch)
+        LATE=pdl and pdl_late(), num_warps=splits.warps, **launch)
 
 
 def decode_attention(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -80,6 +80,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="programmatic dependent launch of the step's Triton kernels (models/decode_kernels.py)")
     p.add_argument("--pdl-prefetch", type=int, default=PREFETCH_TILES,
                    help=f"--pdl: weight tiles a GEMV program prefetches into L2 before its wait (default {PREFETCH_TILES})")
+    p.add_argument("--pdl-late", action="store_true",
+                   help="--pdl: GEMVs and attention let their successor launch after their main loop")
     p.add_argument("--check", choices=("all", "first", "none"), default="all",
                    help="transformers' logits and tokens against ours at one small row: every model, the first, none")
     p.add_argument("--no-trace", action="store_true", help="skip the profiler trace of one replay per row")
@@ -200,7 +202,8 @@ def run_row(model, cfg, *, name: str, batch: int, prompt_len: int, args, device,
     try:
         decoder = GreedyDecoder(model, batch=batch, prompt_len=prompt_len, new_tokens=args.new_tokens,
                                 banned_token=EOS, compile=args.compile, branches=False if args.one_stream else None,
-                                pdl=args.pdl, pdl_prefetch=args.pdl_prefetch)
+                                pdl=args.pdl, pdl_prefetch=args.pdl_prefetch,
+                                pdl_late=args.pdl_late)
         gen = torch.Generator(device="cpu").manual_seed(batch * 100003 + prompt_len)
         ids = torch.randint(3, cfg.vocab_size, (batch, prompt_len), generator=gen).to(device)
         started = time.perf_counter()
@@ -344,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"models": models, "batches": list(args.batches), "prompt_lens": list(args.contexts),
                      "new_tokens": args.new_tokens, "repeats": args.repeats, "dtype": dtype,
                      "compile": args.compile, "one_stream": args.one_stream, "pdl": args.pdl, "pdl_prefetch": args.pdl_prefetch if args.pdl else None,
+                     "pdl_late": args.pdl_late if args.pdl else None,
                      "check": args.check, "timing": "CUDA events between graph replays, one sync per pass; "
                      "repeats x (new_tokens - 1) steps from the state after prefill, after one untimed pass"},
         "models": [], "rows": [], "targets": [],

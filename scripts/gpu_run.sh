@@ -21,7 +21,7 @@
 #   prefill    the engine's prefill against the profiler's layer x L + logits (same shape)         ~1 min
 #   calib      the advisor's GEMM calibration in autograd's layouts (attention points kept)     ~1 min
 #   pdl        the decode bench with and without programmatic dependent launch, alternated:      ~4 min
-#              plain, pdl (PDL_PREFETCH tiles, default 4), pdl without prefetch, plain again
+#              two streams and one, successor launched after the wait or after the main loop (late)
 # The git SHA of the code is passed in because the GPU machine's copy of the tree has no .git.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -91,8 +91,11 @@ if want pdl; then
       2>&1 | grep -E "step|floor|pdl|Error|error" | tail -n 12 | sed "s/^/[$name] /"
   }
   pdl_bench plain
-  pdl_bench pdl --pdl --pdl-prefetch ${PDL_PREFETCH:-4}
-  pdl_bench pdl-noprefetch --pdl --pdl-prefetch 0
+  pdl_bench pdl-late --pdl --pdl-prefetch 0 --pdl-late
+  pdl_bench pdl-late-prefetch --pdl --pdl-prefetch ${PDL_PREFETCH:-4} --pdl-late
+  pdl_bench plain-1s --one-stream
+  pdl_bench pdl-1s --one-stream --pdl --pdl-prefetch 0
+  pdl_bench pdl-late-1s --one-stream --pdl --pdl-prefetch 0 --pdl-late
   pdl_bench plain-again
   bundle pdl $P
   elapsed pdl
