@@ -75,11 +75,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoints", type=Path, default=DEFAULT_ROOT)
     p.add_argument("--compile", action="store_true", help="torch.compile the step's head and tail")
     p.add_argument("--one-stream", action="store_true",
-                   help="the attention and MLP branches of a layer one after the other (default: two graph streams)")
+                   help="the attention and MLP branches of a layer one after the other (default: two graph streams "
+                        "where the layer's KV cache read is below its weight read: inference/graph_decoder.py)")
     p.add_argument("--pdl", action="store_true",
                    help="programmatic dependent launch of the step's Triton kernels (models/decode_kernels.py)")
     p.add_argument("--pdl-prefetch", type=int, default=PREFETCH_TILES,
                    help=f"--pdl: weight tiles a GEMV program prefetches into L2 before its wait (default {PREFETCH_TILES})")
+    p.add_argument("--splits", type=int, help="attention splits per (row, head) (default: models/decode_kernels.py's rule)")
     p.add_argument("--pdl-late", action="store_true",
                    help="--pdl: GEMVs and attention let their successor launch after their main loop")
     p.add_argument("--check", choices=("all", "first", "none"), default="all",
@@ -203,7 +205,7 @@ def run_row(model, cfg, *, name: str, batch: int, prompt_len: int, args, device,
         decoder = GreedyDecoder(model, batch=batch, prompt_len=prompt_len, new_tokens=args.new_tokens,
                                 banned_token=EOS, compile=args.compile, branches=False if args.one_stream else None,
                                 pdl=args.pdl, pdl_prefetch=args.pdl_prefetch,
-                                pdl_late=args.pdl_late)
+                                pdl_late=args.pdl_late, splits=args.splits)
         gen = torch.Generator(device="cpu").manual_seed(batch * 100003 + prompt_len)
         ids = torch.randint(3, cfg.vocab_size, (batch, prompt_len), generator=gen).to(device)
         started = time.perf_counter()
@@ -346,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         "environment": environment(device), "copy_bandwidth": bandwidth,
         "settings": {"models": models, "batches": list(args.batches), "prompt_lens": list(args.contexts),
                      "new_tokens": args.new_tokens, "repeats": args.repeats, "dtype": dtype,
-                     "compile": args.compile, "one_stream": args.one_stream, "pdl": args.pdl, "pdl_prefetch": args.pdl_prefetch if args.pdl else None,
+                     "compile": args.compile, "one_stream": args.one_stream, "splits": args.splits, "pdl": args.pdl, "pdl_prefetch": args.pdl_prefetch if args.pdl else None,
                      "pdl_late": args.pdl_late if args.pdl else None,
                      "check": args.check, "timing": "CUDA events between graph replays, one sync per pass; "
                      "repeats x (new_tokens - 1) steps from the state after prefill, after one untimed pass"},

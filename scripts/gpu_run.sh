@@ -20,6 +20,7 @@
 #   advserve   advise --measure --measure-serving for gpt3-2.7b flash through the local executor     ~4 min
 #   prefill    the engine's prefill against the profiler's layer x L + logits (same shape)         ~1 min
 #   calib      the advisor's GEMM calibration in autograd's layouts (attention points kept)     ~1 min
+#   splits     the decode bench at batch 1 with 1, 2 and 4 attention splits and the default rule   ~2 min
 #   pdl        the decode bench with and without programmatic dependent launch, alternated:      ~4 min
 #              two streams and one, successor launched after the wait or after the main loop (late)
 # The git SHA of the code is passed in because the GPU machine's copy of the tree has no .git.
@@ -81,6 +82,17 @@ if want decode; then
     --batches ${DECODE_BATCHES:-1,16} --contexts ${DECODE_CONTEXTS:-128,2048} --repeats 3 --check first 2>&1 | tail -n 40
   bundle decode /tmp/decode
   elapsed decode
+fi
+if want splits; then
+  S=/tmp/splits; rm -rf $S; mkdir -p $S
+  for n in auto 1 2 4 auto-again; do
+    extra=""; [[ $n =~ ^[0-9]+$ ]] && extra="--splits $n"
+    python3 scripts/bench_decode.py --out $S/$n --models ${DECODE_MODELS:-pythia-1b,pythia-2.8b} --batches 1 \
+      --contexts ${DECODE_CONTEXTS:-128,2048} --repeats 5 --check first --no-trace $extra 2>&1 \
+      | grep -E "step|Error|error" | cut -c1-110 | sed "s/^/[splits $n] /"
+  done
+  bundle splits $S
+  elapsed splits
 fi
 if want pdl; then
   P=/tmp/pdl; rm -rf $P; mkdir -p $P

@@ -491,6 +491,19 @@ def test_the_decode_benchmark_script_runs_on_cpu_and_writes_json_and_csv(checkpo
     assert len((tmp_path / "out" / "decode.csv").read_text().splitlines()) == 5
 
 
+def test_two_streams_only_where_the_kv_cache_read_is_below_the_weight_read():
+    from inference.graph_decoder import two_streams_pay
+    from models import load_config
+    for name in ("pythia-1b", "pythia-2.8b"):  # as measured on an H200 (docstring): long context at b=16 one stream
+        cfg = load_config(name)
+        assert two_streams_pay(cfg, batch=1, capacity=2048 + 32) and two_streams_pay(cfg, batch=16, capacity=160)
+        assert not two_streams_pay(cfg, batch=16, capacity=2048 + 32)
+    # the boundary: the KV read of a layer equals its weight read at b * capacity * 2 * h = 4h^2 + 8h^2
+    cfg = load_config("pythia-1b")
+    edge = (4 * 2048 * 2048 + 2 * 2048 * 8192) // (2 * 8 * 256)  # rows x positions at equality
+    assert two_streams_pay(cfg, batch=1, capacity=edge - 1) and not two_streams_pay(cfg, batch=1, capacity=edge)
+
+
 def test_dependent_launches_apply_to_cuda_launches_only_and_end_with_their_block(checkpoints):
     from models.decode_kernels import dependent_launches, pdl_launch, prefetch_tiles
     x = torch.zeros(2)
