@@ -9,7 +9,8 @@ launches) and picks the first token.
 
 On a CPU there is no graph: `step` runs the same function eagerly, so the CPU tests run the same math.
 On CUDA a layer's attention chain (QKV GEMM, attention) and MLP chain (MLP-up GEMM, bias + GELU) are captured
-on two streams, so the graph runs them side by side (`branches`; docs/decode-engine.md says why).
+on two streams, so the graph runs them side by side (`branches`; docs/decode-engine.md says why), except
+where a layer's KV cache read exceeds its weight read (`two_streams_pay`): there one stream is faster.
 
 torch.compile (optional, `compile=True`): the per-layer work is already fused by hand
 (models/decode_kernels.py: 5 kernels a layer, 3 of them GEMMs), so what is left for inductor is the step's
