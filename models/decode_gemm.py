@@ -27,8 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .decode_kernels import (counters, let_dependents_launch, pdl_late, pdl_launch, prefetch_l2, prefetch_tiles,
-                             wait_for_predecessor)
+from .decode_kernels import counters, let_dependents_launch, pdl_launch, prefetch_l2, wait_for_predecessor
 from .invariant.backend import Kernel, triton, tl
 
 
@@ -176,19 +175,19 @@ def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: to
     part = torch.empty(plan.split, m, n, device=x.device, dtype=torch.float32) if plan.split > 1 else y
     counts = counters(x.device, blocks, "gemm") if plan.split > 1 else y
     grid = (blocks, plan.split)
-    pdl, launch = pdl_launch(x)
+    pdl = pdl_launch(x)
     line = max(1, min(plan.block_k, 128 // weight.element_size()))  # elements per 128-byte line
-    tiles = min(prefetch_tiles(), triton.cdiv(k_per_split, plan.block_k)) if pdl else 0
+    tiles = min(pdl.prefetch, triton.cdiv(k_per_split, plan.block_k))
     if plan.kind == "gemv":
         GEMV[grid](x, weight, y, part, counts, bias if bias is not None else y, n, k, weight.stride(0), k_per_split,
                    BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT=plan.split, EVEN_K=even_k, STAGES=plan.stages,
-                   GELU=gelu, HAS_BIAS=bias is not None, PDL=pdl, LINE=line, PREFETCH=tiles, LATE=pdl and pdl_late(),
-                   num_warps=plan.warps, **launch)
+                   GELU=gelu, HAS_BIAS=bias is not None, PDL=pdl.on, LINE=line, PREFETCH=tiles, LATE=pdl.late,
+                   num_warps=plan.warps, **pdl.options)
     else:
         DOT[grid](x, weight, y, part, counts, m, n, k, x.stride(0), weight.stride(0), y.stride(0), k_per_split,
                   BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT=plan.split,
-                  EVEN_K=even_k, STAGES=plan.stages, PDL=pdl, LINE=line, PREFETCH=tiles, LATE=pdl and pdl_late(),
-                  num_warps=plan.warps, **launch)
+                  EVEN_K=even_k, STAGES=plan.stages, PDL=pdl.on, LINE=line, PREFETCH=tiles, LATE=pdl.late,
+                  num_warps=plan.warps, **pdl.options)
     return y
 
 

@@ -70,8 +70,26 @@ def use_triton(t: torch.Tensor, backend: str) -> bool:
 # read of step state, so a kernel completes only after its predecessor did, and by induction after every
 # kernel before it: the order of writes is that of the unfused step. A CUDA graph keeps the dependency as a
 # programmatic edge. Kernels launched without it (cuBLAS, torch's) still wait for completion as usual.
-_PDL = contextvars.ContextVar("decode_pdl", default=(False, 0, False))
+# Measured on an H200 in 8 variants (evidence/h200/decode-pdl-f495256): not faster, so off by default.
 PREFETCH_TILES = 4  # weight tiles per GEMV program prefetched into L2 before the wait
+
+
+@dataclass(frozen=True)
+class PdlLaunch:
+    """How one decode kernel is launched: `on` its PDL constexpr, `late` (on only) whether a looping kernel
+    lets its successor launch after its loop, `prefetch` (on only) the weight tiles a GEMV program prefetches
+    before its wait, `options` the extra launch options."""
+
+    on: bool = False
+    late: bool = False
+    prefetch: int = 0
+
+    @property
+    def options(self) -> dict:
+        return {"launch_pdl": True} if self.on else {}
+
+
+_PDL = contextvars.ContextVar("decode_pdl", default=PdlLaunch())
 
 
 def pdl_problem() -> str | None:
@@ -90,28 +108,17 @@ def dependent_launches(on: bool = True, *, prefetch_tiles: int = PREFETCH_TILES,
     """Within: the decode kernels launched on CUDA tensors use programmatic dependent launch, the GEMVs
     prefetching `prefetch_tiles` weight tiles per program before their wait (0: none). `late`: the kernels
     with a main loop (GEMVs, attention) let their successor launch after it, not right after their wait."""
-    token = _PDL.set((on, prefetch_tiles, late))
+    token = _PDL.set(PdlLaunch(on, late=on and late, prefetch=prefetch_tiles if on else 0))
     try:
         yield
     finally:
         _PDL.reset(token)
 
 
-def pdl_launch(t: torch.Tensor) -> tuple[bool, dict]:
-    """(the kernels' PDL constexpr, the extra launch options) for a launch on t's device."""
-    on = _PDL.get()[0] and t.is_cuda
-    return on, ({"launch_pdl": True} if on else {})
-
-
-def pdl_late() -> bool:
-    """Whether looping kernels let their successor launch after their loop (see dependent_launches)."""
-    return _PDL.get()[2]
-
-
-def prefetch_tiles() -> int:
-    """Weight tiles a GEMV program prefetches before its wait (0 without PDL)."""
-    on, tiles, _ = _PDL.get()
-    return tiles if on else 0
+def pdl_launch(t: torch.Tensor) -> PdlLaunch:
+    """The launch of a decode kernel on t's device: the current dependent_launches on CUDA, plain elsewhere
+    (the interpreter has no grid dependency control)."""
+    return _PDL.get() if t.is_cuda else PdlLaunch()
 
 
 def wait_for_predecessor(PDL: tl.constexpr, LATE: tl.constexpr = False):
@@ -249,11 +256,11 @@ def residual_norms(x: torch.Tensor, adds: tuple[torch.Tensor, ...], norms: tuple
     bias2 = biases[1] if len(biases) > 1 else bias1
     second = norms[1] if len(norms) > 1 else norms[0]
     block = triton.next_power_of_2(h)
-    pdl, launch = pdl_launch(x)
+    pdl = pdl_launch(x)
     RESIDUAL_NORMS[(rows,)](x, a, c, bias1, bias2, norms[0].weight, norms[0].bias, second.weight, second.bias,
                             outs[0], outs[-1], h, eps, N_ADDS=len(adds), N_BIASES=len(biases),
-                            TWO_NORMS=len(norms) == 2, BLOCK=block, PDL=pdl, num_warps=8 if block >= 4096 else 4,
-                            **launch)
+                            TWO_NORMS=len(norms) == 2, BLOCK=block, PDL=pdl.on, num_warps=8 if block >= 4096 else 4,
+                            **pdl.options)
     return outs
 
 
@@ -265,10 +272,10 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor | None, *, out: torch.Tensor |
     if not use_triton(x, backend):
         return out.copy_(F.gelu(_biased(x, bias)))
     rows, cols = x.shape
-    pdl, launch = pdl_launch(x)
+    pdl = pdl_launch(x)
     BIAS_GELU[(rows, triton.cdiv(cols, GELU_BLOCK))](x, bias if bias is not None else x, out, cols, out.stride(0),
-                                                     HAS_BIAS=bias is not None, BLOCK=GELU_BLOCK, PDL=pdl,
-                                                     num_warps=4, **launch)
+                                                     HAS_BIAS=bias is not None, BLOCK=GELU_BLOCK, PDL=pdl.on,
+                                                     num_warps=4, **pdl.options)
     return out
 
 
@@ -545,7 +552,7 @@ def _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, *, heads
     attention_programs = rows * splits.count
     ffn = up.shape[1] if up is not None else 0
     gelu = b * triton.cdiv(ffn, GELU_BLOCK) if up is not None else 0
-    pdl, launch = pdl_launch(qkv)
+    pdl = pdl_launch(qkv)
     DECODE_ATTENTION[(attention_programs + gelu,)](
         qkv, bias if bias is not None else qkv, k_cache, v_cache, pos, cos, sin, out, out.stride(0), m, l_, acc,
         count, heads, rotary_dims, capacity, splits.keys, splits.count, scale * LOG2E, attention_programs,
@@ -553,8 +560,8 @@ def _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, *, heads
         up.stride(0) if up is not None else 0, HEAD_DIM=d,
         HALF=max(1, rotary_dims // 2), BLOCK_N=splits.block_n, BLOCK_D=splits.block_d, HAS_BIAS=bias is not None,
         DIRECT=splits.direct, STAGES=splits.stages, BLOCK_S=triton.next_power_of_2(splits.count),
-        HAS_GELU=up is not None, HAS_UP_BIAS=up_bias is not None, GELU_BLOCK=GELU_BLOCK, PDL=pdl,
-        LATE=pdl and pdl_late(), num_warps=splits.warps, **launch)
+        HAS_GELU=up is not None, HAS_UP_BIAS=up_bias is not None, GELU_BLOCK=GELU_BLOCK, PDL=pdl.on,
+        LATE=pdl.late, num_warps=splits.warps, **pdl.options)
 
 
 def decode_attention(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -40,10 +40,10 @@ import torch  # noqa: E402
 from inference.checkpoints import DEFAULT_ROOT, ensure_checkpoint, resolve_model  # noqa: E402
 from inference.checks import check_tokens, compare_logits  # noqa: E402
 from inference.graph_decoder import GreedyDecoder  # noqa: E402
-from models.decode_kernels import PREFETCH_TILES  # noqa: E402
 from inference.metrics import decode_floors, kv_bytes_per_decode_step  # noqa: E402
 from inference.spec import BenchSpec, fit_model  # noqa: E402
 from inference.step_kernels import holds_back, summarize_kernels, trace_step  # noqa: E402
+from models.decode_kernels import PREFETCH_TILES  # noqa: E402
 from models import count_parameters  # noqa: E402
 from models.causal_lm import KVCache  # noqa: E402
 from models.neox_checkpoint import load_causal_lm  # noqa: E402
@@ -348,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
         "environment": environment(device), "copy_bandwidth": bandwidth,
         "settings": {"models": models, "batches": list(args.batches), "prompt_lens": list(args.contexts),
                      "new_tokens": args.new_tokens, "repeats": args.repeats, "dtype": dtype,
-                     "compile": args.compile, "one_stream": args.one_stream, "splits": args.splits, "pdl": args.pdl, "pdl_prefetch": args.pdl_prefetch if args.pdl else None,
+                     "compile": args.compile, "one_stream": args.one_stream, "splits": args.splits,
+                     "pdl": args.pdl, "pdl_prefetch": args.pdl_prefetch if args.pdl else None,
                      "pdl_late": args.pdl_late if args.pdl else None,
                      "check": args.check, "timing": "CUDA events between graph replays, one sync per pass; "
                      "repeats x (new_tokens - 1) steps from the state after prefill, after one untimed pass"},

@@ -505,16 +505,16 @@ def test_two_streams_only_where_the_kv_cache_read_is_below_the_weight_read():
 
 
 def test_dependent_launches_apply_to_cuda_launches_only_and_end_with_their_block(checkpoints):
-    from models.decode_kernels import dependent_launches, pdl_launch, prefetch_tiles
+    from models.decode_kernels import PdlLaunch, _PDL, dependent_launches, pdl_launch
     x = torch.zeros(2)
-    assert pdl_launch(x) == (False, {}) and prefetch_tiles() == 0
+    assert pdl_launch(x) == PdlLaunch() and pdl_launch(x).options == {}
     with dependent_launches(True, prefetch_tiles=3):
-        assert prefetch_tiles() == 3
-        assert pdl_launch(x) == (False, {})  # a CPU tensor: the interpreter has no grid dependency control
-        with dependent_launches(False):
-            assert prefetch_tiles() == 0
-        assert prefetch_tiles() == 3
-    assert prefetch_tiles() == 0
+        assert _PDL.get() == PdlLaunch(True, late=False, prefetch=3) and _PDL.get().options == {"launch_pdl": True}
+        assert pdl_launch(x) == PdlLaunch()  # a CPU tensor: the interpreter has no grid dependency control
+        with dependent_launches(False, late=True):
+            assert _PDL.get() == PdlLaunch()  # off: no prefetch, no late trigger
+        assert _PDL.get().prefetch == 3
+    assert _PDL.get() == PdlLaunch()
     # asked for on a CPU, the decoder says it is off and decodes as without
     model = load_causal_lm(checkpoints["tiny-par"], device="cpu", dtype=torch.float32)
     ids = prompt_ids(2, 9)
