@@ -48,7 +48,7 @@ from profiler.advisor import AdviceOptions, advise, resolve_gpu  # noqa: E402
 from profiler.advisor.agreement import (agreement_summary, config_agreement, evidence_agreement,  # noqa: E402
                                         reference_configs, remodelled_agreement, shapes_frame, swiglu_agreement)
 from profiler.advisor.cost_model import step_estimate  # noqa: E402
-from profiler.advisor.gpus import calibration_summary, with_calibration  # noqa: E402
+from profiler.advisor.gpus import calibration_summary  # noqa: E402
 from profiler.advisor.ranking import round_steps, self_name  # noqa: E402
 
 # per bench call on the GPU: enough for a stable median of a layer step, short enough for 14 configs in
@@ -169,6 +169,14 @@ def on_gpu(args) -> int:
     return 0
 
 
+def write_agreement(out: Path, doc: dict, frame: pd.DataFrame, shapes: list[pd.DataFrame]) -> None:
+    """A re-modelled agreement's files: agreement.json (the document), agreement.csv, shapes.csv."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "agreement.json").write_text(json.dumps(doc, indent=2, default=str))
+    frame.to_csv(out / "agreement.csv", index=False)
+    pd.concat(shapes, ignore_index=True).to_csv(out / "shapes.csv", index=False)
+
+
 def from_evidence(args) -> int:
     rows, shapes = [], []
     swiglu = []
@@ -191,10 +199,7 @@ def from_evidence(args) -> int:
                     "single-call spread stands in for the self-spread) against today's model of their shapes"),
            "summary": {m: agreement_summary(frame[frame["model"] == m]) for m in frame["model"].unique()},
            "configs": rows, "swiglu": swiglu}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "agreement.json").write_text(json.dumps(doc, indent=2, default=str))
-    frame.to_csv(args.out / "agreement.csv", index=False)
-    pd.concat(shapes, ignore_index=True).to_csv(args.out / "shapes.csv", index=False)
+    write_agreement(args.out, doc, frame, shapes)
     cols = ["model", "config", "shapes", "rounds", "spearman", "modelled_top", "measured_top", "top1",
             "measured_best_over_modelled_top", "gap_ci_lo", "gap_ci_hi", "self_spread"]
     print(frame[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -215,7 +220,7 @@ def from_agreement(args) -> int:
     models = {"calibrated": args.calibration if args.calibration != "none" else "auto", "uncalibrated": None}
     frames, shapes, summaries, tables = [], [], {}, {}
     for label, calibration in models.items():
-        gpu = with_calibration(resolve_gpu(args.gpu, calibration=None), calibration)
+        gpu = resolve_gpu(args.gpu, calibration=calibration)
         rows, table = remodelled_agreement(rounds, gpu, seed=args.seed)
         frames.append(rows.assign(model=label))
         shapes.append(table.assign(model=label))
@@ -225,10 +230,7 @@ def from_agreement(args) -> int:
     doc = {"source": str(args.from_agreement), "gpu": args.gpu, "git_sha": git_sha(), "calibration": tables,
            "note": "the rounds measured then (see the source's agreement.json), the shapes modelled again now",
            "summary": summaries, "configs": frame.to_dict("records")}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "agreement.json").write_text(json.dumps(doc, indent=2, default=str))
-    frame.to_csv(args.out / "agreement.csv", index=False)
-    pd.concat(shapes, ignore_index=True).to_csv(args.out / "shapes.csv", index=False)
+    write_agreement(args.out, doc, frame, shapes)
     cols = ["model", "config", "shapes", "spearman", "modelled_top", "measured_top", "top1"]
     print(frame[cols].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     for label, summary in summaries.items():
