@@ -64,7 +64,8 @@ class GreedyDecoder:
     def __init__(self, model: NeoXCausalLM, *, batch: int, prompt_len: int, new_tokens: int,
                  banned_token: int | None = None, use_graph: bool | None = None, compile: bool = False,
                  splits: int | None = None, branches: bool | None = None, pdl: bool = False,
-                 pdl_prefetch: int = PREFETCH_TILES, pdl_late: bool = False):
+                 pdl_prefetch: int = PREFETCH_TILES, pdl_late: bool = False, norm_in_gemv: bool = False,
+                 qkv_first: bool = False):
         if new_tokens < 2:
             raise ValueError("new_tokens must be >= 2: the first comes from prefill, the rest from decode steps")
         cfg, device = model.cfg, model.device
@@ -105,6 +106,9 @@ class GreedyDecoder:
         self.pdl = bool(pdl) and device.type == "cuda" and problem is None
         self.pdl_status = "on" if self.pdl else f"off: {problem}" if problem else "off"
         self.pdl_prefetch, self.pdl_late = pdl_prefetch, pdl_late
+        # batch 1: the output GEMV's last program does the residual add and norms (one kernel a layer fewer);
+        # two streams: the QKV GEMV before the fork, the attention kernel alone beside the MLP-up GEMV
+        self.norm_in_gemv, self.qkv_first = norm_in_gemv, qkv_first and self.branches
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None  # the step's output (b, vocab): static once captured
 
@@ -134,7 +138,8 @@ class GreedyDecoder:
         with dependent_launches(self.pdl, prefetch_tiles=self.pdl_prefetch, late=self.pdl_late):
             x, normed = self._head(self.tokens)
             logits = self.model.decode_from(x, normed, self.cache, self.pos, self.splits, self.tables,
-                                            branches=self.branches, branch=self.branch)  # (b, vocab)
+                                            branches=self.branches, branch=self.branch, norm_in_gemv=self.norm_in_gemv,
+                                            qkv_first=self.qkv_first)  # (b, vocab)
             self._tail(logits, self.banned, self.tokens, self.generated, self.count, self.pos)
         return logits
 

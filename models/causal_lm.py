@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError, ModelConfig
-from .decode_gemm import gemm_plan, linear, triton_linear
+from .decode_gemm import gemm_plan, gemv_residual_norms, linear, triton_linear
 from .decode_kernels import (Splits, bias_gelu, decode_attention, decode_attention_and_gelu, residual_norms,
                              use_triton)
 from .invariant.choice import KernelChoice, unprobed_choice
@@ -269,17 +269,23 @@ class NeoXCausalLM(nn.Module):
 
     def decode_from(self, x: torch.Tensor, normed: tuple[torch.Tensor, ...], cache: KVCache, pos: torch.Tensor,
                     splits: Splits, tables: tuple[torch.Tensor, torch.Tensor], *, branches: bool = False,
-                    branch: torch.cuda.Stream | None = None) -> torch.Tensor:
+                    branch: torch.cuda.Stream | None = None, norm_in_gemv: bool = False,
+                    qkv_first: bool = False) -> torch.Tensor:
         """decode_logits after the embedding and first norm (which torch.compile may have fused).
 
         `branches` (parallel residual): each layer's attention branch (QKV GEMM, attention) and MLP branch
         (MLP-up GEMM, bias + GELU) as two separate chains, on the `branch` stream and the current one where
         a stream is given, so that in a CUDA graph they run concurrently (models/decode_kernels.py says why);
-        without, the attention kernel also does the MLP's bias + GELU (one kernel fewer, no overlap)."""
+        without, the attention kernel also does the MLP's bias + GELU (one kernel fewer, no overlap).
+        `norm_in_gemv` (parallel residual): where the output GEMM [out | down] is a tuned GEMV (batch 1), its
+        last program does the residual add and the next norms (models/decode_gemm.gemv_residual_norms).
+        `qkv_first` (with `branches`): the QKV GEMM runs before the fork, so the attention kernel alone runs
+        beside the MLP-up GEMM."""
         cos, sin = tables
         heads = self.cfg.heads_per_gpu
         if self.cfg.residual == "parallel" and all(self.output_weight(layer) is not None for layer in self.layers):
-            final = self._parallel_decode(x, normed, cache, pos, splits, tables, branches, branch)  # (b, h)
+            final = self._parallel_decode(x, normed, cache, pos, splits, tables, branches, branch,
+                                          norm_in_gemv, qkv_first)  # (b, h)
             return self._gemm(final, self.logit_layer.logits.weight)  # (b, vocab)
 
         def attend(i: int, layer: TransformerLayer, qkv: torch.Tensor) -> torch.Tensor:
@@ -309,7 +315,8 @@ class NeoXCausalLM(nn.Module):
 
     def _parallel_decode(self, x: torch.Tensor, normed: tuple[torch.Tensor, ...], cache: KVCache, pos: torch.Tensor,
                          splits: Splits, tables: tuple[torch.Tensor, torch.Tensor], branches: bool = False,
-                         branch: torch.cuda.Stream | None = None) -> torch.Tensor:
+                         branch: torch.cuda.Stream | None = None, norm_in_gemv: bool = False,
+                         qkv_first: bool = False) -> torch.Tensor:
         """layers_forward for one token per row with the parallel residual's output GEMMs joined: per layer a
         norm kernel, the QKV and MLP-up GEMMs, the attention kernel (with the MLP-up's bias + GELU, or beside
         it: `branches`) and one GEMM [attention | gelu(up)] x [W_out | W_down]^T. Returns the final norm (b, h)."""
@@ -320,7 +327,8 @@ class NeoXCausalLM(nn.Module):
             following = self.layers[i + 1] if i + 1 < count else None
             attention, mlp = layer.attention, layer.mlp
             if branches:
-                joined = self._two_branches(i, layer, normed, cache, pos, splits, tables, branch)  # (b, h + 4h)
+                joined = self._two_branches(i, layer, normed, cache, pos, splits, tables, branch,
+                                            qkv_first)  # (b, h + 4h)
             else:
                 qkv = self._gemm(normed[0], attention.qkv_transform.weight)  # (b, 3h)
                 up = self._gemm(normed[1], mlp.mlp_up.weight)  # (b, 4h)
@@ -328,14 +336,19 @@ class NeoXCausalLM(nn.Module):
                                                    pos, cos, sin, up, mlp.mlp_up.bias, heads=heads,
                                                    scale=attention.scale, splits=splits,
                                                    backend=self.kernels)  # (b, h + 4h)
-            both = self._gemm(joined, self.output_weight(layer))  # (b, h): attn + mlp before their biases
-            normed = residual_norms(x, (both,), self._norms_of(following),
-                                    biases=(mlp.mlp_down.bias, attention.out_projection.bias), backend=self.kernels)
+            output_weight = self.output_weight(layer)
+            biases = (mlp.mlp_down.bias, attention.out_projection.bias)
+            plan = self._plan(joined.shape[0], output_weight) if norm_in_gemv else None
+            if plan is not None and plan.kind == "gemv":
+                normed = gemv_residual_norms(joined, output_weight, plan, x, self._norms_of(following), biases=biases)
+            else:
+                both = self._gemm(joined, output_weight)  # (b, h): attn + mlp before their biases
+                normed = residual_norms(x, (both,), self._norms_of(following), biases=biases, backend=self.kernels)
         return normed[0]
 
     def _two_branches(self, i: int, layer: TransformerLayer, normed: tuple[torch.Tensor, ...], cache: KVCache,
                       pos: torch.Tensor, splits: Splits, tables: tuple[torch.Tensor, torch.Tensor],
-                      branch: torch.cuda.Stream | None) -> torch.Tensor:
+                      branch: torch.cuda.Stream | None, qkv_first: bool = False) -> torch.Tensor:
         """[attention(norm1(x) W_qkv) | gelu(norm2(x) W_up + b)] (b, h + 4h): the attention chain on `branch`,
         the MLP chain on the current stream, both writing their half of one buffer allocated (and, after the
         output GEMM, freed) on the current stream, which waits for the branch before returning. Every tensor
@@ -344,10 +357,12 @@ class NeoXCausalLM(nn.Module):
         rows, h = normed[0].shape
         joined = torch.empty(rows, h + mlp.mlp_up.out_features, device=normed[0].device, dtype=normed[0].dtype)
         main = torch.cuda.current_stream(normed[0].device) if branch is not None else None
+        qkv = self._gemm(normed[0], attention.qkv_transform.weight) if qkv_first else None  # (b, 3h)
         if branch is not None:
-            branch.wait_stream(main)  # the norms are written
+            branch.wait_stream(main)  # the norms (and with qkv_first the QKV GEMM) are written
         with torch.cuda.stream(branch) if branch is not None else nullcontext():
-            qkv = self._gemm(normed[0], attention.qkv_transform.weight)  # (b, 3h)
+            if qkv is None:
+                qkv = self._gemm(normed[0], attention.qkv_transform.weight)  # (b, 3h)
             decode_attention(qkv, attention.qkv_transform.bias, cache.keys[i], cache.values[i], pos, *tables,
                              heads=self.cfg.heads_per_gpu, scale=attention.scale, splits=splits, out=joined[:, :h],
                              backend=self.kernels)

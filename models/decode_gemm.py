@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .decode_kernels import counters, let_dependents_launch, pdl_launch, prefetch_l2, wait_for_predecessor
+from .decode_kernels import (_residual_norms_row, counters, let_dependents_launch, norm_operands, pdl_launch,
+                             prefetch_l2, wait_for_predecessor)
 from .invariant.backend import Kernel, triton, tl
 
 
@@ -55,10 +56,27 @@ def _gelu_of_biased(y, bias_ptr, rows, rows_ok, dtype: tl.constexpr, HAS_BIAS: t
     return 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
 
 
+def _arrive_then_norm(count_ptr, arrivals, x_ptr, y_ptr, bias1_ptr, bias2_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr,
+                      y1_ptr, y2_ptr, n_cols, eps, N_BIASES: tl.constexpr, TWO_NORMS: tl.constexpr,
+                      BLOCK: tl.constexpr):
+    """The GEMV's residual + norms epilogue (one row): each program that wrote its part of y arrives; the
+    last of `arrivals` runs residual_norms' row over all of y (read past L1), then resets the counter."""
+    tl.debug_barrier()  # every thread's part of y stored before the one atomic releases it
+    done = tl.atomic_add(count_ptr, 1, sem="acq_rel")
+    if done == arrivals - 1:
+        _residual_norms_row(x_ptr, y_ptr, y_ptr, bias1_ptr, bias2_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, y1_ptr,
+                            y2_ptr, 0, n_cols, eps, 1, N_BIASES, TWO_NORMS, BLOCK, True)
+        tl.store(count_ptr, 0)
+
+
 def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, bias_ptr, N, K, stride_w, k_per_split,
+                 res_ptr, res_a_ptr, res_c_ptr, res_bias1_ptr, res_bias2_ptr, norm_w1_ptr, norm_b1_ptr, norm_w2_ptr,
+                 norm_b2_ptr, normed1_ptr, normed2_ptr, res_cols, eps, norm_count_ptr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr, EVEN_K: tl.constexpr,
                  STAGES: tl.constexpr, GELU: tl.constexpr, HAS_BIAS: tl.constexpr, PDL: tl.constexpr,
-                 LINE: tl.constexpr, PREFETCH: tl.constexpr, LATE: tl.constexpr):
+                 LINE: tl.constexpr, PREFETCH: tl.constexpr, LATE: tl.constexpr, NORMS: tl.constexpr = False,
+                 N_BIASES: tl.constexpr = 0, TWO_NORMS: tl.constexpr = False,
+                 BLOCK: tl.constexpr = 16):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -86,6 +104,10 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, bias_ptr, N, K, strid
         if GELU:  # MLP-up's epilogue: bias and GELU, written where the output GEMM reads them
             y = _gelu_of_biased(y, bias_ptr, rows, rows_ok, y_ptr.dtype.element_ty, HAS_BIAS)
         tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=rows_ok)
+        if NORMS:
+            _arrive_then_norm(norm_count_ptr, tl.num_programs(0), res_ptr, y_ptr, res_bias1_ptr, res_bias2_ptr,
+                              norm_w1_ptr, norm_b1_ptr, norm_w2_ptr, norm_b2_ptr, normed1_ptr, normed2_ptr, res_cols,
+                              eps, N_BIASES, TWO_NORMS, BLOCK)
     else:
         tl.store(part_ptr + pid_k * N + rows, y, mask=rows_ok)
         tl.debug_barrier()  # every thread's partial stored before the one atomic releases them
@@ -98,6 +120,10 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, bias_ptr, N, K, strid
                 total = _gelu_of_biased(total, bias_ptr, rows, rows_ok, y_ptr.dtype.element_ty, HAS_BIAS)
             tl.store(y_ptr + rows, total.to(y_ptr.dtype.element_ty), mask=rows_ok)
             tl.store(count_ptr + pid_n, 0)
+            if NORMS:  # the column blocks' last programs arrive
+                _arrive_then_norm(norm_count_ptr, tl.num_programs(0), res_ptr, y_ptr, res_bias1_ptr,
+                                  res_bias2_ptr, norm_w1_ptr, norm_b1_ptr, norm_w2_ptr, norm_b2_ptr, normed1_ptr,
+                                  normed2_ptr, res_cols, eps, N_BIASES, TWO_NORMS, BLOCK)
 
 
 def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_x, stride_w, stride_y, k_per_split,
@@ -146,8 +172,9 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, strid
             tl.store(count_ptr + pid_n, 0)
 
 
-if triton is not None:  # called from the kernel: a JIT function (the interpreter runs its twin)
+if triton is not None:  # called from the kernel: JIT functions (the interpreter runs their twins)
     _gelu_of_biased = triton.jit(_gelu_of_biased)
+    _arrive_then_norm = triton.jit(_arrive_then_norm)
 GEMV = Kernel(_gemv_kernel) if triton is not None else None
 DOT = Kernel(_skinny_gemm_kernel, do_not_specialize=["M"]) if triton is not None else None
 def fits(plan: GemmPlan, m: int, n: int, k: int) -> bool:
@@ -159,15 +186,17 @@ def fits(plan: GemmPlan, m: int, n: int, k: int) -> bool:
 
 
 def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: torch.Tensor | None = None, *,
-                  gelu: bool = False, bias: torch.Tensor | None = None) -> torch.Tensor:
+                  gelu: bool = False, bias: torch.Tensor | None = None, norm_args: tuple | None = None,
+                  norm_constexprs: dict | None = None) -> torch.Tensor:
     """x (M, K) @ weight (N, K)^T with the plan's kernel; x and weight with unit stride along K, `out` (M, N)
-    with unit stride along N (a view into a wider buffer is fine). gelu (gemv only): gelu(y + bias)."""
+    with unit stride along N (a view into a wider buffer is fine). gelu (gemv only): gelu(y + bias).
+    norm_args / norm_constexprs (gemv only): residual_norms' operands (gemv_residual_norms)."""
     m, k = x.shape
     n = weight.shape[0]
     if not fits(plan, m, n, k):
         raise ValueError(f"GEMM plan {plan.name} does not fit M={m}, N={n}, K={k}")
-    if gelu and plan.kind != "gemv":
-        raise ValueError("the bias + GELU epilogue is the gemv kernel's (M = 1)")
+    if (gelu or norm_args) and plan.kind != "gemv":
+        raise ValueError("the bias + GELU and the residual + norms epilogues are the gemv kernel's (M = 1)")
     y = torch.empty(m, n, device=x.device, dtype=x.dtype) if out is None else out
     k_per_split = k // plan.split if plan.split > 1 else k
     even_k = k_per_split % plan.block_k == 0
@@ -179,16 +208,37 @@ def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: to
     line = max(1, min(plan.block_k, 128 // weight.element_size()))  # elements per 128-byte line
     tiles = min(pdl.prefetch, triton.cdiv(k_per_split, plan.block_k))
     if plan.kind == "gemv":
+        norms = {}
+        if norm_args is not None:
+            norm_count = counters(x.device, 1, "gemm-norm")
+            norms = dict(NORMS=True, **{name: v for name, v in norm_constexprs.items() if name != "N_ADDS"})  # 1 add: y
+        else:
+            norm_args, norm_count = (y,) * 11 + (n, 0.0), y
         GEMV[grid](x, weight, y, part, counts, bias if bias is not None else y, n, k, weight.stride(0), k_per_split,
+                   *norm_args, norm_count,
                    BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT=plan.split, EVEN_K=even_k, STAGES=plan.stages,
                    GELU=gelu, HAS_BIAS=bias is not None, PDL=pdl.on, LINE=line, PREFETCH=tiles, LATE=pdl.late,
-                   num_warps=plan.warps, **pdl.options)
+                   num_warps=plan.warps, **norms, **pdl.options)
     else:
         DOT[grid](x, weight, y, part, counts, m, n, k, x.stride(0), weight.stride(0), y.stride(0), k_per_split,
                   BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT=plan.split,
                   EVEN_K=even_k, STAGES=plan.stages, PDL=pdl.on, LINE=line, PREFETCH=tiles, LATE=pdl.late,
                   num_warps=plan.warps, **pdl.options)
     return y
+
+
+def gemv_residual_norms(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, residual: torch.Tensor,
+                        norms: tuple, *, biases: tuple = ()) -> tuple[torch.Tensor, ...]:
+    """residual_norms(residual, (x @ weight^T,), norms, biases=biases) in the GEMV's launch (one row): the
+    program that writes the last part of the output runs the residual add and the norms, so a layer's step
+    has one kernel (and one dependent launch) fewer. Returns the norms of the updated residual (1, h)."""
+    if plan.kind != "gemv" or x.shape[0] != 1:
+        raise ValueError(f"the residual + norms epilogue is the gemv kernel's, at one row (plan {plan.name}, "
+                         f"{x.shape[0]} rows)")
+    y = torch.empty(1, weight.shape[0], device=x.device, dtype=x.dtype)
+    args, constexprs, outs = norm_operands(residual, (y,), norms, biases)
+    triton_linear(x, weight, plan, y, norm_args=args, norm_constexprs=constexprs)
+    return outs
 
 
 # Where a Triton kernel beat cuBLAS on an H200 (scripts/tune_decode_kernels.py; evidence: the tune run of

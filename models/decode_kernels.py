@@ -173,11 +173,11 @@ def counters(device: torch.device, n: int, purpose: str) -> torch.Tensor:
 
 
 # ---- residual add + layer norms -----------------------------------------------------------------
-def _residual_norms_kernel(x_ptr, a_ptr, c_ptr, bias1_ptr, bias2_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, y1_ptr,
-                           y2_ptr, n_cols, eps, N_ADDS: tl.constexpr, N_BIASES: tl.constexpr,
-                           TWO_NORMS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    wait_for_predecessor(PDL)
-    row = tl.program_id(0).to(tl.int64) * n_cols  # one row of the residual stream per program
+def _residual_norms_row(x_ptr, a_ptr, c_ptr, bias1_ptr, bias2_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, y1_ptr, y2_ptr,
+                        row, n_cols, eps, N_ADDS: tl.constexpr, N_BIASES: tl.constexpr, TWO_NORMS: tl.constexpr,
+                        BLOCK: tl.constexpr, ADDS_FROM_L2: tl.constexpr):
+    """One row of residual_norms. ADDS_FROM_L2: the adds were just written by other programs of the same
+    kernel (the GEMV's epilogue), so they are read past L1."""
     cols = tl.arange(0, BLOCK)
     ok = cols < n_cols
     # every load first (the norms' weights too): one round trip to memory, not one before and one after the
@@ -189,7 +189,10 @@ def _residual_norms_kernel(x_ptr, a_ptr, c_ptr, bias1_ptr, bias2_ptr, w1_ptr, b1
         w2 = tl.load(w2_ptr + cols, mask=ok, other=0.0).to(tl.float32)
         b2 = tl.load(b2_ptr + cols, mask=ok, other=0.0).to(tl.float32)
     if N_ADDS > 0:
-        x += tl.load(a_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
+        if ADDS_FROM_L2:
+            x += tl.load(a_ptr + row + cols, mask=ok, other=0.0, cache_modifier=".cg").to(tl.float32)
+        else:
+            x += tl.load(a_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
         if N_ADDS > 1:
             x += tl.load(c_ptr + row + cols, mask=ok, other=0.0).to(tl.float32)
         if N_BIASES > 0:
@@ -208,6 +211,15 @@ def _residual_norms_kernel(x_ptr, a_ptr, c_ptr, bias1_ptr, bias2_ptr, w1_ptr, b1
         tl.store(y2_ptr + row + cols, (normed * w2 + b2).to(y2_ptr.dtype.element_ty), mask=ok)
 
 
+def _residual_norms_kernel(x_ptr, a_ptr, c_ptr, bias1_ptr, bias2_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, y1_ptr,
+                           y2_ptr, n_cols, eps, N_ADDS: tl.constexpr, N_BIASES: tl.constexpr,
+                           TWO_NORMS: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    wait_for_predecessor(PDL)
+    row = tl.program_id(0).to(tl.int64) * n_cols  # one row of the residual stream per program
+    _residual_norms_row(x_ptr, a_ptr, c_ptr, bias1_ptr, bias2_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, y1_ptr, y2_ptr,
+                        row, n_cols, eps, N_ADDS, N_BIASES, TWO_NORMS, BLOCK, False)
+
+
 def _bias_gelu_kernel(x_ptr, bias_ptr, out_ptr, n_cols, out_stride, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr,
                       PDL: tl.constexpr):
     wait_for_predecessor(PDL)
@@ -222,6 +234,8 @@ def _bias_gelu_kernel(x_ptr, bias_ptr, out_ptr, n_cols, out_stride, HAS_BIAS: tl
              (0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))).to(out_ptr.dtype.element_ty), mask=ok)
 
 
+if triton is not None:  # called from kernels (also the GEMV's epilogue: models/decode_gemm.py)
+    _residual_norms_row = triton.jit(_residual_norms_row)
 RESIDUAL_NORMS = Kernel(_residual_norms_kernel) if triton is not None else None
 BIAS_GELU = Kernel(_bias_gelu_kernel) if triton is not None else None
 GELU_BLOCK = 1024
@@ -231,36 +245,50 @@ def _biased(t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return t if bias is None else t + bias
 
 
-def residual_norms(x: torch.Tensor, adds: tuple[torch.Tensor, ...], norms: tuple[nn.LayerNorm, ...], *,
-                   biases: tuple[torch.Tensor | None, ...] = (), backend: str = "auto") -> tuple[torch.Tensor, ...]:
-    """x (rows, h), the residual stream, becomes sum(adds) + sum(biases) + x in place; returns each norm of
-    the result. `adds`: the GEMM outputs, in transformers' order of summation ((mlp, attn) for the parallel
-    residual: mlp + attn + x); `biases` (h,): the biases those GEMMs left out. The norms share one epsilon."""
+def _checked_biases(adds, norms, biases) -> tuple[torch.Tensor, ...]:
     biases = tuple(b for b in biases if b is not None)
     if not 1 <= len(norms) <= 2 or len(adds) > 2 or len(biases) > 2 or (biases and not adds):
         raise ValueError(f"residual_norms takes 0-2 adds, as many biases and 1-2 norms, got {len(adds)}, "
                          f"{len(biases)} and {len(norms)}")
-    eps = norms[0].eps
-    if not use_triton(x, backend):
-        if adds:
-            total = adds[0]
-            for term in adds[1:] + biases:
-                total = total + term
-            x.copy_(total + x)
-        return tuple(F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, eps) for norm in norms)
-    rows, h = x.shape
+    return biases
+
+
+def norm_operands(x: torch.Tensor, adds: tuple[torch.Tensor, ...], norms: tuple[nn.LayerNorm, ...],
+                  biases: tuple[torch.Tensor | None, ...] = ()) -> tuple[tuple, dict, tuple[torch.Tensor, ...]]:
+    """What a kernel running _residual_norms_row takes: its tensor and scalar arguments (from x_ptr to eps),
+    its constexprs, and the norms' outputs it writes (allocated here)."""
+    biases = _checked_biases(adds, norms, biases)
+    h = x.shape[1]
     outs = tuple(torch.empty_like(x) for _ in norms)
     a = adds[0] if adds else x
     c = adds[1] if len(adds) > 1 else a
     bias1 = biases[0] if biases else x
     bias2 = biases[1] if len(biases) > 1 else bias1
     second = norms[1] if len(norms) > 1 else norms[0]
-    block = triton.next_power_of_2(h)
+    args = (x, a, c, bias1, bias2, norms[0].weight, norms[0].bias, second.weight, second.bias, outs[0], outs[-1],
+            h, norms[0].eps)
+    constexprs = dict(N_ADDS=len(adds), N_BIASES=len(biases), TWO_NORMS=len(norms) == 2,
+                      BLOCK=triton.next_power_of_2(h))
+    return args, constexprs, outs
+
+
+def residual_norms(x: torch.Tensor, adds: tuple[torch.Tensor, ...], norms: tuple[nn.LayerNorm, ...], *,
+                   biases: tuple[torch.Tensor | None, ...] = (), backend: str = "auto") -> tuple[torch.Tensor, ...]:
+    """x (rows, h), the residual stream, becomes sum(adds) + sum(biases) + x in place; returns each norm of
+    the result. `adds`: the GEMM outputs, in transformers' order of summation ((mlp, attn) for the parallel
+    residual: mlp + attn + x); `biases` (h,): the biases those GEMMs left out. The norms share one epsilon."""
+    if not use_triton(x, backend):
+        biases = _checked_biases(adds, norms, biases)
+        if adds:
+            total = adds[0]
+            for term in adds[1:] + biases:
+                total = total + term
+            x.copy_(total + x)
+        return tuple(F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norms[0].eps) for norm in norms)
+    args, constexprs, outs = norm_operands(x, adds, norms, biases)
     pdl = pdl_launch(x)
-    RESIDUAL_NORMS[(rows,)](x, a, c, bias1, bias2, norms[0].weight, norms[0].bias, second.weight, second.bias,
-                            outs[0], outs[-1], h, eps, N_ADDS=len(adds), N_BIASES=len(biases),
-                            TWO_NORMS=len(norms) == 2, BLOCK=block, PDL=pdl.on, num_warps=8 if block >= 4096 else 4,
-                            **pdl.options)
+    RESIDUAL_NORMS[(x.shape[0],)](*args, **constexprs, PDL=pdl.on, num_warps=8 if constexprs["BLOCK"] >= 4096 else 4,
+                                  **pdl.options)
     return outs
 
 

@@ -86,7 +86,8 @@ def tiny_model(tmp_path):
     return load_causal_lm(checkpoint, dtype=torch.float32, kernels="triton")
 
 
-def step_against_torch(model, monkeypatch, table: dict, batch: int = 2, branches: bool | None = None) -> set:
+def step_against_torch(model, monkeypatch, table: dict, batch: int = 2, branches: bool | None = None,
+                       **layout) -> set:
     """One decode step with `table` as the GEMM table: its logits against the plain-torch step's; returns
     the weight shapes the Triton kernels ran."""
     import models.causal_lm as causal_lm
@@ -103,7 +104,7 @@ def step_against_torch(model, monkeypatch, table: dict, batch: int = 2, branches
     monkeypatch.setattr(G, "triton_linear", spy)
     monkeypatch.setattr(causal_lm, "triton_linear", spy)
     ids = torch.randint(3, 512, (batch, 10), generator=torch.Generator().manual_seed(0))
-    decoder = GreedyDecoder(model, batch=batch, prompt_len=10, new_tokens=3, splits=2, branches=branches)
+    decoder = GreedyDecoder(model, batch=batch, prompt_len=10, new_tokens=3, splits=2, branches=branches, **layout)
     decoder.capture(ids)
     decoder.rewind()
     expected = decoder.reference_step()
@@ -128,3 +129,76 @@ def test_at_batch_one_the_two_branch_step_runs_the_gemv_kernels_with_the_gelu_ep
     plan = G.GemmPlan("gemv", 16, 64, 4, 3)
     shapes = {(192, 64), (256, 64), (64, 320), (model.cfg.embedding_rows, 64)}
     assert step_against_torch(model, monkeypatch, {s: [(1, 1, plan)] for s in shapes}, batch=1, branches=True) == shapes
+
+
+def residual_case(h: int = 48, k: int = 256, two: bool = True, biases: int = 2, seed: int = 4):
+    from torch import nn
+
+    gen = torch.Generator().manual_seed(seed)
+    x, w = torch.randn(1, k, generator=gen), torch.randn(h, k, generator=gen)
+    residual = torch.randn(1, h, generator=gen)
+    norms = tuple(nn.LayerNorm(h) for _ in range(2 if two else 1))
+    for norm in norms:
+        norm.weight.data, norm.bias.data = torch.randn(h, generator=gen), torch.randn(h, generator=gen)
+    return x, w, residual, norms, tuple(torch.randn(h, generator=gen) for _ in range(biases))
+
+
+@interpreted
+@pytest.mark.parametrize("split, two, biases", [(1, True, 2), (1, False, 0), (2, True, 2), (2, False, 1)])
+def test_the_gemv_residual_norms_epilogue_equals_the_gemm_then_the_norm_kernel(split, two, biases):
+    from models.decode_kernels import counters, residual_norms
+
+    x, w, residual, norms, bias = residual_case(two=two, biases=biases)
+    fused_residual, plain_residual = residual.clone(), residual.clone()
+    got = G.gemv_residual_norms(x, w, G.GemmPlan("gemv", 16, 64, 4, 3, split=split), fused_residual, norms,
+                                biases=bias)
+    expected = residual_norms(plain_residual, (x @ w.T,), norms, biases=bias, backend="torch")
+    torch.testing.assert_close(fused_residual, plain_residual, atol=1e-4, rtol=1e-5)  # the residual in place
+    assert len(got) == len(norms)
+    for mine, theirs in zip(got, expected):
+        torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=1e-4)
+    assert int(counters(x.device, 1, "gemm-norm")[0]) == 0  # reset for the next launch (graph replay)
+    doctored = residual.clone()
+    doctored[0, 5] += 0.5  # the comparison above catches one residual element off
+    again = G.gemv_residual_norms(x, w, G.GemmPlan("gemv", 16, 64, 4, 3, split=split), doctored, norms, biases=bias)
+    with pytest.raises(AssertionError):
+        torch.testing.assert_close(again[0], expected[0], atol=1e-4, rtol=1e-4)
+
+
+def test_the_residual_norms_epilogue_is_refused_off_the_gemv_kernel():
+    x, w, residual, norms, bias = residual_case()
+    with pytest.raises(ValueError, match="gemv kernel's, at one row"):
+        G.gemv_residual_norms(x, w, G.GemmPlan("dot", 16, 64, 4, 3), residual, norms, biases=bias)
+
+
+@interpreted
+@pytest.mark.parametrize("branches", [True, False])
+def test_at_batch_one_the_step_with_the_norms_in_the_output_gemv_equals_the_torch_step(monkeypatch, tmp_path,
+                                                                                         branches):
+    import models.causal_lm as causal_lm
+
+    model = tiny_model(tmp_path)
+    plan = G.GemmPlan("gemv", 16, 64, 4, 3)
+    fused, separate = [], []
+    original, norms_kernel = G.gemv_residual_norms, causal_lm.residual_norms
+    monkeypatch.setattr(causal_lm, "gemv_residual_norms", lambda *a, **kw: fused.append(1) or original(*a, **kw))
+
+    def norms_spy(x, adds, *args, **kwargs):  # the kernels' decode step (one row), not prefill or the reference
+        if x.shape[0] == 1 and kwargs.get("backend") != "torch":
+            separate.append(len(adds))
+        return norms_kernel(x, adds, *args, **kwargs)
+
+    monkeypatch.setattr(causal_lm, "residual_norms", norms_spy)
+    shapes = {(192, 64), (256, 64), (64, 320), (model.cfg.embedding_rows, 64)}
+    step_against_torch(model, monkeypatch, {s: [(1, 1, plan)] for s in shapes}, batch=1, branches=branches,
+                       norm_in_gemv=True)
+    assert fused and not any(separate)  # no residual add ran outside the output GEMVs (only the embedding's norms)
+
+
+@interpreted
+def test_with_the_qkv_gemm_before_the_fork_the_two_branch_step_equals_the_torch_step(monkeypatch, tmp_path):
+    model = tiny_model(tmp_path)
+    plan = G.GemmPlan("gemv", 16, 64, 4, 3)
+    shapes = {(192, 64), (256, 64), (64, 320), (model.cfg.embedding_rows, 64)}
+    assert step_against_torch(model, monkeypatch, {s: [(1, 1, plan)] for s in shapes}, batch=1, branches=True,
+                              qkv_first=True) == shapes
