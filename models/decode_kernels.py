@@ -47,6 +47,11 @@ MAX_SPLITS = 64  # the combine kernel holds all splits of a head in one tile
 # H200 (fewer splits: less to combine; b=16, p=2048 at 2 is ~one wave of 3 programs an SM)
 PROGRAMS_PER_SM = 2
 MIN_SPLITS = 2  # b=64 with 8 heads: one split gives 1.3 waves (323 us a layer), two 273
+# and at most this many cache positions a split: at b=16, p=2048 (2080 positions) pythia-2.8b's 32 heads got 2
+# splits from the SM rule (1040 keys each, 5.546 ms a step, attention 2.9 TB/s) where 3 (694 keys) give 5.045
+# ms (3.4 TB/s); pythia-1b's 8 heads get 3 from the SM rule, and 2, 4, 6 were slower (H200,
+# evidence/h200/decode-layout-e089ec5)
+MAX_SPLIT_KEYS = 768
 
 
 def use_triton(t: torch.Tensor, backend: str) -> bool:
@@ -351,13 +356,15 @@ def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: to
                      count: int | None = None, *, tile: AttentionTile | None = None,
                      programs_per_sm: int | None = None) -> Splits:
     """Enough programs to cover every SM `programs_per_sm` times (batch 1 with 8 heads needs ~30 splits of
-    the cache; batch 64 none, but gets MIN_SPLITS), each at least one tile of keys, at most MAX_SPLITS.
+    the cache; batch 64 none, but gets MIN_SPLITS), at most MAX_SPLIT_KEYS positions each (where the cache is
+    long), each at least one tile of keys, at most MAX_SPLITS.
     `count` fixes the number of splits, `tile` the kernel's tile (the tuning script sweeps both)."""
     block_d = 1 << max(4, math.ceil(math.log2(head_dim)))
     tile = tile or attention_tile(head_dim)
     blocks = -(-capacity // tile.block_n)
     if count is None:
-        count = max(MIN_SPLITS, -(-(programs_per_sm or PROGRAMS_PER_SM) * program_slots(device) // rows_x_heads))
+        count = max(MIN_SPLITS, -(-(programs_per_sm or PROGRAMS_PER_SM) * program_slots(device) // rows_x_heads),
+                    -(-capacity // MAX_SPLIT_KEYS))
     count = max(1, min(count, blocks, MAX_SPLITS))
     per_split = -(-blocks // count)
     return Splits(-(-blocks // per_split), per_split * tile.block_n, tile.block_n, block_d, tile.warps, tile.stages)

@@ -84,8 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--splits", type=int, help="attention splits per (row, head) (default: models/decode_kernels.py's rule)")
     p.add_argument("--pdl-late", action="store_true",
                    help="--pdl: GEMVs and attention let their successor launch after their main loop")
-    p.add_argument("--norm-in-gemv", action="store_true",
-                   help="batch 1: the output GEMV's last program does the residual add and the next norms")
+    p.add_argument("--norms-apart", action="store_true",
+                   help="batch 1: the residual add and norms in their own kernel, not in the output GEMV's last program")
     p.add_argument("--qkv-first", action="store_true",
                    help="two streams: the QKV GEMV before the fork, the attention alone beside the MLP-up GEMV")
     p.add_argument("--check", choices=("all", "first", "none"), default="all",
@@ -209,7 +209,7 @@ def run_row(model, cfg, *, name: str, batch: int, prompt_len: int, args, device,
         decoder = GreedyDecoder(model, batch=batch, prompt_len=prompt_len, new_tokens=args.new_tokens,
                                 banned_token=EOS, compile=args.compile, branches=False if args.one_stream else None,
                                 pdl=args.pdl, pdl_prefetch=args.pdl_prefetch,
-                                pdl_late=args.pdl_late, splits=args.splits, norm_in_gemv=args.norm_in_gemv,
+                                pdl_late=args.pdl_late, splits=args.splits, norm_in_gemv=not args.norms_apart,
                                 qkv_first=args.qkv_first)
         gen = torch.Generator(device="cpu").manual_seed(batch * 100003 + prompt_len)
         ids = torch.randint(3, cfg.vocab_size, (batch, prompt_len), generator=gen).to(device)
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                      "new_tokens": args.new_tokens, "repeats": args.repeats, "dtype": dtype,
                      "compile": args.compile, "one_stream": args.one_stream, "splits": args.splits,
                      "pdl": args.pdl, "pdl_prefetch": args.pdl_prefetch if args.pdl else None,
-                     "pdl_late": args.pdl_late if args.pdl else None, "norm_in_gemv": args.norm_in_gemv,
+                     "pdl_late": args.pdl_late if args.pdl else None, "norm_in_gemv": not args.norms_apart,
                      "qkv_first": args.qkv_first,
                      "check": args.check, "timing": "CUDA events between graph replays, one sync per pass; "
                      "repeats x (new_tokens - 1) steps from the state after prefill, after one untimed pass"},

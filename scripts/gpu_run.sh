@@ -21,9 +21,9 @@
 #   prefill    the engine's prefill against the profiler's layer x L + logits (same shape)         ~1 min
 #   calib      the advisor's GEMM calibration in autograd's layouts (attention points kept)     ~1 min
 #   splits     the decode bench at batch 1 with 1, 2 and 4 attention splits and the default rule   ~2 min
-#   layout     the decode bench at batch 1: norms in the output GEMV, QKV before the fork, both,   ~3 min
-#              alternated with the default (first and last)
-#   splits16   the decode bench at b=16, p=2048 with 2, 3, 4 and 6 attention splits and the default ~2 min
+#   layout     the decode bench at batch 1: the norms apart from the output GEMV, QKV before the    ~3 min
+#              fork, both, alternated with the default (first and last)
+#   splitsb    the decode bench at p=2048, batch SPLITS_BATCH (16), SPLITS_COUNTS (auto 2 3 4 6)  ~2 min
 #   pdl        the decode bench with and without programmatic dependent launch, alternated:      ~4 min
 #              two streams and one, successor launched after the wait or after the main loop (late)
 # The git SHA of the code is passed in because the GPU machine's copy of the tree has no .git.
@@ -99,8 +99,8 @@ if want splits; then
 fi
 if want layout; then
   Y=/tmp/layout; rm -rf $Y; mkdir -p $Y
-  for v in default norm qkv-first norm+qkv-first default-again; do
-    extra=""; [[ $v == *norm* ]] && extra="--norm-in-gemv"; [[ $v == *qkv-first* ]] && extra="$extra --qkv-first"
+  for v in default norms-apart qkv-first norms-apart+qkv-first default-again; do
+    extra=""; [[ $v == *norms-apart* ]] && extra="--norms-apart"; [[ $v == *qkv-first* ]] && extra="$extra --qkv-first"
     python3 scripts/bench_decode.py --out $Y/$v --models ${DECODE_MODELS:-pythia-1b,pythia-2.8b} --batches 1 \
       --contexts ${DECODE_CONTEXTS:-128,2048} --repeats 5 --check first $extra 2>&1 \
       | grep -E " step |Error|error" | cut -c1-150 | sed "s/^/[layout $v] /"
@@ -108,16 +108,16 @@ if want layout; then
   bundle layout $Y
   elapsed layout
 fi
-if want splits16; then
-  S=/tmp/splits16; rm -rf $S; mkdir -p $S
-  for n in auto 2 3 4 6; do
+if want splitsb; then
+  S=/tmp/splitsb; rm -rf $S; mkdir -p $S
+  for n in ${SPLITS_COUNTS:-auto 2 3 4 6}; do
     extra=""; [[ $n =~ ^[0-9]+$ ]] && extra="--splits $n"
-    python3 scripts/bench_decode.py --out $S/$n --models ${DECODE_MODELS:-pythia-1b,pythia-2.8b} --batches 16 \
-      --contexts 2048 --repeats 5 --check first $extra 2>&1 \
-      | grep -E " step |Error|error" | cut -c1-150 | sed "s/^/[splits16 $n] /"
+    python3 scripts/bench_decode.py --out $S/$n --models ${DECODE_MODELS:-pythia-1b,pythia-2.8b} \
+      --batches ${SPLITS_BATCH:-16} --contexts 2048 --repeats 5 --check first $extra 2>&1 \
+      | grep -E " step |Error|error" | cut -c1-150 | sed "s/^/[splitsb $n] /"
   done
-  bundle splits16 $S
-  elapsed splits16
+  bundle splitsb $S
+  elapsed splitsb
 fi
 if want pdl; then
   P=/tmp/pdl; rm -rf $P; mkdir -p $P

@@ -345,7 +345,8 @@ def test_splits_spread_batch_one_over_the_sms_and_leave_a_large_batch_whole(monk
     one = K.attention_splits(1 * 8, 2048 + 64, 256, CPU)  # pythia-1b at batch 1: 8 heads
     many = K.attention_splits(64 * 8, 2048 + 64, 256, CPU)
     assert 8 * one.count >= 132 and one.count <= K.MAX_SPLITS and not one.direct
-    assert many.count <= 2
+    assert many.count == max(K.MIN_SPLITS, -(-(2048 + 64) // K.MAX_SPLIT_KEYS))  # no SM to fill: the key cap
+    assert many.keys <= K.MAX_SPLIT_KEYS and K.attention_splits(64 * 8, 160, 256, CPU).count == K.MIN_SPLITS
     for plan in (one, many):
         assert plan.count * plan.keys >= 2048 + 64 and plan.keys % plan.block_n == 0  # every position covered
         assert (plan.count - 1) * plan.keys < 2048 + 64  # and no split wholly past the capacity
