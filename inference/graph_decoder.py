@@ -13,7 +13,7 @@ on two streams, so the graph runs them side by side (`branches`; docs/decode-eng
 where a layer's KV cache read exceeds its weight read (`two_streams_pay`): there one stream is faster.
 
 torch.compile (optional, `compile=True`): the per-layer work is already fused by hand
-(models/decode_kernels.py: 5 kernels a layer, 3 of them GEMMs), so what is left for inductor is the step's
+(models/decode_kernels.py: 4 kernels a layer at batch 1, 3 of them GEMMs), so what is left for inductor is the step's
 head (embedding gather + the first layer's norms: 2 kernels -> 1) and tail (banned-token mask, argmax, three
 writes, position increment: ~6 kernels -> 2). Both are compiled with fullgraph=True and run inside our own
 graph (inductor's cudagraphs stay off). A compile that fails, or a capture that fails with it, falls back to
