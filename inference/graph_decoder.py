@@ -27,8 +27,8 @@ from typing import Callable
 import torch
 
 from models.causal_lm import KVCache, NeoXCausalLM
-from models.decode_kernels import (PREFETCH_TILES, Splits, attention_splits, dependent_launches, invariant_splits,
-                                   pdl_problem)
+from models.decode_kernels import (PREFETCH_TILES, AttentionTile, Splits, attention_splits, dependent_launches,
+                                   invariant_splits, pdl_problem)
 
 WARMUP_STEPS = 3  # before capture, on a side stream: Triton JIT, cuBLAS handles and heuristics, compile
 
@@ -65,7 +65,7 @@ class GreedyDecoder:
                  banned_token: int | None = None, use_graph: bool | None = None, compile: bool = False,
                  splits: int | None = None, branches: bool | None = None, pdl: bool = False,
                  pdl_prefetch: int = PREFETCH_TILES, pdl_late: bool = False, norm_in_gemv: bool = True,
-                 qkv_first: bool = False):
+                 qkv_first: bool = False, attention_tile: AttentionTile | None = None):
         if new_tokens < 2:
             raise ValueError("new_tokens must be >= 2: the first comes from prefill, the rest from decode steps")
         cfg, device = model.cfg, model.device
@@ -75,7 +75,8 @@ class GreedyDecoder:
         self.tables = model.rotary_tables(capacity)  # held here: the graph reads them at every replay
         # batch-invariant model (NeoXCausalLM.use_invariant_gemms): a split size fixed by the capacity alone
         self.splits: Splits = (invariant_splits(capacity, cfg.head_dim) if model.invariant and splits is None
-                               else attention_splits(batch * cfg.heads_per_gpu, capacity, cfg.head_dim, device, splits))
+                               else attention_splits(batch * cfg.heads_per_gpu, capacity, cfg.head_dim, device, splits,
+                                                     tile=attention_tile))
         self.tokens = torch.zeros(batch, dtype=torch.long, device=device)
         self.pos = torch.zeros((), dtype=torch.long, device=device)
         self.count = torch.zeros((), dtype=torch.long, device=device)

@@ -321,6 +321,11 @@ class AttentionTile:
     block_n: int
     warps: int
     stages: int
+    mma: bool = False  # q.k and p.v on the tensor cores (the query repeated over tl.dot's 16 rows)
+
+    @property
+    def name(self) -> str:
+        return f"{'mma' if self.mma else 'lane'}_n{self.block_n}_w{self.warps}_s{self.stages}"
 
 
 # By BLOCK_D (the head dim rounded up to a power of two). 128 and 256: measured on an H200
@@ -342,10 +347,26 @@ class Splits:
     block_d: int  # head dim rounded up to a power of two
     warps: int  # per program
     stages: int = 3  # loop iterations whose loads are in flight at once
+    mma: bool = False  # the loop on the tensor cores (AttentionTile.mma)
 
     @property
     def direct(self) -> bool:  # one split: the kernel normalises and writes the output itself
         return self.count == 1
+
+
+def parse_tile(text: str) -> AttentionTile:
+    """KEYSxWARPSxSTAGES, with 'xmma' for the tensor-core loop: '16x4x3', '32x4x3xmma'."""
+    parts = text.strip().lower().split("x")
+    mma = parts[-1] == "mma"
+    numbers = parts[:-1] if mma else parts
+    if len(numbers) != 3 or not all(n.isdigit() and int(n) > 0 for n in numbers):
+        raise ValueError(f"attention tile {text!r}: expected KEYSxWARPSxSTAGES[xmma], e.g. 16x4x3 or 32x4x3xmma")
+    block_n, warps, stages = (int(n) for n in numbers)
+    if block_n & (block_n - 1) or warps & (warps - 1):
+        raise ValueError(f"attention tile {text!r}: keys and warps must be powers of two")
+    if mma and block_n < 16:
+        raise ValueError(f"attention tile {text!r}: the tensor-core loop needs at least 16 keys per tile")
+    return AttentionTile(block_n, warps, stages, mma)
 
 
 def attention_tile(head_dim: int) -> AttentionTile:
@@ -367,7 +388,8 @@ def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: to
                     -(-capacity // MAX_SPLIT_KEYS))
     count = max(1, min(count, blocks, MAX_SPLITS))
     per_split = -(-blocks // count)
-    return Splits(-(-blocks // per_split), per_split * tile.block_n, tile.block_n, block_d, tile.warps, tile.stages)
+    return Splits(-(-blocks // per_split), per_split * tile.block_n, tile.block_n, block_d, tile.warps, tile.stages,
+                  tile.mma)
 
 
 # Cache positions per split in batch-invariant mode. Measured on an H200 (pythia-1b, fp16, step time against
@@ -398,7 +420,7 @@ def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_pt
                              BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr,
                              STAGES: tl.constexpr, BLOCK_S: tl.constexpr, HAS_GELU: tl.constexpr,
                              HAS_UP_BIAS: tl.constexpr, GELU_BLOCK: tl.constexpr, PDL: tl.constexpr,
-                             LATE: tl.constexpr):
+                             LATE: tl.constexpr, MMA: tl.constexpr = False, INPUT_PRECISION: tl.constexpr = "tf32"):
     """Programs below attention_programs: one (batch row, head, stretch of its cache) each, split fastest;
     the last split of a (row, head) to finish combines the splits. The rest (HAS_GELU): gelu(up + bias) of
     one (batch row, GELU_BLOCK columns) into out[:, heads * d:], the other half of the output GEMM's input."""
@@ -408,7 +430,7 @@ def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_pt
         _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr, out_stride, m_ptr,
                 l_ptr, acc_ptr, count_ptr, pid // n_splits, pid % n_splits, qkv_stride, heads, rotary_dims,
                 capacity, keys_per_split, n_splits, scale_log2, HEAD_DIM, HALF, BLOCK_N, BLOCK_D, HAS_BIAS, DIRECT,
-                STAGES, BLOCK_S, PDL, LATE)
+                STAGES, BLOCK_S, PDL, LATE, MMA, INPUT_PRECISION)
     else:
         let_dependents_launch(PDL, LATE)
         if HAS_GELU:
@@ -429,7 +451,7 @@ def _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_p
             l_ptr, acc_ptr, count_ptr, bh, split, qkv_stride, heads, rotary_dims, capacity, keys_per_split, n_splits,
             scale_log2, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
             HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr, STAGES: tl.constexpr, BLOCK_S: tl.constexpr,
-            PDL: tl.constexpr, LATE: tl.constexpr):
+            PDL: tl.constexpr, LATE: tl.constexpr, MMA: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     row, head = bh // heads, bh % heads
     pos = tl.load(pos_ptr).to(tl.int32)  # where this step's token sits: it attends to positions 0..pos
     d = tl.arange(0, BLOCK_D)
@@ -471,36 +493,74 @@ def _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_p
     tl.store(values + pos * HEAD_DIM + d, v_new, mask=store_ok)
     k_new = k_new.to(tl.float32)
     v_new = v_new.to(tl.float32)
-    # Online softmax per key lane: each of the BLOCK_N lanes keeps its own running max, sum and output row,
-    # merged once after the loop. A running max per tile (one max over the tile per iteration) reduces
-    # across warps, i.e. a barrier per iteration that drains the loads in flight; per lane, the loop body
-    # is elementwise but for the q.k dot along d (within a warp), so the pipeline keeps STAGES tiles coming.
-    # Lanes start at a finite floor, not -inf: exp2(floor - floor) = 1 where a lane has seen no key yet.
-    m_lane = tl.full([BLOCK_N], -1.0e30, tl.float32)
-    l_lane = tl.zeros([BLOCK_N], tl.float32)
-    acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    for start in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
-        n = start + tl.arange(0, BLOCK_N)
-        n_ok = n < hi
-        tile = n[:, None] * HEAD_DIM + d[None, :]
-        tile_ok = n_ok[:, None] & d_ok[None, :]
-        k = tl.load(keys + tile, mask=tile_ok, other=0.0)
-        v = tl.load(values + tile, mask=tile_ok, other=0.0)
-        is_new = (n == pos)[:, None]  # the new key is in registers; its cache slot is written above
-        k = tl.where(is_new, k_new[None, :], k.to(tl.float32))
-        v = tl.where(is_new, v_new[None, :], v.to(tl.float32))
-        s = tl.where(n_ok, tl.sum(k * q[None, :], axis=1), float("-inf"))  # (BLOCK_N,), base-2 units
-        m_new = tl.maximum(m_lane, s)
-        alpha = tl.exp2(m_lane - m_new)
-        p = tl.exp2(s - m_new)
-        l_lane = l_lane * alpha + p
-        acc = acc * alpha[:, None] + p[:, None] * v
-        m_lane = m_new
-    let_dependents_launch(PDL, LATE)
-    m_i = tl.max(m_lane, axis=0)
-    weight = tl.exp2(m_lane - m_i)  # a lane with no key: its floor lies ~1e30 below m_i, weight 0
-    l_i = tl.sum(l_lane * weight, axis=0)
-    acc_d = tl.sum(acc * weight[:, None], axis=0)  # (BLOCK_D,)
+    if MMA:
+        # The tensor cores do q.k and p.v: tl.dot needs 16 rows, so q is repeated over 16 identical rows
+        # (the MMA's spare rows cost tensor-core cycles, which a cache stream has to spare) and one row is
+        # kept at the end. The loads feed the dots straight from shared memory (the pipeliner's own case),
+        # so the new key is masked out of the loop and joins after it from registers (the owner split).
+        q_dot = q.to(k_cache_ptr.dtype.element_ty)
+        q_rows = tl.broadcast_to(q_dot[None, :], (16, BLOCK_D))
+        m_rows = tl.full([16], -1.0e30, tl.float32)
+        l_rows = tl.zeros([16], tl.float32)
+        acc_rows = tl.zeros([16, BLOCK_D], tl.float32)
+        for start in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
+            n = start + tl.arange(0, BLOCK_N)
+            old = (n < hi) & (n != pos)
+            tile = n[:, None] * HEAD_DIM + d[None, :]
+            tile_ok = old[:, None] & d_ok[None, :]
+            k = tl.load(keys + tile, mask=tile_ok, other=0.0)
+            s = tl.dot(q_rows, tl.trans(k), input_precision=INPUT_PRECISION)  # (16, BLOCK_N), base-2 units
+            s = tl.where(old[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_rows, tl.max(s, axis=1))
+            alpha = tl.exp2(m_rows - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_rows = l_rows * alpha + tl.sum(p, axis=1)
+            v = tl.load(values + tile, mask=tile_ok, other=0.0)
+            acc_rows = acc_rows * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+            m_rows = m_new
+        let_dependents_launch(PDL, LATE)
+        first = tl.arange(0, 16) == 0
+        m_i = tl.max(m_rows, axis=0)  # the 16 rows are one row
+        l_i = tl.sum(tl.where(first, l_rows, 0.0), axis=0)
+        acc_d = tl.sum(tl.where(first[:, None], acc_rows, 0.0), axis=0)  # (BLOCK_D,)
+        s_new = tl.sum(q_dot.to(tl.float32) * k_new, axis=0)
+        m_both = tl.maximum(m_i, s_new)
+        keep = tl.exp2(m_i - m_both)
+        add = tl.exp2(s_new - m_both)
+        m_i = tl.where(owner, m_both, m_i)
+        l_i = tl.where(owner, l_i * keep + add, l_i)
+        acc_d = tl.where(owner, acc_d * keep + add * v_new, acc_d)
+    else:
+        # Online softmax per key lane: each of the BLOCK_N lanes keeps its own running max, sum and output row,
+        # merged once after the loop. A running max per tile (one max over the tile per iteration) reduces
+        # across warps, i.e. a barrier per iteration that drains the loads in flight; per lane, the loop body
+        # is elementwise but for the q.k dot along d (within a warp), so the pipeline keeps STAGES tiles coming.
+        # Lanes start at a finite floor, not -inf: exp2(floor - floor) = 1 where a lane has seen no key yet.
+        m_lane = tl.full([BLOCK_N], -1.0e30, tl.float32)
+        l_lane = tl.zeros([BLOCK_N], tl.float32)
+        acc = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+        for start in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
+            n = start + tl.arange(0, BLOCK_N)
+            n_ok = n < hi
+            tile = n[:, None] * HEAD_DIM + d[None, :]
+            tile_ok = n_ok[:, None] & d_ok[None, :]
+            k = tl.load(keys + tile, mask=tile_ok, other=0.0)
+            v = tl.load(values + tile, mask=tile_ok, other=0.0)
+            is_new = (n == pos)[:, None]  # the new key is in registers; its cache slot is written above
+            k = tl.where(is_new, k_new[None, :], k.to(tl.float32))
+            v = tl.where(is_new, v_new[None, :], v.to(tl.float32))
+            s = tl.where(n_ok, tl.sum(k * q[None, :], axis=1), float("-inf"))  # (BLOCK_N,), base-2 units
+            m_new = tl.maximum(m_lane, s)
+            alpha = tl.exp2(m_lane - m_new)
+            p = tl.exp2(s - m_new)
+            l_lane = l_lane * alpha + p
+            acc = acc * alpha[:, None] + p[:, None] * v
+            m_lane = m_new
+        let_dependents_launch(PDL, LATE)
+        m_i = tl.max(m_lane, axis=0)
+        weight = tl.exp2(m_lane - m_i)  # a lane with no key: its floor lies ~1e30 below m_i, weight 0
+        l_i = tl.sum(l_lane * weight, axis=0)
+        acc_d = tl.sum(acc * weight[:, None], axis=0)  # (BLOCK_D,)
     if DIRECT:  # out (b, >= heads*d) with row stride out_stride: the output GEMM's input, or a plain (b, h)
         where = out_ptr + row.to(tl.int64) * out_stride + head * HEAD_DIM + d
         tl.store(where, (acc_d / l_i).to(out_ptr.dtype.element_ty), mask=d_ok)
@@ -596,7 +656,8 @@ def _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, *, heads
         HALF=max(1, rotary_dims // 2), BLOCK_N=splits.block_n, BLOCK_D=splits.block_d, HAS_BIAS=bias is not None,
         DIRECT=splits.direct, STAGES=splits.stages, BLOCK_S=triton.next_power_of_2(splits.count),
         HAS_GELU=up is not None, HAS_UP_BIAS=up_bias is not None, GELU_BLOCK=GELU_BLOCK, PDL=pdl.on,
-        LATE=pdl.late, num_warps=splits.warps, **pdl.options)
+        LATE=pdl.late, MMA=splits.mma, INPUT_PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
+        num_warps=splits.warps, **pdl.options)
 
 
 def decode_attention(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -43,7 +43,7 @@ from inference.graph_decoder import GreedyDecoder  # noqa: E402
 from inference.metrics import decode_floors, kv_bytes_per_decode_step  # noqa: E402
 from inference.spec import BenchSpec, fit_model  # noqa: E402
 from inference.step_kernels import holds_back, summarize_kernels, trace_step  # noqa: E402
-from models.decode_kernels import PREFETCH_TILES  # noqa: E402
+from models.decode_kernels import PREFETCH_TILES, AttentionTile, parse_tile  # noqa: E402
 from models import count_parameters  # noqa: E402
 from models.causal_lm import KVCache  # noqa: E402
 from models.neox_checkpoint import load_causal_lm  # noqa: E402
@@ -88,11 +88,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="batch 1: the residual add and norms in their own kernel, not in the output GEMV's last program")
     p.add_argument("--qkv-first", action="store_true",
                    help="two streams: the QKV GEMV before the fork, the attention alone beside the MLP-up GEMV")
+    p.add_argument("--attention-tile", type=tile_arg, metavar="KEYSxWARPSxSTAGES[xmma]",
+                   help="the attention kernel's tile, e.g. 32x4x3xmma for the tensor-core loop (default: the table "
+                        "in models/decode_kernels.py)")
     p.add_argument("--check", choices=("all", "first", "none"), default="all",
                    help="transformers' logits and tokens against ours at one small row: every model, the first, none")
     p.add_argument("--no-trace", action="store_true", help="skip the profiler trace of one replay per row")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     return p.parse_args(argv)
+
+
+def tile_arg(text: str) -> AttentionTile:
+    try:
+        return parse_tile(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def attention_tile_name(splits) -> str:
+    return AttentionTile(splits.block_n, splits.warps, splits.stages, splits.mma).name
 
 
 class Clock:
@@ -210,7 +224,7 @@ def run_row(model, cfg, *, name: str, batch: int, prompt_len: int, args, device,
                                 banned_token=EOS, compile=args.compile, branches=False if args.one_stream else None,
                                 pdl=args.pdl, pdl_prefetch=args.pdl_prefetch,
                                 pdl_late=args.pdl_late, splits=args.splits, norm_in_gemv=not args.norms_apart,
-                                qkv_first=args.qkv_first)
+                                qkv_first=args.qkv_first, attention_tile=args.attention_tile)
         gen = torch.Generator(device="cpu").manual_seed(batch * 100003 + prompt_len)
         ids = torch.randint(3, cfg.vocab_size, (batch, prompt_len), generator=gen).to(device)
         started = time.perf_counter()
@@ -229,7 +243,8 @@ def run_row(model, cfg, *, name: str, batch: int, prompt_len: int, args, device,
             "step_vs_floor": steps.median_ms / floors.decode_floor_ms if floors.decode_floor_ms else None,
             "graph": decoder.graph is not None, "compile": decoder.compile_status, "branches": decoder.branch_status,
             "pdl": decoder.pdl_status, "norm_in_gemv": decoder.norm_in_gemv, "qkv_first": decoder.qkv_first,
-            "splits": decoder.splits.count, "cache_gb": decoder.cache.bytes / 2**30,
+            "splits": decoder.splits.count, "attention_tile": attention_tile_name(decoder.splits),
+            "cache_gb": decoder.cache.bytes / 2**30,
         })
         kernels = None if args.no_trace else trace_row(decoder, device)
         traced_kv = kv_bytes_per_decode_step(cfg, batch=batch, context=prompt_len + 1, dtype=dtype)
@@ -357,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                      "pdl": args.pdl, "pdl_prefetch": args.pdl_prefetch if args.pdl else None,
                      "pdl_late": args.pdl_late if args.pdl else None, "norm_in_gemv": not args.norms_apart,
                      "qkv_first": args.qkv_first,
+                     "attention_tile": args.attention_tile.name if args.attention_tile else None,
                      "check": args.check, "timing": "CUDA events between graph replays, one sync per pass; "
                      "repeats x (new_tokens - 1) steps from the state after prefill, after one untimed pass"},
         "models": [], "rows": [], "targets": [],

@@ -24,6 +24,9 @@
 #   layout     the decode bench at batch 1: the norms apart from the output GEMV, QKV before the    ~3 min
 #              fork, both, alternated with the default (first and last)
 #   splitsb    the decode bench at p=2048, batch SPLITS_BATCH (16), SPLITS_COUNTS (auto 2 3 4 6)  ~2 min
+#   mma        the attention kernel's tensor-core loop: the tune sweep of attention tiles (lane and mma) at     ~5 min
+#              b=1,16,64, then the decode bench with mma tiles (MMA_TILES, and the sweep's best), the default
+#              first and last
 #   pdl        the decode bench with and without programmatic dependent launch, alternated:      ~4 min
 #              two streams and one, successor launched after the wait or after the main loop (late)
 # The git SHA of the code is passed in because the GPU machine's copy of the tree has no .git.
@@ -118,6 +121,33 @@ if want splitsb; then
   done
   bundle splitsb $S
   elapsed splitsb
+fi
+if want mma; then
+  M=/tmp/mma; rm -rf $M; mkdir -p $M
+  python3 scripts/tune_decode_kernels.py --out $M/tune --models ${DECODE_MODELS:-pythia-1b,pythia-2.8b} \
+    --rows ${MMA_ROWS:-1x2048,1x128,16x2048,64x2048} --gemm-models "" --pps 2,4 --deadline-s ${MMA_TUNE_S:-150} 2>&1 \
+    | grep -E "best|points|Error|error" | cut -c1-160
+  best=$(python3 -c "
+import json, math, collections
+points = [p for p in json.load(open('$M/tune/tune.json'))['points'] if p.get('passed') and p['kind'] == 'attention']
+by = collections.defaultdict(dict)
+for p in points: by[p['candidate']][p['case']] = p['us']
+cases = {p['case'] for p in points}
+full = {c: math.exp(sum(math.log(v) for v in t.values()) / len(t)) for c, t in by.items() if c.startswith('mma') and len(t) == len(cases)}
+name = min(full, key=full.get) if full else ''
+print(name.split('_pps')[0].replace('mma_n', '').replace('_w', 'x').replace('_s', 'x') + 'xmma' if name else '')
+" 2>/dev/null)
+  echo "mma: the sweep's best tensor-core tile over all its cases: ${best:-none}"
+  variants="default ${MMA_TILES:-16x4x3xmma 32x4x3xmma}"
+  [[ -n "$best" && " $variants " != *" $best "* ]] && variants="$variants $best"
+  for v in $variants default-again; do
+    extra=""; [[ $v == *mma ]] && extra="--attention-tile $v"
+    python3 scripts/bench_decode.py --out $M/$v --models ${DECODE_MODELS:-pythia-1b,pythia-2.8b} \
+      --batches ${DECODE_BATCHES:-1,16} --contexts ${DECODE_CONTEXTS:-128,2048} --repeats 5 --check first $extra 2>&1 \
+      | grep -E " step |Error|error" | cut -c1-150 | sed "s/^/[mma $v] /"
+  done
+  bundle mma $M
+  elapsed mma
 fi
 if want pdl; then
   P=/tmp/pdl; rm -rf $P; mkdir -p $P

@@ -108,7 +108,7 @@ class GemmCase:
 
 @dataclass(frozen=True)
 class AttentionCandidate:
-    kernel: str  # "v0" (baseline) or "lane" (models/decode_kernels.py)
+    kernel: str  # "v0" (baseline), "lane" or "mma" (models/decode_kernels.py's two loops)
     tile: K.AttentionTile | None
     programs_per_sm: int
 
@@ -116,8 +116,7 @@ class AttentionCandidate:
     def name(self) -> str:
         if self.kernel == "v0":
             return f"v0_pps{self.programs_per_sm}"
-        t = self.tile
-        return f"lane_n{t.block_n}_w{t.warps}_s{t.stages}_pps{self.programs_per_sm}"
+        return f"{self.tile.name}_pps{self.programs_per_sm}"
 
 
 LANE_TILES = {  # by BLOCK_D: (keys per iteration, warps, stages)
@@ -127,6 +126,7 @@ LANE_TILES = {  # by BLOCK_D: (keys per iteration, warps, stages)
           (32, 4, 1)],
     64: [(64, 4, 3), (32, 4, 3), (64, 8, 3)],
 }
+MMA_TILES = [(16, 4, 3), (32, 4, 3), (32, 4, 4), (64, 4, 3), (32, 8, 3), (64, 8, 3)]  # the tensor-core loop
 PROGRAMS_PER_SM = (2, 4, 8, 16)
 GEMV_PLANS = [G.GemmPlan("gemv", 8, 512, 4, 3), G.GemmPlan("gemv", 8, 512, 4, 4), G.GemmPlan("gemv", 16, 256, 4, 4),
               G.GemmPlan("gemv", 16, 512, 4, 3), G.GemmPlan("gemv", 16, 512, 4, 4), G.GemmPlan("gemv", 32, 256, 8, 3)]
@@ -144,9 +144,10 @@ SWEEP = {"tiles": None, "pps": PROGRAMS_PER_SM}  # --attention-tiles / --pps nar
 def attention_candidates(head_dim: int) -> list[AttentionCandidate]:
     block_d = 1 << max(4, math.ceil(math.log2(head_dim)))
     out = [AttentionCandidate("v0", None, V0.PROGRAMS_PER_SM)]
-    tiles = SWEEP["tiles"] or LANE_TILES[min(block_d, 256)]
-    for (bn, w, st), pps in itertools.product(tiles, SWEEP["pps"]):
-        out.append(AttentionCandidate("lane", K.AttentionTile(bn, w, st), pps))
+    tiles = SWEEP["tiles"] or ([K.AttentionTile(*t) for t in LANE_TILES[min(block_d, 256)]]
+                               + [K.AttentionTile(*t, mma=True) for t in MMA_TILES])
+    for tile, pps in itertools.product(tiles, SWEEP["pps"]):
+        out.append(AttentionCandidate("mma" if tile.mma else "lane", tile, pps))
     return out
 
 
@@ -433,7 +434,7 @@ def parse_args(argv):
                    help="attention rows, BATCHxPROMPT")
     p.add_argument("--gemm-models", default="pythia-1b,pythia-2.8b", help="models whose weight GEMMs are swept")
     p.add_argument("--gemm-rows", default="1,16,2,4,8,64", help="GEMM row counts M")
-    p.add_argument("--attention-tiles", default="", help="only these tiles, KEYSxWARPSxSTAGES,... (default: the table)")
+    p.add_argument("--attention-tiles", default="", help="only these tiles, KEYSxWARPSxSTAGES[xmma],... (default: the table)")
     p.add_argument("--pps", default="", help="only these programs per SM, e.g. 2,4")
     p.add_argument("--deadline-s", type=float, default=130.0)
     p.add_argument("--jobs", type=int, default=12, help="compile workers (0: compile in the timing loop)")
@@ -454,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     gemm_rows = [int(m) for m in args.gemm_rows.split(",") if m.strip()]
     gemm_models = [m for m in args.gemm_models.split(",") if m.strip()]
     if args.attention_tiles:
-        SWEEP["tiles"] = [tuple(int(v) for v in t.split("x")) for t in args.attention_tiles.split(",")]
+        SWEEP["tiles"] = [K.parse_tile(t) for t in args.attention_tiles.split(",")]
     if args.pps:
         SWEEP["pps"] = tuple(int(v) for v in args.pps.split(","))
     if not cuda:  # tiny shapes through the interpreter

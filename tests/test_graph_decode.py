@@ -75,6 +75,9 @@ def prefill_logits(model: NeoXCausalLM, ids: torch.Tensor, positions: int | None
         return model.prefill(ids, cache, logits_positions=positions or ids.shape[1])
 
 
+MMA_TILE = K.AttentionTile(16, 4, 2, mma=True)  # the attention loop on the tensor cores (tl.dot, interpreted)
+
+
 def greedy(model: NeoXCausalLM, ids: torch.Tensor, new_tokens: int, **options) -> list[list[int]]:
     decoder = GreedyDecoder(model, batch=ids.shape[0], prompt_len=ids.shape[1], new_tokens=new_tokens,
                             banned_token=0, **options)
@@ -107,14 +110,15 @@ def test_greedy_tokens_equal_transformers_generate(checkpoints, shape):
 
 @interpreted
 @pytest.mark.slow  # the interpreter for a whole decode loop; each kernel (h/a = 40 included) is tested alone below
-def test_greedy_tokens_through_the_triton_kernels_equal_transformers_generate(checkpoints):
+@pytest.mark.parametrize("tile", [None, MMA_TILE], ids=["lanes", "mma"])
+def test_greedy_tokens_through_the_triton_kernels_equal_transformers_generate(checkpoints, tile):
     """The GPU path's kernels (interpreted) in the whole decode loop: h/a = 40, so the head dim is masked."""
     checkpoint = checkpoints["tiny-d40"]
     prompts = {12: make_prompts(load_tokenizer(checkpoint), 2, 12)}
     generation = build_reference(checkpoint, prompts, [(12, 2)], new_tokens=5, dtype="float32",
                                  device=CPU).generations[(12, 2)]
     model = load_causal_lm(checkpoint, dtype=torch.float32, kernels="triton")
-    tokens = greedy(model, prompts[12].input_ids, 5, splits=3)
+    tokens = greedy(model, prompts[12].input_ids, 5, splits=3, attention_tile=tile)
     verdict = check_tokens(generation.tokens, generation.topk_values, generation.topk_ids, tokens, noise=0.0)
     assert verdict.passed and verdict.tokens_match, verdict.verdict
 
@@ -282,13 +286,14 @@ def attention_case(batch: int, heads: int, d: int, rotary_dims: int, capacity: i
                          [(1, 2, 40, 10, True), (3, 2, 64, 16, True), (2, 1, 32, 32, False)])
 @pytest.mark.parametrize("splits", [1, 3, None])
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
+@pytest.mark.parametrize("tile", [None, MMA_TILE], ids=["lanes", "mma"])
 def test_decode_attention_kernel_equals_torch_and_writes_the_new_key_and_value(batch, heads, d, rotary_dims,
-                                                                               with_bias, splits, where):
+                                                                               with_bias, splits, where, tile):
     capacity = 70
     pos = {"first": 0, "middle": 33, "last": capacity - 1}[where]
     qkv, bias, k_cache, v_cache, cos, sin = attention_case(batch, heads, d, rotary_dims, capacity, torch.float32)
     bias = bias if with_bias else None
-    plan = K.attention_splits(batch * heads, capacity, d, CPU, count=splits)
+    plan = K.attention_splits(batch * heads, capacity, d, CPU, count=splits, tile=tile)
     position = torch.tensor(pos)
     k_ref, v_ref = k_cache.clone(), v_cache.clone()
     expected = K.decode_attention(qkv, bias, k_ref, v_ref, position, cos, sin, heads=heads, scale=d ** -0.5,
@@ -302,14 +307,15 @@ def test_decode_attention_kernel_equals_torch_and_writes_the_new_key_and_value(b
 
 @interpreted
 @pytest.mark.parametrize("batch, heads, d, splits", [(1, 2, 40, 3), (2, 2, 64, 1)])
-def test_attention_and_gelu_kernels_write_the_joined_input_of_the_output_gemm(batch, heads, d, splits):
+@pytest.mark.parametrize("tile", [None, MMA_TILE], ids=["lanes", "mma"])
+def test_attention_and_gelu_kernels_write_the_joined_input_of_the_output_gemm(batch, heads, d, splits, tile):
     """Split (combine + GELU in one launch) and direct (GELU alone): [attention | gelu(up + bias)]."""
     capacity, ffn = 50, 4 * heads * d
     qkv, bias, k_cache, v_cache, cos, sin = attention_case(batch, heads, d, 10 if d == 40 else 16, capacity,
                                                            torch.float32, seed=batch)
     gen = torch.Generator().manual_seed(7)
     up, up_bias = torch.randn(batch, ffn, generator=gen), torch.randn(ffn, generator=gen)
-    plan = K.attention_splits(batch * heads, capacity, d, CPU, count=splits)
+    plan = K.attention_splits(batch * heads, capacity, d, CPU, count=splits, tile=tile)
     pos = torch.tensor(capacity - 9)
     k_ref, v_ref = k_cache.clone(), v_cache.clone()
     expected = K.decode_attention_and_gelu(qkv, bias, k_ref, v_ref, pos, cos, sin, up, up_bias, heads=heads,
@@ -322,8 +328,10 @@ def test_attention_and_gelu_kernels_write_the_joined_input_of_the_output_gemm(ba
 
 
 @interpreted
-def test_decode_attention_kernel_reads_no_cache_position_past_pos():
-    """NaN beyond pos: the torch path would need the zeroed cache (0 x NaN), the kernel never loads there."""
+@pytest.mark.parametrize("tile", [None, MMA_TILE], ids=["lanes", "mma"])
+def test_decode_attention_kernel_reads_no_cache_position_past_pos(tile):
+    """NaN beyond pos: the torch path would need the zeroed cache (0 x NaN), the kernel never loads there
+    (nor, on the tensor cores, at pos: the new key comes from registers)."""
     qkv, bias, k_cache, v_cache, cos, sin = attention_case(2, 2, 64, 16, 96, torch.float16, seed=3)
     pos = torch.tensor(40)
     k_clean, v_clean = k_cache.clone(), v_cache.clone()
@@ -331,7 +339,10 @@ def test_decode_attention_kernel_reads_no_cache_position_past_pos():
     v_clean[:, :, 41:] = 0
     k_cache[:, :, 41:] = float("nan")
     v_cache[:, :, 41:] = float("nan")
-    plan = K.attention_splits(4, 96, 64, CPU, count=4)  # splits 2 and 3 lie wholly past pos
+    if tile is not None:  # the slot at pos holds whatever was there before the step writes it
+        k_cache[:, :, 40] = float("nan")
+        v_cache[:, :, 40] = float("nan")
+    plan = K.attention_splits(4, 96, 64, CPU, count=4, tile=tile)  # splits 2 and 3 lie wholly past pos
     expected = K.decode_attention(qkv, bias, k_clean, v_clean, pos, cos, sin, heads=2, scale=0.125, splits=plan,
                                   backend="torch")
     got = K.decode_attention(qkv, bias, k_cache, v_cache, pos, cos, sin, heads=2, scale=0.125, splits=plan,
@@ -492,6 +503,16 @@ def test_the_decode_benchmark_script_runs_on_cpu_and_writes_json_and_csv(checkpo
     assert len((tmp_path / "out" / "decode.csv").read_text().splitlines()) == 5
 
 
+def test_attention_tiles_parse_and_a_bad_one_names_the_form():
+    assert K.parse_tile("32x4x3xmma") == K.AttentionTile(32, 4, 3, mma=True)
+    assert K.parse_tile("16x4x3").name == "lane_n16_w4_s3"
+    for bad in ("16x4", "24x4x3", "8x4x3xmma", "16x4x3xfast"):
+        with pytest.raises(ValueError, match="attention tile"):
+            K.parse_tile(bad)
+    plan = K.attention_splits(8, 2048 + 32, 256, CPU, tile=K.parse_tile("32x4x3xmma"))
+    assert plan.mma and plan.block_n == 32 and plan.keys % 32 == 0
+
+
 def test_two_streams_only_where_the_kv_cache_read_is_below_the_weight_read():
     from inference.graph_decoder import two_streams_pay
     from models import load_config
@@ -548,9 +569,10 @@ def test_on_gpu_the_engine_passes_both_checks_through_the_bench(tmp_path):
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("batch, splits, pdl", [(1, None, False), (2, 1, False), (3, 5, False), (1, None, True),
-                                               (3, 5, True)])
-def test_on_gpu_the_captured_step_equals_the_plain_torch_step(tmp_path, batch, splits, pdl):
+@pytest.mark.parametrize("batch, splits, pdl, tile", [(1, None, False, None), (2, 1, False, None), (3, 5, False, None),
+                                                     (1, None, True, None), (3, 5, True, None),
+                                                     (1, None, False, "32x4x3xmma"), (3, 5, False, "16x4x3xmma")])
+def test_on_gpu_the_captured_step_equals_the_plain_torch_step(tmp_path, batch, splits, pdl, tile):
     from inference.step_kernels import trace_step
 
     (tmp_path / "tiny-gpu.yaml").write_text(TINY.format(name="tiny-gpu", h=160, extra=""))  # h/a = 40
@@ -559,8 +581,9 @@ def test_on_gpu_the_captured_step_equals_the_plain_torch_step(tmp_path, batch, s
     model = load_causal_lm(checkpoint, device="cuda", dtype=torch.float16)
     ids = prompt_ids(batch, 150).cuda()
     decoder = GreedyDecoder(model, batch=batch, prompt_len=150, new_tokens=8, banned_token=0, splits=splits,
-                            pdl=pdl)
+                            pdl=pdl, attention_tile=K.parse_tile(tile) if tile else None)
     decoder.capture(ids)
+    assert decoder.splits.mma == (tile is not None)
     assert decoder.graph is not None and decoder.pdl_status == ("on" if pdl else "off"), decoder.pdl_status
     for _ in range(3):  # along the decode: positions 150, 151, 152
         expected = decoder.reference_step().float()
