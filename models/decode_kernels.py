@@ -519,10 +519,10 @@ def _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_p
             acc_rows = acc_rows * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
             m_rows = m_new
         let_dependents_launch(PDL, LATE)
-        first = tl.arange(0, 16) == 0
+        row_zero = tl.arange(0, 16) == 0
         m_i = tl.max(m_rows, axis=0)  # the 16 rows are one row
-        l_i = tl.sum(tl.where(first, l_rows, 0.0), axis=0)
-        acc_d = tl.sum(tl.where(first[:, None], acc_rows, 0.0), axis=0)  # (BLOCK_D,)
+        l_i = tl.sum(tl.where(row_zero, l_rows, 0.0), axis=0)
+        acc_d = tl.sum(tl.where(row_zero[:, None], acc_rows, 0.0), axis=0)  # (BLOCK_D,)
         s_new = tl.sum(q_dot.to(tl.float32) * k_new, axis=0)
         m_both = tl.maximum(m_i, s_new)
         keep = tl.exp2(m_i - m_both)
