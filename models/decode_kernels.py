@@ -328,13 +328,17 @@ class AttentionTile:
         return f"{'mma' if self.mma else 'lane'}_n{self.block_n}_w{self.warps}_s{self.stages}"
 
 
-# By BLOCK_D (the head dim rounded up to a power of two). 128 and 256: measured on an H200
-# (scripts/tune_decode_kernels.py at 9fe0b4f: 36 tiles x splits per head dim, rows b=1..64,
-# prompt 128..4096): 16 keys x 4 warps x 3 stages is the fastest or within 5% at every row of the decode
-# benchmark for head dims 80, 128 and 256 (b=16, p=2048: 3.5-3.65 TB/s of 4.28; the kernel before, 0.9-1.2),
-# one stage (no pipelining) 1.5-2.5x slower, 8 warps 5-40% slower. 16-64: not measured (Pythia-160m/410m).
-ATTENTION_TILES = {16: AttentionTile(32, 4, 3), 32: AttentionTile(32, 4, 3), 64: AttentionTile(32, 4, 3),
-                   128: AttentionTile(16, 4, 3), 256: AttentionTile(16, 4, 3)}
+# By BLOCK_D (the head dim rounded up to a power of two). 128 and 256: measured on an H200. First (9fe0b4f, the
+# lane loop: 36 tiles x splits per head dim, rows b=1..64, prompt 128..4096) 16 keys x 4 warps x 3 stages was
+# the fastest lane tile or within 5% everywhere; one stage 1.5-2.5x slower, 8 warps 5-40% slower. Then
+# (3900b80, evidence/h200/decode-mma-3900b80: lane and tensor-core tiles at b=1,16,64 side by side) the
+# tensor-core loop won at batch 1 and tied or won at 16 and 64, us per layer, lane 16x4x3 -> the tile below:
+#   d=256 (pythia-1b), 32 keys: b1 p128 7.6 -> 5.6, b1 p2048 18.2 -> 12.5, b16 p2048 78.3 -> 78.4, b64 271 -> 259;
+#   d=80 (pythia-2.8b), 64 keys: b1 p128 7.3 -> 5.8, b1 p2048 16.6 -> 14.9, b16 p2048 103.4 -> 104.2, b64 362 -> 359.
+# (32 keys at d=80 lost 16% at b16 p2048.) 16-64: not measured (Pythia-160m/410m), the lane loop stays.
+LANE_TILES = {16: AttentionTile(32, 4, 3), 32: AttentionTile(32, 4, 3), 64: AttentionTile(32, 4, 3),
+              128: AttentionTile(16, 4, 3), 256: AttentionTile(16, 4, 3)}
+ATTENTION_TILES = {**LANE_TILES, 128: AttentionTile(64, 4, 3, mma=True), 256: AttentionTile(32, 4, 3, mma=True)}
 
 
 @dataclass(frozen=True)
@@ -369,8 +373,8 @@ def parse_tile(text: str) -> AttentionTile:
     return AttentionTile(block_n, warps, stages, mma)
 
 
-def attention_tile(head_dim: int) -> AttentionTile:
-    return ATTENTION_TILES[max(16, 1 << math.ceil(math.log2(head_dim)))]
+def attention_tile(head_dim: int, table: dict[int, AttentionTile] | None = None) -> AttentionTile:
+    return (table or ATTENTION_TILES)[max(16, 1 << math.ceil(math.log2(head_dim)))]
 
 
 def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: torch.device,
@@ -404,7 +408,7 @@ def invariant_splits(capacity: int, head_dim: int, *, keys: int | None = None) -
     MAX_SPLITS would be exceeded, which depends on the capacity alone). A row's attention then sums the same
     splits in the same order at every batch size; attention_splits instead aims at filling the SMs, so its
     split count, and the row's rounding, change with the batch."""
-    tile = attention_tile(head_dim)
+    tile = attention_tile(head_dim, LANE_TILES)  # the lane loop, as the split sweep of c2c7edb measured it
     block_d = 1 << max(4, math.ceil(math.log2(head_dim)))
     keys = keys or INVARIANT_SPLIT_KEYS
     per_split = -(-max(keys, tile.block_n) // tile.block_n)  # in tiles
