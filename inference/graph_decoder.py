@@ -65,7 +65,7 @@ class GreedyDecoder:
                  banned_token: int | None = None, use_graph: bool | None = None, compile: bool = False,
                  splits: int | None = None, branches: bool | None = None, pdl: bool = False,
                  pdl_prefetch: int = PREFETCH_TILES, pdl_late: bool = False, norm_in_gemv: bool = True,
-                 qkv_first: bool = False, attention_tile: AttentionTile | None = None):
+                 qkv_first: bool | None = None, attention_tile: AttentionTile | None = None):
         if new_tokens < 2:
             raise ValueError("new_tokens must be >= 2: the first comes from prefill, the rest from decode steps")
         cfg, device = model.cfg, model.device
@@ -109,8 +109,11 @@ class GreedyDecoder:
         self.pdl_prefetch, self.pdl_late = pdl_prefetch, pdl_late
         # batch 1: the output GEMV's last program does the residual add and norms (one kernel a layer fewer;
         # H200: pythia-1b 0.700 -> 0.696 ms at p=128, pythia-2.8b even: evidence/h200/decode-layout-e089ec5);
-        # two streams: the QKV GEMV before the fork, the attention kernel alone beside the MLP-up GEMV
-        self.norm_in_gemv, self.qkv_first = norm_in_gemv, qkv_first and self.branches
+        # two streams: the QKV GEMV before the fork, the attention kernel alone beside the MLP-up GEMV. By default
+        # at batch 1, where it was measured with the tensor-core attention (H200: pythia-1b 0.664 -> 0.620 ms at
+        # p=128, 0.764 -> 0.724 at p=2048; pythia-2.8b 1.653 -> 1.641, 1.909 -> 1.841: decode-defaults-1f9c94d)
+        self.norm_in_gemv = norm_in_gemv
+        self.qkv_first = bool(batch == 1 if qkv_first is None else qkv_first) and self.branches
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None  # the step's output (b, vocab): static once captured
 

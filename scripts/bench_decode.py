@@ -86,8 +86,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="--pdl: GEMVs and attention let their successor launch after their main loop")
     p.add_argument("--norms-apart", action="store_true",
                    help="batch 1: the residual add and norms in their own kernel, not in the output GEMV's last program")
-    p.add_argument("--qkv-first", action="store_true",
-                   help="two streams: the QKV GEMV before the fork, the attention alone beside the MLP-up GEMV")
+    order = p.add_mutually_exclusive_group()
+    order.add_argument("--qkv-first", dest="qkv_first", action="store_const", const=True,
+                       help="two streams: the QKV GEMV before the fork, the attention alone beside the MLP-up GEMV "
+                            "(the default at batch 1 only)")
+    order.add_argument("--qkv-in-branch", dest="qkv_first", action="store_const", const=False,
+                       help="two streams: the QKV GEMV after the fork, on the attention's stream, at every batch")
     p.add_argument("--attention-tile", type=tile_arg, metavar="KEYSxWARPSxSTAGES[xmma]",
                    help="the attention kernel's tile, e.g. 32x4x3xmma for the tensor-core loop (default: the table "
                         "in models/decode_kernels.py)")
@@ -371,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
                      "compile": args.compile, "one_stream": args.one_stream, "splits": args.splits,
                      "pdl": args.pdl, "pdl_prefetch": args.pdl_prefetch if args.pdl else None,
                      "pdl_late": args.pdl_late if args.pdl else None, "norm_in_gemv": not args.norms_apart,
-                     "qkv_first": args.qkv_first,
+                     "qkv_first": "auto (batch 1)" if args.qkv_first is None else args.qkv_first,
                      "attention_tile": args.attention_tile.name if args.attention_tile else None,
                      "check": args.check, "timing": "CUDA events between graph replays, one sync per pass; "
                      "repeats x (new_tokens - 1) steps from the state after prefill, after one untimed pass"},

@@ -21,8 +21,8 @@
 #   prefill    the engine's prefill against the profiler's layer x L + logits (same shape)         ~1 min
 #   calib      the advisor's GEMM calibration in autograd's layouts (attention points kept)     ~1 min
 #   splits     the decode bench at batch 1 with 1, 2 and 4 attention splits and the default rule   ~2 min
-#   layout     the decode bench at batch 1: the norms apart from the output GEMV, QKV before the    ~3 min
-#              fork, both, alternated with the default (first and last)
+#   layout     the decode bench at batch 1: the norms apart from the output GEMV, QKV after the     ~3 min
+#              fork (on the attention's stream), both, alternated with the default (first and last)
 #   splitsb    the decode bench at p=2048, batch SPLITS_BATCH (16), SPLITS_COUNTS (auto 2 3 4 6)  ~2 min
 #   mma        the attention kernel's tensor-core loop: the tune sweep of attention tiles (lane and mma) at     ~5 min
 #              b=1,16,64, then the decode bench with mma tiles (MMA_TILES, and the sweep's best), the default
@@ -102,8 +102,8 @@ if want splits; then
 fi
 if want layout; then
   Y=/tmp/layout; rm -rf $Y; mkdir -p $Y
-  for v in default norms-apart qkv-first norms-apart+qkv-first default-again; do
-    extra=""; [[ $v == *norms-apart* ]] && extra="--norms-apart"; [[ $v == *qkv-first* ]] && extra="$extra --qkv-first"
+  for v in default norms-apart qkv-in-branch norms-apart+qkv-in-branch default-again; do
+    extra=""; [[ $v == *norms-apart* ]] && extra="--norms-apart"; [[ $v == *qkv-in-branch* ]] && extra="$extra --qkv-in-branch"
     python3 scripts/bench_decode.py --out $Y/$v --models ${DECODE_MODELS:-pythia-1b,pythia-2.8b} --batches 1 \
       --contexts ${DECODE_CONTEXTS:-128,2048} --repeats 5 --check first $extra 2>&1 \
       | grep -E " step |Error|error" | cut -c1-150 | sed "s/^/[layout $v] /"

@@ -503,6 +503,17 @@ def test_the_decode_benchmark_script_runs_on_cpu_and_writes_json_and_csv(checkpo
     assert len((tmp_path / "out" / "decode.csv").read_text().splitlines()) == 5
 
 
+def test_the_qkv_gemm_goes_before_the_fork_at_batch_one_by_default(checkpoints):
+    model = load_causal_lm(checkpoints["tiny-par"], dtype=torch.float32)
+
+    def order(batch, **options):
+        return GreedyDecoder(model, batch=batch, prompt_len=8, new_tokens=4, branches=True, **options).qkv_first
+
+    assert order(1) and not order(2) and not order(16)  # measured at batch 1 only (decode-defaults-1f9c94d)
+    assert not order(1, qkv_first=False) and order(2, qkv_first=True)
+    assert not GreedyDecoder(model, batch=1, prompt_len=8, new_tokens=4, branches=False).qkv_first  # one stream
+
+
 def test_attention_tiles_parse_and_a_bad_one_names_the_form():
     assert K.parse_tile("32x4x3xmma") == K.AttentionTile(32, 4, 3, mma=True)
     assert K.parse_tile("16x4x3").name == "lane_n16_w4_s3"
