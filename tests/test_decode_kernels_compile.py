@@ -45,6 +45,45 @@ def to_ttir(kernel, types: dict[str, str], constexprs: dict[str, object], num_wa
                               backend.get_module_map(), context))
 
 
+def pointer_rule(name: str) -> str:
+    """The decode kernels' argument types, by name: fp32 partials and tables, int32 counters, fp16 tensors."""
+    if name in POINTERS_FP32 or name == "part_ptr":
+        return "*fp32"
+    if name.endswith("count_ptr"):
+        return "*i32"
+    if name == "pos_ptr":
+        return "*i64"
+    if name.endswith("_ptr"):
+        return "*fp16"
+    return "fp32" if name in ("eps", "scale_log2") else "i32"
+
+
+GEMV_BASE = dict(BLOCK_N=16, BLOCK_K=256, SPLIT=1, EVEN_K=True, STAGES=4, GELU=False, HAS_BIAS=False, PDL=False,
+                 LINE=64, PREFETCH=0, LATE=False, NORMS=False, N_BIASES=0, TWO_NORMS=False, BLOCK=2048)
+GEMM_CASES = [
+    {"kernel": "gemv", "name": "gemv", "constexprs": GEMV_BASE},
+    {"kernel": "gemv", "name": "gemv+gelu", "constexprs": {**GEMV_BASE, "GELU": True, "HAS_BIAS": True}},
+    {"kernel": "gemv", "name": "gemv-split4", "constexprs": {**GEMV_BASE, "BLOCK_N": 8, "BLOCK_K": 512, "SPLIT": 4}},
+    {"kernel": "gemv", "name": "gemv+norms", "constexprs": {**GEMV_BASE, "BLOCK_N": 8, "BLOCK_K": 512, "NORMS": True,
+                                                            "N_BIASES": 2, "TWO_NORMS": True}},
+    {"kernel": "gemv", "name": "gemv-split2+norms+pdl", "constexprs": {**GEMV_BASE, "SPLIT": 2, "NORMS": True,
+                                                                       "N_BIASES": 1, "PDL": True, "PREFETCH": 4}},
+    {"kernel": "dot", "name": "dot", "constexprs": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=256, SPLIT=1, EVEN_K=True,
+                                                         STAGES=3, PDL=False, LINE=64, PREFETCH=0, LATE=False)},
+    {"kernel": "dot", "name": "dot-split4", "constexprs": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, SPLIT=4,
+                                                                EVEN_K=False, STAGES=4, PDL=False, LINE=64,
+                                                                PREFETCH=0, LATE=False)},
+]
+
+
+def gemm_ttir(case: dict) -> str:
+    from models import decode_gemm as G
+
+    kernel = G.GEMV if case["kernel"] == "gemv" else G.DOT
+    names = list(inspect.signature(kernel.fn).parameters)
+    return to_ttir(kernel, {n: pointer_rule(n) for n in names}, case["constexprs"])
+
+
 def attention_ttir(case: dict) -> str:
     from models import decode_kernels as K
 
@@ -94,6 +133,19 @@ def test_the_attention_kernel_compiles_for_cuda_in_every_variant(compiled, index
     assert result["dot"] == TILES[CASES[index]["tile"]][3]  # tt.dot in the tensor-core loop, and only there
 
 
+@pytest.fixture(scope="module")
+def compiled_gemms():
+    pytest.importorskip("triton")
+    return compile_in_child(GEMM_CASES)
+
+
+@pytest.mark.parametrize("index", range(len(GEMM_CASES)), ids=[c["name"] for c in GEMM_CASES])
+def test_the_decode_gemm_kernels_compile_for_cuda_in_every_epilogue(compiled_gemms, index):
+    result = compiled_gemms[index]
+    assert result["error"] is None, result["error"]
+    assert result["dot"] == (GEMM_CASES[index]["kernel"] == "dot")  # the gemv kernel uses no tensor cores
+
+
 def test_a_kernel_the_interpreter_accepts_but_the_compiler_refuses_fails_here(compiled):
     error = compiled[-1]["error"]
     assert error is not None and "first" in error and "CompilationError" in error
@@ -104,7 +156,8 @@ if __name__ == "__main__":
     results = []
     for case in json.loads(sys.argv[1]):
         try:
-            ttir = clash_ttir() if case.get("clash") else attention_ttir(case)
+            ttir = (clash_ttir() if case.get("clash") else gemm_ttir(case) if "kernel" in case
+                    else attention_ttir(case))
             results.append({"error": None, "dot": "tt.dot" in ttir})
         except Exception as e:  # noqa: BLE001 - reported to the test, which names it
             text = str(e)
