@@ -125,7 +125,7 @@ fi
 if want mma; then
   M=/tmp/mma; rm -rf $M; mkdir -p $M
   python3 scripts/tune_decode_kernels.py --out $M/tune --models ${DECODE_MODELS:-pythia-1b,pythia-2.8b} \
-    --rows ${MMA_ROWS:-1x2048,1x128,16x2048,64x2048} --gemm-models "" --pps 2,4 --deadline-s ${MMA_TUNE_S:-150} 2>&1 \
+    --rows ${MMA_ROWS:-1x2048,1x128,16x2048,64x2048,16x128,64x128} --gemm-models "" --pps 2,4 --deadline-s ${MMA_TUNE_S:-150} 2>&1 \
     | grep -E "best|points|Error|error" | cut -c1-160
   best=$(python3 -c "
 import json, math, collections

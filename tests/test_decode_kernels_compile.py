@@ -16,10 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-POINTERS_FP16 = {"qkv_ptr", "bias_ptr", "k_cache_ptr", "v_cache_ptr", "out_ptr", "up_ptr", "up_bias_ptr"}
 POINTERS_FP32 = {"m_ptr", "l_ptr", "acc_ptr", "cos_ptr", "sin_ptr"}
-ATTENTION_TYPES = {**{n: "*fp16" for n in POINTERS_FP16}, **{n: "*fp32" for n in POINTERS_FP32},
-                   "pos_ptr": "*i64", "count_ptr": "*i32", "scale_log2": "fp32"}
 TILES = {"lane_n16_w4_s3": (16, 4, 3, False), "mma_n16_w4_s3": (16, 4, 3, True), "mma_n64_w8_s2": (64, 8, 2, True)}
 CASES = [{"tile": t, "direct": direct, "gelu": direct, "head_dim": d}
          for t in TILES for direct in (False, True) for d in (256, 80)]
@@ -93,7 +90,8 @@ def attention_ttir(case: dict) -> str:
                       HAS_BIAS=True, DIRECT=case["direct"], STAGES=stages, BLOCK_S=64, HAS_GELU=case["gelu"],
                       HAS_UP_BIAS=case["gelu"], GELU_BLOCK=1024, PDL=False, LATE=False, MMA=mma,
                       INPUT_PRECISION="tf32")
-    return to_ttir(K.DECODE_ATTENTION, ATTENTION_TYPES, constexprs, warps)
+    names = inspect.signature(K.DECODE_ATTENTION.fn).parameters
+    return to_ttir(K.DECODE_ATTENTION, {n: pointer_rule(n) for n in names}, constexprs, warps)
 
 
 def clash_ttir() -> str:
