@@ -49,6 +49,11 @@ parts="$*"
 want() { [[ " $parts " == *" $1 "* ]]; }
 bundle() { tar czf "$OUT/$1.tgz" ${3:+--exclude=$3} -C "$2" . && du -h "$OUT/$1.tgz"; }
 elapsed() { echo "== $1 done at ${SECONDS}s"; }
+variant() {  # PART DIR NAME ARGS...: one decode bench (5 passes, the first model checked) into DIR/NAME, its step lines
+  local part=$1 dir=$2 name=$3; shift 3
+  python3 scripts/bench_decode.py --out $dir/$name --models ${DECODE_MODELS:-pythia-1b,pythia-2.8b} --repeats 5 \
+    --check first "$@" 2>&1 | grep -E " step |Error|error" | cut -c1-150 | sed "s/^/[$part $name] /"
+}
 
 if want tests; then
   python3 -m pytest -q -m gpu --continue-on-collection-errors ${GPU_TESTS:-tests} 2>&1 | tail -n 30 | tee "$OUT/tests.txt"
@@ -93,9 +98,7 @@ if want splits; then
   S=/tmp/splits; rm -rf $S; mkdir -p $S
   for n in auto 1 2 4 auto-again; do
     extra=""; [[ $n =~ ^[0-9]+$ ]] && extra="--splits $n"
-    python3 scripts/bench_decode.py --out $S/$n --models ${DECODE_MODELS:-pythia-1b,pythia-2.8b} --batches 1 \
-      --contexts ${DECODE_CONTEXTS:-128,2048} --repeats 5 --check first --no-trace $extra 2>&1 \
-      | grep -E "step|Error|error" | cut -c1-110 | sed "s/^/[splits $n] /"
+    variant splits $S $n --batches 1 --contexts ${DECODE_CONTEXTS:-128,2048} --no-trace $extra
   done
   bundle splits $S
   elapsed splits
@@ -104,9 +107,7 @@ if want layout; then
   Y=/tmp/layout; rm -rf $Y; mkdir -p $Y
   for v in default norms-apart qkv-in-branch norms-apart+qkv-in-branch default-again; do
     extra=""; [[ $v == *norms-apart* ]] && extra="--norms-apart"; [[ $v == *qkv-in-branch* ]] && extra="$extra --qkv-in-branch"
-    python3 scripts/bench_decode.py --out $Y/$v --models ${DECODE_MODELS:-pythia-1b,pythia-2.8b} --batches 1 \
-      --contexts ${DECODE_CONTEXTS:-128,2048} --repeats 5 --check first $extra 2>&1 \
-      | grep -E " step |Error|error" | cut -c1-150 | sed "s/^/[layout $v] /"
+    variant layout $Y $v --batches 1 --contexts ${DECODE_CONTEXTS:-128,2048} $extra
   done
   bundle layout $Y
   elapsed layout
@@ -115,9 +116,7 @@ if want splitsb; then
   S=/tmp/splitsb; rm -rf $S; mkdir -p $S
   for n in ${SPLITS_COUNTS:-auto 2 3 4 6}; do
     extra=""; [[ $n =~ ^[0-9]+$ ]] && extra="--splits $n"
-    python3 scripts/bench_decode.py --out $S/$n --models ${DECODE_MODELS:-pythia-1b,pythia-2.8b} \
-      --batches ${SPLITS_BATCH:-16} --contexts 2048 --repeats 5 --check first $extra 2>&1 \
-      | grep -E " step |Error|error" | cut -c1-150 | sed "s/^/[splitsb $n] /"
+    variant splitsb $S $n --batches ${SPLITS_BATCH:-16} --contexts 2048 $extra
   done
   bundle splitsb $S
   elapsed splitsb
@@ -142,9 +141,7 @@ print(name.split('_pps')[0].replace('mma_n', '').replace('_w', 'x').replace('_s'
   [[ -n "$best" && " $variants " != *" $best "* ]] && variants="$variants $best"
   for v in $variants default-again; do
     extra=""; [[ $v == *mma ]] && extra="--attention-tile $v"
-    python3 scripts/bench_decode.py --out $M/$v --models ${DECODE_MODELS:-pythia-1b,pythia-2.8b} \
-      --batches ${DECODE_BATCHES:-1,16} --contexts ${DECODE_CONTEXTS:-128,2048} --repeats 5 --check first $extra 2>&1 \
-      | grep -E " step |Error|error" | cut -c1-150 | sed "s/^/[mma $v] /"
+    variant mma $M $v --batches ${DECODE_BATCHES:-1,16} --contexts ${DECODE_CONTEXTS:-128,2048} $extra
   done
   bundle mma $M
   elapsed mma
