@@ -357,6 +357,10 @@ class Splits:
     def direct(self) -> bool:  # one split: the kernel normalises and writes the output itself
         return self.count == 1
 
+    @property
+    def tile(self) -> AttentionTile:
+        return AttentionTile(self.block_n, self.warps, self.stages, self.mma)
+
 
 def parse_tile(text: str) -> AttentionTile:
     """KEYSxWARPSxSTAGES, with 'xmma' for the tensor-core loop: '16x4x3', '32x4x3xmma'."""

@@ -109,10 +109,6 @@ def tile_arg(text: str) -> AttentionTile:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def attention_tile_name(splits) -> str:
-    return AttentionTile(splits.block_n, splits.warps, splits.stages, splits.mma).name
-
-
 class Clock:
     """Elapsed times of a CUDA stream (events, no sync until read) or of the host."""
 
@@ -247,7 +243,7 @@ def run_row(model, cfg, *, name: str, batch: int, prompt_len: int, args, device,
             "step_vs_floor": steps.median_ms / floors.decode_floor_ms if floors.decode_floor_ms else None,
             "graph": decoder.graph is not None, "compile": decoder.compile_status, "branches": decoder.branch_status,
             "pdl": decoder.pdl_status, "norm_in_gemv": decoder.norm_in_gemv, "qkv_first": decoder.qkv_first,
-            "splits": decoder.splits.count, "attention_tile": attention_tile_name(decoder.splits),
+            "splits": decoder.splits.count, "attention_tile": decoder.splits.tile.name,
             "cache_gb": decoder.cache.bytes / 2**30,
         })
         kernels = None if args.no_trace else trace_row(decoder, device)

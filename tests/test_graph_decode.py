@@ -521,7 +521,7 @@ def test_attention_tiles_parse_and_a_bad_one_names_the_form():
         with pytest.raises(ValueError, match="attention tile"):
             K.parse_tile(bad)
     plan = K.attention_splits(8, 2048 + 32, 256, CPU, tile=K.parse_tile("32x4x3xmma"))
-    assert plan.mma and plan.block_n == 32 and plan.keys % 32 == 0
+    assert plan.mma and plan.block_n == 32 and plan.keys % 32 == 0 and plan.tile == K.parse_tile("32x4x3xmma")
 
 
 def test_two_streams_only_where_the_kv_cache_read_is_below_the_weight_read():
