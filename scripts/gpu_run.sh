@@ -124,7 +124,7 @@ fi
 if want mma; then
   M=/tmp/mma; rm -rf $M; mkdir -p $M
   python3 scripts/tune_decode_kernels.py --out $M/tune --models ${DECODE_MODELS:-pythia-1b,pythia-2.8b} \
-    --rows ${MMA_ROWS:-1x2048,1x128,16x2048,64x2048,16x128,64x128} --gemm-models "" --pps 2,4 --deadline-s ${MMA_TUNE_S:-150} 2>&1 \
+    --rows ${MMA_ROWS:-1x2048,1x128,16x2048,64x2048,16x128,64x128} --gemm-models "" --pps 2,4 --deadline-s ${MMA_TUNE_S:-200} 2>&1 \
     | grep -E "best|points|Error|error" | cut -c1-160
   best=$(python3 -c "
 import json, math, collections
@@ -137,7 +137,7 @@ name = min(full, key=full.get) if full else ''
 print(name.split('_pps')[0].replace('mma_n', '').replace('_w', 'x').replace('_s', 'x') + 'xmma' if name else '')
 " 2>/dev/null)
   echo "mma: the sweep's best tensor-core tile over all its cases: ${best:-none}"
-  variants="default ${MMA_TILES:-16x4x3xmma 32x4x3xmma}"
+  variants="default ${MMA_TILES:-16x4x3xmma 64x4x2xmma}"
   [[ -n "$best" && " $variants " != *" $best "* ]] && variants="$variants $best"
   for v in $variants default-again; do
     extra=""; [[ $v == *mma ]] && extra="--attention-tile $v"
