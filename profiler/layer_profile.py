@@ -193,7 +193,8 @@ def rounds_vs_trace(timed: P.TimedRounds, traced: P.TracedRounds) -> tuple[float
 
 
 def measure_attempt(number: int, rounds: P.Rounds, units: dict, maps: P.KernelMaps, *, cfg: ModelConfig,
-                    options: ProfileOptions, device: torch.device, trace_dir: Path, telemetry) -> Attempt:
+                    options: ProfileOptions, device: torch.device, trace_dir: Path, telemetry,
+                    n_rounds: int | None = None) -> Attempt:
     on_gpu = device.type == "cuda"
 
     def tag(name: str | None) -> None:  # telemetry phase of this attempt
@@ -201,7 +202,7 @@ def measure_attempt(number: int, rounds: P.Rounds, units: dict, maps: P.KernelMa
             telemetry.set_phase(f"{cfg.name}:a{number}:{name}" if name else None)
 
     timed, traced = P.interleaved_rounds(rounds, maps, units[P.LAYER], device=device, trace_dir=trace_dir,
-                                         worker_name=safe_name(cfg.name), n=options.active_steps, phase=tag)
+                                         worker_name=safe_name(cfg.name), n=n_rounds or options.active_steps, phase=tag)
     latency = summarize(timed.eager)
     layer = P.unit_activities(traced.activities, P.LAYER)
     totals = P.replay_totals(layer)
@@ -265,6 +266,9 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
         warmup = P.warm_up(rounds, device=device, min_windows=max(2, options.min_trace_warmup_steps),
                            max_windows=max(2, options.min_trace_warmup_steps, options.max_trace_warmup_steps),
                            min_ms=P.WARMUP_MIN_MS if on_gpu else options.bench_warmup_ms)
+    # on a GPU the attempt's rounds span protocol.ATTEMPT_WINDOW_MS (the warm-up's last window gives a round's time)
+    n_rounds = P.rounds_per_attempt(warmup.window_medians_ms[-1] if on_gpu and warmup.window_medians_ms else None,
+                                    options.active_steps)
     attempts: list[Attempt] = []
     scratch = Path(out_dir) / "tb" / f".{safe_name(cfg.name)}.attempts"
     for number in range(1, P.MAX_ATTEMPTS + 1):
@@ -274,7 +278,7 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
         note(f"interleaved rounds, attempt {number}: timed (CUDA events) and traced" if on_gpu else
              "interleaved rounds: host clock and trace")
         attempts.append(measure_attempt(number, rounds, units, maps, cfg=cfg, options=options, device=device,
-                                        trace_dir=scratch / str(number), telemetry=telemetry))
+                                        trace_dir=scratch / str(number), telemetry=telemetry, n_rounds=n_rounds))
         if not attempts[-1].failed or not on_gpu:
             break
     final = attempts[-1]
@@ -373,9 +377,11 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
         "launch_bound_evidence": launch_note,
         "trace_vs_events_pct": 100 * (rounds_span / rounds_events - 1) if rounds_events else None,
         "trace_warmup": {"warmup_steps": len(warmup.window_medians_ms), "stable": warmup.stable,
-                         "warmup_step_ms": warmup.to_dict()["window_medians_ms"], "active_steps": options.active_steps,
+                         "warmup_step_ms": warmup.to_dict()["window_medians_ms"], "active_steps": n_rounds,
                          "unit": "round"},
-        "rounds": {"per_attempt": options.active_steps, "instances_per_round": reps, "plans": P.PLANS, "attempts": [
+        "rounds": {"per_attempt": n_rounds, "least_per_attempt": options.active_steps,
+                   "window_ms": P.ATTEMPT_WINDOW_MS if on_gpu else None,
+                   "instances_per_round": reps, "plans": P.PLANS, "attempts": [
             {"attempt": a.number, "failed": a.failed,
              "eager_us": round(a.latency.median_ms * 1e3, 3),
              "graph_us": round(a.graph.median_ms * 1e3, 3) if a.graph else None} for a in attempts],

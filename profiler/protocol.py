@@ -65,6 +65,14 @@ MAX_ATTEMPTS = 3  # a failed comparison is measured again at most twice before i
 WARMUP_MIN_MS = 1000.0  # a power-capped GPU settles slowly: warm-up runs at least this long, back to back
 WARMUP_MAX_MS = 5000.0
 WARMUP_WINDOW_MS = 100.0  # warm-up windows compared: each at least this long
+# An attempt's interleaved rounds (traced and timed, alternating) last at least this long on a GPU. Under the 700 W
+# cap of an H200 the SM clock holds a level for ~3 rounds (~100 ms) and then steps by 50-150 MHz; ten rounds of a
+# power-capped 2.7B layer (~400 ms) caught 3-4 such levels, and the latency medians of three runs differed by up
+# to 5.0% with their rounds' clocks (gpt3-2.7b flash: 2480 us at 1740 MHz, 2604 us at 1650; evidence/h200/
+# layer-runs). A longer window averages over more levels. Small layers reach it with rounds of ~13 ms, so the
+# count is capped (the trace holds every round's kernels).
+ATTEMPT_WINDOW_MS = 1200.0
+MAX_ROUNDS_PER_ATTEMPT = 40
 
 
 @dataclass
@@ -300,6 +308,16 @@ def warm_up(rounds: Rounds, *, device: torch.device, min_windows: int = 2, max_w
         if (warmup.stable and done >= min_windows and warmup.spent_ms >= min_ms) or done >= max_windows \
                 or warmup.spent_ms >= max_ms:
             return warmup
+
+
+def rounds_per_attempt(round_ms: float | None, least: int, *, window_ms: float = ATTEMPT_WINDOW_MS,
+                       most: int = MAX_ROUNDS_PER_ATTEMPT) -> int:
+    """Rounds of each kind (traced, timed) in an attempt: at least `least`, and enough that the alternating
+    blocks (two rounds each) last `window_ms`, at most `most` (or `least`, if larger). Without a round time
+    (a CPU, where the window means nothing) `least`."""
+    if not round_ms or round_ms <= 0 or not math.isfinite(round_ms):
+        return least
+    return max(least, min(most, math.ceil(window_ms / (2 * round_ms))))
 
 
 def _timed(fn: Callable[[], object], device: torch.device):

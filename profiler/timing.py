@@ -29,7 +29,8 @@ POLICY = {
                 "are replayed from CUDA graphs in shuffled, interleaved rounds, so every figure that is compared "
                 "with another shares each round's clock; inside one profiler session each traced round "
                 "(torch.profiler: every unit's kernels) is followed by a timed round (CUDA events around the "
-                "round graph, the profiler's collection switched off), so both sample one stretch of the clock; "
+                "round graph, the profiler's collection switched off), so both sample one stretch of the clock, which "
+                "lasts at least rounds.window_ms of run.json (so a power-capped clock's levels are averaged over); "
                 "the layer's latency is its instances' GPU span in the traced rounds (checked against the events), "
                 "the eager step (host included, taken just before, outside the profiler) decides launch-boundness; "
                 "a failed comparison is measured again at most twice (profiler/protocol.py)",

@@ -9,6 +9,8 @@
 #   readme     the README's main command README_RUNS times in a row (default 5), exit codes kept  ~2 min
 #   layer      the layer evidence: Figures 1, 2, 11, pythia-1b fwd and fwd+bwd, the Pythia suite  ~3.5 min
 #              (LAYER_RUNS=N runs it N times in a row, one archive layer-<i>.tgz each)
+#   capped     issue 19: the power-capped layers (Figure 1 flash, pythia-6.9b/12b; pythia-1b as a control)   ~5 min
+#              CAPPED_RUNS (3) times in a row, then scripts/runs_agreement.py over the runs
 #   speed      the sweep speed/accuracy benchmark (120 mixed points vs do_bench)                  ~1 min
 #   sweeps     the full evidence sweeps (scripts/gpu_sweeps.sh)                                   ~4 min
 #   advise     the sizing advisor with --measure (scripts/gpu_advise.sh)                           ~4 min
@@ -88,6 +90,21 @@ if want layer; then
   elapsed layer-$run
 fi
 done
+if want capped; then
+  # issue 19: the configs whose latency disagreed across runs (the power-capped 2.7B flash layers, pythia-6.9b/12b)
+  # and pythia-1b as a control, CAPPED_RUNS times in a row on one machine, then their agreement
+  R=/tmp/capped; rm -rf $R
+  for i in $(seq 1 ${CAPPED_RUNS:-3}); do
+    python3 -m profiler layer --config gpt3-2.7b-c1 --config gpt3-2.7b-c2 --config gpt3-2.7b --config gpt3-2.7b-a20 \
+      --attention flash --out $R/run-$i/figure1-flash 2>&1 | grep -E "latency|CHECKS|FAIL" | head -8 | sed "s/^/[capped $i] /"
+    python3 -m profiler layer --config pythia-1b --config pythia-6.9b --config pythia-12b --attention flash \
+      --out $R/run-$i/pythia-suite 2>&1 | grep -E "latency|CHECKS|FAIL" | head -6 | sed "s/^/[capped $i] /"
+    echo "== capped run $i done at ${SECONDS}s"
+  done
+  python3 scripts/runs_agreement.py $R/run-* --csv $R/agreement.csv 2>&1 | tee $R/agreement.txt | tail -n 16
+  bundle capped $R tb
+  elapsed capped
+fi
 if want decode; then
   python3 scripts/bench_decode.py --out /tmp/decode --models ${DECODE_MODELS:-pythia-1b,pythia-2.8b,gpt3-2.7b} \
     --batches ${DECODE_BATCHES:-1,16} --contexts ${DECODE_CONTEXTS:-128,2048} --repeats 3 --check first 2>&1 | tail -n 40

@@ -34,6 +34,8 @@ def test_every_gemm_and_attention_row_of_the_layer_has_an_alone_time(tmp_path, a
     others = rows[~rows.index.isin(heavy.index)]
     assert others["alone_us"].isna().all()  # norms, layout copies, ... have no floor
     assert result.summary["floor_us"] == pytest.approx(heavy["alone_us"].sum())
+    # off a GPU the window means nothing: the rounds asked for, and no window recorded
+    assert result.summary["rounds"]["per_attempt"] == 2 and result.summary["rounds"]["window_ms"] is None
 
 
 def test_the_attention_alone_leaves_the_packed_qkv_scatter_out(tmp_path):
@@ -180,3 +182,18 @@ def test_a_stray_kernel_on_the_stream_lowers_coverage_and_fails_it():
     assert "stray_kernel" in set(doctored.loc[doctored["component"] == "unattributed", "name"])
     check = coverage_check(coverage(doctored), unattributed_kernels(doctored))
     assert check.status == "fail" and "stray_kernel" in str(check.details)
+
+
+def test_an_attempt_spans_the_window_in_rounds_between_the_least_and_the_cap():
+    # a power-capped 2.7B layer: rounds of ~18.5 ms -> 1200 ms / (2 x 18.5) = 33 rounds of each kind
+    assert P.rounds_per_attempt(18.5, 10) == 33
+    # short rounds reach the cap; long ones keep the least count asked for
+    assert P.rounds_per_attempt(5.0, 10) == P.MAX_ROUNDS_PER_ATTEMPT
+    assert P.rounds_per_attempt(200.0, 10) == 10
+    # a larger least count than the cap (--iters) is kept
+    assert P.rounds_per_attempt(5.0, 60) == 60
+    # no round time (a CPU, a warm-up that timed nothing): the least count, not a guess
+    assert P.rounds_per_attempt(None, 10) == 10
+    assert P.rounds_per_attempt(float("nan"), 10) == 10
+    assert P.rounds_per_attempt(0.0, 7) == 7
+

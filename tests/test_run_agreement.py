@@ -1,0 +1,48 @@
+"""Issue 19's cross-run figures from committed layer runs (evidence/h200/layer-runs, three full runs on an H200)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from profiler.run_agreement import agreement, load_runs, summary_lines
+
+RUNS = Path(__file__).resolve().parent.parent / "evidence" / "h200" / "layer-runs"
+
+
+def test_the_committed_h200_runs_agree_in_floor_ratio_but_not_in_latency_everywhere():
+    runs = load_runs([RUNS / f"run-{i}" for i in (1, 2, 3)])
+    assert len(runs) == 60
+    table = agreement(runs)
+    bound = table[table["gpu_bound"]]
+    assert len(bound) == 19  # pythia-70m is launch-bound: its latency times the host, not judged
+    assert int(bound["latency_ok"].sum()) == 10
+    worst = bound.loc[bound["latency_spread_pct"].idxmax()]
+    assert (worst["config"], round(worst["latency_spread_pct"], 1)) == ("gpt3-2.7b", 5.0)
+    assert table["x_floor_ok"].all() and table["x_floor_range"].max() == pytest.approx(0.016, abs=5e-4)
+    lines = summary_lines(runs, table)
+    assert any("19 of 20 configs pass every check (failed: gpt3-2.7b-c2 trace_stable)" in line for line in lines)
+
+
+def test_a_run_doctored_three_percent_slower_fails_the_latency_agreement(tmp_path):
+    for i in (1, 2):
+        shutil.copytree(RUNS / f"run-{i}" / "pythia-suite", tmp_path / f"run-{i}" / "pythia-suite",
+                        ignore=shutil.ignore_patterns("*.html", "*.csv", "tb"))
+    before = agreement(load_runs([tmp_path / "run-1", tmp_path / "run-2"])).set_index("config")
+    assert before.loc["pythia-1b", "latency_ok"]
+    path = tmp_path / "run-2" / "pythia-suite" / "run.json"
+    record = json.loads(path.read_text())
+    for config in record["configs"]:
+        if config["name"] == "pythia-1b":
+            config["latency_us"]["median"] *= 1.03
+            config["floor_ratio"] += 0.05
+    path.write_text(json.dumps(record))
+    after = agreement(load_runs([tmp_path / "run-1", tmp_path / "run-2"])).set_index("config")
+    assert not after.loc["pythia-1b", "latency_ok"] and not after.loc["pythia-1b", "x_floor_ok"]
+    assert after.drop("pythia-1b")["latency_ok"].dropna().all() == before.drop("pythia-1b")["latency_ok"].dropna().all()
+
+
+def test_a_folder_without_runs_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no run.json"):
+        load_runs([tmp_path])
