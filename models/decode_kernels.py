@@ -328,17 +328,47 @@ class AttentionTile:
         return f"{'mma' if self.mma else 'lane'}_n{self.block_n}_w{self.warps}_s{self.stages}"
 
 
-# By BLOCK_D (the head dim rounded up to a power of two). 128 and 256: measured on an H200. First (9fe0b4f, the
-# lane loop: 36 tiles x splits per head dim, rows b=1..64, prompt 128..4096) 16 keys x 4 warps x 3 stages was
-# the fastest lane tile or within 5% everywhere; one stage 1.5-2.5x slower, 8 warps 5-40% slower. Then
-# (3900b80, evidence/h200/decode-mma-3900b80: lane and tensor-core tiles at b=1,16,64 side by side) the
-# tensor-core loop won at batch 1 and tied or won at 16 and 64, us per layer, lane 16x4x3 -> the tile below:
-#   d=256 (pythia-1b), 32 keys: b1 p128 7.6 -> 5.6, b1 p2048 18.2 -> 12.5, b16 p2048 78.3 -> 78.4, b64 271 -> 259;
-#   d=80 (pythia-2.8b), 64 keys: b1 p128 7.3 -> 5.8, b1 p2048 16.6 -> 14.9, b16 p2048 103.4 -> 104.2, b64 362 -> 359.
-# (32 keys at d=80 lost 16% at b16 p2048.) 16-64: not measured (Pythia-160m/410m), the lane loop stays.
+# By BLOCK_D (the head dim rounded up to a power of two). The lane loop's table, measured on an H200 (9fe0b4f:
+# 36 tiles x splits per head dim, rows b=1..64, prompt 128..4096): 16 keys x 4 warps x 3 stages was the fastest
+# lane tile or within 5% everywhere; one stage 1.5-2.5x slower, 8 warps 5-40% slower. 16-64: not measured
+# (Pythia-160m/410m); the batch-invariant mode keeps this table (the split sweep of c2c7edb measured it).
 LANE_TILES = {16: AttentionTile(32, 4, 3), 32: AttentionTile(32, 4, 3), 64: AttentionTile(32, 4, 3),
               128: AttentionTile(16, 4, 3), 256: AttentionTile(16, 4, 3)}
-ATTENTION_TILES = {**LANE_TILES, 128: AttentionTile(64, 4, 3, mma=True), 256: AttentionTile(32, 4, 3, mma=True)}
+
+
+@dataclass(frozen=True)
+class TileRule:
+    """`tile` where the attention has at most `most_rows_x_heads` (batch row, head) pairs and a cache of at most
+    `most_capacity` positions (None: any). A head dim's rules are read in order; the first that holds is used."""
+    tile: AttentionTile
+    most_rows_x_heads: int | None = None
+    most_capacity: int | None = None
+
+    def holds(self, rows_x_heads: int, capacity: int) -> bool:
+        return ((self.most_rows_x_heads is None or rows_x_heads <= self.most_rows_x_heads)
+                and (self.most_capacity is None or capacity <= self.most_capacity))
+
+
+# The tensor-core loop's tiles by BLOCK_D, measured on an H200 (evidence/h200/decode-tiles-ccd6089/tune: lane and
+# mma tiles at b = 1, 16, 64 x p = 128, 2048, CUDA graphs over distinct caches, L2 flushed), us per layer:
+# - d=256 (pythia-1b, 8 heads): 32 keys x 3 stages at batch 1 (b1 p2048 12.5 against 13.0 with 2 stages);
+#   with two stages a program holds 64 KB of shared memory instead of 96, so 3 fit an SM instead of 2, which
+#   wins once the batch brings programs enough (b16 p2048 72.8 against 78.7, b16 p128 12.2 / 14.3, b64 p128
+#   34.1 / 36.1; b64 p2048 260.5 / 258.5, the one row it loses, by 0.8%).
+# - d=80 (pythia-2.8b, gpt3-2.7b: 32 heads): 64 keys x 3 stages at batch 1 (b1 p2048 15.0) and at batch 64 with
+#   a long cache (b64 p2048 360.7); 32 keys x 3 stages where the cache is short, as a split then holds one or
+#   two 64-key tiles (b64 p128 58.7 against 71.7, b16 p128 19.8 / 21.9); 64 keys x 2 stages in between (b16
+#   p2048 102.5 / 104.1). Between the measured rows the bounds sit halfway (log scale).
+ATTENTION_TILE_RULES: dict[int, tuple[TileRule, ...]] = {
+    256: (TileRule(AttentionTile(32, 4, 3, mma=True), most_rows_x_heads=32),
+          TileRule(AttentionTile(32, 4, 2, mma=True))),
+    128: (TileRule(AttentionTile(64, 4, 3, mma=True), most_rows_x_heads=128),
+          TileRule(AttentionTile(32, 4, 3, mma=True), most_capacity=512),
+          TileRule(AttentionTile(64, 4, 2, mma=True), most_rows_x_heads=1024),
+          TileRule(AttentionTile(64, 4, 3, mma=True))),
+}
+# batch 1's tile per BLOCK_D (the lane table where no rule is measured)
+ATTENTION_TILES = {**LANE_TILES, **{d: rules[0].tile for d, rules in ATTENTION_TILE_RULES.items()}}
 
 
 @dataclass(frozen=True)
@@ -377,8 +407,17 @@ def parse_tile(text: str) -> AttentionTile:
     return AttentionTile(block_n, warps, stages, mma)
 
 
-def attention_tile(head_dim: int, table: dict[int, AttentionTile] | None = None) -> AttentionTile:
-    return (table or ATTENTION_TILES)[max(16, 1 << math.ceil(math.log2(head_dim)))]
+def attention_tile(head_dim: int, table: dict[int, AttentionTile] | None = None, *, rows_x_heads: int = 1,
+                   capacity: int = 1) -> AttentionTile:
+    """The tile for this head dim from `table` if given, else the first of ATTENTION_TILE_RULES that holds for
+    (rows_x_heads, capacity), else the lane table."""
+    block_d = max(16, 1 << math.ceil(math.log2(head_dim)))
+    if table is not None:
+        return table[block_d]
+    for rule in ATTENTION_TILE_RULES.get(block_d, ()):
+        if rule.holds(rows_x_heads, capacity):
+            return rule.tile
+    return LANE_TILES[block_d]
 
 
 def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: torch.device,
@@ -389,7 +428,7 @@ def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: to
     long), each at least one tile of keys, at most MAX_SPLITS.
     `count` fixes the number of splits, `tile` the kernel's tile (the tuning script sweeps both)."""
     block_d = 1 << max(4, math.ceil(math.log2(head_dim)))
-    tile = tile or attention_tile(head_dim)
+    tile = tile or attention_tile(head_dim, rows_x_heads=rows_x_heads, capacity=capacity)
     blocks = -(-capacity // tile.block_n)
     if count is None:
         count = max(MIN_SPLITS, -(-(programs_per_sm or PROGRAMS_PER_SM) * program_slots(device) // rows_x_heads),
@@ -405,20 +444,29 @@ def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: to
 # invariant-decode-split-sweep-c2c7edb): worst ratio 1.70x at 32 keys, 1.46x at 64, 1.21x at 128, 1.10x at 256,
 # 1.26x at 512. Small splits fill the SMs at batch 1 but multiply programs and partials at batch 64.
 INVARIANT_SPLIT_KEYS = 256
+# The loop of the invariant attention: "lane" (LANE_TILES, as the split sweep of c2c7edb measured it) or "mma" (the
+# tensor-core loop, batch 1's tile of ATTENTION_TILES). Either is batch-invariant: a (row, head, split) program
+# runs the same tile over the same keys whatever the batch.
+INVARIANT_LOOPS = ("lane", "mma")
+INVARIANT_LOOP = "lane"
 
 
-def invariant_splits(capacity: int, head_dim: int, *, keys: int | None = None) -> Splits:
+def invariant_splits(capacity: int, head_dim: int, *, keys: int | None = None, loop: str | None = None) -> Splits:
     """The batch-invariant cut of the cache: `keys` positions per split whatever the batch (more only where
     MAX_SPLITS would be exceeded, which depends on the capacity alone). A row's attention then sums the same
     splits in the same order at every batch size; attention_splits instead aims at filling the SMs, so its
     split count, and the row's rounding, change with the batch."""
-    tile = attention_tile(head_dim, LANE_TILES)  # the lane loop, as the split sweep of c2c7edb measured it
+    loop = loop or INVARIANT_LOOP
+    if loop not in INVARIANT_LOOPS:
+        raise ValueError(f"invariant attention loop {loop!r}: expected one of {', '.join(INVARIANT_LOOPS)}")
+    tile = attention_tile(head_dim, LANE_TILES if loop == "lane" else ATTENTION_TILES)
     block_d = 1 << max(4, math.ceil(math.log2(head_dim)))
     keys = keys or INVARIANT_SPLIT_KEYS
     per_split = -(-max(keys, tile.block_n) // tile.block_n)  # in tiles
     blocks = -(-capacity // tile.block_n)
     per_split = max(per_split, -(-blocks // MAX_SPLITS))
-    return Splits(-(-blocks // per_split), per_split * tile.block_n, tile.block_n, block_d, tile.warps, tile.stages)
+    return Splits(-(-blocks // per_split), per_split * tile.block_n, tile.block_n, block_d, tile.warps, tile.stages,
+                  tile.mma)
 
 
 def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr,

@@ -71,6 +71,8 @@ def parse_args(argv):
     p.add_argument("--repeats", type=int, default=5, help="timed passes per mode and cost row (alternating)")
     p.add_argument("--split-keys", type=ints, default=(K.INVARIANT_SPLIT_KEYS,),
                    help="invariant attention split sizes to time (the first is used for the requests)")
+    p.add_argument("--invariant-loop", choices=K.INVARIANT_LOOPS, default=K.INVARIANT_LOOP,
+                   help="the invariant attention's loop: lane (the default) or mma (the tensor-core loop)")
     p.add_argument("--checkpoints", type=Path, default=DEFAULT_ROOT)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
@@ -189,6 +191,7 @@ def cost_row(model, choose, batch: int, context: int, repeats: int, vocab: int, 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    K.INVARIANT_LOOP = args.invariant_loop  # every invariant decoder below cuts its attention with this loop
     started = time.perf_counter()
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")

@@ -524,6 +524,27 @@ def test_attention_tiles_parse_and_a_bad_one_names_the_form():
     assert plan.mma and plan.block_n == 32 and plan.keys % 32 == 0 and plan.tile == K.parse_tile("32x4x3xmma")
 
 
+def test_the_attention_tile_follows_the_measured_winner_by_batch_and_cache_length():
+    def tile(head_dim, heads, batch, prompt):
+        return K.attention_splits(batch * heads, prompt + 32, head_dim, CPU).tile.name
+
+    # the H200 sweep's fastest tensor-core tile per measured row (evidence/h200/decode-tiles-ccd6089/tune)
+    for batch, prompt in ((1, 128), (1, 2048)):
+        assert tile(256, 8, batch, prompt) == "mma_n32_w4_s3" and tile(80, 32, batch, prompt) == "mma_n64_w4_s3"
+    for batch, prompt in ((16, 128), (16, 2048), (64, 128), (64, 2048)):
+        assert tile(256, 8, batch, prompt) == "mma_n32_w4_s2"  # b64 p2048 loses 0.8% to s3: one rule instead
+    assert tile(80, 32, 16, 128) == tile(80, 32, 64, 128) == "mma_n32_w4_s3"  # a short cache: 32 keys
+    assert tile(80, 32, 16, 2048) == "mma_n64_w4_s2" and tile(80, 32, 64, 2048) == "mma_n64_w4_s3"
+    # head dims without a measured rule keep the lane table; an explicit table or tile wins over the rules
+    assert tile(64, 16, 16, 2048) == K.LANE_TILES[64].name
+    assert K.attention_tile(80, K.LANE_TILES, rows_x_heads=2048, capacity=4096) == K.LANE_TILES[128]
+    assert K.attention_splits(512, 2080, 80, CPU, tile=K.parse_tile("16x4x3")).tile.name == "lane_n16_w4_s3"
+    # a rule's bounds are inclusive, and read in order
+    rule = K.TileRule(K.AttentionTile(32, 4, 3), most_rows_x_heads=32, most_capacity=512)
+    assert rule.holds(32, 512) and not rule.holds(33, 512) and not rule.holds(32, 513)
+    assert K.ATTENTION_TILES[256] == K.ATTENTION_TILE_RULES[256][0].tile  # batch 1's tile
+
+
 def test_two_streams_only_where_the_kv_cache_read_is_below_the_weight_read():
     from inference.graph_decoder import two_streams_pay
     from models import load_config

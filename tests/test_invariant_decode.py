@@ -95,6 +95,28 @@ def test_a_prompt_is_bitwise_the_same_alone_and_in_batches_of_other_prompts(chec
         assert differing_steps(alone, batched, row) == [], f"batch {batch}, row {row}"
 
 
+@pytest.mark.slow  # the same two decode loops with the tensor-core loop (~20 s); the lane test above is its twin
+def test_the_tensor_core_loop_keeps_a_prompt_bitwise_the_same_alone_and_in_a_batch(checkpoint, monkeypatch):
+    """--invariant-loop mma: the tile of the batch-1 table (here a 16-key mma tile at head dim 16, which has no
+    measured rule) over the same fixed splits; a (row, head, split) program runs the same dots whatever the batch."""
+    monkeypatch.setattr(K, "ATTENTION_TILES", {**K.ATTENTION_TILES, 16: K.AttentionTile(16, 4, 3, mma=True)})
+    monkeypatch.setattr(K, "INVARIANT_LOOP", "mma")
+    assert K.invariant_splits(PROMPT + NEW, 16).mma  # what the decoders below cut their attention with
+    model = invariant_model(checkpoint)
+    target = torch.randint(3, 512, (1, PROMPT), generator=torch.Generator().manual_seed(7))
+    alone = step_logits(model, target)
+    batched = step_logits(model, batch_with(target, 3, 2, seed=3))
+    assert differing_steps(alone, batched, 2) == []
+
+
+def test_the_invariant_loop_picks_its_tile_and_a_bad_one_is_named():
+    lane, mma = K.invariant_splits(1000, 256, loop="lane"), K.invariant_splits(1000, 256, loop="mma")
+    assert not lane.mma and lane.tile == K.LANE_TILES[256]
+    assert mma.mma and mma.tile == K.ATTENTION_TILES[256] and mma.keys == lane.keys == K.INVARIANT_SPLIT_KEYS
+    with pytest.raises(ValueError, match="invariant attention loop 'fast'"):
+        K.invariant_splits(2080, 256, loop="fast")
+
+
 def test_attention_splits_that_follow_the_batch_break_it(checkpoint):
     """The mutant: the split count of the default engine (by batch) instead of the fixed split size. The
     decode steps' logits then differ in fp32 (prefill, row by row, still agrees)."""
