@@ -446,9 +446,12 @@ def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: to
 INVARIANT_SPLIT_KEYS = 256
 # The loop of the invariant attention: "lane" (LANE_TILES, as the split sweep of c2c7edb measured it) or "mma" (the
 # tensor-core loop, batch 1's tile of ATTENTION_TILES). Either is batch-invariant: a (row, head, split) program
-# runs the same tile over the same keys whatever the batch.
+# runs the same tile over the same keys whatever the batch. Invariant / default step on an H200 (pythia-1b, 256
+# keys; evidence/h200/decode-tiles-ccd6089 lane, decode-tiles-09d3f7b mma), lane -> mma: b1 p128 1.217 -> 1.221,
+# b16 p128 1.067 -> 1.001, b64 p128 1.005 -> 0.922, b1 p2048 1.241 -> 1.134, b16 p2048 1.092 -> 1.054, b64 p2048
+# 1.057 -> 1.019 (the default engine of 09d3f7b is itself 1-5% faster at b >= 16 than ccd6089's).
 INVARIANT_LOOPS = ("lane", "mma")
-INVARIANT_LOOP = "lane"
+INVARIANT_LOOP = "mma"
 
 
 def invariant_splits(capacity: int, head_dim: int, *, keys: int | None = None, loop: str | None = None) -> Splits:

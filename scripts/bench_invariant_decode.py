@@ -72,7 +72,7 @@ def parse_args(argv):
     p.add_argument("--split-keys", type=ints, default=(K.INVARIANT_SPLIT_KEYS,),
                    help="invariant attention split sizes to time (the first is used for the requests)")
     p.add_argument("--invariant-loop", choices=K.INVARIANT_LOOPS, default=K.INVARIANT_LOOP,
-                   help="the invariant attention's loop: lane (the default) or mma (the tensor-core loop)")
+                   help=f"the invariant attention's loop: lane or mma (the tensor-core loop; default {K.INVARIANT_LOOP})")
     p.add_argument("--checkpoints", type=Path, default=DEFAULT_ROOT)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")

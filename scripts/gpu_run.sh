@@ -182,7 +182,7 @@ if want pdl; then
   elapsed pdl
 fi
 if want invdecode; then
-  for loop in ${INVDECODE_LOOPS:-lane}; do  # lane and/or mma: the invariant attention's loop, one folder each
+  for loop in ${INVDECODE_LOOPS:-mma}; do  # lane and/or mma: the invariant attention's loop, one folder each
     python3 scripts/bench_invariant_decode.py --out /tmp/invdecode/$loop --model ${INVDECODE_MODEL:-pythia-1b} \
       --requests ${INVDECODE_REQUESTS:-1000} --split-keys ${INVDECODE_SPLIT_KEYS:-256} --invariant-loop $loop 2>&1 \
       | tail -n 12 | sed "s/^/[invdecode $loop] /"
