@@ -15,7 +15,7 @@ default (fastest) kernels:
    Target: at most 1.10.
 
 Writes DIR/invariant_decode.json (environment with git SHA, GPU, torch/CUDA, dtype, settings, kernel choices,
-request summary per mode, cost rows with their samples' medians and spread) and DIR/cost.csv + DIR/requests.csv.
+request summary per mode, cost rows with their samples' medians and spread) and DIR/cost.csv + DIR/requests.csv.gz (one row per request and mode; pandas reads it as it is).
 On a CPU it runs a tiny config eagerly through Triton's interpreter to prove the wiring (no timing meaning).
 
 Usage: python scripts/bench_invariant_decode.py --out DIR [--model pythia-1b] [--requests 1000] [--max-batch 64]
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
         frames.append(pd.DataFrame(run_requests(model, target, plan, vocab, args.seed, mode, args.new_tokens)))
         print(f"{mode}: {len(frames[-1])} requests in {len(plan)} batches, {time.perf_counter() - t:.1f} s", flush=True)
     requests = pd.concat(frames)
-    requests.to_csv(out / "requests.csv", index=False)
+    requests.to_csv(out / "requests.csv.gz", index=False)  # 2000 rows of one prompt: 470 kB plain, ~20 gzipped
     record["requests"] = summarise_requests(requests)
     record["schedule"] = {"batches": len(plan), "sizes": sorted({b for b, _ in plan})[:3] + ["..."] +
                           sorted({b for b, _ in plan})[-3:], "copies": sum(len(w) for _, w in plan)}
