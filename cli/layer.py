@@ -47,7 +47,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="fewest warm-up windows (default 2); warm-up goes on until the rounds' time is stable")
     p.add_argument("--iters", type=int, default=None,
                    help="fewest interleaved rounds of each kind per attempt (default 10; 3 on a CPU); on a GPU more, "
-                        "up to 40, until an attempt spans 1.2 s (profiler/protocol.py ATTEMPT_WINDOW_MS)")
+                        "up to 40, until an attempt spans 1.2 s, whichever comes first (profiler/protocol.py)")
     p.add_argument("--out", type=Path, default=Path("runs/layer"),
                    help="run directory (default runs/layer); keeps every config profiled into it")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")

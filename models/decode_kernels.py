@@ -331,7 +331,7 @@ class AttentionTile:
 # By BLOCK_D (the head dim rounded up to a power of two). The lane loop's table, measured on an H200 (9fe0b4f:
 # 36 tiles x splits per head dim, rows b=1..64, prompt 128..4096): 16 keys x 4 warps x 3 stages was the fastest
 # lane tile or within 5% everywhere; one stage 1.5-2.5x slower, 8 warps 5-40% slower. 16-64: not measured
-# (Pythia-160m/410m); the batch-invariant mode keeps this table (the split sweep of c2c7edb measured it).
+# (Pythia-160m/410m); the invariant mode's lane loop (--invariant-loop lane) uses this table.
 LANE_TILES = {16: AttentionTile(32, 4, 3), 32: AttentionTile(32, 4, 3), 64: AttentionTile(32, 4, 3),
               128: AttentionTile(16, 4, 3), 256: AttentionTile(16, 4, 3)}
 
@@ -358,12 +358,14 @@ class TileRule:
 # - d=80 (pythia-2.8b, gpt3-2.7b: 32 heads): 64 keys x 3 stages at batch 1 (b1 p2048 15.0) and at batch 64 with
 #   a long cache (b64 p2048 360.7); 32 keys x 3 stages where the cache is short, as a split then holds one or
 #   two 64-key tiles (b64 p128 58.7 against 71.7, b16 p128 19.8 / 21.9); 64 keys x 2 stages in between (b16
-#   p2048 102.5 / 104.1). Between the measured rows the bounds sit halfway (log scale).
+#   p2048 102.5 / 104.1). Each rule's pick is the sweep's fastest tile for its rows or within 2% of it (d=80 b16
+# p128: 32x4x2 at 19.4 against 19.8). Between the measured rows the bounds sit halfway (log scale): pairs 8 | 32 |
+# 128 at d=256 and 32 | 128 | 512 | 1024 | 2048 at d=80; cache capacities 160 | 576 | 2080 (prompt + 32 new tokens).
 ATTENTION_TILE_RULES: dict[int, tuple[TileRule, ...]] = {
     256: (TileRule(AttentionTile(32, 4, 3, mma=True), most_rows_x_heads=32),
           TileRule(AttentionTile(32, 4, 2, mma=True))),
     128: (TileRule(AttentionTile(64, 4, 3, mma=True), most_rows_x_heads=128),
-          TileRule(AttentionTile(32, 4, 3, mma=True), most_capacity=512),
+          TileRule(AttentionTile(32, 4, 3, mma=True), most_capacity=576),
           TileRule(AttentionTile(64, 4, 2, mma=True), most_rows_x_heads=1024),
           TileRule(AttentionTile(64, 4, 3, mma=True))),
 }
@@ -449,7 +451,8 @@ INVARIANT_SPLIT_KEYS = 256
 # runs the same tile over the same keys whatever the batch. Invariant / default step on an H200 (pythia-1b, 256
 # keys; evidence/h200/decode-tiles-ccd6089 lane, decode-tiles-09d3f7b mma), lane -> mma: b1 p128 1.217 -> 1.221,
 # b16 p128 1.067 -> 1.001, b64 p128 1.005 -> 0.922, b1 p2048 1.241 -> 1.134, b16 p2048 1.092 -> 1.054, b64 p2048
-# 1.057 -> 1.019 (the default engine of 09d3f7b is itself 1-5% faster at b >= 16 than ccd6089's).
+# 1.057 -> 1.019 (the default engine of 09d3f7b is itself 2-5% faster than ccd6089's at b=16 and at b=64 p=128,
+# 1.4% slower at b=64 p=2048). At head dims <= 64 ATTENTION_TILES is the lane table, so both loops run the lane loop.
 INVARIANT_LOOPS = ("lane", "mma")
 INVARIANT_LOOP = "mma"
 

@@ -16,6 +16,7 @@ ceiling is the fastest GEMM measured under the same definition. FLOPs are counte
 
 from __future__ import annotations
 
+import math
 import shutil
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -48,7 +49,8 @@ RE_MEASURED = ("trace_stable", "trace_vs_events", "clock_phases", "in_layer_vs_a
 
 @dataclass(frozen=True)
 class ProfileOptions:
-    """`active_steps`: interleaved rounds of each kind per attempt; the trace warm-up bounds are in windows;
+    """`active_steps`: the fewest interleaved rounds of each kind per attempt (on a GPU more, up to
+    protocol.MAX_ROUNDS_PER_ATTEMPT, until the attempt spans protocol.ATTEMPT_WINDOW_MS); the trace warm-up bounds are in windows;
     `bench_warmup_ms`: the least warm-up time off a GPU (on one, protocol.WARMUP_MIN_MS)."""
     mode: str = "forward"
     active_steps: int = 10
@@ -384,7 +386,10 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
                    "instances_per_round": reps, "plans": P.PLANS, "attempts": [
             {"attempt": a.number, "failed": a.failed,
              "eager_us": round(a.latency.median_ms * 1e3, 3),
-             "graph_us": round(a.graph.median_ms * 1e3, 3) if a.graph else None} for a in attempts],
+             "graph_us": round(a.graph.median_ms * 1e3, 3) if a.graph else None,
+             # host time from the first traced round's launch to the last timed round's (a lower bound of the span)
+             "span_ms": round((a.traced.windows[-1][1] - a.traced.windows[0][0]) * 1e3, 1)
+             if a.traced.windows and math.isfinite(a.traced.windows[-1][1]) else None} for a in attempts],
             "eager_rounds": eager_reason},
         "coverage": cover,
         "unattributed_kernels": unattributed_kernels(final.layer),

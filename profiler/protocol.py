@@ -69,8 +69,8 @@ WARMUP_WINDOW_MS = 100.0  # warm-up windows compared: each at least this long
 # cap of an H200 the SM clock holds a level for ~3 rounds (~100 ms) and then steps by 50-150 MHz; ten rounds of a
 # power-capped 2.7B layer (~400 ms) caught 3-4 such levels, and the latency medians of three runs differed by up
 # to 5.0% with their rounds' clocks (gpt3-2.7b flash: 2480 us at 1740 MHz, 2604 us at 1650; evidence/h200/
-# layer-runs). A longer window averages over more levels. Small layers reach it with rounds of ~13 ms, so the
-# count is capped (the trace holds every round's kernels).
+# layer-runs). A longer window averages over more levels. The count is capped, since the trace holds every
+# round's kernels: rounds shorter than 15 ms stop at the cap first (pythia-1b: 40 rounds of 9-12 ms, 0.7-1.0 s).
 ATTEMPT_WINDOW_MS = 1200.0
 MAX_ROUNDS_PER_ATTEMPT = 40
 

@@ -177,7 +177,7 @@ def cost_row(model, choose, batch: int, context: int, repeats: int, vocab: int, 
     for mode, d in decoders.items():
         stats = summarize(samples[mode])
         row.update({f"{mode}_ms": stats.median_ms, f"{mode}_p10_ms": stats.p10_ms, f"{mode}_p90_ms": stats.p90_ms,
-                    f"splits_{mode}": d.splits.count})
+                    f"splits_{mode}": d.splits.count, f"tile_{mode}": d.splits.tile.name})  # the loop that ran
         d.release()
     for m, r in ratios.items():
         row.update({f"ratio_{m}": statistics.median(r), f"ratio_{m}_min": min(r), f"ratio_{m}_max": max(r)})
@@ -262,7 +262,7 @@ def main(argv=None) -> int:
         frames.append(pd.DataFrame(run_requests(model, target, plan, vocab, args.seed, mode, args.new_tokens)))
         print(f"{mode}: {len(frames[-1])} requests in {len(plan)} batches, {time.perf_counter() - t:.1f} s", flush=True)
     requests = pd.concat(frames)
-    requests.to_csv(out / "requests.csv.gz", index=False)  # 2000 rows of one prompt: 470 kB plain, ~20 gzipped
+    requests.to_csv(out / "requests.csv.gz", index=False)  # 2000 rows of one prompt: 470 kB plain, 6 kB gzipped
     record["requests"] = summarise_requests(requests)
     record["schedule"] = {"batches": len(plan), "sizes": sorted({b for b, _ in plan})[:3] + ["..."] +
                           sorted({b for b, _ in plan})[-3:], "copies": sum(len(w) for _, w in plan)}

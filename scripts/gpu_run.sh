@@ -18,7 +18,8 @@
 #   inference  the inference carry-over bench (scripts/gpu_inference.sh)                          ~8 min
 #   distributed tensor-parallel layer on 2 GPUs (scripts/gpu_distributed.sh; nvidia-h200-x2)   ~3 min
 #   decode     the decode engine against its floor (scripts/bench_decode.py; DECODE_MODELS)        ~3 min
-#   invdecode  batch-invariant decode: 1000 requests in batches 1..64, cost vs default kernels     ~3 min
+#   invdecode  batch-invariant decode: 1000 requests in batches 1..64, cost vs default kernels     ~1 min a loop
+#              (INVDECODE_LOOPS: mma and/or lane, comma-separated; INVDECODE_SPLIT_KEYS, INVDECODE_REQUESTS)
 #   advserve   advise --measure --measure-serving for gpt3-2.7b flash through the local executor     ~4 min
 #   prefill    the engine's prefill against the profiler's layer x L + logits (same shape)         ~1 min
 #   calib      the advisor's GEMM calibration in autograd's layouts (attention points kept)     ~1 min
@@ -95,10 +96,12 @@ if want capped; then
   # and pythia-1b as a control, CAPPED_RUNS times in a row on one machine, then their agreement
   R=/tmp/capped; rm -rf $R
   for i in $(seq 1 ${CAPPED_RUNS:-3}); do
+    mkdir -p $R/run-$i  # each run into a log first: a pipe cut short by head would kill the profiler mid-run
     python3 -m profiler layer --config gpt3-2.7b-c1 --config gpt3-2.7b-c2 --config gpt3-2.7b --config gpt3-2.7b-a20 \
-      --attention flash --out $R/run-$i/figure1-flash 2>&1 | grep -E "latency|CHECKS|FAIL" | head -8 | sed "s/^/[capped $i] /"
+      --attention flash --out $R/run-$i/figure1-flash > $R/run-$i/figure1-flash.log 2>&1
     python3 -m profiler layer --config pythia-1b --config pythia-6.9b --config pythia-12b --attention flash \
-      --out $R/run-$i/pythia-suite 2>&1 | grep -E "latency|CHECKS|FAIL" | head -6 | sed "s/^/[capped $i] /"
+      --out $R/run-$i/pythia-suite > $R/run-$i/pythia-suite.log 2>&1
+    grep -hE "^ *latency|CHECKS|FAIL" $R/run-$i/*.log | sed "s/^/[capped $i] /"
     echo "== capped run $i done at ${SECONDS}s"
   done
   python3 scripts/runs_agreement.py $R/run-* --csv $R/agreement.csv 2>&1 | tee $R/agreement.txt | tail -n 16
@@ -182,7 +185,8 @@ if want pdl; then
   elapsed pdl
 fi
 if want invdecode; then
-  for loop in ${INVDECODE_LOOPS:-mma}; do  # lane and/or mma: the invariant attention's loop, one folder each
+  loops=${INVDECODE_LOOPS:-mma}
+  for loop in ${loops//,/ }; do  # lane and/or mma (comma-separated): the invariant attention's loop, a folder each
     python3 scripts/bench_invariant_decode.py --out /tmp/invdecode/$loop --model ${INVDECODE_MODEL:-pythia-1b} \
       --requests ${INVDECODE_REQUESTS:-1000} --split-keys ${INVDECODE_SPLIT_KEYS:-256} --invariant-loop $loop 2>&1 \
       | tail -n 12 | sed "s/^/[invdecode $loop] /"

@@ -36,6 +36,7 @@ def test_every_gemm_and_attention_row_of_the_layer_has_an_alone_time(tmp_path, a
     assert result.summary["floor_us"] == pytest.approx(heavy["alone_us"].sum())
     # off a GPU the window means nothing: the rounds asked for, and no window recorded
     assert result.summary["rounds"]["per_attempt"] == 2 and result.summary["rounds"]["window_ms"] is None
+    assert result.summary["rounds"]["attempts"][0]["span_ms"] > 0  # what the attempt's rounds did span
 
 
 def test_the_attention_alone_leaves_the_packed_qkv_scatter_out(tmp_path):

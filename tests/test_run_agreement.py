@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from profiler.run_agreement import agreement, load_runs, summary_lines
@@ -40,7 +41,7 @@ def test_a_run_doctored_three_percent_slower_fails_the_latency_agreement(tmp_pat
     path.write_text(json.dumps(record))
     after = agreement(load_runs([tmp_path / "run-1", tmp_path / "run-2"])).set_index("config")
     assert not after.loc["pythia-1b", "latency_ok"] and not after.loc["pythia-1b", "x_floor_ok"]
-    assert after.drop("pythia-1b")["latency_ok"].dropna().all() == before.drop("pythia-1b")["latency_ok"].dropna().all()
+    pd.testing.assert_series_equal(after.drop("pythia-1b")["latency_ok"], before.drop("pythia-1b")["latency_ok"])
 
 
 def test_a_folder_without_runs_is_a_clear_error(tmp_path):
