@@ -393,6 +393,18 @@ class Splits:
     def tile(self) -> AttentionTile:
         return AttentionTile(self.block_n, self.warps, self.stages, self.mma)
 
+    @classmethod
+    def of(cls, tile: AttentionTile, head_dim: int, capacity: int, tiles_per_split: int) -> "Splits":
+        """The cut of a `capacity`-position cache into stretches of `tiles_per_split` tiles of `tile`."""
+        blocks = -(-capacity // tile.block_n)
+        return cls(-(-blocks // tiles_per_split), tiles_per_split * tile.block_n, tile.block_n, block_d_of(head_dim),
+                   tile.warps, tile.stages, tile.mma)
+
+
+def block_d_of(head_dim: int) -> int:
+    """The head dim rounded up to a power of two, at least 16: the kernel's BLOCK_D, the tile tables' key."""
+    return 1 << max(4, math.ceil(math.log2(head_dim)))
+
 
 def parse_tile(text: str) -> AttentionTile:
     """KEYSxWARPSxSTAGES, with 'xmma' for the tensor-core loop: '16x4x3', '32x4x3xmma'."""
@@ -413,7 +425,7 @@ def attention_tile(head_dim: int, table: dict[int, AttentionTile] | None = None,
                    capacity: int = 1) -> AttentionTile:
     """The tile for this head dim from `table` if given, else the first of ATTENTION_TILE_RULES that holds for
     (rows_x_heads, capacity), else the lane table."""
-    block_d = max(16, 1 << math.ceil(math.log2(head_dim)))
+    block_d = block_d_of(head_dim)
     if table is not None:
         return table[block_d]
     for rule in ATTENTION_TILE_RULES.get(block_d, ()):
@@ -429,16 +441,13 @@ def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: to
     the cache; batch 64 none, but gets MIN_SPLITS), at most MAX_SPLIT_KEYS positions each (where the cache is
     long), each at least one tile of keys, at most MAX_SPLITS.
     `count` fixes the number of splits, `tile` the kernel's tile (the tuning script sweeps both)."""
-    block_d = 1 << max(4, math.ceil(math.log2(head_dim)))
     tile = tile or attention_tile(head_dim, rows_x_heads=rows_x_heads, capacity=capacity)
     blocks = -(-capacity // tile.block_n)
     if count is None:
         count = max(MIN_SPLITS, -(-(programs_per_sm or PROGRAMS_PER_SM) * program_slots(device) // rows_x_heads),
                     -(-capacity // MAX_SPLIT_KEYS))
     count = max(1, min(count, blocks, MAX_SPLITS))
-    per_split = -(-blocks // count)
-    return Splits(-(-blocks // per_split), per_split * tile.block_n, tile.block_n, block_d, tile.warps, tile.stages,
-                  tile.mma)
+    return Splits.of(tile, head_dim, capacity, -(-blocks // count))
 
 
 # Cache positions per split in batch-invariant mode. Measured on an H200 (pythia-1b, fp16, step time against
@@ -466,13 +475,10 @@ def invariant_splits(capacity: int, head_dim: int, *, keys: int | None = None, l
     if loop not in INVARIANT_LOOPS:
         raise ValueError(f"invariant attention loop {loop!r}: expected one of {', '.join(INVARIANT_LOOPS)}")
     tile = attention_tile(head_dim, LANE_TILES if loop == "lane" else ATTENTION_TILES)
-    block_d = 1 << max(4, math.ceil(math.log2(head_dim)))
     keys = keys or INVARIANT_SPLIT_KEYS
     per_split = -(-max(keys, tile.block_n) // tile.block_n)  # in tiles
     blocks = -(-capacity // tile.block_n)
-    per_split = max(per_split, -(-blocks // MAX_SPLITS))
-    return Splits(-(-blocks // per_split), per_split * tile.block_n, tile.block_n, block_d, tile.warps, tile.stages,
-                  tile.mma)
+    return Splits.of(tile, head_dim, capacity, max(per_split, -(-blocks // MAX_SPLITS)))
 
 
 def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr,

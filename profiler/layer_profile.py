@@ -16,7 +16,6 @@ ceiling is the fastest GEMM measured under the same definition. FLOPs are counte
 
 from __future__ import annotations
 
-import math
 import shutil
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -387,9 +386,7 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
             {"attempt": a.number, "failed": a.failed,
              "eager_us": round(a.latency.median_ms * 1e3, 3),
              "graph_us": round(a.graph.median_ms * 1e3, 3) if a.graph else None,
-             # host time from the first traced round's launch to the last timed round's (a lower bound of the span)
-             "span_ms": round((a.traced.windows[-1][1] - a.traced.windows[0][0]) * 1e3, 1)
-             if a.traced.windows and math.isfinite(a.traced.windows[-1][1]) else None} for a in attempts],
+             "span_ms": None if a.traced.span_ms is None else round(a.traced.span_ms, 1)} for a in attempts],
             "eager_rounds": eager_reason},
         "coverage": cover,
         "unattributed_kernels": unattributed_kernels(final.layer),

@@ -420,6 +420,14 @@ class TracedRounds:
     mismatches: list[dict] = field(default_factory=list)  # rounds whose kernels differ from their plan's expectation
     windows: list[tuple[float, float]] = field(default_factory=list)  # per round: host perf_counter() start, end
 
+    @property
+    def span_ms(self) -> float | None:
+        """Host time from the first traced round's launch to the last timed round's: a lower bound of the span
+        of the attempt's interleaved rounds (None without windows)."""
+        if not self.windows or not math.isfinite(self.windows[-1][1]):
+            return None
+        return (self.windows[-1][1] - self.windows[0][0]) * 1e3
+
 
 def traced_rounds(rounds: Rounds, maps: KernelMaps, *, device: torch.device, trace_dir: Path, worker_name: str,
                   n: int = TRACED_ROUNDS, on_recording: Callable[[], object] | None = None,

@@ -26,7 +26,6 @@ import argparse
 import importlib.util
 import itertools
 import json
-import math
 import os
 import statistics
 import sys
@@ -143,7 +142,7 @@ SWEEP = {"tiles": None, "pps": PROGRAMS_PER_SM}  # --attention-tiles / --pps nar
 
 
 def attention_candidates(head_dim: int) -> list[AttentionCandidate]:
-    block_d = 1 << max(4, math.ceil(math.log2(head_dim)))
+    block_d = K.block_d_of(head_dim)
     out = [AttentionCandidate("v0", None, V0.PROGRAMS_PER_SM)]
     tiles = SWEEP["tiles"] or ([K.AttentionTile(*t) for t in LANE_TILES[min(block_d, 256)]]
                                + [K.AttentionTile(*t, mma=True) for t in MMA_TILES])
