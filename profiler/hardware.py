@@ -75,6 +75,7 @@ def environment(device: torch.device | str | None = None) -> dict:
         env.update({
             "device": "cuda",
             "gpu_name": props.name,
+            "gpu_uuid": str(getattr(props, "uuid", "")) or None,  # which physical GPU: runs on two machine starts differ
             "sm_count": props.multi_processor_count,
             "l2_cache_mb": round(getattr(props, "L2_cache_size", 0) / 2**20, 1),
             "gpu_memory_gb": round(props.total_memory / 2**30, 1),
