@@ -322,18 +322,10 @@ class AttentionTile:
     warps: int
     stages: int
     mma: bool = False  # q.k and p.v on the tensor cores (the query repeated over tl.dot's 16 rows)
-    # (tensor-core loop only) a head dim that is not a power of two as two power-of-two column parts, a dot each
-    # (80 = 64 + 16: column_parts), so no padding column of BLOCK_D reaches shared memory or the tensor cores
-    split_d: bool = False
-
-    def __post_init__(self):
-        if self.split_d and not self.mma:
-            raise ValueError("attention tile: split_d is a variant of the tensor-core loop (mma=True)")
 
     @property
     def name(self) -> str:
-        loop = "split" if self.split_d else "mma" if self.mma else "lane"
-        return f"{loop}_n{self.block_n}_w{self.warps}_s{self.stages}"
+        return f"{'mma' if self.mma else 'lane'}_n{self.block_n}_w{self.warps}_s{self.stages}"
 
 
 # By BLOCK_D (the head dim rounded up to a power of two). The lane loop's table, measured on an H200 (9fe0b4f:
@@ -392,7 +384,6 @@ class Splits:
     warps: int  # per program
     stages: int = 3  # loop iterations whose loads are in flight at once
     mma: bool = False  # the loop on the tensor cores (AttentionTile.mma)
-    split_d: bool = False  # its columns in two parts (AttentionTile.split_d)
 
     @property
     def direct(self) -> bool:  # one split: the kernel normalises and writes the output itself
@@ -400,14 +391,14 @@ class Splits:
 
     @property
     def tile(self) -> AttentionTile:
-        return AttentionTile(self.block_n, self.warps, self.stages, self.mma, self.split_d)
+        return AttentionTile(self.block_n, self.warps, self.stages, self.mma)
 
     @classmethod
     def of(cls, tile: AttentionTile, head_dim: int, capacity: int, tiles_per_split: int) -> "Splits":
         """The cut of a `capacity`-position cache into stretches of `tiles_per_split` tiles of `tile`."""
         blocks = -(-capacity // tile.block_n)
         return cls(-(-blocks // tiles_per_split), tiles_per_split * tile.block_n, tile.block_n, block_d_of(head_dim),
-                   tile.warps, tile.stages, tile.mma, tile.split_d)
+                   tile.warps, tile.stages, tile.mma)
 
 
 def block_d_of(head_dim: int) -> int:
@@ -415,32 +406,19 @@ def block_d_of(head_dim: int) -> int:
     return 1 << max(4, math.ceil(math.log2(head_dim)))
 
 
-def column_parts(head_dim: int) -> tuple[int, int]:
-    """The head dim's columns as the split_d loop cuts them: (a power of two, the rest) where the rest is a power
-    of two of at least 16 (tl.dot's least K): 80 -> (64, 16), 96 -> (64, 32); else (BLOCK_D, 0), one part."""
-    low = 1 << (head_dim.bit_length() - 1)
-    rest = head_dim - low
-    if rest >= 16 and rest & (rest - 1) == 0:
-        return low, rest
-    return block_d_of(head_dim), 0
-
-
 def parse_tile(text: str) -> AttentionTile:
-    """KEYSxWARPSxSTAGES, with 'xmma' for the tensor-core loop and 'xsplit' for it with the head dim's columns in
-    two parts: '16x4x3', '32x4x3xmma', '64x4x2xsplit'."""
+    """KEYSxWARPSxSTAGES, with 'xmma' for the tensor-core loop: '16x4x3', '32x4x3xmma'."""
     parts = text.strip().lower().split("x")
-    split_d = parts[-1] == "split"
-    mma = split_d or parts[-1] == "mma"
+    mma = parts[-1] == "mma"
     numbers = parts[:-1] if mma else parts
     if len(numbers) != 3 or not all(n.isdigit() and int(n) > 0 for n in numbers):
-        raise ValueError(f"attention tile {text!r}: expected KEYSxWARPSxSTAGES[xmma|xsplit], e.g. 16x4x3, "
-                         "32x4x3xmma or 64x4x2xsplit")
+        raise ValueError(f"attention tile {text!r}: expected KEYSxWARPSxSTAGES[xmma], e.g. 16x4x3 or 32x4x3xmma")
     block_n, warps, stages = (int(n) for n in numbers)
     if block_n & (block_n - 1) or warps & (warps - 1):
         raise ValueError(f"attention tile {text!r}: keys and warps must be powers of two")
     if mma and block_n < 16:
         raise ValueError(f"attention tile {text!r}: the tensor-core loop needs at least 16 keys per tile")
-    return AttentionTile(block_n, warps, stages, mma, split_d)
+    return AttentionTile(block_n, warps, stages, mma)
 
 
 def attention_tile(head_dim: int, table: dict[int, AttentionTile] | None = None, *, rows_x_heads: int = 1,
@@ -510,8 +488,7 @@ def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_pt
                              BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr,
                              STAGES: tl.constexpr, BLOCK_S: tl.constexpr, HAS_GELU: tl.constexpr,
                              HAS_UP_BIAS: tl.constexpr, GELU_BLOCK: tl.constexpr, PDL: tl.constexpr,
-                             LATE: tl.constexpr, MMA: tl.constexpr = False, INPUT_PRECISION: tl.constexpr = "tf32",
-                             D_LOW: tl.constexpr = 0, D_REST: tl.constexpr = 0):
+                             LATE: tl.constexpr, MMA: tl.constexpr = False, INPUT_PRECISION: tl.constexpr = "tf32"):
     """Programs below attention_programs: one (batch row, head, stretch of its cache) each, split fastest;
     the last split of a (row, head) to finish combines the splits. The rest (HAS_GELU): gelu(up + bias) of
     one (batch row, GELU_BLOCK columns) into out[:, heads * d:], the other half of the output GEMM's input."""
@@ -521,7 +498,7 @@ def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_pt
         _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr, out_stride, m_ptr,
                 l_ptr, acc_ptr, count_ptr, pid // n_splits, pid % n_splits, qkv_stride, heads, rotary_dims,
                 capacity, keys_per_split, n_splits, scale_log2, HEAD_DIM, HALF, BLOCK_N, BLOCK_D, HAS_BIAS, DIRECT,
-                STAGES, BLOCK_S, PDL, LATE, MMA, INPUT_PRECISION, D_LOW, D_REST)
+                STAGES, BLOCK_S, PDL, LATE, MMA, INPUT_PRECISION)
     else:
         let_dependents_launch(PDL, LATE)
         if HAS_GELU:
@@ -538,51 +515,40 @@ def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_pt
             tl.store(out_ptr + row * out_stride + heads * HEAD_DIM + cols, y.to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def _rotated(x_ptr, bias_ptr, cos_ptr, sin_ptr, pos, cols, rotary_dims, HALF: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """q or k of the packed row (x_ptr at its first column) at `cols`, each with its bias, rounded as the GEMM
-    with its bias would store it, then turned by rotary (float32). GPT-NeoX rotary turns the first rotary_dims,
-    half-split: x_j cos - x_{j+half} sin below half, x_j cos + x_{j-half} sin above."""
-    rotated = cols < rotary_dims
-    partner = tl.where(rotated, tl.where(cols < HALF, cols + HALF, cols - HALF), cols)
-    cos = tl.load(cos_ptr + pos * rotary_dims + cols, mask=rotated, other=1.0)
-    sin = tl.load(sin_ptr + pos * rotary_dims + cols, mask=rotated, other=0.0) * tl.where(cols < HALF, -1.0, 1.0)
-    own = tl.load(x_ptr + cols).to(tl.float32)
-    other = tl.load(x_ptr + partner).to(tl.float32)
-    if HAS_BIAS:
-        own += tl.load(bias_ptr + cols).to(tl.float32)
-        other += tl.load(bias_ptr + partner).to(tl.float32)
-    dtype = x_ptr.dtype.element_ty
-    return own.to(dtype).to(tl.float32) * cos + other.to(dtype).to(tl.float32) * sin
-
-
-def _value(v_ptr, bias_ptr, cols, HAS_BIAS: tl.constexpr):
-    """v of the packed row at `cols` with its bias (float32)."""
-    v = tl.load(v_ptr + cols).to(tl.float32)
-    if HAS_BIAS:
-        v += tl.load(bias_ptr + cols).to(tl.float32)
-    return v
-
-
 def _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr, out_stride, m_ptr,
             l_ptr, acc_ptr, count_ptr, bh, split, qkv_stride, heads, rotary_dims, capacity, keys_per_split, n_splits,
             scale_log2, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
             HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr, STAGES: tl.constexpr, BLOCK_S: tl.constexpr,
-            PDL: tl.constexpr, LATE: tl.constexpr, MMA: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-            D_LOW: tl.constexpr, D_REST: tl.constexpr):
+            PDL: tl.constexpr, LATE: tl.constexpr, MMA: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     row, head = bh // heads, bh % heads
     pos = tl.load(pos_ptr).to(tl.int32)  # where this step's token sits: it attends to positions 0..pos
     d = tl.arange(0, BLOCK_D)
     d_ok = d < HEAD_DIM
-    cols = tl.where(d_ok, d, 0)  # the padding columns read column 0 (in bounds) and are masked where it counts
-    # GPT-NeoX packs [q, k, v] per head: (b, heads, 3, d)
+    # GPT-NeoX packs [q, k, v] per head: (b, heads, 3, d); rotary turns the first rotary_dims of q and k,
+    # half-split: x_j cos - x_{j+half} sin below half, x_j cos + x_{j-half} sin above
     packed = qkv_ptr + row.to(tl.int64) * qkv_stride + head * 3 * HEAD_DIM
     biases = bias_ptr + head * 3 * HEAD_DIM
-    # the softmax scale and log2(e) folded into q: scores in base 2 (exp2 below)
-    q = tl.where(d_ok, _rotated(packed, biases, cos_ptr, sin_ptr, pos, cols, rotary_dims, HALF, HAS_BIAS), 0.0)
-    q = q * scale_log2
-    k_new = _rotated(packed + HEAD_DIM, biases + HEAD_DIM, cos_ptr, sin_ptr, pos, cols, rotary_dims, HALF, HAS_BIAS)
-    k_new = tl.where(d_ok, k_new, 0.0).to(k_cache_ptr.dtype.element_ty)  # as stored: what later steps will read
-    v_new = tl.where(d_ok, _value(packed + 2 * HEAD_DIM, biases + 2 * HEAD_DIM, cols, HAS_BIAS), 0.0)
+    rotated = d < rotary_dims
+    partner = tl.where(rotated, tl.where(d < HALF, d + HALF, d - HALF), d)
+    cos = tl.load(cos_ptr + pos * rotary_dims + d, mask=rotated, other=1.0)
+    sin = tl.load(sin_ptr + pos * rotary_dims + d, mask=rotated, other=0.0) * tl.where(d < HALF, -1.0, 1.0)
+    # q, k (and their rotary partners) and v, each with its bias, rounded as the GEMM with its bias would store it
+    q = tl.load(packed + d, mask=d_ok, other=0.0).to(tl.float32)
+    q_partner = tl.load(packed + partner, mask=d_ok, other=0.0).to(tl.float32)
+    k_own = tl.load(packed + HEAD_DIM + d, mask=d_ok, other=0.0).to(tl.float32)
+    k_partner = tl.load(packed + HEAD_DIM + partner, mask=d_ok, other=0.0).to(tl.float32)
+    v_new = tl.load(packed + 2 * HEAD_DIM + d, mask=d_ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        q += tl.load(biases + d, mask=d_ok, other=0.0).to(tl.float32)
+        q_partner += tl.load(biases + partner, mask=d_ok, other=0.0).to(tl.float32)
+        k_own += tl.load(biases + HEAD_DIM + d, mask=d_ok, other=0.0).to(tl.float32)
+        k_partner += tl.load(biases + HEAD_DIM + partner, mask=d_ok, other=0.0).to(tl.float32)
+        v_new += tl.load(biases + 2 * HEAD_DIM + d, mask=d_ok, other=0.0).to(tl.float32)
+    dtype = qkv_ptr.dtype.element_ty
+    q = q.to(dtype).to(tl.float32) * cos + q_partner.to(dtype).to(tl.float32) * sin
+    q = q * scale_log2  # the softmax scale and log2(e) folded into q: scores in base 2 (exp2 below)
+    k_new = k_own.to(dtype).to(tl.float32) * cos + k_partner.to(dtype).to(tl.float32) * sin
+    k_new = k_new.to(k_cache_ptr.dtype.element_ty)  # as stored, so this step sees what later steps will read
     v_new = v_new.to(v_cache_ptr.dtype.element_ty)
     cache = bh.to(tl.int64) * capacity * HEAD_DIM  # this (row, head)'s (T, d) block; offsets within it fit int32
     keys = k_cache_ptr + cache
@@ -595,86 +561,43 @@ def _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_p
     tl.store(values + pos * HEAD_DIM + d, v_new, mask=store_ok)
     k_new = k_new.to(tl.float32)
     v_new = v_new.to(tl.float32)
-    q_dot = q.to(k_cache_ptr.dtype.element_ty)
-    # the output's columns: one part (d, all BLOCK_D) or, with D_REST, two (D_LOW columns from 0, D_REST after)
-    part_a = d
-    part_a_ok = d_ok
     if MMA:
         # The tensor cores do q.k and p.v: tl.dot needs 16 rows, so q is repeated over 16 identical rows
         # (the MMA's spare rows cost tensor-core cycles, which a cache stream has to spare) and one row is
         # kept at the end. The loads feed the dots straight from shared memory (the pipeliner's own case),
         # so the new key is masked out of the loop and joins after it from registers (the owner split).
-        row_zero = tl.arange(0, 16) == 0
+        q_dot = q.to(k_cache_ptr.dtype.element_ty)
+        q_rows = tl.broadcast_to(q_dot[None, :], (16, BLOCK_D))
         m_rows = tl.full([16], -1.0e30, tl.float32)
         l_rows = tl.zeros([16], tl.float32)
-        if D_REST > 0:
-            # Two column parts, each a dot: a (BLOCK_N, 80) tile padded to 128 columns held 1.6x its bytes in
-            # shared memory, so fewer tiles were in flight per SM. q's parts are recomputed at their columns
-            # (tensors cannot be sliced), from the same loads, so they equal q's columns.
-            part_a = tl.arange(0, D_LOW)
-            part_a_ok = part_a < HEAD_DIM
-            part_b = D_LOW + tl.arange(0, D_REST)
-            q_a = _rotated(packed, biases, cos_ptr, sin_ptr, pos, part_a, rotary_dims, HALF, HAS_BIAS) * scale_log2
-            q_b = _rotated(packed, biases, cos_ptr, sin_ptr, pos, part_b, rotary_dims, HALF, HAS_BIAS) * scale_log2
-            q_a_rows = tl.broadcast_to(q_a.to(k_cache_ptr.dtype.element_ty)[None, :], (16, D_LOW))
-            q_b_rows = tl.broadcast_to(q_b.to(k_cache_ptr.dtype.element_ty)[None, :], (16, D_REST))
-            acc_a = tl.zeros([16, D_LOW], tl.float32)
-            acc_b = tl.zeros([16, D_REST], tl.float32)
-            for start in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
-                n = start + tl.arange(0, BLOCK_N)
-                old = (n < hi) & (n != pos)
-                k_a = tl.load(keys + n[:, None] * HEAD_DIM + part_a[None, :], mask=old[:, None], other=0.0)
-                k_b = tl.load(keys + n[:, None] * HEAD_DIM + part_b[None, :], mask=old[:, None], other=0.0)
-                s = tl.dot(q_a_rows, tl.trans(k_a), input_precision=INPUT_PRECISION)
-                s = tl.dot(q_b_rows, tl.trans(k_b), acc=s, input_precision=INPUT_PRECISION)  # (16, BLOCK_N)
-                s = tl.where(old[None, :], s, float("-inf"))
-                m_new = tl.maximum(m_rows, tl.max(s, axis=1))
-                alpha = tl.exp2(m_rows - m_new)
-                p = tl.exp2(s - m_new[:, None])
-                l_rows = l_rows * alpha + tl.sum(p, axis=1)
-                v_a = tl.load(values + n[:, None] * HEAD_DIM + part_a[None, :], mask=old[:, None], other=0.0)
-                v_b = tl.load(values + n[:, None] * HEAD_DIM + part_b[None, :], mask=old[:, None], other=0.0)
-                acc_a = acc_a * alpha[:, None] + tl.dot(p.to(v_a.dtype), v_a, input_precision=INPUT_PRECISION)
-                acc_b = acc_b * alpha[:, None] + tl.dot(p.to(v_b.dtype), v_b, input_precision=INPUT_PRECISION)
-                m_rows = m_new
-            acc_d = tl.sum(tl.where(row_zero[:, None], acc_a, 0.0), axis=0)  # (D_LOW,): part a
-            rest = tl.sum(tl.where(row_zero[:, None], acc_b, 0.0), axis=0)  # (D_REST,): part b
-            v_new_a = _value(packed + 2 * HEAD_DIM, biases + 2 * HEAD_DIM, part_a, HAS_BIAS)
-            v_new_b = _value(packed + 2 * HEAD_DIM, biases + 2 * HEAD_DIM, part_b, HAS_BIAS)
-            v_new_a = v_new_a.to(v_cache_ptr.dtype.element_ty).to(tl.float32)
-            v_new_b = v_new_b.to(v_cache_ptr.dtype.element_ty).to(tl.float32)
-        else:
-            q_rows = tl.broadcast_to(q_dot[None, :], (16, BLOCK_D))
-            acc_rows = tl.zeros([16, BLOCK_D], tl.float32)
-            for start in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
-                n = start + tl.arange(0, BLOCK_N)
-                old = (n < hi) & (n != pos)
-                tile = n[:, None] * HEAD_DIM + d[None, :]
-                tile_ok = old[:, None] & d_ok[None, :]
-                k = tl.load(keys + tile, mask=tile_ok, other=0.0)
-                s = tl.dot(q_rows, tl.trans(k), input_precision=INPUT_PRECISION)  # (16, BLOCK_N), base-2 units
-                s = tl.where(old[None, :], s, float("-inf"))
-                m_new = tl.maximum(m_rows, tl.max(s, axis=1))
-                alpha = tl.exp2(m_rows - m_new)
-                p = tl.exp2(s - m_new[:, None])
-                l_rows = l_rows * alpha + tl.sum(p, axis=1)
-                v = tl.load(values + tile, mask=tile_ok, other=0.0)
-                acc_rows = acc_rows * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
-                m_rows = m_new
-            acc_d = tl.sum(tl.where(row_zero[:, None], acc_rows, 0.0), axis=0)  # (BLOCK_D,)
-            v_new_a = v_new
+        acc_rows = tl.zeros([16, BLOCK_D], tl.float32)
+        for start in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
+            n = start + tl.arange(0, BLOCK_N)
+            old = (n < hi) & (n != pos)
+            tile = n[:, None] * HEAD_DIM + d[None, :]
+            tile_ok = old[:, None] & d_ok[None, :]
+            k = tl.load(keys + tile, mask=tile_ok, other=0.0)
+            s = tl.dot(q_rows, tl.trans(k), input_precision=INPUT_PRECISION)  # (16, BLOCK_N), base-2 units
+            s = tl.where(old[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_rows, tl.max(s, axis=1))
+            alpha = tl.exp2(m_rows - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_rows = l_rows * alpha + tl.sum(p, axis=1)
+            v = tl.load(values + tile, mask=tile_ok, other=0.0)
+            acc_rows = acc_rows * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
+            m_rows = m_new
         let_dependents_launch(PDL, LATE)
+        row_zero = tl.arange(0, 16) == 0
         m_i = tl.max(m_rows, axis=0)  # the 16 rows are one row
         l_i = tl.sum(tl.where(row_zero, l_rows, 0.0), axis=0)
+        acc_d = tl.sum(tl.where(row_zero[:, None], acc_rows, 0.0), axis=0)  # (BLOCK_D,)
         s_new = tl.sum(q_dot.to(tl.float32) * k_new, axis=0)
         m_both = tl.maximum(m_i, s_new)
         keep = tl.exp2(m_i - m_both)
         add = tl.exp2(s_new - m_both)
         m_i = tl.where(owner, m_both, m_i)
         l_i = tl.where(owner, l_i * keep + add, l_i)
-        acc_d = tl.where(owner, acc_d * keep + add * v_new_a, acc_d)
-        if D_REST > 0:
-            rest = tl.where(owner, rest * keep + add * v_new_b, rest)
+        acc_d = tl.where(owner, acc_d * keep + add * v_new, acc_d)
     else:
         # Online softmax per key lane: each of the BLOCK_N lanes keeps its own running max, sum and output row,
         # merged once after the loop. A running max per tile (one max over the tile per iteration) reduces
@@ -707,17 +630,13 @@ def _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_p
         l_i = tl.sum(l_lane * weight, axis=0)
         acc_d = tl.sum(acc * weight[:, None], axis=0)  # (BLOCK_D,)
     if DIRECT:  # out (b, >= heads*d) with row stride out_stride: the output GEMM's input, or a plain (b, h)
-        where = out_ptr + row.to(tl.int64) * out_stride + head * HEAD_DIM
-        tl.store(where + part_a, (acc_d / l_i).to(out_ptr.dtype.element_ty), mask=part_a_ok)
-        if D_REST > 0:
-            tl.store(where + part_b, (rest / l_i).to(out_ptr.dtype.element_ty))
+        where = out_ptr + row.to(tl.int64) * out_stride + head * HEAD_DIM + d
+        tl.store(where, (acc_d / l_i).to(out_ptr.dtype.element_ty), mask=d_ok)
     else:  # a split with no key (wholly past pos) stores m = floor, l = 0: the combine gives it weight 0
         part = bh.to(tl.int64) * n_splits
         tl.store(m_ptr + part + split, m_i)
         tl.store(l_ptr + part + split, l_i)
-        tl.store(acc_ptr + (part + split) * HEAD_DIM + part_a, acc_d, mask=part_a_ok)
-        if D_REST > 0:
-            tl.store(acc_ptr + (part + split) * HEAD_DIM + part_b, rest)
+        tl.store(acc_ptr + (part + split) * HEAD_DIM + d, acc_d, mask=d_ok)
         # the last split of this (row, head) to finish combines them all, in split order: no second kernel
         tl.debug_barrier()  # every thread's partial stored before the one atomic releases them
         done = tl.atomic_add(count_ptr + bh, 1, sem="acq_rel")
@@ -743,8 +662,8 @@ def _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_p
 
 COMBINE_CHUNK = tl.constexpr(16) if tl is not None else 16  # splits the last split's program combines per step
 LOG2E = 1.4426950408889634
-if triton is not None:  # called from the kernel: JIT functions (the interpreter runs them as their twins)
-    _rotated, _value, _attend = triton.jit(_rotated), triton.jit(_value), triton.jit(_attend)
+if triton is not None:  # _attend is called from the kernel: a JIT function (the interpreter runs it as its twin)
+    _attend = triton.jit(_attend)
 DECODE_ATTENTION = Kernel(_decode_attention_kernel) if triton is not None else None
 
 
@@ -797,7 +716,6 @@ def _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, *, heads
     ffn = up.shape[1] if up is not None else 0
     gelu = b * triton.cdiv(ffn, GELU_BLOCK) if up is not None else 0
     pdl = pdl_launch(qkv)
-    d_low, d_rest = column_parts(d) if splits.split_d else (splits.block_d, 0)
     DECODE_ATTENTION[(attention_programs + gelu,)](
         qkv, bias if bias is not None else qkv, k_cache, v_cache, pos, cos, sin, out, out.stride(0), m, l_, acc,
         count, heads, rotary_dims, capacity, splits.keys, splits.count, scale * LOG2E, attention_programs,
@@ -807,7 +725,7 @@ def _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, *, heads
         DIRECT=splits.direct, STAGES=splits.stages, BLOCK_S=triton.next_power_of_2(splits.count),
         HAS_GELU=up is not None, HAS_UP_BIAS=up_bias is not None, GELU_BLOCK=GELU_BLOCK, PDL=pdl.on,
         LATE=pdl.late, MMA=splits.mma, INPUT_PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
-        D_LOW=d_low, D_REST=d_rest, num_warps=splits.warps, **pdl.options)
+        num_warps=splits.warps, **pdl.options)
 
 
 def decode_attention(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache: torch.Tensor, v_cache: torch.Tensor,

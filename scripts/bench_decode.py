@@ -92,7 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                             "(the default at batch 1 only)")
     order.add_argument("--qkv-in-branch", dest="qkv_first", action="store_const", const=False,
                        help="two streams: the QKV GEMV after the fork, on the attention's stream, at every batch")
-    p.add_argument("--attention-tile", type=tile_arg, metavar="KEYSxWARPSxSTAGES[xmma|xsplit]",
+    p.add_argument("--attention-tile", type=tile_arg, metavar="KEYSxWARPSxSTAGES[xmma]",
                    help="the attention kernel's tile, e.g. 32x4x3xmma for the tensor-core loop (default: the table "
                         "in models/decode_kernels.py)")
     p.add_argument("--check", choices=("all", "first", "none"), default="all",

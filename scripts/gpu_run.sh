@@ -30,8 +30,6 @@
 #   mma        the attention kernel's tensor-core loop: the tune sweep of attention tiles (lane and mma) at     ~5 min
 #              b=1,16,64, then the decode bench with mma tiles (MMA_TILES, and the sweep's best), the default
 #              first and last
-#   splitd     the decode bench at head dim 80 (SPLITD_MODELS, pythia-2.8b) with the attention tile's columns       ~4 min
-#              in two parts (64 + 16) at fixed tiles (SPLITD_TILES), the default rules first and last
 #   pdl        the decode bench with and without programmatic dependent launch, alternated:      ~4 min
 #              two streams and one, successor launched after the wait or after the main loop (late)
 # The git SHA of the code is passed in because the GPU machine's copy of the tree has no .git.
@@ -154,31 +152,19 @@ points = [p for p in json.load(open('$M/tune/tune.json'))['points'] if p.get('pa
 by = collections.defaultdict(dict)
 for p in points: by[p['candidate']][p['case']] = p['us']
 cases = {p['case'] for p in points}
-full = {c: math.exp(sum(math.log(v) for v in t.values()) / len(t)) for c, t in by.items() if c.startswith(('mma', 'split')) and len(t) == len(cases)}
+full = {c: math.exp(sum(math.log(v) for v in t.values()) / len(t)) for c, t in by.items() if c.startswith('mma') and len(t) == len(cases)}
 name = min(full, key=full.get) if full else ''
-loop, _, shape = name.split('_pps')[0].partition('_n')
-print(shape.replace('_w', 'x').replace('_s', 'x') + 'x' + loop if name else '')
+print(name.split('_pps')[0].replace('mma_n', '').replace('_w', 'x').replace('_s', 'x') + 'xmma' if name else '')
 " 2>/dev/null)
   echo "mma: the sweep's best tensor-core tile over all its cases: ${best:-none}"
   variants="default ${MMA_TILES:-16x4x3xmma 64x4x2xmma}"
   [[ -n "$best" && " $variants " != *" $best "* ]] && variants="$variants $best"
   for v in $variants default-again; do
-    extra=""; [[ $v == *mma || $v == *split ]] && extra="--attention-tile $v"
+    extra=""; [[ $v == *mma ]] && extra="--attention-tile $v"
     variant mma $M $v --batches ${DECODE_BATCHES:-1,16} --contexts ${DECODE_CONTEXTS:-128,2048} $extra
   done
   bundle mma $M
   elapsed mma
-fi
-if want splitd; then
-  D=/tmp/splitd; rm -rf $D; mkdir -p $D
-  for v in default ${SPLITD_TILES:-64x4x2xsplit 32x4x3xsplit 64x4x3xsplit 128x4x2xsplit} default-again; do
-    extra=""; [[ $v == *split || $v == *mma ]] && extra="--attention-tile $v"
-    DECODE_MODELS=${SPLITD_MODELS:-pythia-2.8b} variant splitd $D $v --batches ${DECODE_BATCHES:-1,16,64} \
-      --contexts ${DECODE_CONTEXTS:-128,2048} $extra
-    bundle splitd $D > /dev/null  # after each variant: a call cut short by its time limit still brings back the rest
-  done
-  bundle splitd $D
-  elapsed splitd
 fi
 if want pdl; then
   P=/tmp/pdl; rm -rf $P; mkdir -p $P

@@ -107,7 +107,7 @@ class GemmCase:
 
 @dataclass(frozen=True)
 class AttentionCandidate:
-    kernel: str  # "v0" (baseline), "lane", "mma" or "split" (models/decode_kernels.py's loops)
+    kernel: str  # "v0" (baseline), "lane" or "mma" (models/decode_kernels.py's two loops)
     tile: K.AttentionTile | None
     programs_per_sm: int
 
@@ -127,9 +127,6 @@ LANE_TILES = {  # by BLOCK_D: (keys per iteration, warps, stages)
 }
 # the tensor-core loop; two stages where three leave fewer programs per SM (64 keys at d=128: 96 KB of shared memory)
 MMA_TILES = [(16, 4, 3), (32, 4, 3), (32, 4, 4), (64, 4, 3), (32, 8, 3), (64, 8, 3), (64, 4, 2), (32, 4, 2)]
-# the tensor-core loop with the head dim's columns in two parts (head dims 80, 96, 48): at d=80 a 64-key stage
-# holds 20 KB instead of 32, so deeper pipelines and longer tiles fit where the padded loop ran out of shared memory
-SPLIT_TILES = [(32, 4, 3), (32, 4, 4), (64, 4, 2), (64, 4, 3), (64, 4, 4), (64, 8, 3), (128, 4, 2), (128, 8, 2)]
 PROGRAMS_PER_SM = (2, 4, 8, 16)
 GEMV_PLANS = [G.GemmPlan("gemv", 8, 512, 4, 3), G.GemmPlan("gemv", 8, 512, 4, 4), G.GemmPlan("gemv", 16, 256, 4, 4),
               G.GemmPlan("gemv", 16, 512, 4, 3), G.GemmPlan("gemv", 16, 512, 4, 4), G.GemmPlan("gemv", 32, 256, 8, 3)]
@@ -147,12 +144,10 @@ SWEEP = {"tiles": None, "pps": PROGRAMS_PER_SM}  # --attention-tiles / --pps nar
 def attention_candidates(head_dim: int) -> list[AttentionCandidate]:
     block_d = K.block_d_of(head_dim)
     out = [AttentionCandidate("v0", None, V0.PROGRAMS_PER_SM)]
-    split = K.column_parts(head_dim)[1] > 0
     tiles = SWEEP["tiles"] or ([K.AttentionTile(*t) for t in LANE_TILES[min(block_d, 256)]]
-                               + [K.AttentionTile(*t, mma=True) for t in MMA_TILES]
-                               + [K.AttentionTile(*t, mma=True, split_d=True) for t in SPLIT_TILES if split])
+                               + [K.AttentionTile(*t, mma=True) for t in MMA_TILES])
     for tile, pps in itertools.product(tiles, SWEEP["pps"]):
-        out.append(AttentionCandidate("split" if tile.split_d else "mma" if tile.mma else "lane", tile, pps))
+        out.append(AttentionCandidate("mma" if tile.mma else "lane", tile, pps))
     return out
 
 
@@ -439,7 +434,7 @@ def parse_args(argv):
                    help="attention rows, BATCHxPROMPT")
     p.add_argument("--gemm-models", default="pythia-1b,pythia-2.8b", help="models whose weight GEMMs are swept")
     p.add_argument("--gemm-rows", default="1,16,2,4,8,64", help="GEMM row counts M")
-    p.add_argument("--attention-tiles", default="", help="only these tiles, KEYSxWARPSxSTAGES[xmma|xsplit],... (default: the table)")
+    p.add_argument("--attention-tiles", default="", help="only these tiles, KEYSxWARPSxSTAGES[xmma],... (default: the table)")
     p.add_argument("--pps", default="", help="only these programs per SM, e.g. 2,4")
     p.add_argument("--deadline-s", type=float, default=130.0)
     p.add_argument("--jobs", type=int, default=12, help="compile workers (0: compile in the timing loop)")

@@ -17,8 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 POINTERS_FP32 = {"m_ptr", "l_ptr", "acc_ptr", "cos_ptr", "sin_ptr"}
-TILES = {"lane_n16_w4_s3": (16, 4, 3, False, False), "mma_n16_w4_s3": (16, 4, 3, True, False),
-         "mma_n64_w8_s2": (64, 8, 2, True, False), "split_n64_w4_s2": (64, 4, 2, True, True)}
+TILES = {"lane_n16_w4_s3": (16, 4, 3, False), "mma_n16_w4_s3": (16, 4, 3, True), "mma_n64_w8_s2": (64, 8, 2, True)}
 CASES = [{"tile": t, "direct": direct, "gelu": direct, "head_dim": d}
          for t in TILES for direct in (False, True) for d in (256, 80)]
 
@@ -85,14 +84,12 @@ def gemm_ttir(case: dict) -> str:
 def attention_ttir(case: dict) -> str:
     from models import decode_kernels as K
 
-    block_n, warps, stages, mma, split_d = TILES[case["tile"]]
+    block_n, warps, stages, mma = TILES[case["tile"]]
     d = case["head_dim"]
-    block_d = 1 << max(4, (d - 1).bit_length())
-    d_low, d_rest = K.column_parts(d) if split_d else (block_d, 0)  # as _attention_kernels passes them
-    constexprs = dict(HEAD_DIM=d, HALF=max(1, d // 8), BLOCK_N=block_n, BLOCK_D=block_d,
+    constexprs = dict(HEAD_DIM=d, HALF=max(1, d // 8), BLOCK_N=block_n, BLOCK_D=1 << max(4, (d - 1).bit_length()),
                       HAS_BIAS=True, DIRECT=case["direct"], STAGES=stages, BLOCK_S=64, HAS_GELU=case["gelu"],
                       HAS_UP_BIAS=case["gelu"], GELU_BLOCK=1024, PDL=False, LATE=False, MMA=mma,
-                      INPUT_PRECISION="tf32", D_LOW=d_low, D_REST=d_rest)
+                      INPUT_PRECISION="tf32")
     names = inspect.signature(K.DECODE_ATTENTION.fn).parameters
     return to_ttir(K.DECODE_ATTENTION, {n: pointer_rule(n) for n in names}, constexprs, warps)
 
@@ -131,7 +128,7 @@ def compiled():
 def test_the_attention_kernel_compiles_for_cuda_in_every_variant(compiled, index):
     result = compiled[index]
     assert result["error"] is None, result["error"]
-    assert result["dot"] == TILES[CASES[index]["tile"]][3]  # tt.dot in the tensor-core loops, and only there
+    assert result["dot"] == TILES[CASES[index]["tile"]][3]  # tt.dot in the tensor-core loop, and only there
 
 
 @pytest.fixture(scope="module")

@@ -76,7 +76,6 @@ def prefill_logits(model: NeoXCausalLM, ids: torch.Tensor, positions: int | None
 
 
 MMA_TILE = K.AttentionTile(16, 4, 2, mma=True)  # the attention loop on the tensor cores (tl.dot, interpreted)
-SPLIT_TILE = K.AttentionTile(16, 4, 2, mma=True, split_d=True)  # its columns in two parts (80 = 64 + 16)
 
 
 def greedy(model: NeoXCausalLM, ids: torch.Tensor, new_tokens: int, **options) -> list[list[int]]:
@@ -307,37 +306,6 @@ def test_decode_attention_kernel_equals_torch_and_writes_the_new_key_and_value(b
 
 
 @interpreted
-@pytest.mark.parametrize("batch, heads, d, rotary_dims", [(2, 2, 80, 20), (1, 3, 48, 48)])
-@pytest.mark.parametrize("splits", [1, 3])
-@pytest.mark.parametrize("where", ["first", "last"])
-def test_the_split_column_loop_equals_torch_where_the_head_dim_is_not_a_power_of_two(batch, heads, d, rotary_dims,
-                                                                                    splits, where):
-    """Two dots over columns (64 + 16, 32 + 16), the new key joining from registers, direct and combined."""
-    capacity = 45
-    pos = {"first": 0, "last": capacity - 1}[where]
-    qkv, bias, k_cache, v_cache, cos, sin = attention_case(batch, heads, d, rotary_dims, capacity, torch.float32,
-                                                           seed=d)
-    plan = K.attention_splits(batch * heads, capacity, d, CPU, count=splits, tile=SPLIT_TILE)
-    assert plan.split_d and plan.tile == SPLIT_TILE
-    position = torch.tensor(pos)
-    k_ref, v_ref = k_cache.clone(), v_cache.clone()
-    expected = K.decode_attention(qkv, bias, k_ref, v_ref, position, cos, sin, heads=heads, scale=d ** -0.5,
-                                  splits=plan, backend="torch")
-    got = K.decode_attention(qkv, bias, k_cache, v_cache, position, cos, sin, heads=heads, scale=d ** -0.5,
-                             splits=plan, backend="triton")
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-    torch.testing.assert_close(k_cache, k_ref, atol=1e-6, rtol=0)
-    torch.testing.assert_close(v_cache, v_ref, atol=1e-6, rtol=0)
-
-
-def test_column_parts_split_only_into_powers_of_two_that_a_dot_can_take():
-    assert K.column_parts(80) == (64, 16) and K.column_parts(96) == (64, 32) and K.column_parts(48) == (32, 16)
-    assert K.column_parts(128) == (128, 0) and K.column_parts(64) == (64, 0)  # a power of two: one part
-    assert K.column_parts(72) == (128, 0) and K.column_parts(40) == (64, 0)  # a rest of 8: below tl.dot's 16
-    assert K.column_parts(112) == (128, 0)  # 64 + 48: the rest is no power of two
-
-
-@interpreted
 @pytest.mark.parametrize("batch, heads, d, splits", [(1, 2, 40, 3), (2, 2, 64, 1)])
 @pytest.mark.parametrize("tile", [None, MMA_TILE], ids=["lanes", "mma"])
 def test_attention_and_gelu_kernels_write_the_joined_input_of_the_output_gemm(batch, heads, d, splits, tile):
@@ -360,11 +328,11 @@ def test_attention_and_gelu_kernels_write_the_joined_input_of_the_output_gemm(ba
 
 
 @interpreted
-@pytest.mark.parametrize("tile, d", [(None, 64), (MMA_TILE, 64), (SPLIT_TILE, 80)], ids=["lanes", "mma", "split"])
-def test_decode_attention_kernel_reads_no_cache_position_past_pos(tile, d):
+@pytest.mark.parametrize("tile", [None, MMA_TILE], ids=["lanes", "mma"])
+def test_decode_attention_kernel_reads_no_cache_position_past_pos(tile):
     """NaN beyond pos: the torch path would need the zeroed cache (0 x NaN), the kernel never loads there
     (nor, on the tensor cores, at pos: the new key comes from registers)."""
-    qkv, bias, k_cache, v_cache, cos, sin = attention_case(2, 2, d, 16, 96, torch.float16, seed=3)
+    qkv, bias, k_cache, v_cache, cos, sin = attention_case(2, 2, 64, 16, 96, torch.float16, seed=3)
     pos = torch.tensor(40)
     k_clean, v_clean = k_cache.clone(), v_cache.clone()
     k_clean[:, :, 41:] = 0
@@ -374,10 +342,10 @@ def test_decode_attention_kernel_reads_no_cache_position_past_pos(tile, d):
     if tile is not None:  # the slot at pos holds whatever was there before the step writes it
         k_cache[:, :, 40] = float("nan")
         v_cache[:, :, 40] = float("nan")
-    plan = K.attention_splits(4, 96, d, CPU, count=4, tile=tile)  # splits 2 and 3 lie wholly past pos
-    expected = K.decode_attention(qkv, bias, k_clean, v_clean, pos, cos, sin, heads=2, scale=d ** -0.5, splits=plan,
+    plan = K.attention_splits(4, 96, 64, CPU, count=4, tile=tile)  # splits 2 and 3 lie wholly past pos
+    expected = K.decode_attention(qkv, bias, k_clean, v_clean, pos, cos, sin, heads=2, scale=0.125, splits=plan,
                                   backend="torch")
-    got = K.decode_attention(qkv, bias, k_cache, v_cache, pos, cos, sin, heads=2, scale=d ** -0.5, splits=plan,
+    got = K.decode_attention(qkv, bias, k_cache, v_cache, pos, cos, sin, heads=2, scale=0.125, splits=plan,
                              backend="triton")
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got.float(), expected.float(), atol=2e-3, rtol=0)
@@ -548,8 +516,6 @@ def test_the_qkv_gemm_goes_before_the_fork_at_batch_one_by_default(checkpoints):
 
 def test_attention_tiles_parse_and_a_bad_one_names_the_form():
     assert K.parse_tile("32x4x3xmma") == K.AttentionTile(32, 4, 3, mma=True)
-    assert K.parse_tile("64x4x2xsplit") == K.AttentionTile(64, 4, 2, mma=True, split_d=True)
-    assert K.parse_tile("64x4x2xsplit").name == "split_n64_w4_s2"
     assert K.parse_tile("16x4x3").name == "lane_n16_w4_s3"
     for bad in ("16x4", "24x4x3", "8x4x3xmma", "16x4x3xfast"):
         with pytest.raises(ValueError, match="attention tile"):
@@ -640,13 +606,11 @@ def test_on_gpu_the_engine_passes_both_checks_through_the_bench(tmp_path):
 @needs_cuda
 @pytest.mark.parametrize("batch, splits, pdl, tile", [(1, None, False, None), (2, 1, False, None), (3, 5, False, None),
                                                      (1, None, True, None), (3, 5, True, None),
-                                                     (1, None, False, "32x4x3xmma"), (3, 5, False, "16x4x3xmma"),
-                                                     (1, None, False, "64x4x2xsplit"), (3, 5, False, "32x4x3xsplit")])
+                                                     (1, None, False, "32x4x3xmma"), (3, 5, False, "16x4x3xmma")])
 def test_on_gpu_the_captured_step_equals_the_plain_torch_step(tmp_path, batch, splits, pdl, tile):
     from inference.step_kernels import trace_step
 
-    h = 320 if tile and tile.endswith("split") else 160  # h/a = 80 (64 + 16 columns) or 40 (padded to 64)
-    (tmp_path / "tiny-gpu.yaml").write_text(TINY.format(name="tiny-gpu", h=h, extra=""))
+    (tmp_path / "tiny-gpu.yaml").write_text(TINY.format(name="tiny-gpu", h=160, extra=""))  # h/a = 40
     checkpoint = ensure_checkpoint(resolve_model(str(tmp_path / "tiny-gpu.yaml")), tmp_path / "ckpt",
                                    device=torch.device("cuda"), log=lambda _: None)
     model = load_causal_lm(checkpoint, device="cuda", dtype=torch.float16)
