@@ -49,19 +49,22 @@ class Depth:
 
 def explain_activities(activities: pd.DataFrame, *, components: pd.DataFrame, cfg: ModelConfig,
                        device_properties: dict | None = None, environment: dict | None = None,
-                       include_logits: bool = False) -> Depth:
+                       include_logits: bool = False, ceiling_tflops: float | None = None) -> Depth:
     """Every depth analysis of one config. `components`: its components table (pass, component, role, kind,
     time_us[, flops]); `device_properties`: the trace's (SM count and SM limits); `environment`: the run's
-    (sm_count when the trace has none, measured_peak_tflops, measured_copy_tbps, gpu_name)."""
+    (sm_count when the trace has none, measured_peak_tflops, measured_copy_tbps, gpu_name); `ceiling_tflops`:
+    the config's GEMM ceiling (run.json `ceiling.tflops`: the fastest GEMM under the timing definition), the
+    compute roof of every GEMM's roofline. Without it, the environment's measured peak: an 8192^3 GEMM back to
+    back, which in-layer GEMMs can beat (a roofline above 100%)."""
     env = environment or {}
     props = device_properties or {}
     sms = props.get("numSms") or env.get("sm_count")
     tbps, source = copy_bandwidth(env)
     rows = normalise_components(with_roles(components))  # either components.csv schema, old or new
+    peak = ceiling_tflops or (env.get("measured_peaks") or {}).get(cfg.dtype, {}).get("tflops") \
+        or env.get("measured_peak_tflops")
     gemms = explain_gemms(activities, sms=sms, limits=sm_limits(props), components=rows, cfg=cfg,
-                          peak_tflops=(env.get("measured_peaks") or {}).get(cfg.dtype, {}).get("tflops")
-                          or env.get("measured_peak_tflops"), copy_tbps=tbps) if sms and on_gpu(activities) \
-        else pd.DataFrame()
+                          peak_tflops=peak, copy_tbps=tbps) if sms and on_gpu(activities) else pd.DataFrame()
     classified = classify(activities)
     return Depth(gemms=gemms,
                  roofline=non_gemm_roofline(rows, cfg, environment=env, include_logits=include_logits),
@@ -100,7 +103,8 @@ def explain_run_config(run_dir: Path, run: dict, components: pd.DataFrame, entry
     activities, _ = attribute_detailed(load_trace(path))
     return explain_activities(activities, components=rows, cfg=cfg, device_properties=trace_device_properties(path),
                               environment=run.get("environment"),
-                              include_logits=bool((entry.get("options") or {}).get("include_logits")))
+                              include_logits=bool((entry.get("options") or {}).get("include_logits")),
+                              ceiling_tflops=(entry.get("ceiling") or {}).get("tflops"))
 
 
 GEMM_COLUMNS = ("kernel", "tile", "ctas", "ctas_per_sm", "tiles", "waves", "last_wave_fill_pct", "tile_efficiency_pct",

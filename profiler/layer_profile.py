@@ -336,7 +336,7 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
     env = {**(environment or {}), **({"measured_peak_tflops": peak_tflops} if peak_tflops else {})}
     # why: tiles, waves and rooflines per GEMM, bytes and bandwidth per non-GEMM step, two-signal detection
     depth = explain_activities(final.layer, components=summary, cfg=cfg, device_properties=device_properties(trace_path),
-                               environment=env, include_logits=options.include_logits)
+                               environment=env, include_logits=options.include_logits, ceiling_tflops=peak_tflops)
     summary = join_depth(summary, depth)
     annotate_trace(trace_path, final.traced.activities)  # component names as slices on the GPU timeline (Perfetto)
 
