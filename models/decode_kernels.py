@@ -453,7 +453,10 @@ def attention_splits(rows_x_heads: int, capacity: int, head_dim: int, device: to
 # Cache positions per split in batch-invariant mode. Measured on an H200 (pythia-1b, fp16, step time against
 # the default engine's at b = 1, 16, 64 x p = 128, 2048; evidence/h200/session-2026-12-02c/
 # invariant-decode-split-sweep-c2c7edb): worst ratio 1.70x at 32 keys, 1.46x at 64, 1.21x at 128, 1.10x at 256,
-# 1.26x at 512. Small splits fill the SMs at batch 1 but multiply programs and partials at batch 64.
+# 1.26x at 512. Small splits fill the SMs at batch 1 but multiply programs and partials at batch 64. Again with the
+# tensor-core loop (evidence/h200/invariant-decode-split-keys-ee894d8): 256 keys fastest or tied at every row; 32,
+# 64 and 128 keys tie at b1 p128 (1.22x: the batch-1 cost is the invariant GEMMs, not the splits) and cost up to
+# 1.33x at b64 p2048.
 INVARIANT_SPLIT_KEYS = 256
 # The loop of the invariant attention: "lane" (LANE_TILES, as the split sweep of c2c7edb measured it) or "mma" (the
 # tensor-core loop, batch 1's tile of ATTENTION_TILES). Either is batch-invariant: a (row, head, split) program
