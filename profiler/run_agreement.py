@@ -28,7 +28,7 @@ def _run_files(root: Path) -> list[Path]:
 
 def load_runs(roots: list[Path]) -> pd.DataFrame:
     """One row per (run, folder, config): latency median (us), floor ratio, launch-bound, checks passed, the
-    latency phase's SM clock and the rounds per attempt."""
+    latency phase's SM clock, the rounds per attempt and the GPU's uuid (None where the run predates it)."""
     rows = []
     for root in roots:
         files = _run_files(Path(root))
@@ -36,6 +36,7 @@ def load_runs(roots: list[Path]) -> pd.DataFrame:
             raise FileNotFoundError(f"{root}: no run.json in it or in its subfolders")
         for path in files:
             record = json.loads(path.read_text())
+            gpu = (record.get("environment") or {}).get("gpu_uuid")  # recorded from ee894d8 on
             for config in record.get("configs", []):
                 latency = config.get("latency_us") or {}
                 checks = config.get("checks") or []
@@ -50,6 +51,7 @@ def load_runs(roots: list[Path]) -> pd.DataFrame:
                     "failed_checks": ",".join(c.get("name", "?") for c in checks if c.get("status") == FAIL),
                     "clock_mhz": (phases.get("latency") or {}).get("sm_clock_mhz"),
                     "rounds_per_attempt": (config.get("rounds") or {}).get("per_attempt"),
+                    "gpu_uuid": gpu,
                 })
     return pd.DataFrame(rows)
 
@@ -85,6 +87,11 @@ def summary_lines(runs: pd.DataFrame, table: pd.DataFrame) -> list[str]:
         lines.append(f"{run}: {int(group['passed'].sum())} of {len(group)} configs pass every check"
                      + (f" (failed: {'; '.join(group.loc[~group['passed'], 'config'] + ' ' + group.loc[~group['passed'], 'failed_checks'])})"
                         if (~group["passed"]).any() else ""))
+    # one physical GPU or several: a spread between two GPUs of one kind is not the protocol's to remove
+    known = runs["gpu_uuid"].dropna().unique() if "gpu_uuid" in runs else []
+    unknown = runs.loc[runs["gpu_uuid"].isna(), "run"].unique() if "gpu_uuid" in runs else runs["run"].unique()
+    lines.append(f"GPUs: {len(known)} ({', '.join(u[:8] for u in known) or 'no uuid recorded'})"
+                 + (f"; not recorded for {len(unknown)} run(s)" if len(known) and len(unknown) else ""))
     if table.empty:
         return lines + ["no config appears in two runs: nothing to compare"]
     bound = table[table["gpu_bound"]]

@@ -47,3 +47,20 @@ def test_a_run_doctored_three_percent_slower_fails_the_latency_agreement(tmp_pat
 def test_a_folder_without_runs_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no run.json"):
         load_runs([tmp_path])
+
+
+def test_the_three_runs_of_ee894d8_on_one_gpu_pass_every_check_and_four_configs_spread_over_two_percent():
+    folder = RUNS / "three-runs-ee894d8"
+    runs = load_runs([folder / f"run-{i}" for i in (1, 2, 3)])
+    assert len(runs) == 60 and runs["passed"].all() and runs["gpu_uuid"].nunique() == 1
+    table = agreement(runs)
+    assert table["gpu_bound"].all() and int(table["latency_ok"].sum()) == 16
+    over = table[~table["latency_ok"].astype(bool)]
+    over = set(over["config"] + " " + over["folder"])
+    assert over == {"gpt3-2.7b figure1-eager", "gpt3-2.7b figure1-flash", "gpt3-2.7b-a20 figure1-flash",
+                    "pythia-1.4b pythia-suite"}
+    assert table["x_floor_ok"].all() and table["x_floor_range"].max() == pytest.approx(0.017, abs=5e-4)
+    lines = summary_lines(runs, table)
+    assert "GPUs: 1 (ddf1f6bf)" in lines
+    mixed = summary_lines(pd.concat([runs, load_runs([RUNS / "run-1"])]), table)
+    assert "GPUs: 1 (ddf1f6bf); not recorded for 1 run(s)" in mixed
