@@ -88,8 +88,8 @@ def summary_lines(runs: pd.DataFrame, table: pd.DataFrame) -> list[str]:
                      + (f" (failed: {'; '.join(group.loc[~group['passed'], 'config'] + ' ' + group.loc[~group['passed'], 'failed_checks'])})"
                         if (~group["passed"]).any() else ""))
     # one physical GPU or several: a spread between two GPUs of one kind is not the protocol's to remove
-    known = runs["gpu_uuid"].dropna().unique() if "gpu_uuid" in runs else []
-    unknown = runs.loc[runs["gpu_uuid"].isna(), "run"].unique() if "gpu_uuid" in runs else runs["run"].unique()
+    known = runs["gpu_uuid"].dropna().unique()
+    unknown = runs.loc[runs["gpu_uuid"].isna(), "run"].unique()
     lines.append(f"GPUs: {len(known)} ({', '.join(u[:8] for u in known) or 'no uuid recorded'})"
                  + (f"; not recorded for {len(unknown)} run(s)" if len(known) and len(unknown) else ""))
     if table.empty:
