@@ -34,18 +34,19 @@ from .invariant.backend import Kernel, triton, tl
 
 @dataclass(frozen=True)
 class GemmPlan:
-    kind: str  # "gemv" (M = 1) or "dot"
+    kind: str  # "gemv" (M = 1), "dot" (x the product's left side) or "wdot" (the weight's tile on the left)
     block_n: int
     block_k: int
     warps: int
     stages: int
     split: int = 1  # programs along K per column block
-    block_m: int = 16  # dot only: rows of x per tile (x padded up to it)
+    block_m: int = 16  # dot / wdot: rows of x per tile (x padded up to it)
+    tma: bool = False  # dot / wdot: the weight's tiles loaded by TMA (a tensor descriptor) instead of cp.async
 
     @property
     def name(self) -> str:
         return (f"{self.kind}_n{self.block_n}_k{self.block_k}_w{self.warps}_s{self.stages}_split{self.split}"
-                + (f"_m{self.block_m}" if self.kind == "dot" else ""))
+                + (f"_m{self.block_m}" if self.kind != "gemv" else "") + ("_tma" if self.tma else ""))
 
 
 def _gelu_of_biased(y, bias_ptr, rows, rows_ok, dtype: tl.constexpr, HAS_BIAS: tl.constexpr):
@@ -129,7 +130,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, bias_ptr, N, K, strid
 def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_x, stride_w, stride_y, k_per_split,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
                 EVEN_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr, LINE: tl.constexpr,
-                PREFETCH: tl.constexpr, LATE: tl.constexpr):
+                PREFETCH: tl.constexpr, LATE: tl.constexpr, SWAP: tl.constexpr = False, TMA: tl.constexpr = False):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm = tl.arange(0, BLOCK_M)
@@ -141,34 +142,54 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, strid
     k_hi = tl.minimum(k_lo + k_per_split, K)
     if PREFETCH > 0:
         prefetch_l2(w_ptr, rn, n_ok, stride_w, k_lo, k_hi, BLOCK_K, LINE, PREFETCH)
+    if TMA:  # the weight's tiles by the tensor memory accelerator: rows past N and columns past K read as zeros
+        w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[stride_w, 1],
+                                           block_shape=[BLOCK_N, BLOCK_K])
     wait_for_predecessor(PDL, LATE)
     x_rows = x_ptr + rm[:, None] * stride_x
     w_rows = w_ptr + rn[:, None].to(tl.int64) * stride_w
-    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    if SWAP:  # y^T = W x^T: the weight tile is the product's 64+ row side, read by wgmma from shared memory
+        acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     for k0 in tl.range(k_lo, k_hi, BLOCK_K, num_stages=STAGES):
         k = k0 + rk
         if EVEN_K:
             x = tl.load(x_rows + k[None, :], mask=m_ok[:, None], other=0.0)  # (BLOCK_M, BLOCK_K)
+        else:
+            x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & (k < k_hi)[None, :], other=0.0)
+        if TMA:  # a split's K range is whole tiles (fits), so a tile never reaches into the next split's
+            w = w_desc.load([pid_n * BLOCK_N, k0])
+        elif EVEN_K:
             w = tl.load(w_rows + k[None, :], mask=n_ok[:, None], other=0.0)  # (BLOCK_N, BLOCK_K)
         else:
-            k_ok = k < k_hi
-            x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-            w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-        acc = tl.dot(x, tl.trans(w), acc)
+            w = tl.load(w_rows + k[None, :], mask=n_ok[:, None] & (k < k_hi)[None, :], other=0.0)
+        if SWAP:
+            acc = tl.dot(w, tl.trans(x), acc)
+        else:
+            acc = tl.dot(x, tl.trans(w), acc)
     let_dependents_launch(PDL, LATE)
-    out_ok = m_ok[:, None] & n_ok[None, :]
-    if SPLIT == 1:
-        tl.store(y_ptr + rm[:, None] * stride_y + rn[None, :], acc.to(y_ptr.dtype.element_ty), mask=out_ok)
+    if SWAP:  # (BLOCK_N, BLOCK_M) offsets and masks: the same elements of y, transposed
+        y_at = rm[None, :] * stride_y + rn[:, None]
+        part_at = rm[None, :] * N + rn[:, None]
+        out_ok = m_ok[None, :] & n_ok[:, None]
+        total = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     else:
-        parts = part_ptr + rm[:, None] * N + rn[None, :]  # (SPLIT, M, N) float32
+        y_at = rm[:, None] * stride_y + rn[None, :]
+        part_at = rm[:, None] * N + rn[None, :]
+        out_ok = m_ok[:, None] & n_ok[None, :]
+        total = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    if SPLIT == 1:
+        tl.store(y_ptr + y_at, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
+    else:
+        parts = part_ptr + part_at  # (SPLIT, M, N) float32
         tl.store(parts + pid_k * M * N, acc, mask=out_ok)
         tl.debug_barrier()
         done = tl.atomic_add(count_ptr + pid_n, 1, sem="acq_rel")
         if done == SPLIT - 1:
-            total = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
             for s in tl.static_range(SPLIT):
                 total += tl.load(parts + s * M * N, mask=out_ok, other=0.0, cache_modifier=".cg")
-            tl.store(y_ptr + rm[:, None] * stride_y + rn[None, :], total.to(y_ptr.dtype.element_ty), mask=out_ok)
+            tl.store(y_ptr + y_at, total.to(y_ptr.dtype.element_ty), mask=out_ok)
             tl.store(count_ptr + pid_n, 0)
 
 
@@ -180,9 +201,25 @@ DOT = Kernel(_skinny_gemm_kernel, do_not_specialize=["M"]) if triton is not None
 def fits(plan: GemmPlan, m: int, n: int, k: int) -> bool:
     """Whether the plan's kernel can run this shape (gemv: one row; dot: at most block_m rows; the split of
     K a whole number of tiles)."""
-    if plan.kind == "gemv" and m != 1 or plan.kind == "dot" and m > plan.block_m:
+    if plan.kind == "gemv" and m != 1 or plan.kind != "gemv" and m > plan.block_m:
+        return False
+    if plan.kind == "wdot" and plan.block_n < 64:  # the weight's side of the product is wgmma's 64-row side
         return False
     return plan.split == 1 or (k // plan.split) % plan.block_k == 0 and k % plan.split == 0
+
+
+def _tma_scratch(size: int, alignment: int, stream):
+    """Global memory for the tensor descriptors a kernel builds on the device (Triton asks per launch; under
+    CUDA graph capture the bytes come from the graph's pool and live as long as the graph)."""
+    return torch.empty(size, device="cuda", dtype=torch.int8)
+
+
+def _tma_ready(weight: torch.Tensor) -> None:
+    """A TMA descriptor needs a 16-byte aligned base and row stride; Triton needs an allocator for it."""
+    if weight.data_ptr() % 16 or (weight.stride(0) * weight.element_size()) % 16 or weight.stride(1) != 1:
+        raise ValueError("a TMA GEMM plan needs a weight with 16-byte aligned rows")
+    if weight.is_cuda:
+        triton.set_allocator(_tma_scratch)
 
 
 def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: torch.Tensor | None = None, *,
@@ -220,10 +257,12 @@ def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: to
                    GELU=gelu, HAS_BIAS=bias is not None, PDL=pdl.on, LINE=line, PREFETCH=tiles, LATE=pdl.late,
                    num_warps=plan.warps, **norms, **pdl.options)
     else:
+        if plan.tma:
+            _tma_ready(weight)
         DOT[grid](x, weight, y, part, counts, m, n, k, x.stride(0), weight.stride(0), y.stride(0), k_per_split,
                   BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT=plan.split,
                   EVEN_K=even_k, STAGES=plan.stages, PDL=pdl.on, LINE=line, PREFETCH=tiles, LATE=pdl.late,
-                  num_warps=plan.warps, **pdl.options)
+                  SWAP=plan.kind == "wdot", TMA=plan.tma, num_warps=plan.warps, **pdl.options)
     return y
 
 
@@ -258,6 +297,31 @@ GEMM_TABLE: dict[tuple[int, int], list[tuple[int, int, GemmPlan]]] = {
     (2560, 12800): [(1, 1, _GEMV_OUT)],
     (50304, 2560): [(1, 1, _GEMV_LOGITS), (2, 7, _DOT_LOGITS), (9, 16, _DOT_LOGITS)],
 }
+
+
+def tuned_table(points: list[dict], margin: float = 0.02) -> dict[tuple[int, int], list[tuple[int, int, GemmPlan]]]:
+    """A GEMM table from a tune run's points (scripts/tune_decode_kernels.py, tune.json): per (N, K, M), the
+    fastest candidate whose output passed its check, where it beats cuBLAS's median at that M by more than
+    `margin`; the entry holds that M alone (other row counts keep GEMM_TABLE's plan)."""
+    table: dict[tuple[int, int], list[tuple[int, int, GemmPlan]]] = {}
+    by_shape: dict[tuple[int, int, int], list[dict]] = {}
+    for p in points:
+        if p.get("kind") == "gemm" and p.get("status") == "ok" and p.get("passed"):
+            by_shape.setdefault((p["n"], p["k"], p["m"]), []).append(p)
+    for (n, k, m), group in sorted(by_shape.items()):
+        cublas = next((p["us"] for p in group if p["candidate"] == "cublas"), None)
+        best = min((p for p in group if p.get("plan")), key=lambda p: p["us"], default=None)
+        if cublas is not None and best is not None and best["us"] < cublas * (1 - margin):
+            table.setdefault((n, k), []).append((m, m, GemmPlan(**best["plan"])))
+    return table
+
+
+def merged_table(tuned: dict) -> dict[tuple[int, int], list[tuple[int, int, GemmPlan]]]:
+    """GEMM_TABLE with the tuned entries first (gemm_plan takes the first entry whose rows hold M)."""
+    merged = {shape: list(entries) for shape, entries in GEMM_TABLE.items()}
+    for shape, entries in tuned.items():
+        merged[shape] = list(entries) + merged.get(shape, [])
+    return merged
 
 
 def gemm_plan(m: int, n: int, k: int) -> GemmPlan | None:

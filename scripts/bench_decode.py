@@ -95,6 +95,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--attention-tile", type=tile_arg, metavar="KEYSxWARPSxSTAGES[xmma]",
                    help="the attention kernel's tile, e.g. 32x4x3xmma for the tensor-core loop (default: the table "
                         "in models/decode_kernels.py)")
+    p.add_argument("--gemm-tune", type=Path, metavar="TUNE_JSON",
+                   help="run the GEMMs a tune run found faster than cuBLAS by 2%% at its row counts "
+                        "(scripts/tune_decode_kernels.py's tune.json) ahead of models/decode_gemm.py's table")
     p.add_argument("--check", choices=("all", "first", "none"), default="all",
                    help="transformers' logits and tokens against ours at one small row: every model, the first, none")
     p.add_argument("--no-trace", action="store_true", help="skip the profiler trace of one replay per row")
@@ -361,6 +364,12 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     dtype = "float16" if cuda else "float32"  # fp16 matmuls on a CPU are slow or missing
     models = [m for m in args.models.split(",") if m.strip()]
+    tuned = {}
+    if args.gemm_tune:  # before any model is built: the plans are looked up as each step is captured
+        from models import decode_gemm
+
+        tuned = decode_gemm.tuned_table(json.loads(args.gemm_tune.read_text())["points"])
+        decode_gemm.GEMM_TABLE = decode_gemm.merged_table(tuned)
     bandwidth = measure_copy_bandwidth(device, gigabytes=2.0 if cuda else 0.0625)
     if cuda:
         torch.cuda.empty_cache()
@@ -373,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                      "pdl_late": args.pdl_late if args.pdl else None, "norm_in_gemv": not args.norms_apart,
                      "qkv_first": "auto (batch 1)" if args.qkv_first is None else args.qkv_first,
                      "attention_tile": args.attention_tile.name if args.attention_tile else None,
+                     "gemm_tune": {f"{n}x{k}": [[lo, hi, plan.name] for lo, hi, plan in entries]
+                                   for (n, k), entries in tuned.items()} if args.gemm_tune else None,
                      "check": args.check, "timing": "CUDA events between graph replays, one sync per pass; "
                      "repeats x (new_tokens - 1) steps from the state after prefill, after one untimed pass"},
         "models": [], "rows": [], "targets": [],

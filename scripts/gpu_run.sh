@@ -30,6 +30,9 @@
 #   mma        the attention kernel's tensor-core loop: the tune sweep of attention tiles (lane and mma) at     ~5 min
 #              b=1,16,64, then the decode bench with mma tiles (MMA_TILES, and the sweep's best), the default
 #              first and last
+#   gemms      the decode GEMMs at GEMM_ROWS (16,1) rows: the tune sweep (cuBLAS, dot, wdot, TMA loads) of     ~6 min
+#              GEMM_MODELS' shapes (pythia-2.8b), then the decode bench with the plans it found faster than cuBLAS
+#              (--gemm-tune), the default first and last
 #   pdl        the decode bench with and without programmatic dependent launch, alternated:      ~4 min
 #              two streams and one, successor launched after the wait or after the main loop (late)
 # The git SHA of the code is passed in because the GPU machine's copy of the tree has no .git.
@@ -165,6 +168,18 @@ print(name.split('_pps')[0].replace('mma_n', '').replace('_w', 'x').replace('_s'
   done
   bundle mma $M
   elapsed mma
+fi
+if want gemms; then
+  W=/tmp/gemms; rm -rf $W; mkdir -p $W
+  python3 scripts/tune_decode_kernels.py --out $W/tune --models ${GEMM_MODELS:-pythia-2.8b} --rows "" \
+    --gemm-models ${GEMM_MODELS:-pythia-2.8b} --gemm-rows ${GEMM_ROWS:-16,1} --deadline-s ${GEMM_TUNE_S:-150} 2>&1 \
+    | grep -E "best|points|Error|error" | cut -c1-170
+  for v in default tuned default-again; do
+    extra=""; [[ $v == tuned ]] && extra="--gemm-tune $W/tune/tune.json"
+    variant gemms $W $v --batches ${DECODE_BATCHES:-1,16} --contexts ${DECODE_CONTEXTS:-128,2048} $extra
+  done
+  bundle gemms $W
+  elapsed gemms
 fi
 if want pdl; then
   P=/tmp/pdl; rm -rf $P; mkdir -p $P

@@ -30,7 +30,7 @@ import os
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -134,6 +134,14 @@ DOT_PLANS = [G.GemmPlan("dot", 16, 512, 4, 3), G.GemmPlan("dot", 16, 512, 4, 4),
              G.GemmPlan("dot", 64, 256, 4, 3), G.GemmPlan("dot", 32, 512, 4, 3), G.GemmPlan("dot", 16, 256, 4, 4)]
 DOT64_PLANS = [G.GemmPlan("dot", 64, 128, 4, 3, block_m=64), G.GemmPlan("dot", 32, 256, 4, 3, block_m=64),
                G.GemmPlan("dot", 64, 64, 4, 4, block_m=64)]
+# the weight's tile on the left of the product (wgmma's 64-row side, read from shared memory), by cp.async or TMA
+WDOT_PLANS = [G.GemmPlan("wdot", 64, 128, 4, 4), G.GemmPlan("wdot", 64, 128, 4, 6), G.GemmPlan("wdot", 64, 256, 4, 3),
+              G.GemmPlan("wdot", 64, 256, 4, 4), G.GemmPlan("wdot", 128, 128, 4, 4), G.GemmPlan("wdot", 128, 64, 4, 6),
+              G.GemmPlan("wdot", 128, 128, 8, 4), G.GemmPlan("wdot", 64, 128, 4, 4, tma=True),
+              G.GemmPlan("wdot", 64, 256, 4, 4, tma=True), G.GemmPlan("wdot", 128, 128, 4, 4, tma=True),
+              G.GemmPlan("dot", 32, 256, 4, 4, tma=True), G.GemmPlan("dot", 64, 256, 4, 3, tma=True)]
+WDOT_SPLIT_BASES = [G.GemmPlan("wdot", 64, 128, 4, 4), G.GemmPlan("wdot", 128, 128, 4, 4),
+                    G.GemmPlan("wdot", 64, 128, 4, 4, tma=True), G.GemmPlan("wdot", 128, 128, 4, 4, tma=True)]
 SPLIT_BASES = [G.GemmPlan("gemv", 8, 512, 4, 4), G.GemmPlan("gemv", 16, 512, 4, 4), G.GemmPlan("gemv", 16, 256, 4, 4),
                G.GemmPlan("dot", 16, 512, 4, 4), G.GemmPlan("dot", 32, 256, 4, 4)]
 
@@ -158,6 +166,9 @@ def gemm_candidates(case: GemmCase) -> list[G.GemmPlan | None]:
         pool = pool + [G.GemmPlan(p.kind, p.block_n, p.block_k, p.warps, p.stages, split, p.block_m)
                        for p in SPLIT_BASES for split in (2, 4)
                        if case.m <= p.block_m and (p.kind == "dot" or case.m == 1)]
+    if case.m <= 16:  # the weight's tile on the left; split K for every shape (QKV: 7680 / 64 = 120 programs)
+        pool = pool + WDOT_PLANS + [replace(p, split=split) for p in WDOT_SPLIT_BASES
+                                    for split in ((2, 4, 5) if case.n <= case.k else (2,))]
     plans += [p for p in pool if G.fits(p, case.m, case.n, case.k) and case.k % p.block_k == 0]
     return plans
 
@@ -318,6 +329,8 @@ def time_launches(launches: list[Callable], device: torch.device, replays: int, 
 def measure(case, inputs, candidate, device, replays, flush) -> dict:
     point = {"case": case.name, "kind": "attention" if isinstance(case, AttentionCase) else "gemm",
              **asdict(case), "candidate": candidate_name(candidate)}
+    if isinstance(candidate, G.GemmPlan):  # the plan's fields, so a bench can run the tuned table (G.tuned_table)
+        point["plan"] = asdict(candidate)
     try:
         launch0, plan = inputs.launcher(candidate, 0, device)
         if isinstance(case, AttentionCase):

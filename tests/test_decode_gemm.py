@@ -4,6 +4,8 @@ reduction deterministic and reset for the next launch, and the shape table decid
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 import torch
 
@@ -26,6 +28,11 @@ def operands(m: int, n: int, k: int, seed: int = 0):
     (G.GemmPlan("gemv", 8, 64, 4, 3, split=4), 1, 24, 256),
     (G.GemmPlan("dot", 16, 32, 4, 3), 3, 40, 96),
     (G.GemmPlan("dot", 16, 32, 4, 3, split=2), 16, 48, 128),
+    (G.GemmPlan("wdot", 64, 32, 4, 3), 3, 100, 96),  # the weight's tile on the left; rows past N masked
+    (G.GemmPlan("wdot", 64, 32, 4, 3, split=2), 16, 64, 128),
+    (G.GemmPlan("wdot", 64, 32, 4, 3), 5, 72, 80),  # K not a whole number of tiles
+    (G.GemmPlan("dot", 16, 32, 4, 3, tma=True), 3, 40, 80),  # TMA: the descriptor reads zeros past N and K
+    (G.GemmPlan("wdot", 64, 32, 4, 3, split=2, tma=True), 16, 100, 128),
 ])
 def test_triton_gemms_equal_a_float32_matmul(plan, m, n, k):
     x, w = operands(m, n, k)
@@ -63,6 +70,9 @@ def test_a_plan_that_does_not_fit_the_shape_is_refused():
     with pytest.raises(ValueError, match="does not fit"):
         G.triton_linear(x, w, G.GemmPlan("gemv", 16, 64, 4, 3))  # gemv is one row
     assert not G.fits(G.GemmPlan("dot", 16, 64, 4, 3, split=3), 1, 16, 256)  # 256 / 3 is no whole tile
+    assert not G.fits(G.GemmPlan("wdot", 32, 64, 4, 3), 1, 16, 256)  # fewer weight rows than wgmma's 64
+    with pytest.raises(ValueError, match="16-byte aligned"):  # a TMA descriptor cannot start mid-line
+        G.triton_linear(x[:, 1:], w[:, 1:], G.GemmPlan("dot", 16, 16, 4, 3, tma=True))
 
 
 def test_the_table_picks_the_entry_whose_rows_hold_m_and_leaves_the_rest_to_cublas(monkeypatch):
@@ -202,3 +212,20 @@ def test_with_the_qkv_gemm_before_the_fork_the_two_branch_step_equals_the_torch_
     shapes = {(192, 64), (256, 64), (64, 320), (model.cfg.embedding_rows, 64)}
     assert step_against_torch(model, monkeypatch, {s: [(1, 1, plan)] for s in shapes}, batch=1, branches=True,
                               qkv_first=True) == shapes
+
+
+def test_a_tune_runs_table_holds_the_fastest_passing_plan_only_where_it_beats_cublas(monkeypatch):
+    wdot, dot = G.GemmPlan("wdot", 64, 128, 4, 4, split=2), G.GemmPlan("dot", 32, 256, 4, 4, tma=True)
+
+    def point(candidate, us, m=16, n=7680, k=2560, passed=True, plan=None):
+        return {"kind": "gemm", "status": "ok", "passed": passed, "candidate": candidate, "us": us, "n": n, "k": k,
+                "m": m, **({"plan": asdict(plan)} if plan else {})}
+
+    points = [point("cublas", 14.0), point(wdot.name, 12.0, plan=wdot), point(dot.name, 11.0, plan=dot, passed=False),
+              point("cublas", 14.0, m=1), point(wdot.name, 13.9, m=1, plan=wdot),  # 0.7% faster: within the margin
+              {"kind": "gemm", "status": "error", "candidate": dot.name, "n": 10240, "k": 2560, "m": 16}]
+    tuned = G.tuned_table(points)
+    assert tuned == {(7680, 2560): [(16, 16, wdot)]}  # the failed one's 11 us does not count; M=1 stays
+    monkeypatch.setattr(G, "GEMM_TABLE", G.merged_table(tuned))
+    assert G.gemm_plan(16, 7680, 2560) == wdot
+    assert G.gemm_plan(1, 7680, 2560).kind == "gemv" and G.gemm_plan(8, 7680, 2560) is None  # the table's own

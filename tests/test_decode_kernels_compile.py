@@ -66,10 +66,20 @@ GEMM_CASES = [
     {"kernel": "gemv", "name": "gemv-split2+norms+pdl", "constexprs": {**GEMV_BASE, "SPLIT": 2, "NORMS": True,
                                                                        "N_BIASES": 1, "PDL": True, "PREFETCH": 4}},
     {"kernel": "dot", "name": "dot", "constexprs": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=256, SPLIT=1, EVEN_K=True,
-                                                         STAGES=3, PDL=False, LINE=64, PREFETCH=0, LATE=False)},
+                                                         STAGES=3, PDL=False, LINE=64, PREFETCH=0, LATE=False,
+                                                         SWAP=False, TMA=False)},
     {"kernel": "dot", "name": "dot-split4", "constexprs": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, SPLIT=4,
                                                                 EVEN_K=False, STAGES=4, PDL=False, LINE=64,
-                                                                PREFETCH=0, LATE=False)},
+                                                                PREFETCH=0, LATE=False, SWAP=False, TMA=False)},
+    {"kernel": "dot", "name": "wdot-split2", "constexprs": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT=2,
+                                                                 EVEN_K=True, STAGES=4, PDL=False, LINE=64,
+                                                                 PREFETCH=0, LATE=False, SWAP=True, TMA=False)},
+    {"kernel": "dot", "name": "wdot-tma", "constexprs": dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, SPLIT=1,
+                                                              EVEN_K=False, STAGES=4, PDL=False, LINE=64,
+                                                              PREFETCH=0, LATE=False, SWAP=True, TMA=True)},
+    {"kernel": "dot", "name": "dot-tma-split4", "constexprs": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, SPLIT=4,
+                                                                    EVEN_K=True, STAGES=4, PDL=False, LINE=64,
+                                                                    PREFETCH=0, LATE=False, SWAP=False, TMA=True)},
 ]
 
 
