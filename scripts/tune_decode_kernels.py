@@ -140,6 +140,9 @@ WDOT_PLANS = [G.GemmPlan("wdot", 64, 128, 4, 4), G.GemmPlan("wdot", 64, 128, 4, 
               G.GemmPlan("wdot", 128, 128, 8, 4), G.GemmPlan("wdot", 64, 128, 4, 4, tma=True),
               G.GemmPlan("wdot", 64, 256, 4, 4, tma=True), G.GemmPlan("wdot", 128, 128, 4, 4, tma=True),
               G.GemmPlan("dot", 32, 256, 4, 4, tma=True), G.GemmPlan("dot", 64, 256, 4, 3, tma=True)]
+WDOT64_PLANS = [G.GemmPlan("wdot", 64, 128, 4, 4, block_m=64), G.GemmPlan("wdot", 128, 128, 4, 4, block_m=64),
+                G.GemmPlan("wdot", 128, 128, 8, 4, block_m=64), G.GemmPlan("wdot", 64, 128, 4, 4, split=2, block_m=64),
+                G.GemmPlan("wdot", 64, 128, 4, 4, split=4, block_m=64)]
 WDOT_SPLIT_BASES = [G.GemmPlan("wdot", 64, 128, 4, 4), G.GemmPlan("wdot", 128, 128, 4, 4),
                     G.GemmPlan("wdot", 64, 128, 4, 4, tma=True), G.GemmPlan("wdot", 128, 128, 4, 4, tma=True)]
 SPLIT_BASES = [G.GemmPlan("gemv", 8, 512, 4, 4), G.GemmPlan("gemv", 16, 512, 4, 4), G.GemmPlan("gemv", 16, 256, 4, 4),
@@ -169,6 +172,8 @@ def gemm_candidates(case: GemmCase) -> list[G.GemmPlan | None]:
     if case.m <= 16:  # the weight's tile on the left; split K for every shape (QKV: 7680 / 64 = 120 programs)
         pool = pool + WDOT_PLANS + [replace(p, split=split) for p in WDOT_SPLIT_BASES
                                     for split in ((2, 4, 5) if case.n <= case.k else (2,))]
+    elif case.m <= 64:
+        pool = pool + WDOT64_PLANS
     plans += [p for p in pool if G.fits(p, case.m, case.n, case.k) and case.k % p.block_k == 0]
     return plans
 
