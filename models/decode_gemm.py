@@ -280,22 +280,31 @@ def gemv_residual_norms(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, r
     return outs
 
 
-# Where a Triton kernel beat cuBLAS on an H200 (scripts/tune_decode_kernels.py; evidence: the tune run of
-# 9fe0b4f, CUDA graphs over distinct weight copies, L2 flushed): (N, K) of the weight -> [(fewest rows, most
-# rows, plan)]. Row counts and shapes not listed run on cuBLAS (QKV, MLP-up and the output GEMM of 2.8b at
-# 2-64 rows: no candidate beat it; Pythia-1b's output GEMM at 2-16 rows by 3-5%, split 4 ways).
+# Where a Triton kernel beat cuBLAS on an H200 (scripts/tune_decode_kernels.py: CUDA graphs over distinct weight
+# copies, L2 flushed): (N, K) of the weight -> [(fewest rows, most rows, plan)]. Row counts and shapes not listed run
+# on cuBLAS. One row: the GEMVs of the tune run of 9fe0b4f. 2-16 rows: the weight's tile on the left (wdot), the
+# plan that won at 2, 4, 8 and 16 rows in the tune of f29c5a5 (evidence/h200/decode-gemms-f29c5a5; microseconds at
+# 16 rows, against cuBLAS): Pythia-1b / 1.4b (h = 2048) and Pythia-2.8b / gpt3-2.7b (h = 2560) share the shapes.
+# 64 rows: only the logits, at 64 exactly (the one row count measured there).
 _GEMV_QKV_UP = GemmPlan("gemv", 16, 256, 4, 4)  # 1b: 9.2 / 11.7 us vs 10.7 / 12.5; 2.8b: 13.2 / 17.1 vs 14.3 / 18.2
 _GEMV_OUT = GemmPlan("gemv", 8, 512, 4, 4)  # [out | down]: 1b 14.5 us vs 16.7; 2.8b 20.4 vs 23.1
 _GEMV_LOGITS = GemmPlan("gemv", 8, 512, 4, 3)  # 1b 51.7 us vs 57.4; 2.8b 63.1 vs 70.5
-_DOT_LOGITS = GemmPlan("dot", 64, 256, 4, 3)  # 2-16 rows: 1b 53-55 us vs 57-58; 2.8b 65-66 vs 71 (not at 8 rows)
-_DOT_OUT_1B = GemmPlan("dot", 32, 256, 4, 4, split=4)  # 2-16 rows: 15.9-16.4 us vs 16.7-17.2
+_WDOT_QKV_UP = GemmPlan("wdot", 64, 128, 4, 6)  # QKV 9.7 vs 10.3-10.7 (h 2048), 13.5 vs 14.2 (2560); up 11.8-11.9 vs 12.4-12.5
+_WDOT_UP_2560 = GemmPlan("wdot", 64, 128, 4, 4)  # 17.8 vs 18.0 (2-16 rows: 1-3% faster)
+_WDOT_OUT_2048 = GemmPlan("wdot", 64, 128, 4, 4, split=4)  # 16.1-16.2 vs 17.2-17.3
+_WDOT_OUT_2560 = GemmPlan("wdot", 64, 128, 4, 4, split=5)  # 22.5 vs 23.5
+_WDOT_LOGITS = GemmPlan("wdot", 64, 128, 4, 4)  # 54.1-54.3 vs 59.2-59.5 (h 2048), 65.7 vs 71.4 (2560)
+_DOT64_LOGITS_2048 = GemmPlan("dot", 64, 64, 4, 4, block_m=64)  # 58.0 vs 59.3
+_WDOT64_LOGITS_2560 = GemmPlan("wdot", 128, 128, 8, 4, block_m=64)  # 70.2 vs 72.0
 GEMM_TABLE: dict[tuple[int, int], list[tuple[int, int, GemmPlan]]] = {
-    (6144, 2048): [(1, 1, _GEMV_QKV_UP)], (8192, 2048): [(1, 1, _GEMV_QKV_UP)],  # Pythia-1b
-    (2048, 10240): [(1, 1, _GEMV_OUT), (2, 16, _DOT_OUT_1B)],
-    (50304, 2048): [(1, 1, _GEMV_LOGITS), (2, 16, _DOT_LOGITS)],
-    (7680, 2560): [(1, 1, _GEMV_QKV_UP)], (10240, 2560): [(1, 1, _GEMV_QKV_UP)],  # Pythia-2.8b, gpt3-2.7b
-    (2560, 12800): [(1, 1, _GEMV_OUT)],
-    (50304, 2560): [(1, 1, _GEMV_LOGITS), (2, 7, _DOT_LOGITS), (9, 16, _DOT_LOGITS)],
+    (6144, 2048): [(1, 1, _GEMV_QKV_UP), (2, 16, _WDOT_QKV_UP)],  # Pythia-1b, 1.4b
+    (8192, 2048): [(1, 1, _GEMV_QKV_UP), (2, 16, _WDOT_QKV_UP)],
+    (2048, 10240): [(1, 1, _GEMV_OUT), (2, 16, _WDOT_OUT_2048)],
+    (50304, 2048): [(1, 1, _GEMV_LOGITS), (2, 16, _WDOT_LOGITS), (64, 64, _DOT64_LOGITS_2048)],
+    (7680, 2560): [(1, 1, _GEMV_QKV_UP), (2, 16, _WDOT_QKV_UP)],  # Pythia-2.8b, gpt3-2.7b
+    (10240, 2560): [(1, 1, _GEMV_QKV_UP), (2, 16, _WDOT_UP_2560)],
+    (2560, 12800): [(1, 1, _GEMV_OUT), (2, 16, _WDOT_OUT_2560)],
+    (50304, 2560): [(1, 1, _GEMV_LOGITS), (2, 16, _WDOT_LOGITS), (64, 64, _WDOT64_LOGITS_2560)],
 }
 
 
