@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .decode_kernels import (_residual_norms_row, counters, let_dependents_launch, norm_operands, pdl_launch,
-                             prefetch_l2, wait_for_predecessor)
+                             prefetch_l2, tma_ready, wait_for_predecessor)
 from .invariant.backend import Kernel, triton, tl
 
 
@@ -208,20 +208,6 @@ def fits(plan: GemmPlan, m: int, n: int, k: int) -> bool:
     return plan.split == 1 or (k // plan.split) % plan.block_k == 0 and k % plan.split == 0
 
 
-def _tma_scratch(size: int, alignment: int, stream):
-    """Global memory for the tensor descriptors a kernel builds on the device (Triton asks per launch; under
-    CUDA graph capture the bytes come from the graph's pool and live as long as the graph)."""
-    return torch.empty(size, device="cuda", dtype=torch.int8)
-
-
-def _tma_ready(weight: torch.Tensor) -> None:
-    """A TMA descriptor needs a 16-byte aligned base and row stride; Triton needs an allocator for it."""
-    if weight.data_ptr() % 16 or (weight.stride(0) * weight.element_size()) % 16 or weight.stride(1) != 1:
-        raise ValueError("a TMA GEMM plan needs a weight with 16-byte aligned rows")
-    if weight.is_cuda:
-        triton.set_allocator(_tma_scratch)
-
-
 def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: torch.Tensor | None = None, *,
                   gelu: bool = False, bias: torch.Tensor | None = None, norm_args: tuple | None = None,
                   norm_constexprs: dict | None = None) -> torch.Tensor:
@@ -258,7 +244,7 @@ def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: to
                    num_warps=plan.warps, **norms, **pdl.options)
     else:
         if plan.tma:
-            _tma_ready(weight)
+            tma_ready(weight)
         DOT[grid](x, weight, y, part, counts, m, n, k, x.stride(0), weight.stride(0), y.stride(0), k_per_split,
                   BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT=plan.split,
                   EVEN_K=even_k, STAGES=plan.stages, PDL=pdl.on, LINE=line, PREFETCH=tiles, LATE=pdl.late,

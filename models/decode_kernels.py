@@ -164,6 +164,22 @@ _COUNTERS: dict = {}
 _RETIRED: list = []
 
 
+def _tma_scratch(size: int, alignment: int, stream):
+    """Global memory for the tensor descriptors a kernel builds on the device (Triton asks per launch; under
+    CUDA graph capture the bytes come from the graph's pool and live as long as the graph)."""
+    return torch.empty(size, device="cuda", dtype=torch.int8)
+
+
+def tma_ready(*tensors: torch.Tensor) -> None:
+    """A TMA descriptor needs a 16-byte aligned base and row stride and unit stride along a row; Triton needs
+    an allocator for the descriptors a kernel builds."""
+    for t in tensors:
+        if t.data_ptr() % 16 or (t.stride(-2) * t.element_size()) % 16 or t.stride(-1) != 1:
+            raise ValueError("a TMA plan needs operands with 16-byte aligned rows")
+    if tensors and tensors[0].is_cuda:
+        triton.set_allocator(_tma_scratch)
+
+
 def counters(device: torch.device, n: int, purpose: str) -> torch.Tensor:
     """n int32 zeros that outlive any graph: the arrival counters of kernels whose last program reduces what
     the others wrote (each launch leaves them at zero again). Allocated on first use, outside a capture."""
@@ -322,10 +338,11 @@ class AttentionTile:
     warps: int
     stages: int
     mma: bool = False  # q.k and p.v on the tensor cores (the query repeated over tl.dot's 16 rows)
+    tma: bool = False  # (mma only) the cache tiles by the tensor memory accelerator: no per-element masks
 
     @property
     def name(self) -> str:
-        return f"{'mma' if self.mma else 'lane'}_n{self.block_n}_w{self.warps}_s{self.stages}"
+        return f"{'mma' if self.mma else 'lane'}_n{self.block_n}_w{self.warps}_s{self.stages}" + ("_tma" if self.tma else "")
 
 
 # By BLOCK_D (the head dim rounded up to a power of two). The lane loop's table, measured on an H200 (9fe0b4f:
@@ -384,6 +401,7 @@ class Splits:
     warps: int  # per program
     stages: int = 3  # loop iterations whose loads are in flight at once
     mma: bool = False  # the loop on the tensor cores (AttentionTile.mma)
+    tma: bool = False  # its cache tiles loaded by TMA (AttentionTile.tma)
 
     @property
     def direct(self) -> bool:  # one split: the kernel normalises and writes the output itself
@@ -391,14 +409,14 @@ class Splits:
 
     @property
     def tile(self) -> AttentionTile:
-        return AttentionTile(self.block_n, self.warps, self.stages, self.mma)
+        return AttentionTile(self.block_n, self.warps, self.stages, self.mma, self.tma)
 
     @classmethod
     def of(cls, tile: AttentionTile, head_dim: int, capacity: int, tiles_per_split: int) -> "Splits":
         """The cut of a `capacity`-position cache into stretches of `tiles_per_split` tiles of `tile`."""
         blocks = -(-capacity // tile.block_n)
         return cls(-(-blocks // tiles_per_split), tiles_per_split * tile.block_n, tile.block_n, block_d_of(head_dim),
-                   tile.warps, tile.stages, tile.mma)
+                   tile.warps, tile.stages, tile.mma, tile.tma)
 
 
 def block_d_of(head_dim: int) -> int:
@@ -407,18 +425,21 @@ def block_d_of(head_dim: int) -> int:
 
 
 def parse_tile(text: str) -> AttentionTile:
-    """KEYSxWARPSxSTAGES, with 'xmma' for the tensor-core loop: '16x4x3', '32x4x3xmma'."""
+    """KEYSxWARPSxSTAGES, with 'xmma' for the tensor-core loop and 'xmmaxtma' for it with TMA loads: '16x4x3',
+    '32x4x3xmma', '64x4x2xmmaxtma'."""
     parts = text.strip().lower().split("x")
-    mma = parts[-1] == "mma"
-    numbers = parts[:-1] if mma else parts
+    tma = parts[-2:] == ["mma", "tma"]
+    mma = tma or parts[-1] == "mma"
+    numbers = parts[:-2] if tma else parts[:-1] if mma else parts
     if len(numbers) != 3 or not all(n.isdigit() and int(n) > 0 for n in numbers):
-        raise ValueError(f"attention tile {text!r}: expected KEYSxWARPSxSTAGES[xmma], e.g. 16x4x3 or 32x4x3xmma")
+        raise ValueError(f"attention tile {text!r}: expected KEYSxWARPSxSTAGES[xmma[xtma]], e.g. 16x4x3, 32x4x3xmma "
+                         "or 64x4x2xmmaxtma")
     block_n, warps, stages = (int(n) for n in numbers)
     if block_n & (block_n - 1) or warps & (warps - 1):
         raise ValueError(f"attention tile {text!r}: keys and warps must be powers of two")
     if mma and block_n < 16:
         raise ValueError(f"attention tile {text!r}: the tensor-core loop needs at least 16 keys per tile")
-    return AttentionTile(block_n, warps, stages, mma)
+    return AttentionTile(block_n, warps, stages, mma, tma)
 
 
 def attention_tile(head_dim: int, table: dict[int, AttentionTile] | None = None, *, rows_x_heads: int = 1,
@@ -491,7 +512,8 @@ def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_pt
                              BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr,
                              STAGES: tl.constexpr, BLOCK_S: tl.constexpr, HAS_GELU: tl.constexpr,
                              HAS_UP_BIAS: tl.constexpr, GELU_BLOCK: tl.constexpr, PDL: tl.constexpr,
-                             LATE: tl.constexpr, MMA: tl.constexpr = False, INPUT_PRECISION: tl.constexpr = "tf32"):
+                             LATE: tl.constexpr, MMA: tl.constexpr = False, INPUT_PRECISION: tl.constexpr = "tf32",
+                             TMA: tl.constexpr = False):
     """Programs below attention_programs: one (batch row, head, stretch of its cache) each, split fastest;
     the last split of a (row, head) to finish combines the splits. The rest (HAS_GELU): gelu(up + bias) of
     one (batch row, GELU_BLOCK columns) into out[:, heads * d:], the other half of the output GEMM's input."""
@@ -501,7 +523,7 @@ def _decode_attention_kernel(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_pt
         _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_ptr, out_ptr, out_stride, m_ptr,
                 l_ptr, acc_ptr, count_ptr, pid // n_splits, pid % n_splits, qkv_stride, heads, rotary_dims,
                 capacity, keys_per_split, n_splits, scale_log2, HEAD_DIM, HALF, BLOCK_N, BLOCK_D, HAS_BIAS, DIRECT,
-                STAGES, BLOCK_S, PDL, LATE, MMA, INPUT_PRECISION)
+                STAGES, BLOCK_S, PDL, LATE, MMA, INPUT_PRECISION, attention_programs // n_splits, TMA)
     else:
         let_dependents_launch(PDL, LATE)
         if HAS_GELU:
@@ -522,7 +544,8 @@ def _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_p
             l_ptr, acc_ptr, count_ptr, bh, split, qkv_stride, heads, rotary_dims, capacity, keys_per_split, n_splits,
             scale_log2, HEAD_DIM: tl.constexpr, HALF: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
             HAS_BIAS: tl.constexpr, DIRECT: tl.constexpr, STAGES: tl.constexpr, BLOCK_S: tl.constexpr,
-            PDL: tl.constexpr, LATE: tl.constexpr, MMA: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+            PDL: tl.constexpr, LATE: tl.constexpr, MMA: tl.constexpr, INPUT_PRECISION: tl.constexpr, pairs,
+            TMA: tl.constexpr):
     row, head = bh // heads, bh % heads
     pos = tl.load(pos_ptr).to(tl.int32)  # where this step's token sits: it attends to positions 0..pos
     d = tl.arange(0, BLOCK_D)
@@ -574,19 +597,31 @@ def _attend(qkv_ptr, bias_ptr, k_cache_ptr, v_cache_ptr, pos_ptr, cos_ptr, sin_p
         m_rows = tl.full([16], -1.0e30, tl.float32)
         l_rows = tl.zeros([16], tl.float32)
         acc_rows = tl.zeros([16, BLOCK_D], tl.float32)
+        if TMA:  # every (row, head)'s (T, d) block as one (pairs x T, d) matrix: columns past d read as zeros; the
+            # rows past hi are other positions' keys (finite: the cache is zeroed), left out of s below
+            k_desc = tl.make_tensor_descriptor(k_cache_ptr, shape=[pairs * capacity, HEAD_DIM], strides=[HEAD_DIM, 1],
+                                               block_shape=[BLOCK_N, BLOCK_D])
+            v_desc = tl.make_tensor_descriptor(v_cache_ptr, shape=[pairs * capacity, HEAD_DIM], strides=[HEAD_DIM, 1],
+                                               block_shape=[BLOCK_N, BLOCK_D])
         for start in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
             n = start + tl.arange(0, BLOCK_N)
             old = (n < hi) & (n != pos)
             tile = n[:, None] * HEAD_DIM + d[None, :]
             tile_ok = old[:, None] & d_ok[None, :]
-            k = tl.load(keys + tile, mask=tile_ok, other=0.0)
+            if TMA:
+                k = k_desc.load([bh * capacity + start, 0])
+            else:
+                k = tl.load(keys + tile, mask=tile_ok, other=0.0)
             s = tl.dot(q_rows, tl.trans(k), input_precision=INPUT_PRECISION)  # (16, BLOCK_N), base-2 units
             s = tl.where(old[None, :], s, float("-inf"))
             m_new = tl.maximum(m_rows, tl.max(s, axis=1))
             alpha = tl.exp2(m_rows - m_new)
             p = tl.exp2(s - m_new[:, None])
             l_rows = l_rows * alpha + tl.sum(p, axis=1)
-            v = tl.load(values + tile, mask=tile_ok, other=0.0)
+            if TMA:
+                v = v_desc.load([bh * capacity + start, 0])
+            else:
+                v = tl.load(values + tile, mask=tile_ok, other=0.0)
             acc_rows = acc_rows * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=INPUT_PRECISION)
             m_rows = m_new
         let_dependents_launch(PDL, LATE)
@@ -719,6 +754,8 @@ def _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, *, heads
     ffn = up.shape[1] if up is not None else 0
     gelu = b * triton.cdiv(ffn, GELU_BLOCK) if up is not None else 0
     pdl = pdl_launch(qkv)
+    if splits.tma:
+        tma_ready(k_cache, v_cache)
     DECODE_ATTENTION[(attention_programs + gelu,)](
         qkv, bias if bias is not None else qkv, k_cache, v_cache, pos, cos, sin, out, out.stride(0), m, l_, acc,
         count, heads, rotary_dims, capacity, splits.keys, splits.count, scale * LOG2E, attention_programs,
@@ -728,7 +765,7 @@ def _attention_kernels(qkv, bias, k_cache, v_cache, pos, cos, sin, out, *, heads
         DIRECT=splits.direct, STAGES=splits.stages, BLOCK_S=triton.next_power_of_2(splits.count),
         HAS_GELU=up is not None, HAS_UP_BIAS=up_bias is not None, GELU_BLOCK=GELU_BLOCK, PDL=pdl.on,
         LATE=pdl.late, MMA=splits.mma, INPUT_PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
-        num_warps=splits.warps, **pdl.options)
+        TMA=splits.tma, num_warps=splits.warps, **pdl.options)
 
 
 def decode_attention(qkv: torch.Tensor, bias: torch.Tensor | None, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -33,6 +33,9 @@
 #   gemms      the decode GEMMs at GEMM_ROWS (16,1) rows: the tune sweep (cuBLAS, dot, wdot, TMA loads) of     ~6 min
 #              GEMM_MODELS' shapes (pythia-2.8b), then the decode bench with the plans it found faster than cuBLAS
 #              (--gemm-tune), the default first and last
+#   tma        the attention's tensor-core loop with TMA cache loads: the tune sweep of TMA_TILES (with and      ~5 min
+#              without TMA) at TMA_ROWS, then the decode bench at b=16 p=2048 with the default tile, TMA_VARIANTS
+#              and the sweep's fastest TMA tile at d=80, the default again last (DECODE_MODELS)
 #   pdl        the decode bench with and without programmatic dependent launch, alternated:      ~4 min
 #              two streams and one, successor launched after the wait or after the main loop (late)
 # The git SHA of the code is passed in because the GPU machine's copy of the tree has no .git.
@@ -180,6 +183,30 @@ if want gemms; then
   done
   bundle gemms $W
   elapsed gemms
+fi
+if want tma; then
+  A=/tmp/tma; rm -rf $A; mkdir -p $A
+  python3 scripts/tune_decode_kernels.py --out $A/tune --models ${TMA_MODELS:-pythia-2.8b,pythia-1.4b,pythia-1b} \
+    --rows ${TMA_ROWS:-16x2048,64x2048,1x2048} --gemm-models "" --pps 2,4 --deadline-s ${TMA_TUNE_S:-150} \
+    --attention-tiles ${TMA_TILES:-32x4x3xmma,64x4x2xmma,64x4x3xmma,32x4x3xmmaxtma,64x4x2xmmaxtma,64x4x3xmmaxtma,64x8x2xmmaxtma,128x4x2xmmaxtma} \
+    2>&1 | grep -E "best|points|Error|error" | cut -c1-170
+  best=$(python3 -c "
+import json
+points = [p for p in json.load(open('$A/tune/tune.json'))['points'] if p.get('passed') and p['kind'] == 'attention'
+          and p['candidate'].endswith(('_tma_pps2', '_tma_pps4')) and 'd=80 b=16 p=2048' in p['case']]
+best = min(points, key=lambda p: p['us'])['candidate'] if points else ''
+n, w, s = best.split('_pps')[0].removesuffix('_tma').removeprefix('mma_').split('_') if best else ('', '', '')
+print(f'{n[1:]}x{w[1:]}x{s[1:]}xmmaxtma' if best else '')
+" 2>/dev/null)
+  echo "tma: the sweep's fastest TMA tile at d=80 b=16 p=2048: ${best:-none}"
+  variants="default ${TMA_VARIANTS:-64x4x2xmmaxtma}"
+  [[ -n "$best" && " $variants " != *" $best "* ]] && variants="$variants $best"
+  for v in $variants default-again; do
+    extra=""; [[ $v == *mma* ]] && extra="--attention-tile $v"
+    variant tma $A $v --batches ${DECODE_BATCHES:-16} --contexts ${DECODE_CONTEXTS:-2048} $extra
+  done
+  bundle tma $A
+  elapsed tma
 fi
 if want pdl; then
   P=/tmp/pdl; rm -rf $P; mkdir -p $P

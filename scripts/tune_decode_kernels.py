@@ -127,6 +127,8 @@ LANE_TILES = {  # by BLOCK_D: (keys per iteration, warps, stages)
 }
 # the tensor-core loop; two stages where three leave fewer programs per SM (64 keys at d=128: 96 KB of shared memory)
 MMA_TILES = [(16, 4, 3), (32, 4, 3), (32, 4, 4), (64, 4, 3), (32, 8, 3), (64, 8, 3), (64, 4, 2), (32, 4, 2)]
+# the same loop with its cache tiles by TMA (tensor descriptors: the padding columns of d=80 read as zeros, no masks)
+MMA_TMA_TILES = [(32, 4, 3), (64, 4, 2), (64, 4, 3), (64, 8, 2), (128, 4, 2)]
 PROGRAMS_PER_SM = (2, 4, 8, 16)
 GEMV_PLANS = [G.GemmPlan("gemv", 8, 512, 4, 3), G.GemmPlan("gemv", 8, 512, 4, 4), G.GemmPlan("gemv", 16, 256, 4, 4),
               G.GemmPlan("gemv", 16, 512, 4, 3), G.GemmPlan("gemv", 16, 512, 4, 4), G.GemmPlan("gemv", 32, 256, 8, 3)]
@@ -156,7 +158,8 @@ def attention_candidates(head_dim: int) -> list[AttentionCandidate]:
     block_d = K.block_d_of(head_dim)
     out = [AttentionCandidate("v0", None, V0.PROGRAMS_PER_SM)]
     tiles = SWEEP["tiles"] or ([K.AttentionTile(*t) for t in LANE_TILES[min(block_d, 256)]]
-                               + [K.AttentionTile(*t, mma=True) for t in MMA_TILES])
+                               + [K.AttentionTile(*t, mma=True) for t in MMA_TILES]
+                               + [K.AttentionTile(*t, mma=True, tma=True) for t in MMA_TMA_TILES])
     for tile, pps in itertools.product(tiles, SWEEP["pps"]):
         out.append(AttentionCandidate("mma" if tile.mma else "lane", tile, pps))
     return out

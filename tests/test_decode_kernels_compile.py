@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 POINTERS_FP32 = {"m_ptr", "l_ptr", "acc_ptr", "cos_ptr", "sin_ptr"}
-TILES = {"lane_n16_w4_s3": (16, 4, 3, False), "mma_n16_w4_s3": (16, 4, 3, True), "mma_n64_w8_s2": (64, 8, 2, True)}
+TILES = {"lane_n16_w4_s3": (16, 4, 3, False), "mma_n16_w4_s3": (16, 4, 3, True), "mma_n64_w8_s2": (64, 8, 2, True),
+         "mma_n64_w4_s2_tma": (64, 4, 2, True, True)}
 CASES = [{"tile": t, "direct": direct, "gelu": direct, "head_dim": d}
          for t in TILES for direct in (False, True) for d in (256, 80)]
 
@@ -94,12 +95,12 @@ def gemm_ttir(case: dict) -> str:
 def attention_ttir(case: dict) -> str:
     from models import decode_kernels as K
 
-    block_n, warps, stages, mma = TILES[case["tile"]]
+    block_n, warps, stages, mma, *tma = TILES[case["tile"]]
     d = case["head_dim"]
     constexprs = dict(HEAD_DIM=d, HALF=max(1, d // 8), BLOCK_N=block_n, BLOCK_D=1 << max(4, (d - 1).bit_length()),
                       HAS_BIAS=True, DIRECT=case["direct"], STAGES=stages, BLOCK_S=64, HAS_GELU=case["gelu"],
                       HAS_UP_BIAS=case["gelu"], GELU_BLOCK=1024, PDL=False, LATE=False, MMA=mma,
-                      INPUT_PRECISION="tf32")
+                      INPUT_PRECISION="tf32", TMA=bool(tma))
     names = inspect.signature(K.DECODE_ATTENTION.fn).parameters
     return to_ttir(K.DECODE_ATTENTION, {n: pointer_rule(n) for n in names}, constexprs, warps)
 

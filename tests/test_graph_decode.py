@@ -76,6 +76,7 @@ def prefill_logits(model: NeoXCausalLM, ids: torch.Tensor, positions: int | None
 
 
 MMA_TILE = K.AttentionTile(16, 4, 2, mma=True)  # the attention loop on the tensor cores (tl.dot, interpreted)
+TMA_TILE = K.AttentionTile(16, 4, 2, mma=True, tma=True)  # the same, its cache tiles through tensor descriptors
 
 
 def greedy(model: NeoXCausalLM, ids: torch.Tensor, new_tokens: int, **options) -> list[list[int]]:
@@ -286,7 +287,7 @@ def attention_case(batch: int, heads: int, d: int, rotary_dims: int, capacity: i
                          [(1, 2, 40, 10, True), (3, 2, 64, 16, True), (2, 1, 32, 32, False)])
 @pytest.mark.parametrize("splits", [1, 3, None])
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
-@pytest.mark.parametrize("tile", [None, MMA_TILE], ids=["lanes", "mma"])
+@pytest.mark.parametrize("tile", [None, MMA_TILE, TMA_TILE], ids=["lanes", "mma", "tma"])
 def test_decode_attention_kernel_equals_torch_and_writes_the_new_key_and_value(batch, heads, d, rotary_dims,
                                                                                with_bias, splits, where, tile):
     capacity = 70
@@ -307,7 +308,7 @@ def test_decode_attention_kernel_equals_torch_and_writes_the_new_key_and_value(b
 
 @interpreted
 @pytest.mark.parametrize("batch, heads, d, splits", [(1, 2, 40, 3), (2, 2, 64, 1)])
-@pytest.mark.parametrize("tile", [None, MMA_TILE], ids=["lanes", "mma"])
+@pytest.mark.parametrize("tile", [None, MMA_TILE, TMA_TILE], ids=["lanes", "mma", "tma"])
 def test_attention_and_gelu_kernels_write_the_joined_input_of_the_output_gemm(batch, heads, d, splits, tile):
     """Split (combine + GELU in one launch) and direct (GELU alone): [attention | gelu(up + bias)]."""
     capacity, ffn = 50, 4 * heads * d
@@ -517,7 +518,9 @@ def test_the_qkv_gemm_goes_before_the_fork_at_batch_one_by_default(checkpoints):
 def test_attention_tiles_parse_and_a_bad_one_names_the_form():
     assert K.parse_tile("32x4x3xmma") == K.AttentionTile(32, 4, 3, mma=True)
     assert K.parse_tile("16x4x3").name == "lane_n16_w4_s3"
-    for bad in ("16x4", "24x4x3", "8x4x3xmma", "16x4x3xfast"):
+    assert K.parse_tile("64x4x2xmmaxtma") == K.AttentionTile(64, 4, 2, mma=True, tma=True)
+    assert K.parse_tile("64x4x2xmmaxtma").name == "mma_n64_w4_s2_tma"
+    for bad in ("16x4", "24x4x3", "8x4x3xmma", "16x4x3xfast", "16x4x3xtma"):
         with pytest.raises(ValueError, match="attention tile"):
             K.parse_tile(bad)
     plan = K.attention_splits(8, 2048 + 32, 256, CPU, tile=K.parse_tile("32x4x3xmma"))
