@@ -65,7 +65,8 @@ class GreedyDecoder:
                  banned_token: int | None = None, use_graph: bool | None = None, compile: bool = False,
                  splits: int | None = None, branches: bool | None = None, pdl: bool = False,
                  pdl_prefetch: int = PREFETCH_TILES, pdl_late: bool = False, norm_in_gemv: bool = True,
-                 qkv_first: bool | None = None, attention_tile: AttentionTile | None = None):
+                 qkv_first: bool | None = None, attention_tile: AttentionTile | None = None,
+                 join_inputs: bool = True):
         if new_tokens < 2:
             raise ValueError("new_tokens must be >= 2: the first comes from prefill, the rest from decode steps")
         cfg, device = model.cfg, model.device
@@ -113,6 +114,7 @@ class GreedyDecoder:
         # at batch 1, where it was measured with the tensor-core attention (H200: pythia-1b 0.664 -> 0.620 ms at
         # p=128, 0.764 -> 0.724 at p=2048; pythia-2.8b 1.653 -> 1.641, 1.909 -> 1.841: decode-defaults-1f9c94d)
         self.norm_in_gemv = norm_in_gemv
+        self.join_inputs = join_inputs  # one stream: QKV and MLP-up in one launch where the table has a plan
         self.qkv_first = bool(batch == 1 if qkv_first is None else qkv_first) and self.branches
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None  # the step's output (b, vocab): static once captured
@@ -144,7 +146,7 @@ class GreedyDecoder:
             x, normed = self._head(self.tokens)
             logits = self.model.decode_from(x, normed, self.cache, self.pos, self.splits, self.tables,
                                             branches=self.branches, branch=self.branch, norm_in_gemv=self.norm_in_gemv,
-                                            qkv_first=self.qkv_first)  # (b, vocab)
+                                            qkv_first=self.qkv_first, join_inputs=self.join_inputs)  # (b, vocab)
             self._tail(logits, self.banned, self.tokens, self.generated, self.count, self.pos)
         return logits
 

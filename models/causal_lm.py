@@ -161,6 +161,18 @@ class NeoXCausalLM(nn.Module):
             packed = torch.cat((out.weight.detach(), down.weight.detach()), dim=1)  # (h, h + 4h)
             out.weight = nn.Parameter(packed[:, :out.in_features], requires_grad=out.weight.requires_grad)
             down.weight = nn.Parameter(packed[:, out.in_features:], requires_grad=down.weight.requires_grad)
+            # and [W_qkv; W_up] (3h + 4h, h): the two GEMMs over the layer's two norms in one launch
+            qkv, up = layer.attention.qkv_transform, layer.mlp.mlp_up
+            stacked = torch.cat((qkv.weight.detach(), up.weight.detach()), dim=0)
+            qkv.weight = nn.Parameter(stacked[:qkv.out_features], requires_grad=qkv.weight.requires_grad)
+            up.weight = nn.Parameter(stacked[qkv.out_features:], requires_grad=up.weight.requires_grad)
+
+    def input_weight(self, layer: TransformerLayer) -> torch.Tensor | None:
+        """[W_qkv; W_up] (3h + 4h, h) of a packed layer, None where the views no longer share one tensor."""
+        qkv, up = layer.attention.qkv_transform.weight, layer.mlp.mlp_up.weight
+        shared = (qkv.is_contiguous() and up.is_contiguous() and qkv.device == up.device
+                  and up.data_ptr() == qkv.data_ptr() + qkv.numel() * qkv.element_size())
+        return qkv.as_strided((qkv.shape[0] + up.shape[0], qkv.shape[1]), qkv.stride()) if shared else None
 
     def output_weight(self, layer: TransformerLayer) -> torch.Tensor | None:
         """[W_out | W_down] (h, h + 4h) of a packed layer, None where the views no longer share one tensor."""
@@ -270,7 +282,7 @@ class NeoXCausalLM(nn.Module):
     def decode_from(self, x: torch.Tensor, normed: tuple[torch.Tensor, ...], cache: KVCache, pos: torch.Tensor,
                     splits: Splits, tables: tuple[torch.Tensor, torch.Tensor], *, branches: bool = False,
                     branch: torch.cuda.Stream | None = None, norm_in_gemv: bool = False,
-                    qkv_first: bool = False) -> torch.Tensor:
+                    qkv_first: bool = False, join_inputs: bool = True) -> torch.Tensor:
         """decode_logits after the embedding and first norm (which torch.compile may have fused).
 
         `branches` (parallel residual): each layer's attention branch (QKV GEMM, attention) and MLP branch
@@ -280,12 +292,13 @@ class NeoXCausalLM(nn.Module):
         `norm_in_gemv` (parallel residual): where the output GEMM [out | down] is a tuned GEMV (batch 1), its
         last program does the residual add and the next norms (models/decode_gemm.gemv_residual_norms).
         `qkv_first` (with `branches`): the QKV GEMM runs before the fork, so the attention kernel alone runs
-        beside the MLP-up GEMM."""
+        beside the MLP-up GEMM. `join_inputs` (one stream): QKV and MLP-up as one GEMM launch where the table
+        has a plan for [W_qkv; W_up] (_input_gemms)."""
         cos, sin = tables
         heads = self.cfg.heads_per_gpu
         if self.cfg.residual == "parallel" and all(self.output_weight(layer) is not None for layer in self.layers):
             final = self._parallel_decode(x, normed, cache, pos, splits, tables, branches, branch,
-                                          norm_in_gemv, qkv_first)  # (b, h)
+                                          norm_in_gemv, qkv_first, join_inputs)  # (b, h)
             return self._gemm(final, self.logit_layer.logits.weight)  # (b, vocab)
 
         def attend(i: int, layer: TransformerLayer, qkv: torch.Tensor) -> torch.Tensor:
@@ -316,7 +329,7 @@ class NeoXCausalLM(nn.Module):
     def _parallel_decode(self, x: torch.Tensor, normed: tuple[torch.Tensor, ...], cache: KVCache, pos: torch.Tensor,
                          splits: Splits, tables: tuple[torch.Tensor, torch.Tensor], branches: bool = False,
                          branch: torch.cuda.Stream | None = None, norm_in_gemv: bool = False,
-                         qkv_first: bool = False) -> torch.Tensor:
+                         qkv_first: bool = False, join_inputs: bool = True) -> torch.Tensor:
         """layers_forward for one token per row with the parallel residual's output GEMMs joined: per layer a
         norm kernel, the QKV and MLP-up GEMMs, the attention kernel (with the MLP-up's bias + GELU, or beside
         it: `branches`) and one GEMM [attention | gelu(up)] x [W_out | W_down]^T. Returns the final norm (b, h)."""
@@ -330,8 +343,7 @@ class NeoXCausalLM(nn.Module):
                 joined = self._two_branches(i, layer, normed, cache, pos, splits, tables, branch,
                                             qkv_first)  # (b, h + 4h)
             else:
-                qkv = self._gemm(normed[0], attention.qkv_transform.weight)  # (b, 3h)
-                up = self._gemm(normed[1], mlp.mlp_up.weight)  # (b, 4h)
+                qkv, up = self._input_gemms(layer, normed, join_inputs)  # (b, 3h), (b, 4h)
                 joined = decode_attention_and_gelu(qkv, attention.qkv_transform.bias, cache.keys[i], cache.values[i],
                                                    pos, cos, sin, up, mlp.mlp_up.bias, heads=heads,
                                                    scale=attention.scale, splits=splits,
@@ -345,6 +357,21 @@ class NeoXCausalLM(nn.Module):
                 both = self._gemm(joined, output_weight)  # (b, h): attn + mlp before their biases
                 normed = residual_norms(x, (both,), self._norms_of(following), biases=biases, backend=self.kernels)
         return normed[0]
+
+    def _input_gemms(self, layer: TransformerLayer, normed: tuple[torch.Tensor, ...],
+                     join: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """norm1(x) W_qkv^T and norm2(x) W_up^T: one launch over [W_qkv; W_up] where the table has a dot / wdot
+        plan for the stacked weight (the kernel reads norm2(x) at its offset from norm1(x)); else two GEMMs. Returns views of one (b, 3h + 4h) output, or two tensors."""
+        qkv_weight, up_weight = layer.attention.qkv_transform.weight, layer.mlp.mlp_up.weight
+        stacked = self.input_weight(layer) if join and len(normed) == 2 else None
+        plan = self._plan(normed[0].shape[0], stacked) if stacked is not None else None
+        first, second = normed if len(normed) == 2 else (normed[0], normed[0])
+        if (plan is not None and plan.kind != "gemv" and second.shape == first.shape
+                and second.stride() == first.stride() and qkv_weight.shape[0] % plan.block_n == 0
+                and (second.data_ptr() - first.data_ptr()) % first.element_size() == 0):
+            both = triton_linear(first, stacked, plan, second=(second, qkv_weight.shape[0]))
+            return both[:, :qkv_weight.shape[0]], both[:, qkv_weight.shape[0]:]
+        return self._gemm(first, qkv_weight), self._gemm(second, up_weight)
 
     def _two_branches(self, i: int, layer: TransformerLayer, normed: tuple[torch.Tensor, ...], cache: KVCache,
                       pos: torch.Tensor, splits: Splits, tables: tuple[torch.Tensor, torch.Tensor],

@@ -128,7 +128,7 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, bias_ptr, N, K, strid
 
 
 def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_x, stride_w, stride_y, k_per_split,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
+                n_first, x_second, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
                 EVEN_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr, LINE: tl.constexpr,
                 PREFETCH: tl.constexpr, LATE: tl.constexpr, SWAP: tl.constexpr = False, TMA: tl.constexpr = False):
     pid_n = tl.program_id(0)
@@ -146,7 +146,9 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, strid
         w_desc = tl.make_tensor_descriptor(w_ptr, shape=[N, K], strides=[stride_w, 1],
                                            block_shape=[BLOCK_N, BLOCK_K])
     wait_for_predecessor(PDL, LATE)
-    x_rows = x_ptr + rm[:, None] * stride_x
+    # two GEMMs in one launch over a weight of stacked rows: output columns from n_first on read their rows of
+    # x `x_second` elements further on (QKV over norm1(x) and MLP-up over norm2(x); n_first = N: one GEMM)
+    x_rows = x_ptr + tl.where(pid_n * BLOCK_N >= n_first, x_second, 0) + rm[:, None] * stride_x
     w_rows = w_ptr + rn[:, None].to(tl.int64) * stride_w
     if SWAP:  # y^T = W x^T: the weight tile is the product's 64+ row side, read by wgmma from shared memory
         acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
@@ -210,16 +212,26 @@ def fits(plan: GemmPlan, m: int, n: int, k: int) -> bool:
 
 def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: torch.Tensor | None = None, *,
                   gelu: bool = False, bias: torch.Tensor | None = None, norm_args: tuple | None = None,
-                  norm_constexprs: dict | None = None) -> torch.Tensor:
+                  norm_constexprs: dict | None = None, second: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
     """x (M, K) @ weight (N, K)^T with the plan's kernel; x and weight with unit stride along K, `out` (M, N)
     with unit stride along N (a view into a wider buffer is fine). gelu (gemv only): gelu(y + bias).
-    norm_args / norm_constexprs (gemv only): residual_norms' operands (gemv_residual_norms)."""
+    norm_args / norm_constexprs (gemv only): residual_norms' operands (gemv_residual_norms).
+    second = (x2, n_first) (dot / wdot): output columns from n_first on are x2 @ weight[n_first:]^T (x2 shaped
+    and strided as x, a whole number of elements past it, n_first a whole number of column blocks)."""
     m, k = x.shape
     n = weight.shape[0]
     if not fits(plan, m, n, k):
         raise ValueError(f"GEMM plan {plan.name} does not fit M={m}, N={n}, K={k}")
     if (gelu or norm_args) and plan.kind != "gemv":
         raise ValueError("the bias + GELU and the residual + norms epilogues are the gemv kernel's (M = 1)")
+    n_first, x_second = n, 0
+    if second is not None:
+        x2, n_first = second
+        x_second = (x2.data_ptr() - x.data_ptr()) // x.element_size()
+        if (plan.kind == "gemv" or x2.shape != x.shape or x2.stride() != x.stride() or n_first % plan.block_n
+                or x_second * x.element_size() != x2.data_ptr() - x.data_ptr()):
+            raise ValueError(f"GEMM plan {plan.name}: a second input needs a dot / wdot plan, x's shape and strides, "
+                             f"and {n_first} columns a whole number of {plan.block_n}-column blocks")
     y = torch.empty(m, n, device=x.device, dtype=x.dtype) if out is None else out
     k_per_split = k // plan.split if plan.split > 1 else k
     even_k = k_per_split % plan.block_k == 0
@@ -246,7 +258,7 @@ def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: to
         if plan.tma:
             tma_ready(weight)
         DOT[grid](x, weight, y, part, counts, m, n, k, x.stride(0), weight.stride(0), y.stride(0), k_per_split,
-                  BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT=plan.split,
+                  n_first, x_second, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT=plan.split,
                   EVEN_K=even_k, STAGES=plan.stages, PDL=pdl.on, LINE=line, PREFETCH=tiles, LATE=pdl.late,
                   SWAP=plan.kind == "wdot", TMA=plan.tma, num_warps=plan.warps, **pdl.options)
     return y
@@ -285,10 +297,12 @@ _WDOT64_LOGITS_2560 = GemmPlan("wdot", 128, 128, 8, 4, block_m=64)  # 70.2 vs 72
 GEMM_TABLE: dict[tuple[int, int], list[tuple[int, int, GemmPlan]]] = {
     (6144, 2048): [(1, 1, _GEMV_QKV_UP), (2, 16, _WDOT_QKV_UP)],  # Pythia-1b, 1.4b
     (8192, 2048): [(1, 1, _GEMV_QKV_UP), (2, 16, _WDOT_QKV_UP)],
+    (14336, 2048): [(2, 16, _WDOT_QKV_UP)],  # [W_qkv; W_up]: both in one launch (causal_lm._input_gemms)
     (2048, 10240): [(1, 1, _GEMV_OUT), (2, 16, _WDOT_OUT_2048)],
     (50304, 2048): [(1, 1, _GEMV_LOGITS), (2, 16, _WDOT_LOGITS), (64, 64, _DOT64_LOGITS_2048)],
     (7680, 2560): [(1, 1, _GEMV_QKV_UP), (2, 16, _WDOT_QKV_UP)],  # Pythia-2.8b, gpt3-2.7b
     (10240, 2560): [(1, 1, _GEMV_QKV_UP), (2, 16, _WDOT_UP_2560)],
+    (17920, 2560): [(2, 16, _WDOT_QKV_UP)],
     (2560, 12800): [(1, 1, _GEMV_OUT), (2, 16, _WDOT_OUT_2560)],
     (50304, 2560): [(1, 1, _GEMV_LOGITS), (2, 16, _WDOT_LOGITS), (64, 64, _WDOT64_LOGITS_2560)],
 }

@@ -84,6 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--splits", type=int, help="attention splits per (row, head) (default: models/decode_kernels.py's rule)")
     p.add_argument("--pdl-late", action="store_true",
                    help="--pdl: GEMVs and attention let their successor launch after their main loop")
+    p.add_argument("--inputs-apart", action="store_true",
+                   help="one stream: QKV and MLP-up as two GEMMs, not one launch over [W_qkv; W_up]")
     p.add_argument("--norms-apart", action="store_true",
                    help="batch 1: the residual add and norms in their own kernel, not in the output GEMV's last program")
     order = p.add_mutually_exclusive_group()
@@ -227,6 +229,7 @@ def run_row(model, cfg, *, name: str, batch: int, prompt_len: int, args, device,
                                 banned_token=EOS, compile=args.compile, branches=False if args.one_stream else None,
                                 pdl=args.pdl, pdl_prefetch=args.pdl_prefetch,
                                 pdl_late=args.pdl_late, splits=args.splits, norm_in_gemv=not args.norms_apart,
+                                join_inputs=not args.inputs_apart,
                                 qkv_first=args.qkv_first, attention_tile=args.attention_tile)
         gen = torch.Generator(device="cpu").manual_seed(batch * 100003 + prompt_len)
         ids = torch.randint(3, cfg.vocab_size, (batch, prompt_len), generator=gen).to(device)
@@ -245,7 +248,7 @@ def run_row(model, cfg, *, name: str, batch: int, prompt_len: int, args, device,
             "context_mean": floors.context_mean,
             "step_vs_floor": steps.median_ms / floors.decode_floor_ms if floors.decode_floor_ms else None,
             "graph": decoder.graph is not None, "compile": decoder.compile_status, "branches": decoder.branch_status,
-            "pdl": decoder.pdl_status, "norm_in_gemv": decoder.norm_in_gemv, "qkv_first": decoder.qkv_first,
+            "pdl": decoder.pdl_status, "norm_in_gemv": decoder.norm_in_gemv, "join_inputs": decoder.join_inputs, "qkv_first": decoder.qkv_first,
             "splits": decoder.splits.count, "attention_tile": decoder.splits.tile.name,
             "cache_gb": decoder.cache.bytes / 2**30,
         })
@@ -380,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                      "compile": args.compile, "one_stream": args.one_stream, "splits": args.splits,
                      "pdl": args.pdl, "pdl_prefetch": args.pdl_prefetch if args.pdl else None,
                      "pdl_late": args.pdl_late if args.pdl else None, "norm_in_gemv": not args.norms_apart,
+                     "join_inputs": not args.inputs_apart,
                      "qkv_first": "auto (batch 1)" if args.qkv_first is None else args.qkv_first,
                      "attention_tile": args.attention_tile.name if args.attention_tile else None,
                      "gemm_tune": {f"{n}x{k}": [[lo, hi, plan.name] for lo, hi, plan in entries]

@@ -36,6 +36,8 @@
 #   tma        the attention's tensor-core loop with TMA cache loads: the tune sweep of TMA_TILES (with and      ~5 min
 #              without TMA) at TMA_ROWS, then the decode bench at b=16 p=2048 with the default tile, TMA_VARIANTS
 #              and the sweep's fastest TMA tile at d=80, the default again last (DECODE_MODELS)
+#   joined     QKV and MLP-up as one launch over [W_qkv; W_up]: the GEMM tune at GEMM_ROWS (16,4) of GEMM_MODELS,   ~4 min
+#              then the decode bench joined (the default) and apart (--inputs-apart), the default again last
 #   pdl        the decode bench with and without programmatic dependent launch, alternated:      ~4 min
 #              two streams and one, successor launched after the wait or after the main loop (late)
 # The git SHA of the code is passed in because the GPU machine's copy of the tree has no .git.
@@ -207,6 +209,18 @@ print(f'{n[1:]}x{w[1:]}x{s[1:]}xmmaxtma' if best else '')
   done
   bundle tma $A
   elapsed tma
+fi
+if want joined; then
+  J=/tmp/joined; rm -rf $J; mkdir -p $J
+  python3 scripts/tune_decode_kernels.py --out $J/tune --models ${GEMM_MODELS:-pythia-2.8b,pythia-1b} --rows "" \
+    --gemm-models ${GEMM_MODELS:-pythia-2.8b,pythia-1b} --gemm-rows ${GEMM_ROWS:-16,4} --deadline-s ${GEMM_TUNE_S:-100} \
+    2>&1 | grep -E "best|points|Error|error" | cut -c1-170
+  for v in default inputs-apart default-again; do
+    extra=""; [[ $v == inputs-apart ]] && extra="--inputs-apart"
+    variant joined $J $v --batches ${DECODE_BATCHES:-4,16} --contexts ${DECODE_CONTEXTS:-128,2048} $extra
+  done
+  bundle joined $J
+  elapsed joined
 fi
 if want pdl; then
   P=/tmp/pdl; rm -rf $P; mkdir -p $P

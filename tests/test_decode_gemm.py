@@ -134,6 +134,31 @@ def test_the_model_decodes_through_the_tabled_kernels_as_through_cublas(monkeypa
 
 
 @interpreted
+def test_qkv_and_mlp_up_run_as_one_launch_over_the_stacked_weight_when_the_table_has_a_plan(monkeypatch, tmp_path):
+    """The stacked [W_qkv; W_up] (448 x 64) in the table: one launch per layer instead of two, the same step;
+    with the inputs apart (or no plan for the stacked shape) the two GEMMs again."""
+    model = tiny_model(tmp_path)
+    plan = G.GemmPlan("wdot", 64, 32, 4, 3)
+    assert tuple(model.input_weight(model.layers[0]).shape) == (448, 64)
+    used = step_against_torch(model, monkeypatch, {(448, 64): [(1, 16, plan)]}, branches=False)
+    assert used == {(448, 64)}
+    assert step_against_torch(model, monkeypatch, {(448, 64): [(1, 16, plan)]}, branches=False,
+                              join_inputs=False) == set()
+    with pytest.raises(ValueError, match="whole number"):  # 100 columns: no whole number of 64-column blocks
+        x = torch.randn(2, 64)
+        G.triton_linear(x, torch.randn(448, 64), plan, second=(torch.randn(2, 64), 100))
+
+
+@interpreted
+def test_the_second_input_of_one_launch_feeds_the_columns_from_n_first_on():
+    gen = torch.Generator().manual_seed(11)
+    x1, x2, w = torch.randn(3, 96, generator=gen), torch.randn(3, 96, generator=gen), torch.randn(192, 96, generator=gen)
+    for plan in (G.GemmPlan("wdot", 64, 32, 4, 3, split=3), G.GemmPlan("dot", 32, 32, 4, 3)):
+        got = G.triton_linear(x1, w, plan, second=(x2, 64))
+        torch.testing.assert_close(got, torch.cat((x1 @ w[:64].T, x2 @ w[64:].T), dim=1), atol=1e-4, rtol=1e-5)
+
+
+@interpreted
 def test_at_batch_one_the_two_branch_step_runs_the_gemv_kernels_with_the_gelu_epilogue(monkeypatch, tmp_path):
     model = tiny_model(tmp_path)
     plan = G.GemmPlan("gemv", 16, 64, 4, 3)
