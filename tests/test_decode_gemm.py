@@ -255,3 +255,64 @@ def test_a_tune_runs_table_holds_the_fastest_passing_plan_only_where_it_beats_cu
     monkeypatch.setattr(G, "GEMM_TABLE", G.merged_table(tuned))
     assert G.gemm_plan(16, 7680, 2560) == wdot
     assert G.gemm_plan(1, 7680, 2560).kind == "gemv" and G.gemm_plan(8, 7680, 2560) is None  # the table's own
+
+
+@interpreted
+@pytest.mark.parametrize("plan", [G.GemmPlan("wdot", 64, 32, 4, 3, split=5), G.GemmPlan("dot", 32, 32, 4, 3)])
+def test_the_residual_epilogue_and_norm_prologue_equal_the_norm_kernel_between_two_gemms(plan):
+    """[out | down] into the residual (its block stats kept), then QKV | MLP-up over norm1 | norm2 of it: the same
+    as the GEMM, residual_norms and two GEMMs (h = 96: a 64-column stats block and a part one of 32)."""
+    from torch import nn
+
+    from models.decode_kernels import residual_norms
+
+    gen = torch.Generator().manual_seed(5)
+    h, inner, rows = 96, 160, 3
+    joined, w_out = torch.randn(rows, inner, generator=gen), 0.1 * torch.randn(h, inner, generator=gen)
+    residual = torch.randn(rows, h, generator=gen)
+    biases = (torch.randn(h, generator=gen), torch.randn(h, generator=gen))
+    norms = tuple(nn.LayerNorm(h) for _ in range(2))
+    for norm in norms:
+        norm.weight.data, norm.bias.data = torch.randn(h, generator=gen), torch.randn(h, generator=gen)
+    w_in = torch.randn(192, h, generator=gen)  # [W_qkv (64 rows); W_up (128)]
+    expected_x = residual.clone()
+    normed = residual_norms(expected_x, (joined @ w_out.T,), norms, biases=biases, backend="torch")
+    expected = torch.cat((normed[0] @ w_in[:64].T, normed[1] @ w_in[64:].T), dim=1)
+    x = residual.clone()
+    stats = G.gemm_into_residual(joined, w_out, plan, x, biases)
+    torch.testing.assert_close(x, expected_x, atol=1e-4, rtol=1e-5)  # the residual stream, updated in place
+    got = G.normalizing_gemm(x, stats, w_in, G.GemmPlan("wdot", 64, 32, 4, 3), norms, n_first=64)
+    torch.testing.assert_close(got, expected, atol=2e-3, rtol=1e-4)
+    one = G.normalizing_gemm(x, stats, w_in, G.GemmPlan("dot", 32, 32, 4, 3), norms[:1])  # one norm, every column
+    torch.testing.assert_close(one, normed[0] @ w_in.T, atol=2e-3, rtol=1e-4)
+    stats[0][0, 0, 0] += 1.0  # a doctored block mean: the prologue's norm moves off the kernel's
+    assert not torch.allclose(G.normalizing_gemm(x, stats, w_in, G.GemmPlan("dot", 32, 32, 4, 3), norms[:1]), one,
+                              atol=1e-2)
+
+
+@interpreted
+def test_with_every_boundary_fused_the_step_runs_no_norm_kernel_past_the_embedding_and_equals_torch(monkeypatch,
+                                                                                                   tmp_path):
+    """[out | down] with the residual epilogue, [W_qkv; W_up] and the logits with the norm prologue: the plain
+    step's logits, and residual_norms runs once (the embedding's) instead of once per layer boundary."""
+    import models.causal_lm as causal_lm
+
+    model = tiny_model(tmp_path)
+    plan = G.GemmPlan("wdot", 64, 32, 4, 3)
+    logits = (model.cfg.embedding_rows, 64)
+    table = {(448, 64): [(1, 16, plan)], (64, 320): [(1, 16, G.GemmPlan("wdot", 64, 32, 4, 3, split=2))],
+             logits: [(1, 16, plan)]}
+    norm_calls = []
+    original = causal_lm.residual_norms
+    monkeypatch.setattr(causal_lm, "residual_norms", lambda *a, **k: norm_calls.append(1) or original(*a, **k))
+    assert model._norms_fuse(2) is False  # the real table has no plan for the tiny shapes
+    used = step_against_torch(model, monkeypatch, table, branches=False)
+    assert used == {(448, 64), (64, 320), logits} and model._norms_fuse(2)
+    norm_calls.clear()
+    from inference.graph_decoder import GreedyDecoder
+
+    decoder = GreedyDecoder(model, batch=2, prompt_len=10, new_tokens=3, splits=2, branches=False)
+    decoder.capture(torch.randint(3, 512, (2, 10), generator=torch.Generator().manual_seed(1)))
+    norm_calls.clear()
+    decoder.step()
+    assert len(norm_calls) == 1  # the embedding's norms only; 3 with the boundaries apart (2 layers + final)
