@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError, ModelConfig
-from .decode_gemm import (fold_norms, folded_norm_gemm, gemm_into_residual, gemm_plan, gemv_residual_norms, linear,
+from .decode_gemm import (gemm_into_residual, gemm_plan, gemv_residual_norms, linear, normalizing_gemm,
                           triton_linear)
 from .decode_kernels import (Splits, bias_gelu, decode_attention, decode_attention_and_gelu, residual_norms,
                              use_triton)
@@ -110,8 +110,6 @@ class NeoXCausalLM(nn.Module):
         self.layers = nn.ModuleList(TransformerLayer(cfg, device, dtype) for _ in range(cfg.num_layers))
         self.logit_layer = LogitLayer(cfg, device, dtype)
         self._tables: dict = {}
-        self._folded: dict = {}  # decode at 2-16 rows: weights with their norm folded in (_folds_ready)
-        self._folded_stamp: tuple | None = None
         # (N, K) -> the batch-invariant kernel of that decode GEMM; None: the default (fastest) kernels
         self.gemm_choices: dict[tuple[int, int], KernelChoice] | None = None
         self.pack_output_weights()
@@ -295,8 +293,7 @@ class NeoXCausalLM(nn.Module):
         `norm_in_gemv` (parallel residual): where the output GEMM [out | down] is a tuned GEMV (batch 1), its
         last program does the residual add and the next norms (models/decode_gemm.gemv_residual_norms); at 2-16
         rows on one stream (with `join_inputs`), where every layer's GEMMs have dot / wdot plans, the output GEMM
-        adds into the residual and the next GEMMs run on the raw residual with the norm folded into their weight
-        (gemm_into_residual, folded_norm_gemm; the folded weights are built on the first such step).
+        adds into the residual and the next GEMMs normalise as they load (gemm_into_residual, normalizing_gemm).
         `qkv_first` (with `branches`): the QKV GEMM runs before the fork, so the attention kernel alone runs
         beside the MLP-up GEMM. `join_inputs` (one stream): QKV and MLP-up as one GEMM launch where the table
         has a plan for [W_qkv; W_up] (_input_gemms)."""
@@ -308,8 +305,8 @@ class NeoXCausalLM(nn.Module):
             logits_weight = self.logit_layer.logits.weight
             if isinstance(final, tuple):  # the residual stream and its block stats: the logits GEMM normalises it
                 x, stats = final
-                return folded_norm_gemm(x, stats, self._folded["logits"],
-                                        self._plan(x.shape[0], logits_weight))  # (b, vocab)
+                return normalizing_gemm(x, stats, logits_weight, self._plan(x.shape[0], logits_weight),
+                                        self._norms_of(None))  # (b, vocab)
             return self._gemm(final, logits_weight)  # (b, vocab)
 
         def attend(i: int, layer: TransformerLayer, qkv: torch.Tensor) -> torch.Tensor:
@@ -357,9 +354,10 @@ class NeoXCausalLM(nn.Module):
                                             qkv_first)  # (b, h + 4h)
             else:
                 if stats is not None:
+                    stacked = self.input_weight(layer)
                     width = attention.qkv_transform.out_features
-                    both = folded_norm_gemm(x, stats, self._folded[i],
-                                            self._plan(x.shape[0], self.input_weight(layer)))  # (b, 3h + 4h)
+                    both = normalizing_gemm(x, stats, stacked, self._plan(x.shape[0], stacked), self._norms_of(layer),
+                                            n_first=width)
                     qkv, up = both[:, :width], both[:, width:]
                 else:
                     qkv, up = self._input_gemms(layer, normed, join_inputs)  # (b, 3h), (b, 4h)
@@ -399,25 +397,7 @@ class NeoXCausalLM(nn.Module):
                     layer.attention.qkv_transform.out_features % plans[0].block_n:
                 return False
             eps |= {norm.eps for norm in self._norms_of(layer)}
-        return len(eps) == 1 and self._folds_ready()
-
-    def _folds_ready(self) -> bool:
-        """[W_qkv; W_up] with norm1 | norm2 folded in, per layer, and the logits with the final norm
-        (models/decode_gemm.fold_norms): built once, outside a graph capture (a capture would record the build
-        into every replay); rebuilt when a weight has changed since."""
-        sources = [self.input_weight(layer) for layer in self.layers] + [self.logit_layer.logits.weight]
-        stamp = tuple((w.data_ptr(), w._version) for w in sources) + tuple(
-            (n.weight._version, n.bias._version) for layer in self.layers + [None] for n in self._norms_of(layer))
-        if self._folded_stamp == stamp:
-            return True
-        if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return False
-        folded = {"logits": fold_norms(sources[-1], ((0, self.logit_layer.final_norm),))}
-        for i, layer in enumerate(self.layers):
-            norm1, norm2 = self._norms_of(layer)
-            folded[i] = fold_norms(sources[i], ((0, norm1), (layer.attention.qkv_transform.out_features, norm2)))
-        self._folded, self._folded_stamp = folded, stamp
-        return True
+        return len(eps) == 1
 
     def _input_gemms(self, layer: TransformerLayer, normed: tuple[torch.Tensor, ...],
                      join: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

@@ -144,12 +144,10 @@ def _merged_row_stats(stats_ptr, n_blocks, block_cols, n_cols, rm, m_ok, M, eps,
 
 
 def _finish(final, y_ptr, y_at, out_ok, rn, n_ok, rm, m_ok, M, N, pid_n, res_ptr, res_at, rb1_ptr, rb2_ptr, stats_ptr,
-            n_stat_blocks, stat_cols, K, c_ptr, d_ptr, eps, BLOCK_N: tl.constexpr, SWAP: tl.constexpr,
-            RESIDUAL: tl.constexpr, N_RES_BIASES: tl.constexpr, NORM_IN: tl.constexpr, BLOCK_S: tl.constexpr):
+            BLOCK_N: tl.constexpr, SWAP: tl.constexpr, RESIDUAL: tl.constexpr, N_RES_BIASES: tl.constexpr):
     """Store the output; or (RESIDUAL) add it and the biases to the residual stream in place, rounded as
     residual_norms rounds it, and store the (mean, M2) of each row over this block's columns for the next
-    GEMM (the norm kernel between the two is gone). NORM_IN: the product was of the raw residual with the weight
-    scaled by the norm's weight (folded_norm_weight): norm(x) W^T = rstd (x W'^T - mean c) + d."""
+    GEMM's norm prologue (the norm kernel between the two is gone)."""
     if RESIDUAL:
         x = tl.load(res_ptr + res_at, mask=out_ok, other=0.0).to(tl.float32)
         x += final.to(y_ptr.dtype.element_ty).to(tl.float32)  # as the GEMM's stored output would be read
@@ -178,20 +176,12 @@ def _finish(final, y_ptr, y_at, out_ok, rn, n_ok, rm, m_ok, M, N, pid_n, res_ptr
         tl.store(stats_ptr + (pid_n * M + rm) * 2, mean_b, mask=m_ok)
         tl.store(stats_ptr + (pid_n * M + rm) * 2 + 1, m2_b, mask=m_ok)
     else:
-        if NORM_IN:
-            mean, rstd = _merged_row_stats(stats_ptr, n_stat_blocks, stat_cols, K, rm, m_ok, M, eps, BLOCK_S)
-            c = tl.load(c_ptr + rn, mask=n_ok, other=0.0)
-            d = tl.load(d_ptr + rn, mask=n_ok, other=0.0)
-            if SWAP:
-                final = rstd[None, :] * (final - mean[None, :] * c[:, None]) + d[:, None]
-            else:
-                final = rstd[:, None] * (final - mean[:, None] * c[None, :]) + d[None, :]
         tl.store(y_ptr + y_at, final.to(y_ptr.dtype.element_ty), mask=out_ok)
 
 
 def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_x, stride_w, stride_y, k_per_split,
                 n_first, x_second, res_ptr, stride_res, rb1_ptr, rb2_ptr, stats_ptr, n_stat_blocks, stat_cols,
-                c_ptr, d_ptr, eps,
+                lw1_ptr, lb1_ptr, lw2_ptr, lb2_ptr, eps,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
                 EVEN_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr, LINE: tl.constexpr,
                 PREFETCH: tl.constexpr, LATE: tl.constexpr, SWAP: tl.constexpr = False, TMA: tl.constexpr = False,
@@ -214,8 +204,16 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, strid
     wait_for_predecessor(PDL, LATE)
     # two GEMMs in one launch over a weight of stacked rows: output columns from n_first on read their rows of
     # x `x_second` elements further on (QKV over norm1(x) and MLP-up over norm2(x); n_first = N: one GEMM)
-    x_rows = x_ptr + tl.where(pid_n * BLOCK_N >= n_first, x_second, 0) + rm[:, None] * stride_x
+    second_part = pid_n * BLOCK_N >= n_first
+    x_rows = x_ptr + tl.where(second_part, x_second, 0) + rm[:, None] * stride_x
     w_rows = w_ptr + rn[:, None].to(tl.int64) * stride_w
+    if NORM_IN:  # x is the raw residual stream: each tile normalised here (norm1 / norm2 by the column part)
+        mean, rstd = _merged_row_stats(stats_ptr, n_stat_blocks, stat_cols, K, rm, m_ok, M, eps, BLOCK_S)
+        lw_ptr = lw1_ptr
+        lb_ptr = lb1_ptr
+        if second_part:
+            lw_ptr = lw2_ptr
+            lb_ptr = lb2_ptr
     if SWAP:  # y^T = W x^T: the weight tile is the product's 64+ row side, read by wgmma from shared memory
         acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     else:
@@ -226,6 +224,11 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, strid
             x = tl.load(x_rows + k[None, :], mask=m_ok[:, None], other=0.0)  # (BLOCK_M, BLOCK_K)
         else:
             x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & (k < k_hi)[None, :], other=0.0)
+        if NORM_IN:  # as residual_norms computes and rounds it; zero where the tile runs past K
+            lw = tl.load(lw_ptr + k, mask=k < k_hi, other=0.0).to(tl.float32)
+            lb = tl.load(lb_ptr + k, mask=k < k_hi, other=0.0).to(tl.float32)
+            normed = (x.to(tl.float32) - mean[:, None]) * rstd[:, None] * lw[None, :] + lb[None, :]
+            x = tl.where(m_ok[:, None] & (k < k_hi)[None, :], normed, 0.0).to(x_ptr.dtype.element_ty)
         if TMA:  # a split's K range is whole tiles (fits), so a tile never reaches into the next split's
             w = w_desc.load([pid_n * BLOCK_N, k0])
         elif EVEN_K:
@@ -251,8 +254,7 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, strid
         total = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     if SPLIT == 1:
         _finish(acc, y_ptr, y_at, out_ok, rn, n_ok, rm, m_ok, M, N, pid_n, res_ptr, res_at, rb1_ptr, rb2_ptr,
-                stats_ptr, n_stat_blocks, stat_cols, K, c_ptr, d_ptr, eps, BLOCK_N, SWAP, RESIDUAL, N_RES_BIASES,
-                NORM_IN, BLOCK_S)
+                stats_ptr, BLOCK_N, SWAP, RESIDUAL, N_RES_BIASES)
     else:
         parts = part_ptr + part_at  # (SPLIT, M, N) float32
         tl.store(parts + pid_k * M * N, acc, mask=out_ok)
@@ -262,8 +264,7 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, strid
             for s in tl.static_range(SPLIT):
                 total += tl.load(parts + s * M * N, mask=out_ok, other=0.0, cache_modifier=".cg")
             _finish(total, y_ptr, y_at, out_ok, rn, n_ok, rm, m_ok, M, N, pid_n, res_ptr, res_at, rb1_ptr, rb2_ptr,
-                    stats_ptr, n_stat_blocks, stat_cols, K, c_ptr, d_ptr, eps, BLOCK_N, SWAP, RESIDUAL, N_RES_BIASES,
-                    NORM_IN, BLOCK_S)
+                    stats_ptr, BLOCK_N, SWAP, RESIDUAL, N_RES_BIASES)
             tl.store(count_ptr + pid_n, 0)
 
 
@@ -293,8 +294,8 @@ def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: to
     norm_args / norm_constexprs (gemv only): residual_norms' operands (gemv_residual_norms).
     second = (x2, n_first) (dot / wdot): output columns from n_first on are x2 @ weight[n_first:]^T (x2 shaped
     and strided as x, a whole number of elements past it, n_first a whole number of column blocks).
-    residual = (res, biases, stats) and norm_in = (stats, stat_cols, (c, d), eps) (dot / wdot): gemm_into_residual's
-    and folded_norm_gemm's epilogues."""
+    residual = (res, biases, stats) and norm_in = (stats, stat_cols, norms) (dot / wdot): gemm_into_residual's and
+    normalizing_gemm's epilogue and prologue."""
     m, k = x.shape
     n = weight.shape[0]
     if not fits(plan, m, n, k):
@@ -334,17 +335,18 @@ def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: to
     else:
         if plan.tma:
             tma_ready(weight)
-        res, rb1, rb2, stats, blocks_in, stat_cols, folds, eps, n_res_biases = y, y, y, y, 0, 1, (y, y), 0.0, 0
+        res, rb1, rb2, stats, blocks_in, stat_cols, lns, eps, n_res_biases = y, y, y, y, 0, 1, (y,) * 4, 0.0, 0
         if residual is not None:
             res, biases, stats = residual
             n_res_biases = len(biases)
             rb1 = biases[0] if biases else res
             rb2 = biases[1] if len(biases) > 1 else rb1
         if norm_in is not None:
-            stats, stat_cols, folds, eps = norm_in
-            blocks_in = stats.shape[0]
+            stats, stat_cols, norms = norm_in
+            blocks_in, eps = stats.shape[0], float(norms[0].eps)
+            lns = (norms[0].weight, norms[0].bias, norms[-1].weight, norms[-1].bias)
         DOT[grid](x, weight, y, part, counts, m, n, k, x.stride(0), weight.stride(0), y.stride(0), k_per_split,
-                  n_first, x_second, res, res.stride(0), rb1, rb2, stats, blocks_in, stat_cols, *folds, eps,
+                  n_first, x_second, res, res.stride(0), rb1, rb2, stats, blocks_in, stat_cols, *lns, eps,
                   RESIDUAL=residual is not None, N_RES_BIASES=n_res_biases, NORM_IN=norm_in is not None,
                   BLOCK_S=max(2, triton.next_power_of_2(max(blocks_in, 1))), BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT=plan.split,
                   EVEN_K=even_k, STAGES=plan.stages, PDL=pdl.on, LINE=line, PREFETCH=tiles, LATE=pdl.late,
@@ -356,7 +358,7 @@ def gemm_into_residual(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, re
                        biases: tuple = ()) -> tuple[torch.Tensor, int]:
     """residual += x @ weight^T + the biases, in place and rounded as residual_norms rounds it, the product itself
     never stored (dot / wdot, the output GEMM [out | down] at 2-16 rows). Returns the (mean, M2) of each row over
-    each block of the plan's block_n columns, (blocks, M, 2) float32, and block_n: what folded_norm_gemm reads,
+    each block of the plan's block_n columns, (blocks, M, 2) float32, and block_n: what normalizing_gemm reads,
     so the norm kernel between the two GEMMs is gone."""
     if plan.kind == "gemv":
         raise ValueError(f"the residual epilogue is the dot / wdot kernel's (plan {plan.name})")
@@ -366,39 +368,16 @@ def gemm_into_residual(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, re
     return stats, plan.block_n
 
 
-@dataclass(frozen=True)
-class FoldedNorm:
-    """A weight with the norm before it folded in: norm(x) W^T = rstd (x W'^T - mean c) + d, W' = W scaled along K
-    by the norm's weight, c = W' summed along K, d = W (norm's bias). The GEMM's loop then streams W' against the
-    raw residual untouched; the norm is two vectors and the row statistics in its epilogue."""
-
-    weight: torch.Tensor  # W' (N, K), the model's dtype
-    c: torch.Tensor  # (N,) float32
-    d: torch.Tensor  # (N,) float32
-    eps: float
-
-
-def fold_norms(weight: torch.Tensor, parts: tuple) -> FoldedNorm:
-    """parts: ((first row, LayerNorm), ...) from row 0 up: the weight's rows from each first row on multiply that
-    norm's output ([W_qkv; W_up]: ((0, norm1), (3h, norm2)); the logits: ((0, final norm),))."""
-    w = weight.detach().float()
-    bounds = [start for start, _ in parts[1:]] + [w.shape[0]]
-    scaled, biased = [], []
-    for (start, norm), end in zip(parts, bounds):
-        scaled.append(w[start:end] * norm.weight.detach().float()[None, :])
-        biased.append(w[start:end] @ norm.bias.detach().float())
-    folded = torch.cat(scaled).to(weight.dtype)
-    return FoldedNorm(folded, folded.float().sum(dim=1), torch.cat(biased), float(parts[0][1].eps))
-
-
-def folded_norm_gemm(residual: torch.Tensor, stats: tuple[torch.Tensor, int], folded: FoldedNorm,
-                     plan: GemmPlan) -> torch.Tensor:
-    """norm(residual) @ W^T from the raw residual and folded's W', each row's mean and 1/std merged from
-    gemm_into_residual's block stats in the epilogue (dot / wdot)."""
+def normalizing_gemm(residual: torch.Tensor, stats: tuple[torch.Tensor, int], weight: torch.Tensor, plan: GemmPlan,
+                     norms: tuple, n_first: int | None = None) -> torch.Tensor:
+    """norms[0](residual) @ weight[:n_first]^T beside norms[-1](residual) @ weight[n_first:]^T in one launch, each
+    row's mean and deviation merged from gemm_into_residual's block stats and every x tile normalised as it is
+    loaded (dot / wdot). n_first: None for one norm over every column."""
     if plan.kind == "gemv":
-        raise ValueError(f"the folded norm is the dot / wdot kernel's epilogue (plan {plan.name})")
+        raise ValueError(f"the norm prologue is the dot / wdot kernel's (plan {plan.name})")
     block_stats, cols = stats
-    return triton_linear(residual, folded.weight, plan, norm_in=(block_stats, cols, (folded.c, folded.d), folded.eps))
+    second = (residual, n_first) if n_first is not None else None
+    return triton_linear(residual, weight, plan, second=second, norm_in=(block_stats, cols, norms))
 
 
 def gemv_residual_norms(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, residual: torch.Tensor,

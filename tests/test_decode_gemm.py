@@ -260,9 +260,8 @@ def test_a_tune_runs_table_holds_the_fastest_passing_plan_only_where_it_beats_cu
 @interpreted
 @pytest.mark.parametrize("plan", [G.GemmPlan("wdot", 64, 32, 4, 3, split=5), G.GemmPlan("dot", 32, 32, 4, 3)])
 def test_the_residual_epilogue_and_norm_prologue_equal_the_norm_kernel_between_two_gemms(plan):
-    """[out | down] into the residual (its block stats kept), then QKV | MLP-up over norm1 | norm2 of it with the
-    norms folded into the weight: the same as the GEMM, residual_norms and two GEMMs (h = 96: a 64-column stats
-    block and a part one of 32)."""
+    """[out | down] into the residual (its block stats kept), then QKV | MLP-up over norm1 | norm2 of it: the same
+    as the GEMM, residual_norms and two GEMMs (h = 96: a 64-column stats block and a part one of 32)."""
     from torch import nn
 
     from models.decode_kernels import residual_norms
@@ -282,13 +281,13 @@ def test_the_residual_epilogue_and_norm_prologue_equal_the_norm_kernel_between_t
     x = residual.clone()
     stats = G.gemm_into_residual(joined, w_out, plan, x, biases)
     torch.testing.assert_close(x, expected_x, atol=1e-4, rtol=1e-5)  # the residual stream, updated in place
-    folded = G.fold_norms(w_in, ((0, norms[0]), (64, norms[1])))
-    got = G.folded_norm_gemm(x, stats, folded, G.GemmPlan("wdot", 64, 32, 4, 3))
+    got = G.normalizing_gemm(x, stats, w_in, G.GemmPlan("wdot", 64, 32, 4, 3), norms, n_first=64)
     torch.testing.assert_close(got, expected, atol=2e-3, rtol=1e-4)
-    one = G.folded_norm_gemm(x, stats, G.fold_norms(w_in, ((0, norms[0]),)), G.GemmPlan("dot", 32, 32, 4, 3))
-    torch.testing.assert_close(one, normed[0] @ w_in.T, atol=2e-3, rtol=1e-4)  # one norm over every row
-    stats[0][0, 0, 0] += 1.0  # a doctored block mean: the epilogue's norm moves off the kernel's
-    assert not torch.allclose(G.folded_norm_gemm(x, stats, folded, G.GemmPlan("wdot", 64, 32, 4, 3)), got, atol=1e-2)
+    one = G.normalizing_gemm(x, stats, w_in, G.GemmPlan("dot", 32, 32, 4, 3), norms[:1])  # one norm, every column
+    torch.testing.assert_close(one, normed[0] @ w_in.T, atol=2e-3, rtol=1e-4)
+    stats[0][0, 0, 0] += 1.0  # a doctored block mean: the prologue's norm moves off the kernel's
+    assert not torch.allclose(G.normalizing_gemm(x, stats, w_in, G.GemmPlan("dot", 32, 32, 4, 3), norms[:1]), one,
+                              atol=1e-2)
 
 
 @interpreted

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-POINTERS_FP32 = {"m_ptr", "l_ptr", "acc_ptr", "cos_ptr", "sin_ptr", "stats_ptr", "c_ptr", "d_ptr"}
+POINTERS_FP32 = {"m_ptr", "l_ptr", "acc_ptr", "cos_ptr", "sin_ptr", "stats_ptr"}
 TILES = {"lane_n16_w4_s3": (16, 4, 3, False), "mma_n16_w4_s3": (16, 4, 3, True), "mma_n64_w8_s2": (64, 8, 2, True),
          "mma_n64_w4_s2_tma": (64, 4, 2, True, True)}
 CASES = [{"tile": t, "direct": direct, "gelu": direct, "head_dim": d}
@@ -87,7 +87,7 @@ GEMM_CASES = [
                                                                           PREFETCH=0, LATE=False, SWAP=True, TMA=False,
                                                                           RESIDUAL=True, N_RES_BIASES=2, NORM_IN=False,
                                                                           BLOCK_S=16)},
-    {"kernel": "dot", "name": "wdot+folded-norm", "constexprs": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT=1,
+    {"kernel": "dot", "name": "wdot+norm-in", "constexprs": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT=1,
                                                                   EVEN_K=True, STAGES=6, PDL=False, LINE=64, PREFETCH=0,
                                                                   LATE=False, SWAP=True, TMA=False, RESIDUAL=False,
                                                                   N_RES_BIASES=0, NORM_IN=True, BLOCK_S=64)},
