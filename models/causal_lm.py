@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError, ModelConfig
-from .decode_gemm import (gemm_into_residual, gemm_plan, gemv_residual_norms, linear, normalizing_gemm,
-                          triton_linear)
+from .decode_gemm import gemm_plan, gemv_residual_norms, linear, triton_linear
 from .decode_kernels import (Splits, bias_gelu, decode_attention, decode_attention_and_gelu, residual_norms,
                              use_triton)
 from .invariant.choice import KernelChoice, unprobed_choice
@@ -291,9 +290,7 @@ class NeoXCausalLM(nn.Module):
         a stream is given, so that in a CUDA graph they run concurrently (models/decode_kernels.py says why);
         without, the attention kernel also does the MLP's bias + GELU (one kernel fewer, no overlap).
         `norm_in_gemv` (parallel residual): where the output GEMM [out | down] is a tuned GEMV (batch 1), its
-        last program does the residual add and the next norms (models/decode_gemm.gemv_residual_norms); at 2-16
-        rows on one stream (with `join_inputs`), where every layer's GEMMs have dot / wdot plans, the output GEMM
-        adds into the residual and the next GEMMs normalise as they load (gemm_into_residual, normalizing_gemm).
+        last program does the residual add and the next norms (models/decode_gemm.gemv_residual_norms).
         `qkv_first` (with `branches`): the QKV GEMM runs before the fork, so the attention kernel alone runs
         beside the MLP-up GEMM. `join_inputs` (one stream): QKV and MLP-up as one GEMM launch where the table
         has a plan for [W_qkv; W_up] (_input_gemms)."""
@@ -302,12 +299,7 @@ class NeoXCausalLM(nn.Module):
         if self.cfg.residual == "parallel" and all(self.output_weight(layer) is not None for layer in self.layers):
             final = self._parallel_decode(x, normed, cache, pos, splits, tables, branches, branch,
                                           norm_in_gemv, qkv_first, join_inputs)  # (b, h)
-            logits_weight = self.logit_layer.logits.weight
-            if isinstance(final, tuple):  # the residual stream and its block stats: the logits GEMM normalises it
-                x, stats = final
-                return normalizing_gemm(x, stats, logits_weight, self._plan(x.shape[0], logits_weight),
-                                        self._norms_of(None))  # (b, vocab)
-            return self._gemm(final, logits_weight)  # (b, vocab)
+            return self._gemm(final, self.logit_layer.logits.weight)  # (b, vocab)
 
         def attend(i: int, layer: TransformerLayer, qkv: torch.Tensor) -> torch.Tensor:
             return decode_attention(qkv, layer.attention.qkv_transform.bias, cache.keys[i], cache.values[i], pos,
@@ -344,8 +336,6 @@ class NeoXCausalLM(nn.Module):
         cos, sin = tables
         heads = self.cfg.heads_per_gpu
         count = len(self.layers)
-        fused = not branches and join_inputs and norm_in_gemv and self._norms_fuse(x.shape[0])
-        stats = None  # once set: x holds the residual stream un-normalised, the next GEMMs normalise it
         for i, layer in enumerate(self.layers):
             following = self.layers[i + 1] if i + 1 < count else None
             attention, mlp = layer.attention, layer.mlp
@@ -353,51 +343,20 @@ class NeoXCausalLM(nn.Module):
                 joined = self._two_branches(i, layer, normed, cache, pos, splits, tables, branch,
                                             qkv_first)  # (b, h + 4h)
             else:
-                if stats is not None:
-                    stacked = self.input_weight(layer)
-                    width = attention.qkv_transform.out_features
-                    both = normalizing_gemm(x, stats, stacked, self._plan(x.shape[0], stacked), self._norms_of(layer),
-                                            n_first=width)
-                    qkv, up = both[:, :width], both[:, width:]
-                else:
-                    qkv, up = self._input_gemms(layer, normed, join_inputs)  # (b, 3h), (b, 4h)
+                qkv, up = self._input_gemms(layer, normed, join_inputs)  # (b, 3h), (b, 4h)
                 joined = decode_attention_and_gelu(qkv, attention.qkv_transform.bias, cache.keys[i], cache.values[i],
                                                    pos, cos, sin, up, mlp.mlp_up.bias, heads=heads,
                                                    scale=attention.scale, splits=splits,
                                                    backend=self.kernels)  # (b, h + 4h)
             output_weight = self.output_weight(layer)
             biases = (mlp.mlp_down.bias, attention.out_projection.bias)
-            if fused:  # the residual add in the output GEMM's epilogue, the norms in the next GEMM's prologue
-                stats = gemm_into_residual(joined, output_weight, self._plan(joined.shape[0], output_weight), x, biases)
-                continue
             plan = self._plan(joined.shape[0], output_weight) if norm_in_gemv else None
             if plan is not None and plan.kind == "gemv":
                 normed = gemv_residual_norms(joined, output_weight, plan, x, self._norms_of(following), biases=biases)
             else:
                 both = self._gemm(joined, output_weight)  # (b, h): attn + mlp before their biases
                 normed = residual_norms(x, (both,), self._norms_of(following), biases=biases, backend=self.kernels)
-        return (x, stats) if fused else normed[0]
-
-    def _norms_fuse(self, rows: int) -> bool:
-        """Whether every layer boundary can lose its norm kernel: a dot / wdot plan at `rows` for every layer's
-        [out | down] (the residual epilogue), [W_qkv; W_up] (the norm prologue, QKV a whole number of its column
-        blocks) and the logits; two norms per layer, one epsilon."""
-        if self.invariant or self.cfg.residual != "parallel" or not use_triton(self.embed.weight, self.kernels):
-            return False
-        logits = self._plan(rows, self.logit_layer.logits.weight)
-        if logits is None or logits.kind == "gemv":
-            return False
-        eps = {self.logit_layer.final_norm.eps}
-        for layer in self.layers:
-            stacked, output = self.input_weight(layer), self.output_weight(layer)
-            if stacked is None or output is None:
-                return False
-            plans = (self._plan(rows, stacked), self._plan(rows, output))
-            if any(p is None or p.kind == "gemv" for p in plans) or \
-                    layer.attention.qkv_transform.out_features % plans[0].block_n:
-                return False
-            eps |= {norm.eps for norm in self._norms_of(layer)}
-        return len(eps) == 1
+        return normed[0]
 
     def _input_gemms(self, layer: TransformerLayer, normed: tuple[torch.Tensor, ...],
                      join: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

@@ -127,66 +127,10 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, bias_ptr, N, K, strid
                                   normed2_ptr, res_cols, eps, N_BIASES, TWO_NORMS, BLOCK)
 
 
-def _merged_row_stats(stats_ptr, n_blocks, block_cols, n_cols, rm, m_ok, M, eps, BLOCK_S: tl.constexpr):
-    """mean and 1/std per row from the (mean, M2) of each `block_cols`-column block of the row (Chan's merge,
-    the blocks in order: the same sums at every launch); stats (n_blocks, M, 2) float32."""
-    sb = tl.arange(0, BLOCK_S)
-    s_ok = sb < n_blocks
-    at = stats_ptr + (sb[:, None] * M + rm[None, :]) * 2
-    ok = s_ok[:, None] & m_ok[None, :]
-    mean_b = tl.load(at, mask=ok, other=0.0, cache_modifier=".cg")  # (BLOCK_S, BLOCK_M)
-    m2_b = tl.load(at + 1, mask=ok, other=0.0, cache_modifier=".cg")
-    n_b = tl.where(s_ok, tl.minimum(block_cols, n_cols - sb * block_cols), 0).to(tl.float32)
-    mean = tl.sum(n_b[:, None] * mean_b, axis=0) / n_cols  # (BLOCK_M,)
-    dev = mean_b - mean[None, :]
-    m2 = tl.sum(m2_b + n_b[:, None] * dev * dev, axis=0)
-    return mean, 1.0 / tl.sqrt(m2 / n_cols + eps)
-
-
-def _finish(final, y_ptr, y_at, out_ok, rn, n_ok, rm, m_ok, M, N, pid_n, res_ptr, res_at, rb1_ptr, rb2_ptr, stats_ptr,
-            BLOCK_N: tl.constexpr, SWAP: tl.constexpr, RESIDUAL: tl.constexpr, N_RES_BIASES: tl.constexpr):
-    """Store the output; or (RESIDUAL) add it and the biases to the residual stream in place, rounded as
-    residual_norms rounds it, and store the (mean, M2) of each row over this block's columns for the next
-    GEMM's norm prologue (the norm kernel between the two is gone)."""
-    if RESIDUAL:
-        x = tl.load(res_ptr + res_at, mask=out_ok, other=0.0).to(tl.float32)
-        x += final.to(y_ptr.dtype.element_ty).to(tl.float32)  # as the GEMM's stored output would be read
-        if SWAP:
-            at_bias = rn[:, None]
-            bias_ok = n_ok[:, None]
-        else:
-            at_bias = rn[None, :]
-            bias_ok = n_ok[None, :]
-        if N_RES_BIASES > 0:
-            x += tl.load(rb1_ptr + at_bias, mask=bias_ok, other=0.0).to(tl.float32)
-        if N_RES_BIASES > 1:
-            x += tl.load(rb2_ptr + at_bias, mask=bias_ok, other=0.0).to(tl.float32)
-        rounded = x.to(res_ptr.dtype.element_ty)
-        tl.store(res_ptr + res_at, rounded, mask=out_ok)
-        x = tl.where(out_ok, rounded.to(tl.float32), 0.0)
-        cols = tl.minimum(BLOCK_N, N - pid_n * BLOCK_N).to(tl.float32)
-        if SWAP:
-            mean_b = tl.sum(x, axis=0) / cols  # (BLOCK_M,)
-            dev = tl.where(out_ok, x - mean_b[None, :], 0.0)
-            m2_b = tl.sum(dev * dev, axis=0)
-        else:
-            mean_b = tl.sum(x, axis=1) / cols
-            dev = tl.where(out_ok, x - mean_b[:, None], 0.0)
-            m2_b = tl.sum(dev * dev, axis=1)
-        tl.store(stats_ptr + (pid_n * M + rm) * 2, mean_b, mask=m_ok)
-        tl.store(stats_ptr + (pid_n * M + rm) * 2 + 1, m2_b, mask=m_ok)
-    else:
-        tl.store(y_ptr + y_at, final.to(y_ptr.dtype.element_ty), mask=out_ok)
-
-
 def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_x, stride_w, stride_y, k_per_split,
-                n_first, x_second, res_ptr, stride_res, rb1_ptr, rb2_ptr, stats_ptr, n_stat_blocks, stat_cols,
-                lw1_ptr, lb1_ptr, lw2_ptr, lb2_ptr, eps,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
+                n_first, x_second, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
                 EVEN_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr, LINE: tl.constexpr,
-                PREFETCH: tl.constexpr, LATE: tl.constexpr, SWAP: tl.constexpr = False, TMA: tl.constexpr = False,
-                RESIDUAL: tl.constexpr = False, N_RES_BIASES: tl.constexpr = 0, NORM_IN: tl.constexpr = False,
-                BLOCK_S: tl.constexpr = 16):
+                PREFETCH: tl.constexpr, LATE: tl.constexpr, SWAP: tl.constexpr = False, TMA: tl.constexpr = False):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rm = tl.arange(0, BLOCK_M)
@@ -204,16 +148,8 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, strid
     wait_for_predecessor(PDL, LATE)
     # two GEMMs in one launch over a weight of stacked rows: output columns from n_first on read their rows of
     # x `x_second` elements further on (QKV over norm1(x) and MLP-up over norm2(x); n_first = N: one GEMM)
-    second_part = pid_n * BLOCK_N >= n_first
-    x_rows = x_ptr + tl.where(second_part, x_second, 0) + rm[:, None] * stride_x
+    x_rows = x_ptr + tl.where(pid_n * BLOCK_N >= n_first, x_second, 0) + rm[:, None] * stride_x
     w_rows = w_ptr + rn[:, None].to(tl.int64) * stride_w
-    if NORM_IN:  # x is the raw residual stream: each tile normalised here (norm1 / norm2 by the column part)
-        mean, rstd = _merged_row_stats(stats_ptr, n_stat_blocks, stat_cols, K, rm, m_ok, M, eps, BLOCK_S)
-        lw_ptr = lw1_ptr
-        lb_ptr = lb1_ptr
-        if second_part:
-            lw_ptr = lw2_ptr
-            lb_ptr = lb2_ptr
     if SWAP:  # y^T = W x^T: the weight tile is the product's 64+ row side, read by wgmma from shared memory
         acc = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     else:
@@ -224,11 +160,6 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, strid
             x = tl.load(x_rows + k[None, :], mask=m_ok[:, None], other=0.0)  # (BLOCK_M, BLOCK_K)
         else:
             x = tl.load(x_rows + k[None, :], mask=m_ok[:, None] & (k < k_hi)[None, :], other=0.0)
-        if NORM_IN:  # as residual_norms computes and rounds it; zero where the tile runs past K
-            lw = tl.load(lw_ptr + k, mask=k < k_hi, other=0.0).to(tl.float32)
-            lb = tl.load(lb_ptr + k, mask=k < k_hi, other=0.0).to(tl.float32)
-            normed = (x.to(tl.float32) - mean[:, None]) * rstd[:, None] * lw[None, :] + lb[None, :]
-            x = tl.where(m_ok[:, None] & (k < k_hi)[None, :], normed, 0.0).to(x_ptr.dtype.element_ty)
         if TMA:  # a split's K range is whole tiles (fits), so a tile never reaches into the next split's
             w = w_desc.load([pid_n * BLOCK_N, k0])
         elif EVEN_K:
@@ -242,19 +173,16 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, strid
     let_dependents_launch(PDL, LATE)
     if SWAP:  # (BLOCK_N, BLOCK_M) offsets and masks: the same elements of y, transposed
         y_at = rm[None, :] * stride_y + rn[:, None]
-        res_at = rm[None, :] * stride_res + rn[:, None]
         part_at = rm[None, :] * N + rn[:, None]
         out_ok = m_ok[None, :] & n_ok[:, None]
         total = tl.zeros([BLOCK_N, BLOCK_M], tl.float32)
     else:
         y_at = rm[:, None] * stride_y + rn[None, :]
-        res_at = rm[:, None] * stride_res + rn[None, :]
         part_at = rm[:, None] * N + rn[None, :]
         out_ok = m_ok[:, None] & n_ok[None, :]
         total = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
     if SPLIT == 1:
-        _finish(acc, y_ptr, y_at, out_ok, rn, n_ok, rm, m_ok, M, N, pid_n, res_ptr, res_at, rb1_ptr, rb2_ptr,
-                stats_ptr, BLOCK_N, SWAP, RESIDUAL, N_RES_BIASES)
+        tl.store(y_ptr + y_at, acc.to(y_ptr.dtype.element_ty), mask=out_ok)
     else:
         parts = part_ptr + part_at  # (SPLIT, M, N) float32
         tl.store(parts + pid_k * M * N, acc, mask=out_ok)
@@ -263,16 +191,13 @@ def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, strid
         if done == SPLIT - 1:
             for s in tl.static_range(SPLIT):
                 total += tl.load(parts + s * M * N, mask=out_ok, other=0.0, cache_modifier=".cg")
-            _finish(total, y_ptr, y_at, out_ok, rn, n_ok, rm, m_ok, M, N, pid_n, res_ptr, res_at, rb1_ptr, rb2_ptr,
-                    stats_ptr, BLOCK_N, SWAP, RESIDUAL, N_RES_BIASES)
+            tl.store(y_ptr + y_at, total.to(y_ptr.dtype.element_ty), mask=out_ok)
             tl.store(count_ptr + pid_n, 0)
 
 
 if triton is not None:  # called from the kernel: JIT functions (the interpreter runs their twins)
     _gelu_of_biased = triton.jit(_gelu_of_biased)
     _arrive_then_norm = triton.jit(_arrive_then_norm)
-    _merged_row_stats = triton.jit(_merged_row_stats)
-    _finish = triton.jit(_finish)
 GEMV = Kernel(_gemv_kernel) if triton is not None else None
 DOT = Kernel(_skinny_gemm_kernel, do_not_specialize=["M"]) if triton is not None else None
 def fits(plan: GemmPlan, m: int, n: int, k: int) -> bool:
@@ -287,15 +212,12 @@ def fits(plan: GemmPlan, m: int, n: int, k: int) -> bool:
 
 def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: torch.Tensor | None = None, *,
                   gelu: bool = False, bias: torch.Tensor | None = None, norm_args: tuple | None = None,
-                  norm_constexprs: dict | None = None, second: tuple[torch.Tensor, int] | None = None,
-                  residual: tuple | None = None, norm_in: tuple | None = None) -> torch.Tensor:
+                  norm_constexprs: dict | None = None, second: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
     """x (M, K) @ weight (N, K)^T with the plan's kernel; x and weight with unit stride along K, `out` (M, N)
     with unit stride along N (a view into a wider buffer is fine). gelu (gemv only): gelu(y + bias).
     norm_args / norm_constexprs (gemv only): residual_norms' operands (gemv_residual_norms).
     second = (x2, n_first) (dot / wdot): output columns from n_first on are x2 @ weight[n_first:]^T (x2 shaped
-    and strided as x, a whole number of elements past it, n_first a whole number of column blocks).
-    residual = (res, biases, stats) and norm_in = (stats, stat_cols, norms) (dot / wdot): gemm_into_residual's and
-    normalizing_gemm's epilogue and prologue."""
+    and strided as x, a whole number of elements past it, n_first a whole number of column blocks)."""
     m, k = x.shape
     n = weight.shape[0]
     if not fits(plan, m, n, k):
@@ -335,49 +257,11 @@ def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: to
     else:
         if plan.tma:
             tma_ready(weight)
-        res, rb1, rb2, stats, blocks_in, stat_cols, lns, eps, n_res_biases = y, y, y, y, 0, 1, (y,) * 4, 0.0, 0
-        if residual is not None:
-            res, biases, stats = residual
-            n_res_biases = len(biases)
-            rb1 = biases[0] if biases else res
-            rb2 = biases[1] if len(biases) > 1 else rb1
-        if norm_in is not None:
-            stats, stat_cols, norms = norm_in
-            blocks_in, eps = stats.shape[0], float(norms[0].eps)
-            lns = (norms[0].weight, norms[0].bias, norms[-1].weight, norms[-1].bias)
         DOT[grid](x, weight, y, part, counts, m, n, k, x.stride(0), weight.stride(0), y.stride(0), k_per_split,
-                  n_first, x_second, res, res.stride(0), rb1, rb2, stats, blocks_in, stat_cols, *lns, eps,
-                  RESIDUAL=residual is not None, N_RES_BIASES=n_res_biases, NORM_IN=norm_in is not None,
-                  BLOCK_S=max(2, triton.next_power_of_2(max(blocks_in, 1))), BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT=plan.split,
+                  n_first, x_second, BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT=plan.split,
                   EVEN_K=even_k, STAGES=plan.stages, PDL=pdl.on, LINE=line, PREFETCH=tiles, LATE=pdl.late,
                   SWAP=plan.kind == "wdot", TMA=plan.tma, num_warps=plan.warps, **pdl.options)
     return y
-
-
-def gemm_into_residual(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, residual: torch.Tensor,
-                       biases: tuple = ()) -> tuple[torch.Tensor, int]:
-    """residual += x @ weight^T + the biases, in place and rounded as residual_norms rounds it, the product itself
-    never stored (dot / wdot, the output GEMM [out | down] at 2-16 rows). Returns the (mean, M2) of each row over
-    each block of the plan's block_n columns, (blocks, M, 2) float32, and block_n: what normalizing_gemm reads,
-    so the norm kernel between the two GEMMs is gone."""
-    if plan.kind == "gemv":
-        raise ValueError(f"the residual epilogue is the dot / wdot kernel's (plan {plan.name})")
-    m, n = x.shape[0], weight.shape[0]
-    stats = torch.empty(triton.cdiv(n, plan.block_n), m, 2, device=x.device, dtype=torch.float32)
-    triton_linear(x, weight, plan, residual, residual=(residual, tuple(b for b in biases if b is not None), stats))
-    return stats, plan.block_n
-
-
-def normalizing_gemm(residual: torch.Tensor, stats: tuple[torch.Tensor, int], weight: torch.Tensor, plan: GemmPlan,
-                     norms: tuple, n_first: int | None = None) -> torch.Tensor:
-    """norms[0](residual) @ weight[:n_first]^T beside norms[-1](residual) @ weight[n_first:]^T in one launch, each
-    row's mean and deviation merged from gemm_into_residual's block stats and every x tile normalised as it is
-    loaded (dot / wdot). n_first: None for one norm over every column."""
-    if plan.kind == "gemv":
-        raise ValueError(f"the norm prologue is the dot / wdot kernel's (plan {plan.name})")
-    block_stats, cols = stats
-    second = (residual, n_first) if n_first is not None else None
-    return triton_linear(residual, weight, plan, second=second, norm_in=(block_stats, cols, norms))
 
 
 def gemv_residual_norms(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, residual: torch.Tensor,

@@ -87,8 +87,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--inputs-apart", action="store_true",
                    help="one stream: QKV and MLP-up as two GEMMs, not one launch over [W_qkv; W_up]")
     p.add_argument("--norms-apart", action="store_true",
-                   help="the residual add and norms in their own kernel: not in the output GEMV's last program (batch "
-                        "1), nor in the GEMMs' epilogue and prologue (2-16 rows, one stream)")
+                   help="batch 1: the residual add and norms in their own kernel, not in the output GEMV's last program")
     order = p.add_mutually_exclusive_group()
     order.add_argument("--qkv-first", dest="qkv_first", action="store_const", const=True,
                        help="two streams: the QKV GEMV before the fork, the attention alone beside the MLP-up GEMV "

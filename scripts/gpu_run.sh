@@ -38,8 +38,6 @@
 #              and the sweep's fastest TMA tile at d=80, the default again last (DECODE_MODELS)
 #   joined     QKV and MLP-up as one launch over [W_qkv; W_up]: the GEMM tune at GEMM_ROWS (16,4) of GEMM_MODELS,   ~4 min
 #              then the decode bench joined (the default) and apart (--inputs-apart), the default again last
-#   fusednorm  the residual add and norms in the GEMMs' epilogue / prologue (the default at 2-16 rows on one     ~2 min
-#              stream) against their own kernel (--norms-apart), the default again last; b=16 p=2048
 #   pdl        the decode bench with and without programmatic dependent launch, alternated:      ~4 min
 #              two streams and one, successor launched after the wait or after the main loop (late)
 # The git SHA of the code is passed in because the GPU machine's copy of the tree has no .git.
@@ -223,15 +221,6 @@ if want joined; then
   done
   bundle joined $J
   elapsed joined
-fi
-if want fusednorm; then
-  F=/tmp/fusednorm; rm -rf $F; mkdir -p $F
-  for v in default norms-apart default-again; do
-    extra=""; [[ $v == norms-apart ]] && extra="--norms-apart"
-    variant fusednorm $F $v --batches ${DECODE_BATCHES:-16} --contexts ${DECODE_CONTEXTS:-2048} $extra
-  done
-  bundle fusednorm $F
-  elapsed fusednorm
 fi
 if want pdl; then
   P=/tmp/pdl; rm -rf $P; mkdir -p $P

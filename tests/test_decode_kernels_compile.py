@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-POINTERS_FP32 = {"m_ptr", "l_ptr", "acc_ptr", "cos_ptr", "sin_ptr", "stats_ptr"}
+POINTERS_FP32 = {"m_ptr", "l_ptr", "acc_ptr", "cos_ptr", "sin_ptr"}
 TILES = {"lane_n16_w4_s3": (16, 4, 3, False), "mma_n16_w4_s3": (16, 4, 3, True), "mma_n64_w8_s2": (64, 8, 2, True),
          "mma_n64_w4_s2_tma": (64, 4, 2, True, True)}
 CASES = [{"tile": t, "direct": direct, "gelu": direct, "head_dim": d}
@@ -56,7 +56,6 @@ def pointer_rule(name: str) -> str:
     return "fp32" if name in ("eps", "scale_log2") else "i32"
 
 
-FUSED_OFF = dict(RESIDUAL=False, N_RES_BIASES=0, NORM_IN=False, BLOCK_S=16)
 GEMV_BASE = dict(BLOCK_N=16, BLOCK_K=256, SPLIT=1, EVEN_K=True, STAGES=4, GELU=False, HAS_BIAS=False, PDL=False,
                  LINE=64, PREFETCH=0, LATE=False, NORMS=False, N_BIASES=0, TWO_NORMS=False, BLOCK=2048)
 GEMM_CASES = [
@@ -69,28 +68,19 @@ GEMM_CASES = [
                                                                        "N_BIASES": 1, "PDL": True, "PREFETCH": 4}},
     {"kernel": "dot", "name": "dot", "constexprs": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=256, SPLIT=1, EVEN_K=True,
                                                          STAGES=3, PDL=False, LINE=64, PREFETCH=0, LATE=False,
-                                                         SWAP=False, TMA=False, **FUSED_OFF)},
+                                                         SWAP=False, TMA=False)},
     {"kernel": "dot", "name": "dot-split4", "constexprs": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, SPLIT=4,
                                                                 EVEN_K=False, STAGES=4, PDL=False, LINE=64,
-                                                                PREFETCH=0, LATE=False, SWAP=False, TMA=False, **FUSED_OFF)},
+                                                                PREFETCH=0, LATE=False, SWAP=False, TMA=False)},
     {"kernel": "dot", "name": "wdot-split2", "constexprs": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT=2,
                                                                  EVEN_K=True, STAGES=4, PDL=False, LINE=64,
-                                                                 PREFETCH=0, LATE=False, SWAP=True, TMA=False, **FUSED_OFF)},
+                                                                 PREFETCH=0, LATE=False, SWAP=True, TMA=False)},
     {"kernel": "dot", "name": "wdot-tma", "constexprs": dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, SPLIT=1,
                                                               EVEN_K=False, STAGES=4, PDL=False, LINE=64,
-                                                              PREFETCH=0, LATE=False, SWAP=True, TMA=True, **FUSED_OFF)},
+                                                              PREFETCH=0, LATE=False, SWAP=True, TMA=True)},
     {"kernel": "dot", "name": "dot-tma-split4", "constexprs": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, SPLIT=4,
                                                                     EVEN_K=True, STAGES=4, PDL=False, LINE=64,
-                                                                    PREFETCH=0, LATE=False, SWAP=False, TMA=True, **FUSED_OFF)},
-    {"kernel": "dot", "name": "wdot-split5+residual", "constexprs": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT=5,
-                                                                          EVEN_K=True, STAGES=4, PDL=False, LINE=64,
-                                                                          PREFETCH=0, LATE=False, SWAP=True, TMA=False,
-                                                                          RESIDUAL=True, N_RES_BIASES=2, NORM_IN=False,
-                                                                          BLOCK_S=16)},
-    {"kernel": "dot", "name": "wdot+norm-in", "constexprs": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT=1,
-                                                                  EVEN_K=True, STAGES=6, PDL=False, LINE=64, PREFETCH=0,
-                                                                  LATE=False, SWAP=True, TMA=False, RESIDUAL=False,
-                                                                  N_RES_BIASES=0, NORM_IN=True, BLOCK_S=64)},
+                                                                    PREFETCH=0, LATE=False, SWAP=False, TMA=True)},
 ]
 
 
