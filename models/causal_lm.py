@@ -111,7 +111,7 @@ class NeoXCausalLM(nn.Module):
         self._tables: dict = {}
         # (N, K) -> the batch-invariant kernel of that decode GEMM; None: the default (fastest) kernels
         self.gemm_choices: dict[tuple[int, int], KernelChoice] | None = None
-        self.pack_output_weights()
+        self.pack_weights()
 
     # ---- batch-invariant mode ----------------------------------------------------------------------
     @property
@@ -149,9 +149,10 @@ class NeoXCausalLM(nn.Module):
     def use_default_gemms(self) -> None:
         self.gemm_choices = None
 
-    def pack_output_weights(self) -> None:
+    def pack_weights(self) -> None:
         """Parallel residual: each layer's out-projection and MLP-down weights become views of one (h, h + 4h)
-        tensor [W_out | W_down], so that decoding runs the two as one GEMM over [attention | gelu(up)]; the
+        tensor [W_out | W_down], so that decoding runs the two as one GEMM over [attention | gelu(up)], and its
+        QKV and MLP-up weights views of one (3h + 4h, h) tensor [W_qkv; W_up], one launch over both norms; the
         modules keep their names and shapes (loading and the profiler see no difference). Run again after
         anything that re-creates parameters one by one (to_empty, .to(device))."""
         if self.cfg.residual != "parallel":
@@ -361,11 +362,12 @@ class NeoXCausalLM(nn.Module):
     def _input_gemms(self, layer: TransformerLayer, normed: tuple[torch.Tensor, ...],
                      join: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """norm1(x) W_qkv^T and norm2(x) W_up^T: one launch over [W_qkv; W_up] where the table has a dot / wdot
-        plan for the stacked weight (the kernel reads norm2(x) at its offset from norm1(x)); else two GEMMs. Returns views of one (b, 3h + 4h) output, or two tensors."""
+        plan for the stacked weight (the kernel reads norm2(x) at its offset from norm1(x)); else two GEMMs.
+        Returns views of one (b, 3h + 4h) output, or two tensors."""
         qkv_weight, up_weight = layer.attention.qkv_transform.weight, layer.mlp.mlp_up.weight
-        stacked = self.input_weight(layer) if join and len(normed) == 2 else None
-        plan = self._plan(normed[0].shape[0], stacked) if stacked is not None else None
-        first, second = normed if len(normed) == 2 else (normed[0], normed[0])
+        first, second = normed  # the parallel residual: both norms of x
+        stacked = self.input_weight(layer) if join else None
+        plan = self._plan(first.shape[0], stacked) if stacked is not None else None
         if (plan is not None and plan.kind != "gemv" and second.shape == first.shape
                 and second.stride() == first.stride() and qkv_weight.shape[0] % plan.block_n == 0
                 and (second.data_ptr() - first.data_ptr()) % first.element_size() == 0):

@@ -128,8 +128,8 @@ def _gemv_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, bias_ptr, N, K, strid
 
 
 def _skinny_gemm_kernel(x_ptr, w_ptr, y_ptr, part_ptr, count_ptr, M, N, K, stride_x, stride_w, stride_y, k_per_split,
-                n_first, x_second, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT: tl.constexpr,
-                EVEN_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr, LINE: tl.constexpr,
+                n_first, x_second, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                SPLIT: tl.constexpr, EVEN_K: tl.constexpr, STAGES: tl.constexpr, PDL: tl.constexpr, LINE: tl.constexpr,
                 PREFETCH: tl.constexpr, LATE: tl.constexpr, SWAP: tl.constexpr = False, TMA: tl.constexpr = False):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -217,7 +217,8 @@ def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: to
     with unit stride along N (a view into a wider buffer is fine). gelu (gemv only): gelu(y + bias).
     norm_args / norm_constexprs (gemv only): residual_norms' operands (gemv_residual_norms).
     second = (x2, n_first) (dot / wdot): output columns from n_first on are x2 @ weight[n_first:]^T (x2 shaped
-    and strided as x, a whole number of elements past it, n_first a whole number of column blocks)."""
+    and strided as x, anywhere in memory: the kernel reads it at its element offset from x; n_first a whole number
+    of column blocks)."""
     m, k = x.shape
     n = weight.shape[0]
     if not fits(plan, m, n, k):

@@ -116,6 +116,6 @@ def load_causal_lm(directory: Path | str, *, device: torch.device | str = "cpu",
     with torch.device("meta"):  # no random init: every parameter is overwritten from the checkpoint
         model = NeoXCausalLM(cfg, dtype=dtype, **options)
     model = model.to_empty(device=device)
-    model.pack_output_weights()  # to_empty re-created the packed views one by one: pack again, then load into them
+    model.pack_weights()  # to_empty re-created the packed views one by one: pack again, then load into them
     load_state(model, read_tensors(weight_files(directory), device), source=str(directory))
     return model.eval().requires_grad_(False)
