@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ConfigError, ModelConfig
-from .decode_gemm import gemm_plan, gemv_residual_norms, linear, triton_linear
+from .decode_gemm import gemm_plan, gemv_residual_norms, linear, second_input_problem, triton_linear
 from .decode_kernels import (Splits, bias_gelu, decode_attention, decode_attention_and_gelu, residual_norms,
                              use_triton)
 from .invariant.choice import KernelChoice, unprobed_choice
@@ -368,9 +368,7 @@ class NeoXCausalLM(nn.Module):
         first, second = normed  # the parallel residual: both norms of x
         stacked = self.input_weight(layer) if join else None
         plan = self._plan(first.shape[0], stacked) if stacked is not None else None
-        if (plan is not None and plan.kind != "gemv" and second.shape == first.shape
-                and second.stride() == first.stride() and qkv_weight.shape[0] % plan.block_n == 0
-                and (second.data_ptr() - first.data_ptr()) % first.element_size() == 0):
+        if plan is not None and second_input_problem(plan, first, second, qkv_weight.shape[0]) is None:
             both = triton_linear(first, stacked, plan, second=(second, qkv_weight.shape[0]))
             return both[:, :qkv_weight.shape[0]], both[:, qkv_weight.shape[0]:]
         return self._gemm(first, qkv_weight), self._gemm(second, up_weight)

@@ -210,6 +210,15 @@ def fits(plan: GemmPlan, m: int, n: int, k: int) -> bool:
     return plan.split == 1 or (k // plan.split) % plan.block_k == 0 and k % plan.split == 0
 
 
+def second_input_problem(plan: GemmPlan, x: torch.Tensor, x2: torch.Tensor, n_first: int) -> str | None:
+    """Why triton_linear cannot read x2 for the columns from n_first on (None: it can)."""
+    if (plan.kind == "gemv" or x2.shape != x.shape or x2.stride() != x.stride() or n_first % plan.block_n
+            or (x2.data_ptr() - x.data_ptr()) % x.element_size()):
+        return (f"a second input needs a dot / wdot plan, x's shape and strides, and {n_first} columns a whole "
+                f"number of {plan.block_n}-column blocks")
+    return None
+
+
 def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: torch.Tensor | None = None, *,
                   gelu: bool = False, bias: torch.Tensor | None = None, norm_args: tuple | None = None,
                   norm_constexprs: dict | None = None, second: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
@@ -228,11 +237,10 @@ def triton_linear(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, out: to
     n_first, x_second = n, 0
     if second is not None:
         x2, n_first = second
+        problem = second_input_problem(plan, x, x2, n_first)
+        if problem:
+            raise ValueError(f"GEMM plan {plan.name}: {problem}")
         x_second = (x2.data_ptr() - x.data_ptr()) // x.element_size()
-        if (plan.kind == "gemv" or x2.shape != x.shape or x2.stride() != x.stride() or n_first % plan.block_n
-                or x_second * x.element_size() != x2.data_ptr() - x.data_ptr()):
-            raise ValueError(f"GEMM plan {plan.name}: a second input needs a dot / wdot plan, x's shape and strides, "
-                             f"and {n_first} columns a whole number of {plan.block_n}-column blocks")
     y = torch.empty(m, n, device=x.device, dtype=x.dtype) if out is None else out
     k_per_split = k // plan.split if plan.split > 1 else k
     even_k = k_per_split % plan.block_k == 0
@@ -288,7 +296,8 @@ def gemv_residual_norms(x: torch.Tensor, weight: torch.Tensor, plan: GemmPlan, r
 _GEMV_QKV_UP = GemmPlan("gemv", 16, 256, 4, 4)  # 1b: 9.2 / 11.7 us vs 10.7 / 12.5; 2.8b: 13.2 / 17.1 vs 14.3 / 18.2
 _GEMV_OUT = GemmPlan("gemv", 8, 512, 4, 4)  # [out | down]: 1b 14.5 us vs 16.7; 2.8b 20.4 vs 23.1
 _GEMV_LOGITS = GemmPlan("gemv", 8, 512, 4, 3)  # 1b 51.7 us vs 57.4; 2.8b 63.1 vs 70.5
-_WDOT_QKV_UP = GemmPlan("wdot", 64, 128, 4, 6)  # QKV 9.7 vs 10.3-10.7 (h 2048), 13.5 vs 14.2 (2560); up 11.8-11.9 vs 12.4-12.5
+# QKV 9.7 vs 10.3-10.7 (h 2048), 13.5 vs 14.2 (2560); MLP-up 11.8-11.9 vs 12.4-12.5 (h 2048)
+_WDOT_QKV_UP = GemmPlan("wdot", 64, 128, 4, 6)
 _WDOT_UP_2560 = GemmPlan("wdot", 64, 128, 4, 4)  # 17.8 vs 18.0 (2-16 rows: 1-3% faster)
 _WDOT_OUT_2048 = GemmPlan("wdot", 64, 128, 4, 4, split=4)  # 16.1-16.2 vs 17.2-17.3
 _WDOT_OUT_2560 = GemmPlan("wdot", 64, 128, 4, 4, split=5)  # 22.5 vs 23.5
