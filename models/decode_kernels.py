@@ -342,7 +342,8 @@ class AttentionTile:
 
     @property
     def name(self) -> str:
-        return f"{'mma' if self.mma else 'lane'}_n{self.block_n}_w{self.warps}_s{self.stages}" + ("_tma" if self.tma else "")
+        loop = "mma" if self.mma else "lane"
+        return f"{loop}_n{self.block_n}_w{self.warps}_s{self.stages}" + ("_tma" if self.tma else "")
 
 
 # By BLOCK_D (the head dim rounded up to a power of two). The lane loop's table, measured on an H200 (9fe0b4f:

@@ -248,8 +248,8 @@ def run_row(model, cfg, *, name: str, batch: int, prompt_len: int, args, device,
             "context_mean": floors.context_mean,
             "step_vs_floor": steps.median_ms / floors.decode_floor_ms if floors.decode_floor_ms else None,
             "graph": decoder.graph is not None, "compile": decoder.compile_status, "branches": decoder.branch_status,
-            "pdl": decoder.pdl_status, "norm_in_gemv": decoder.norm_in_gemv, "join_inputs": decoder.join_inputs, "qkv_first": decoder.qkv_first,
-            "splits": decoder.splits.count, "attention_tile": decoder.splits.tile.name,
+            "pdl": decoder.pdl_status, "norm_in_gemv": decoder.norm_in_gemv, "join_inputs": decoder.join_inputs,
+            "qkv_first": decoder.qkv_first, "splits": decoder.splits.count, "attention_tile": decoder.splits.tile.name,
             "cache_gb": decoder.cache.bytes / 2**30,
         })
         kernels = None if args.no_trace else trace_row(decoder, device)

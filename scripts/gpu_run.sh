@@ -65,6 +65,16 @@ variant() {  # PART DIR NAME ARGS...: one decode bench (5 passes, the first mode
   python3 scripts/bench_decode.py --out $dir/$name --models ${DECODE_MODELS:-pythia-1b,pythia-2.8b} --repeats 5 \
     --check first "$@" 2>&1 | grep -E " step |Error|error" | cut -c1-150 | sed "s/^/[$part $name] /"
 }
+against_default() {  # PART DIR NAME "FLAGS" ARGS...: the decode bench by default, as NAME (FLAGS), by default again
+  local part=$1 dir=$2 name=$3 flags=$4 v; shift 4
+  for v in default $name default-again; do
+    if [[ $v == $name ]]; then variant $part $dir $v "$@" $flags; else variant $part $dir $v "$@"; fi
+  done
+}
+tune_gemms() {  # DIR MODELS ROWS SECONDS: the decode GEMM tune sweep (no attention) into DIR/tune, its best lines
+  python3 scripts/tune_decode_kernels.py --out $1/tune --models $2 --rows "" --gemm-models $2 --gemm-rows $3 \
+    --deadline-s $4 2>&1 | grep -E "best|points|Error|error" | cut -c1-170
+}
 
 if want tests; then
   python3 -m pytest -q -m gpu --continue-on-collection-errors ${GPU_TESTS:-tests} 2>&1 | tail -n 30 | tee "$OUT/tests.txt"
@@ -176,13 +186,9 @@ print(name.split('_pps')[0].replace('mma_n', '').replace('_w', 'x').replace('_s'
 fi
 if want gemms; then
   W=/tmp/gemms; rm -rf $W; mkdir -p $W
-  python3 scripts/tune_decode_kernels.py --out $W/tune --models ${GEMM_MODELS:-pythia-2.8b} --rows "" \
-    --gemm-models ${GEMM_MODELS:-pythia-2.8b} --gemm-rows ${GEMM_ROWS:-16,1} --deadline-s ${GEMM_TUNE_S:-150} 2>&1 \
-    | grep -E "best|points|Error|error" | cut -c1-170
-  for v in default tuned default-again; do
-    extra=""; [[ $v == tuned ]] && extra="--gemm-tune $W/tune/tune.json"
-    variant gemms $W $v --batches ${DECODE_BATCHES:-1,16} --contexts ${DECODE_CONTEXTS:-128,2048} $extra
-  done
+  tune_gemms $W ${GEMM_MODELS:-pythia-2.8b} ${GEMM_ROWS:-16,1} ${GEMM_TUNE_S:-150}
+  against_default gemms $W tuned "--gemm-tune $W/tune/tune.json" --batches ${DECODE_BATCHES:-1,16} \
+    --contexts ${DECODE_CONTEXTS:-128,2048}
   bundle gemms $W
   elapsed gemms
 fi
@@ -212,13 +218,9 @@ print(f'{n[1:]}x{w[1:]}x{s[1:]}xmmaxtma' if best else '')
 fi
 if want joined; then
   J=/tmp/joined; rm -rf $J; mkdir -p $J
-  python3 scripts/tune_decode_kernels.py --out $J/tune --models ${GEMM_MODELS:-pythia-2.8b,pythia-1b} --rows "" \
-    --gemm-models ${GEMM_MODELS:-pythia-2.8b,pythia-1b} --gemm-rows ${GEMM_ROWS:-16,4} --deadline-s ${GEMM_TUNE_S:-100} \
-    2>&1 | grep -E "best|points|Error|error" | cut -c1-170
-  for v in default inputs-apart default-again; do
-    extra=""; [[ $v == inputs-apart ]] && extra="--inputs-apart"
-    variant joined $J $v --batches ${DECODE_BATCHES:-4,16} --contexts ${DECODE_CONTEXTS:-128,2048} $extra
-  done
+  tune_gemms $J ${GEMM_MODELS:-pythia-2.8b,pythia-1b} ${GEMM_ROWS:-16,4} ${GEMM_TUNE_S:-100}
+  against_default joined $J inputs-apart --inputs-apart --batches ${DECODE_BATCHES:-4,16} \
+    --contexts ${DECODE_CONTEXTS:-128,2048}
   bundle joined $J
   elapsed joined
 fi

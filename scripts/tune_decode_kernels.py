@@ -188,8 +188,8 @@ def plan_name(plan: G.GemmPlan | None) -> str:
 def model_shapes(name: str):
     cfg = load_config(name)
     h = cfg.hidden_size
-    gemms = [("qkv", 3 * h, h), ("mlp_up", cfg.ffn_size, h), ("qkv_up", 3 * h + cfg.ffn_size, h), ("out_down", h, h + cfg.ffn_size),
-             ("logits", cfg.embedding_rows, h)]
+    gemms = [("qkv", 3 * h, h), ("mlp_up", cfg.ffn_size, h), ("qkv_up", 3 * h + cfg.ffn_size, h),
+             ("out_down", h, h + cfg.ffn_size), ("logits", cfg.embedding_rows, h)]
     return cfg, gemms
 
 

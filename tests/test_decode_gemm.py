@@ -152,7 +152,8 @@ def test_qkv_and_mlp_up_run_as_one_launch_over_the_stacked_weight_when_the_table
 @interpreted
 def test_the_second_input_of_one_launch_feeds_the_columns_from_n_first_on():
     gen = torch.Generator().manual_seed(11)
-    x1, x2, w = torch.randn(3, 96, generator=gen), torch.randn(3, 96, generator=gen), torch.randn(192, 96, generator=gen)
+    x1, x2 = torch.randn(3, 96, generator=gen), torch.randn(3, 96, generator=gen)
+    w = torch.randn(192, 96, generator=gen)
     for plan in (G.GemmPlan("wdot", 64, 32, 4, 3, split=3), G.GemmPlan("dot", 32, 32, 4, 3)):
         got = G.triton_linear(x1, w, plan, second=(x2, 64))
         torch.testing.assert_close(got, torch.cat((x1 @ w[:64].T, x2 @ w[64:].T), dim=1), atol=1e-4, rtol=1e-5)

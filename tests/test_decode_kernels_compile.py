@@ -58,6 +58,8 @@ def pointer_rule(name: str) -> str:
 
 GEMV_BASE = dict(BLOCK_N=16, BLOCK_K=256, SPLIT=1, EVEN_K=True, STAGES=4, GELU=False, HAS_BIAS=False, PDL=False,
                  LINE=64, PREFETCH=0, LATE=False, NORMS=False, N_BIASES=0, TWO_NORMS=False, BLOCK=2048)
+DOT_BASE = dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=256, SPLIT=1, EVEN_K=True, STAGES=3, PDL=False, LINE=64, PREFETCH=0,
+                LATE=False, SWAP=False, TMA=False)
 GEMM_CASES = [
     {"kernel": "gemv", "name": "gemv", "constexprs": GEMV_BASE},
     {"kernel": "gemv", "name": "gemv+gelu", "constexprs": {**GEMV_BASE, "GELU": True, "HAS_BIAS": True}},
@@ -66,21 +68,15 @@ GEMM_CASES = [
                                                             "N_BIASES": 2, "TWO_NORMS": True}},
     {"kernel": "gemv", "name": "gemv-split2+norms+pdl", "constexprs": {**GEMV_BASE, "SPLIT": 2, "NORMS": True,
                                                                        "N_BIASES": 1, "PDL": True, "PREFETCH": 4}},
-    {"kernel": "dot", "name": "dot", "constexprs": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=256, SPLIT=1, EVEN_K=True,
-                                                         STAGES=3, PDL=False, LINE=64, PREFETCH=0, LATE=False,
-                                                         SWAP=False, TMA=False)},
-    {"kernel": "dot", "name": "dot-split4", "constexprs": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, SPLIT=4,
-                                                                EVEN_K=False, STAGES=4, PDL=False, LINE=64,
-                                                                PREFETCH=0, LATE=False, SWAP=False, TMA=False)},
-    {"kernel": "dot", "name": "wdot-split2", "constexprs": dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, SPLIT=2,
-                                                                 EVEN_K=True, STAGES=4, PDL=False, LINE=64,
-                                                                 PREFETCH=0, LATE=False, SWAP=True, TMA=False)},
-    {"kernel": "dot", "name": "wdot-tma", "constexprs": dict(BLOCK_M=16, BLOCK_N=128, BLOCK_K=128, SPLIT=1,
-                                                              EVEN_K=False, STAGES=4, PDL=False, LINE=64,
-                                                              PREFETCH=0, LATE=False, SWAP=True, TMA=True)},
-    {"kernel": "dot", "name": "dot-tma-split4", "constexprs": dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, SPLIT=4,
-                                                                    EVEN_K=True, STAGES=4, PDL=False, LINE=64,
-                                                                    PREFETCH=0, LATE=False, SWAP=False, TMA=True)},
+    {"kernel": "dot", "name": "dot", "constexprs": DOT_BASE},
+    {"kernel": "dot", "name": "dot-split4", "constexprs": {**DOT_BASE, "BLOCK_N": 32, "SPLIT": 4, "EVEN_K": False,
+                                                             "STAGES": 4}},
+    {"kernel": "dot", "name": "wdot-split2", "constexprs": {**DOT_BASE, "BLOCK_K": 128, "SPLIT": 2, "STAGES": 4,
+                                                              "SWAP": True}},
+    {"kernel": "dot", "name": "wdot-tma", "constexprs": {**DOT_BASE, "BLOCK_N": 128, "BLOCK_K": 128, "EVEN_K": False,
+                                                           "STAGES": 4, "SWAP": True, "TMA": True}},
+    {"kernel": "dot", "name": "dot-tma-split4", "constexprs": {**DOT_BASE, "BLOCK_N": 32, "SPLIT": 4, "STAGES": 4,
+                                                                 "TMA": True}},
 ]
 
 
