@@ -22,6 +22,7 @@ from profiler.cpu_estimate import CONFIRM_S, cpu_gflops, duration, layer_seconds
 from profiler.errors import UserError
 from profiler.hardware import environment, measure_copy_bandwidth, measure_matmul_peak, resolve_device
 from profiler.layer_plan import LayerRequest, resolve_configs, resolve_options
+from profiler import protocol as P
 from profiler.layer_profile import MODES, ProfileOptions, profile_layer
 from profiler.memory import available_bytes, layer_run_bytes
 from profiler.outputs import prepare_out_dir
@@ -47,7 +48,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="fewest warm-up windows (default 2); warm-up goes on until the rounds' time is stable")
     p.add_argument("--iters", type=int, default=None,
                    help="fewest interleaved rounds of each kind per attempt (default 10; 3 on a CPU); on a GPU more, "
-                        "up to 40, until an attempt spans 1.2 s, whichever comes first (profiler/protocol.py)")
+                        f"up to {P.MAX_ROUNDS_PER_ATTEMPT}, until an attempt spans {P.ATTEMPT_WINDOW_MS / 1e3:.1f} s, "
+                        "whichever comes first, then more until the rounds' mean is known to "
+                        f"{100 * P.PRECISION_TARGET:.1f}%% (at most {P.EXTENDED_WINDOW_MS / 1e3:.0f} s or "
+                        f"{P.MOST_ROUNDS_PER_ATTEMPT} rounds; profiler/protocol.py)")
     p.add_argument("--out", type=Path, default=Path("runs/layer"),
                    help="run directory (default runs/layer); keeps every config profiled into it")
     p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")

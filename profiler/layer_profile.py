@@ -49,7 +49,8 @@ RE_MEASURED = ("trace_stable", "trace_vs_events", "clock_phases", "in_layer_vs_a
 @dataclass(frozen=True)
 class ProfileOptions:
     """`active_steps`: the fewest interleaved rounds of each kind per attempt (on a GPU more, up to
-    protocol.MAX_ROUNDS_PER_ATTEMPT, until the attempt spans protocol.ATTEMPT_WINDOW_MS); the trace warm-up bounds are in windows;
+    protocol.MAX_ROUNDS_PER_ATTEMPT, until the attempt spans protocol.ATTEMPT_WINDOW_MS, and then more until the
+    timed rounds' mean is precise: protocol.Extension); the trace warm-up bounds are in windows;
     `bench_warmup_ms`: the least warm-up time off a GPU (on one, protocol.WARMUP_MIN_MS)."""
     mode: str = "forward"
     active_steps: int = 10
@@ -140,6 +141,28 @@ def floor_times(activities: pd.DataFrame, components: list[str]) -> dict[tuple[s
     return alone
 
 
+def attempt_line(attempt: Attempt) -> str:
+    """What an attempt measured, for the progress line: its rounds, their span, why it stopped there."""
+    timed, span = attempt.timed, attempt.traced.span_ms
+    line = f"attempt {attempt.number}: {len(attempt.traced.windows)} rounds of each kind"
+    line += f" over {span / 1e3:.1f} s" if span else ""
+    if timed.stopped:
+        error = f", mean known to {100 * timed.relative_error:.2f}%" if timed.relative_error is not None else ""
+        line += f", stopped: {STOP_REASONS.get(timed.stopped, timed.stopped)}{error}"
+    return line + (f"; failed: {', '.join(attempt.failed)}" if attempt.failed else "")
+
+
+STOP_REASONS = {"least": "precise at the least rounds", "precise": "precise", "window": "window bound reached",
+                "rounds": "round bound reached"}
+
+
+def extension_policy() -> dict:
+    """The bounds an attempt's rounds were extended within (protocol.Extension), for the record."""
+    e = P.Extension()
+    return {"target_relative_error_pct": 100 * e.target, "batch_ms": e.batch_ms, "min_batches": e.min_batches,
+            "max_window_ms": e.window_ms, "most_rounds": e.most}
+
+
 def launch_bound(latency_us: float, graph_us: float | None, busy_us: float) -> tuple[bool, str]:
     """Eager latency over the CUDA-graph replay taken in the same rounds (else over the kernel time)."""
     if graph_us:
@@ -203,7 +226,8 @@ def measure_attempt(number: int, rounds: P.Rounds, units: dict, maps: P.KernelMa
             telemetry.set_phase(f"{cfg.name}:a{number}:{name}" if name else None)
 
     timed, traced = P.interleaved_rounds(rounds, maps, units[P.LAYER], device=device, trace_dir=trace_dir,
-                                         worker_name=safe_name(cfg.name), n=n_rounds or options.active_steps, phase=tag)
+                                         worker_name=safe_name(cfg.name), n=n_rounds or options.active_steps, phase=tag,
+                                         extension=P.Extension() if on_gpu else None)
     latency = summarize(timed.eager)
     layer = P.unit_activities(traced.activities, P.LAYER)
     totals = P.replay_totals(layer)
@@ -280,6 +304,7 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
              "interleaved rounds: host clock and trace")
         attempts.append(measure_attempt(number, rounds, units, maps, cfg=cfg, options=options, device=device,
                                         trace_dir=scratch / str(number), telemetry=telemetry, n_rounds=n_rounds))
+        note(attempt_line(attempts[-1]))
         if not attempts[-1].failed or not on_gpu:
             break
     final = attempts[-1]
@@ -382,8 +407,12 @@ def profile_layer(cfg: ModelConfig, options: ProfileOptions, *, out_dir: Path, d
                          "unit": "round"},
         "rounds": {"per_attempt": n_rounds, "least_per_attempt": options.active_steps,
                    "window_ms": P.ATTEMPT_WINDOW_MS if on_gpu else None,
+                   "extension": extension_policy() if on_gpu else None,
                    "instances_per_round": reps, "plans": P.PLANS, "attempts": [
             {"attempt": a.number, "failed": a.failed,
+             "rounds": len(a.traced.windows),
+             "stopped": a.timed.stopped,
+             "relative_error_pct": None if a.timed.relative_error is None else round(100 * a.timed.relative_error, 3),
              "eager_us": round(a.latency.median_ms * 1e3, 3),
              "graph_us": round(a.graph.median_ms * 1e3, 3) if a.graph else None,
              "span_ms": None if a.traced.span_ms is None else round(a.traced.span_ms, 1)} for a in attempts],

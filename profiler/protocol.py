@@ -37,7 +37,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -73,6 +73,18 @@ WARMUP_WINDOW_MS = 100.0  # warm-up windows compared: each at least this long
 # round's kernels: rounds shorter than 15 ms stop at the cap first (pythia-1b: 40 rounds of 9-12 ms, 0.7-1.0 s).
 ATTEMPT_WINDOW_MS = 1200.0
 MAX_ROUNDS_PER_ATTEMPT = 40
+# Past that window an attempt goes on, round by round, until its timed rounds say the window's mean is known
+# to PRECISION_TARGET (`relative_error`), for at most EXTENDED_WINDOW_MS or MOST_ROUNDS_PER_ATTEMPT rounds of each
+# kind. Why: three 1.2 s runs of the same power-capped layers differed by up to 3.4% (gpt3-2.7b eager: rounds at
+# 1575-1845 MHz, a level held ~200 ms, so a window saw about six of them; layer-runs/three-runs-ee894d8), which is
+# the spread a mean of six such levels has. A layer at a steady clock is precise at once and stops at the window.
+# The error is judged by batch means over batches of at least BATCH_MS (the ~200 ms a level holds, so batches are
+# roughly independent), from MIN_BATCHES batches on.
+PRECISION_TARGET = 0.004
+BATCH_MS = 200.0
+MIN_BATCHES = 6
+EXTENDED_WINDOW_MS = 8000.0
+MOST_ROUNDS_PER_ATTEMPT = 320
 
 
 @dataclass
@@ -115,20 +127,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _schedule(recorded: int):
-    """One warm-up step, then `recorded` steps, the last of them saved."""
-    def action(step: int) -> ProfilerAction:
-        if step == 0:
-            return ProfilerAction.WARMUP
-        if step < recorded:
-            return ProfilerAction.RECORD
-        if step == recorded:
-            return ProfilerAction.RECORD_AND_SAVE
-        return ProfilerAction.NONE
-    return action
+def _schedule(step: int) -> ProfilerAction:
+    """Step 0 is the profiler's warm-up; every later step is recorded, and the trace is saved when the session
+    ends (after the last entry, however many there were: an attempt decides its length as it goes)."""
+    return ProfilerAction.WARMUP if step == 0 else ProfilerAction.RECORD
 
 
-def _record(plan: list[tuple[str, Callable[[], object], str]], *, device: torch.device, trace_dir: Path,
+def _record(plan: Iterable[tuple[str, Callable[[], object], str]], *, device: torch.device, trace_dir: Path,
             worker_name: str, flush: Callable[[], object], record_shapes: bool,
             on_recording: Callable[[], object] | None = None,
             on_recorded: Callable[[], object] | None = None,
@@ -137,13 +142,18 @@ def _record(plan: list[tuple[str, Callable[[], object], str]], *, device: torch.
     `fn` inside `region` (if any). The first entry is the profiler's warm-up and is not recorded. With
     `between`, after each recorded entry i (from 0) the profiler's collection is switched off (no CUPTI, no op
     callbacks), `between(i)` runs untraced, and collection is switched on again: traced and untraced work
-    interleave inside one session, with no trace export between them."""
+    interleave inside one session, with no trace export between them. `plan` may be a generator: the next
+    entry is asked for after the last one's `between` has run, so it can depend on what that measured."""
     trace_dir.mkdir(parents=True, exist_ok=True)
     before = set(trace_dir.glob("*.pt.trace.json"))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with quiet_kineto(), profile(activities=activities, record_shapes=record_shapes, schedule=_schedule(len(plan) - 1),
+    entries = iter(plan)
+    entry = next(entries, None)
+    i = 0
+    with quiet_kineto(), profile(activities=activities, record_shapes=record_shapes, schedule=_schedule,
                                  on_trace_ready=tensorboard_trace_handler(str(trace_dir), worker_name=worker_name)) as prof:
-        for i, (_, fn, region) in enumerate(plan):
+        while entry is not None:
+            _, fn, region = entry
             with record_function(FLUSH_REGION):
                 flush()
             if region:
@@ -159,11 +169,14 @@ def _record(plan: list[tuple[str, Callable[[], object], str]], *, device: torch.
                 between(i - 1)
                 _sync(device)
                 prof.toggle_collection_dynamic(True, activities)
-            if i == len(plan) - 1:
+            entry = next(entries, None)
+            if entry is None:  # the last step: the session's end saves the trace (no empty step after it)
                 _sync(device)
                 if on_recorded is not None:
                     on_recorded()
-            prof.step()
+            else:
+                prof.step()
+            i += 1
     _sync(device)
     written = sorted(set(trace_dir.glob("*.pt.trace.json")) - before, key=lambda p: p.stat().st_mtime)
     if not written:
@@ -320,6 +333,54 @@ def rounds_per_attempt(round_ms: float | None, least: int, *, window_ms: float =
     return max(least, min(most, math.ceil(window_ms / (2 * round_ms))))
 
 
+def relative_error(round_ms: list[float], plan_of: list[int], batch: int,
+                   min_batches: int = MIN_BATCHES) -> float | None:
+    """The relative standard error of the mean of a series of round times, by batch means: each round as a
+    ratio to its plan's median (plans hold the same work in other orders), consecutive rounds in batches of
+    `batch` (a last, shorter batch is left out), the spread of the batch means over the square root of their
+    count. Batch means, not the rounds' own spread: under a power cap neighbouring rounds share a clock level,
+    so n rounds are far fewer than n independent samples. None below `min_batches` batches (too few to judge)."""
+    if batch < 1 or len(round_ms) != len(plan_of):
+        raise ValueError(f"relative_error: batch {batch} (needs >= 1), {len(round_ms)} times for {len(plan_of)} plans")
+    medians = {p: statistics.median([t for t, q in zip(round_ms, plan_of) if q == p]) for p in set(plan_of)}
+    ratios = [t / medians[p] for t, p in zip(round_ms, plan_of) if medians[p] > 0]
+    k = len(ratios) // batch
+    if k < max(2, min_batches):
+        return None
+    means = [statistics.fmean(ratios[j * batch:(j + 1) * batch]) for j in range(k)]
+    return statistics.stdev(means) / math.sqrt(k) / statistics.fmean(means)
+
+
+@dataclass(frozen=True)
+class Extension:
+    """How far an attempt goes on past its least rounds: until the timed rounds' mean is known to `target`
+    (relative standard error), judged over batches of `batch_ms`; at most `window_ms` of interleaved rounds or
+    `most` rounds of each kind."""
+    target: float = PRECISION_TARGET
+    batch_ms: float = BATCH_MS
+    min_batches: int = MIN_BATCHES
+    window_ms: float = EXTENDED_WINDOW_MS
+    most: int = MOST_ROUNDS_PER_ATTEMPT
+
+    def batch_rounds(self, span_ms: float, done: int) -> int:
+        """Rounds per batch: enough consecutive (traced, timed) pairs to span `batch_ms`, at the pace so far."""
+        pace = span_ms / done if done else 0.0
+        return max(1, math.ceil(self.batch_ms / pace)) if pace > 0 else 1
+
+    def stop(self, done: int, least: int, span_ms: float, error: float | None) -> str | None:
+        """Why the attempt stops after `done` rounds of each kind (None: it goes on): 'least' where the least
+        count was enough ('precise' once past it), 'window' or 'rounds' at a bound."""
+        if done < least:
+            return None
+        if error is not None and error <= self.target:
+            return "precise" if done > least else "least"
+        if span_ms >= self.window_ms:
+            return "window"
+        if done >= max(self.most, least):
+            return "rounds"
+        return None
+
+
 def _timed(fn: Callable[[], object], device: torch.device):
     if device.type != "cuda":
         t = time.perf_counter()
@@ -344,6 +405,8 @@ def _read(samples: list, device: torch.device) -> list[float]:
 class TimedRounds:
     round_ms: list[list[float]]  # per plan: every timed replay of its round graph
     eager_ms: list[list[float]]  # per eager round: every eager layer step
+    stopped: str | None = None  # why the attempt stopped where it did (Extension.stop; None: a fixed count)
+    relative_error: float | None = None  # of the timed rounds' mean when it stopped (relative_error)
 
     @property
     def eager(self) -> list[float]:
@@ -369,7 +432,8 @@ def eager_rounds(rounds: Rounds, layer: Unit, *, device: torch.device, n: int, e
 
 def interleaved_rounds(rounds: Rounds, maps: KernelMaps, layer: Unit, *, device: torch.device, trace_dir: Path,
                        worker_name: str, n: int = TRACED_ROUNDS, eager_steps: int = EAGER_STEPS,
-                       phase: Callable[[str | None], object] | None = None) -> tuple[TimedRounds, TracedRounds]:
+                       phase: Callable[[str | None], object] | None = None,
+                       extension: Extension | None = None) -> tuple[TimedRounds, TracedRounds]:
     """`n` eager rounds of the layer step (`eager_rounds`), then one profiler session of `n` blocks, each: one
     traced round (region round/<plan>#<round>), then, with the profiler's collection switched off, one timed
     round (CUDA events around its graph's replay). The figures that are compared (the traced rounds' span,
@@ -378,12 +442,17 @@ def interleaved_rounds(rounds: Rounds, maps: KernelMaps, layer: Unit, *, device:
     SM clock wanders by 100-200 MHz over a few hundred milliseconds (H200, 2026-12-01), which phases of ~150 ms
     one after the other saw as different power states. No trace export sits between them either. The phase
     tag follows the GPU: each part is synchronised before the next tag, so a part's NVML samples are taken
-    while its kernels run."""
+    while its kernels run. With `extension` (the caller passes it on a GPU), the session goes on past `n` blocks
+    until the timed rounds' mean is precise enough or a bound is reached (Extension.stop; the reason is in
+    TimedRounds)."""
     tag = phase if phase is not None else (lambda _name: None)
     gpu = bool(rounds.graphs)
     tag("eager")
     eager = eager_rounds(rounds, layer, device=device, n=n, eager_steps=eager_steps)
-    marks: list[list] = [[] for _ in rounds.plans]
+    marks: list[list[float]] = [[] for _ in rounds.plans]
+    series: list[float] = []  # every timed round in order, and its plan: what the extension judges
+    plan_of: list[int] = []
+    outcome: dict = {"stopped": None, "error": None}
 
     windows: list[list[float]] = []  # per traced round: perf_counter() from its launch to its end (synchronised)
 
@@ -397,18 +466,33 @@ def interleaved_rounds(rounds: Rounds, maps: KernelMaps, layer: Unit, *, device:
     def timed(r: int) -> None:
         windows[r][1] = time.perf_counter()  # _record synchronised after the traced round
         tag("latency")
-        marks[r % len(rounds.plans)].append(_timed(lambda: rounds.run(r), device))
-        _sync(device)
+        ms = _read([_timed(lambda: rounds.run(r), device)], device)[0]  # synchronised: the next entry may judge it
+        marks[r % len(rounds.plans)].append(ms)
+        series.append(ms)
+        plan_of.append(r % len(rounds.plans))
+
+    def entries():
+        yield "warm-up", (lambda: rounds.run(0)), ""
+        r = 0
+        while True:
+            if r >= n:
+                if extension is None:
+                    return
+                span_ms = (time.perf_counter() - windows[0][0]) * 1e3
+                error = relative_error(series, plan_of, extension.batch_rounds(span_ms, r), extension.min_batches)
+                outcome.update(stopped=extension.stop(r, n, span_ms, error), error=error)
+                if outcome["stopped"]:
+                    return
+            yield f"round {r}", traced(r), f"{ROUND_REGION}{r % len(rounds.plans)}#{r}"
+            r += 1
 
     tag(None)  # the profiler's own warm-up step
-    plan = [("warm-up", lambda: rounds.run(0), "")]
-    plan += [(f"round {r}", traced(r), f"{ROUND_REGION}{r % len(rounds.plans)}#{r}") for r in range(n)]
-    path = _record(plan, device=device, trace_dir=trace_dir, worker_name=worker_name, flush=lambda: None,
+    path = _record(entries(), device=device, trace_dir=trace_dir, worker_name=worker_name, flush=lambda: None,
                    record_shapes=not gpu, on_recorded=lambda: tag("trace-export"), between=timed)
     tag(None)
     traced_rounds_ = _traced_from(path, rounds, maps)
     traced_rounds_.windows = [(a, b) for a, b in windows]
-    return TimedRounds([_read(m, device) for m in marks], eager), traced_rounds_
+    return TimedRounds(marks, eager, outcome["stopped"], outcome["error"]), traced_rounds_
 
 
 # ---- traced rounds: the round graphs under one profiler session -----------------------------------------------
@@ -493,20 +577,25 @@ def map_rounds(events: pd.DataFrame, maps: dict[str, pd.DataFrame],
     spans: list[list[float]] = [[] for _ in plans]
     rows, mismatches = [], []
     instance_spans = []  # (start, end, base) of every mapped instance, for the stray kernels
+    by_plan: dict[int, tuple[list[str], list[dict]]] = {}  # plan -> its expected kernels' names and records
+    # (records, not rows: a Series per kernel cost ~20 us, and an extended attempt's trace holds ~40k kernels)
     for ri, own in kernels[kernels["round_index"] >= 0].groupby("round_index", sort=True):
         region = regions.iloc[int(ri)]
         plan_index, r = int(region["plan"]), int(region["round"])
         own = own.sort_values("ts")
         spans[plan_index].append(float(own["end"].max() - own["ts"].min()))
-        expected = expected_kernels(plans[plan_index], maps)
-        matched, problem = align(list(own["name"]), list(expected["name"]))
+        if plan_index not in by_plan:  # every round of a plan expects the same kernels
+            expected = expected_kernels(plans[plan_index], maps)
+            by_plan[plan_index] = (list(expected["name"]), expected.to_dict("records"))
+        names, refs = by_plan[plan_index]
+        matched, problem = align(list(own["name"]), names)
         if problem:
             mismatches.append({"unit": f"round plan {plan_index}", "round": r, "rep": 0, "step": int(ri),
-                               "kernels": int(len(own)), "expected": int(len(expected)), "first_difference": problem})
+                               "kernels": int(len(own)), "expected": len(names), "first_difference": problem})
         by_instance: dict[int, list] = {}
-        for k, (_, kernel) in enumerate(own.iterrows()):
+        for k, kernel in enumerate(own.to_dict("records")):
             j = matched.get(k)
-            ref = expected.iloc[j] if j is not None else None
+            ref = refs[j] if j is not None else None
             if ref is not None and ref.get("component") == FLUSH:
                 continue
             instance = int(ref["instance"]) if ref is not None else -1
@@ -522,7 +611,7 @@ def map_rounds(events: pd.DataFrame, maps: dict[str, pd.DataFrame],
     f_starts, f_ends = flush_regions["ts"].to_numpy(), flush_regions["end"].to_numpy()
     in_flush = {c for c, t in zip(host["correlation"], host["ts"]) if ((f_starts <= t) & (t <= f_ends)).any()}
     strays = kernels[(kernels["round_index"] < 0) & ~kernels["correlation"].isin(in_region | in_flush)]
-    for _, kernel in strays.iterrows():
+    for kernel in strays.to_dict("records"):
         home = next((b for s0, e0, b in instance_spans if s0 <= kernel["ts"] <= e0), None)
         if home is not None:
             rows.append({"unit": home["unit"], "round": home["round"], "rep": home["rep"], "step": home["step"],
@@ -595,7 +684,7 @@ def align(replayed: list[str], eager: list[str]) -> tuple[dict[int, int], str]:
     return matched, ""
 
 
-def _row(kernel: pd.Series, ref: pd.Series | None) -> dict:
+def _row(kernel: dict, ref: dict | None) -> dict:
     row = {"name": kernel["name"], "dur_us": float(kernel["dur"]), "ts": float(kernel["ts"]),
            "end": float(kernel["end"]), "launched": ref is not None, "op": ref["op"] if ref is not None else None,
            "pass": ref["pass"] if ref is not None else "forward",

@@ -30,8 +30,10 @@ POLICY = {
                 "with another shares each round's clock; inside one profiler session each traced round "
                 "(torch.profiler: every unit's kernels) is followed by a timed round (CUDA events around the "
                 "round graph, the profiler's collection switched off), so both sample one stretch of the clock, which "
-                "lasts rounds.window_ms of run.json or 40 rounds of each kind, whichever comes first (so a "
-                "power-capped clock's levels are averaged over; each attempt's span_ms records it); "
+                "lasts rounds.window_ms of run.json or 40 rounds of each kind, whichever comes first, and goes on "
+                "until the timed rounds' mean is known to rounds.extension's target (relative standard error by "
+                "batch means) or its bounds are reached (so a power-capped clock's levels are averaged over; each "
+                "attempt's rounds, span_ms, stopped and relative_error_pct record it); "
                 "the layer's latency is its instances' GPU span in the traced rounds (checked against the events), "
                 "the eager step (host included, taken just before, outside the profiler) decides launch-boundness; "
                 "a failed comparison is measured again at most twice (profiler/protocol.py)",

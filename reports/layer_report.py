@@ -159,7 +159,7 @@ def latency_table(entries: list[dict], scale: float, unit: str) -> pd.DataFrame:
             "h": c["hidden_size"], "a": c["num_attention_heads"], "t": c["tensor_parallel"],
             "attention": c["attention"], "dtype": c["dtype"],
             "latency_us": e["latency_us"]["median"], "p10_us": e["latency_us"]["p10"], "p90_us": e["latency_us"]["p90"],
-            "repeats": e["latency_us"]["repeats"],
+            "repeats": e["latency_us"]["repeats"], **_window(e),
             "graph_us": (e.get("latency_graph_us") or {}).get("median"),
             "kernel_us": e.get("busy_us"), "idle_us": e.get("idle_us"),
             "launch_bound": "yes" if e.get("launch_bound") else "no",
@@ -171,6 +171,15 @@ def latency_table(entries: list[dict], scale: float, unit: str) -> pd.DataFrame:
             "checks": _check_cell(e),
         })
     return pd.DataFrame(rows)
+
+
+def _window(e: dict) -> dict:
+    """The final attempt's window: how long its rounds ran and how well their mean is known (None before the
+    extension was recorded, or on a CPU)."""
+    final = ((e.get("rounds") or {}).get("attempts") or [{}])[-1]
+    span = final.get("span_ms")
+    return {"window_s": None if span is None else span / 1e3, "mean_error_pct": final.get("relative_error_pct"),
+            "stopped": final.get("stopped")}
 
 
 def _us(value: float) -> str:
@@ -246,9 +255,13 @@ def _summary_intro(run: dict) -> str:
         timing = ("<b>Latency</b> is the host clock around each step on this CPU (median over repeats): CPU numbers "
                   "prove the wiring, not GPU performance, and timing-fidelity checks are skipped on a CPU.")
     else:
-        timing = ("<b>Latency</b> is measured with CUDA events without the profiler (median over repeats, L2 flushed "
-                  "before each step, warm-up until stable); <b>graph_us</b>: the forward replayed from a CUDA graph "
-                  "(no launch overhead).")
+        timing = ("<b>Latency</b> is the layer's GPU time back to back: the median span of its instances inside "
+                  "CUDA-graph rounds that also hold the floor's calls (L2 flushed before each instance, warm-up until "
+                  "stable), traced rounds alternating with rounds timed by CUDA events (trace_vs_events compares "
+                  "them); <b>graph_us</b>: the same; the eager step (host included) decides launch-boundness. "
+                  "<b>window_s</b>: how long the rounds ran; they go on until their mean is known to "
+                  "<b>mean_error_pct</b> (batch means) or a bound is reached (<b>stopped</b>): a power-capped GPU's "
+                  "clock wanders, and a short window samples too few of its levels for runs to agree.")
     return (f"Each config is one transformer layer (random weights) built from its config. {timing} "
             "<b>kernel_us</b>: summed kernel time of a traced step; <b>idle_us</b> = latency - kernel_us (the GPU "
             "waiting for launches). The breakdown comes from a torch.profiler trace in which every kernel is "

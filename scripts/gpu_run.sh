@@ -7,7 +7,7 @@
 # Parts:
 #   tests      the GPU-only tests (pytest -m gpu)                                              ~1 min
 #   readme     the README's main command README_RUNS times in a row (default 5), exit codes kept  ~2 min
-#   layer      the layer evidence: Figures 1, 2, 11, pythia-1b fwd and fwd+bwd, the Pythia suite  ~3.5 min
+#   layer      the layer evidence: Figures 1, 2, 11, pythia-1b fwd and fwd+bwd, the Pythia suite  ~6-8 min
 #              (LAYER_RUNS=N runs it N times in a row, one archive layer-<i>.tgz each)
 #   capped     issue 19: the power-capped layers (Figure 1 flash, pythia-6.9b/12b; pythia-1b as a control)   ~5 min
 #              CAPPED_RUNS (3) times in a row, then scripts/runs_agreement.py over the runs
@@ -93,19 +93,28 @@ if want readme; then
 fi
 for run in $(seq 1 ${LAYER_RUNS:-1}); do
 if want layer; then
-  R=/tmp/layer-$run; rm -rf $R
-  L="python3 -m profiler layer"
+  R=/tmp/layer-$run; rm -rf $R; mkdir -p $R
+  layer_set() {  # NAME ARGS...: one profiler invocation into $R/NAME, its log beside it, its summary lines shown
+    local name=$1; shift
+    python3 -m profiler layer "$@" --out $R/$name > $R/$name.log 2>&1
+    echo "[layer $run $name] exit $?"
+    grep -hE "^ *latency|attempt [0-9]+: [0-9]+ rounds|CHECKS|FAIL" $R/$name.log | cut -c1-160 | sed "s/^/[layer $run $name] /"
+    bundle layer-$run $R tb > /dev/null  # after every set: a call cut short at its time limit keeps what it measured
+    elapsed layer-$run-$name
+  }
   # paper Figure 2 / 11: small, large, large + flash (forward, bf16, s=2048)
-  $L --config paper-small --config paper-large --config paper-large-flash --out $R/figure2
+  layer_set figure2 --config paper-small --config paper-large --config paper-large-flash
   # paper Figure 1: GPT-3 2.7B and its head-count variants, b=4, flash (the production setting) and eager
-  $L --config gpt3-2.7b-c1 --config gpt3-2.7b-c2 --config gpt3-2.7b --config gpt3-2.7b-a20 --attention flash --out $R/figure1-flash
-  $L --config gpt3-2.7b-c1 --config gpt3-2.7b-c2 --config gpt3-2.7b --config gpt3-2.7b-a20 --attention eager --out $R/figure1-eager
+  layer_set figure1-flash --config gpt3-2.7b-c1 --config gpt3-2.7b-c2 --config gpt3-2.7b --config gpt3-2.7b-a20 \
+    --attention flash
+  layer_set figure1-eager --config gpt3-2.7b-c1 --config gpt3-2.7b-c2 --config gpt3-2.7b --config gpt3-2.7b-a20 \
+    --attention eager
   # pythia-1b forward and backward (the floor ratio of issue 8; its forward alone is in the suite below)
-  $L --config pythia-1b --attention flash --mode forward+backward --out $R/pythia-1b-train
+  layer_set pythia-1b-train --config pythia-1b --attention flash --mode forward+backward
   # the Pythia suite's layers (forward, b=1, s=2048): the training-shape side of the inference comparison
-  $L --config pythia-70m --config pythia-160m --config pythia-410m --config pythia-1b --config pythia-1.4b \
-     --config pythia-2.8b --config pythia-6.9b --config pythia-12b --attention flash --out $R/pythia-suite
-  bundle layer-$run $R
+  layer_set pythia-suite --config pythia-70m --config pythia-160m --config pythia-410m --config pythia-1b \
+    --config pythia-1.4b --config pythia-2.8b --config pythia-6.9b --config pythia-12b --attention flash
+  bundle layer-$run $R tb  # results and reports; the traces (tens of MB an extended attempt) stay behind
   elapsed layer-$run
 fi
 done

@@ -198,3 +198,72 @@ def test_an_attempt_spans_the_window_in_rounds_between_the_least_and_the_cap():
     assert P.rounds_per_attempt(float("nan"), 10) == 10
     assert P.rounds_per_attempt(0.0, 7) == 7
 
+
+
+# ---- an attempt extended until its timed rounds' mean is precise ------------------------------------------------
+def test_the_relative_error_of_a_steady_series_is_small_and_of_a_clock_walk_large():
+    steady = [10.0 + 0.01 * (i % 3) for i in range(60)]
+    plans = [i % 3 for i in range(60)]
+    assert P.relative_error(steady, plans, batch=5) < 0.001
+    # levels held 5 rounds each, 10% apart (a power-capped clock stepping): neighbouring rounds are not
+    # independent, so the batch means carry the levels' spread
+    walk = [(10.0 if (i // 5) % 2 else 11.0) for i in range(60)]
+    walked = P.relative_error(walk, plans, batch=5)
+    assert walked > 0.01
+    # the same walk judged as if every round were independent (batches of one) looks far more precise
+    assert P.relative_error(walk, plans, batch=1) < walked
+    # plans hold the same work in other orders: each is judged against its own median
+    offset = [t * (1.5 if p == 1 else 1.0) for t, p in zip(steady, plans)]
+    assert P.relative_error(offset, plans, batch=5) < 0.001
+
+
+def test_the_relative_error_needs_enough_batches_and_a_sane_batch():
+    assert P.relative_error([1.0] * 11, [0] * 11, batch=2, min_batches=6) is None  # 5 whole batches
+    assert P.relative_error([1.0] * 12, [0] * 12, batch=2, min_batches=6) == 0.0
+    with pytest.raises(ValueError, match="batch 0"):
+        P.relative_error([1.0] * 4, [0] * 4, batch=0)
+    with pytest.raises(ValueError, match="4 times for 3 plans"):
+        P.relative_error([1.0] * 4, [0] * 3, batch=1)
+
+
+def test_an_attempt_goes_on_until_precise_or_a_bound():
+    e = P.Extension(target=0.004, window_ms=8000.0, most=320)
+    assert e.stop(10, 33, 400.0, 0.0) is None  # never before the least count
+    assert e.stop(33, 33, 1250.0, 0.002) == "least"  # precise at the least count: no extension
+    assert e.stop(33, 33, 1250.0, 0.009) is None  # imprecise: goes on
+    assert e.stop(34, 33, 1290.0, None) is None  # too few batches to judge: goes on
+    assert e.stop(120, 33, 4600.0, 0.0039) == "precise"
+    assert e.stop(200, 33, 8000.0, 0.006) == "window"
+    assert e.stop(320, 33, 5000.0, 0.006) == "rounds"
+    assert e.stop(400, 400, 900.0, 0.006) == "rounds"  # a least count above the cap is kept, then stops
+    # batches span batch_ms at the pace so far: 40 ms a (traced, timed) pair -> 5 pairs per 200 ms
+    assert e.batch_rounds(1200.0, 30) == 5 and e.batch_rounds(0.0, 0) == 1
+
+
+def _extended_rounds(tmp_path, extension, n=2):
+    call = gemm_call("mlp_up", 1, 16, 64, 32, dtype=torch.float32, device=CPU, bias=False, backward=False)
+    units = P.build_units(lambda: torch.cumsum(torch.zeros(3), 0), {"mlp_up": call.step})
+    maps = P.kernel_maps(units, device=CPU)
+    rounds, _ = P.build_rounds(units, {u: 1 for u in units}, device=CPU)
+    tags = []
+    timed, traced = P.interleaved_rounds(rounds, maps, units[P.LAYER], device=CPU, trace_dir=tmp_path,
+                                         worker_name="t", n=n, eager_steps=1, phase=tags.append, extension=extension)
+    return timed, traced, tags
+
+
+def test_an_imprecise_attempt_is_extended_in_one_session_to_its_bound(tmp_path):
+    # a target nothing meets: the rounds go on past the least 2 to the cap of 5, all in one trace
+    never = P.Extension(target=-1.0, batch_ms=0.0, min_batches=2, window_ms=1e9, most=5)
+    timed, traced, tags = _extended_rounds(tmp_path, never)
+    assert timed.stopped == "rounds" and timed.relative_error is not None
+    assert sum(len(m) for m in timed.round_ms) == 5 and len(traced.windows) == 5
+    assert sorted(traced.activities["round"].unique()) == [0, 1, 2, 3, 4]
+    assert tags == ["eager", None] + ["trace", "latency"] * 5 + ["trace-export", None]
+
+
+def test_a_precise_attempt_stops_at_its_least_rounds(tmp_path):
+    at_once = P.Extension(target=1e9, batch_ms=0.0, min_batches=2, window_ms=1e9, most=5)
+    timed, traced, _ = _extended_rounds(tmp_path, at_once)
+    assert timed.stopped == "least" and len(traced.windows) == 2
+    fixed, traced, _ = _extended_rounds(tmp_path / "fixed", None)
+    assert fixed.stopped is None and fixed.relative_error is None and len(traced.windows) == 2
