@@ -236,8 +236,8 @@ def test_an_attempt_goes_on_until_precise_or_a_bound():
     assert e.stop(200, 33, 8000.0, 0.006) == "window"
     assert e.stop(320, 33, 5000.0, 0.006) == "rounds"
     assert e.stop(400, 400, 900.0, 0.006) == "rounds"  # a least count above the cap is kept, then stops
-    # batches span batch_ms at the pace so far: 40 ms a (traced, timed) pair -> 5 pairs per 200 ms
-    assert e.batch_rounds(1200.0, 30) == 5 and e.batch_rounds(0.0, 0) == 1
+    # batches span batch_ms at the pace so far: 40 ms a (traced, timed) pair -> 8 pairs per 300 ms
+    assert P.Extension(batch_ms=300.0).batch_rounds(1200.0, 30) == 8 and e.batch_rounds(0.0, 0) == 1
 
 
 def _extended_rounds(tmp_path, extension, n=2):
