@@ -9,6 +9,7 @@ floor ratio within X_FLOOR_TOLERANCE, every check passed in every run.
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -20,10 +21,21 @@ LATENCY_TOLERANCE = 0.02  # max / min - 1 of the runs' latency medians, GPU-boun
 X_FLOOR_TOLERANCE = 0.03  # max - min of the runs' floor ratios
 
 
+RUN_FILES = ("run.json", "run.json.gz")  # committed evidence may keep a large run.json gzipped
+
+
 def _run_files(root: Path) -> list[Path]:
-    if (root / "run.json").is_file():
-        return [root / "run.json"]
-    return sorted(root.glob("*/run.json"))
+    for name in RUN_FILES:
+        if (root / name).is_file():
+            return [root / name]
+    return sorted(p for name in RUN_FILES for p in root.glob(f"*/{name}"))
+
+
+def read_run(path: Path) -> dict:
+    """A run.json, or its gzipped copy."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return json.load(f)
 
 
 def load_runs(roots: list[Path]) -> pd.DataFrame:
@@ -35,7 +47,7 @@ def load_runs(roots: list[Path]) -> pd.DataFrame:
         if not files:
             raise FileNotFoundError(f"{root}: no run.json in it or in its subfolders")
         for path in files:
-            record = json.loads(path.read_text())
+            record = read_run(path)
             gpu = (record.get("environment") or {}).get("gpu_uuid")  # recorded from ee894d8 on
             for config in record.get("configs", []):
                 latency = config.get("latency_us") or {}

@@ -5,7 +5,7 @@ linking one shared plotly.js (ROOT/assets/plotly-basic.min.js) instead of inlini
 
 A folder's data says which report it holds (the first that matches):
   run.json + components.csv + communication.csv -> tensor-parallel layer report (reports.distributed_report)
-  run.json + components.csv        -> layer report      (reports.layer_report.write_layer_report)
+  run.json[.gz] + components.csv   -> layer report      (reports.layer_report.write_layer_report)
   advice.json                      -> sizing advisor    (reports.advisor_report.write_advisor_report)
   diff.json + diff.csv             -> run comparison    (reports.diff_report.write_diff_report)
   carryover.json                   -> carryover report  (cli.carryover.write_outputs, writes carryover.html)
@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import pandas as pd  # noqa: E402
 
+from profiler.run_agreement import RUN_FILES, read_run  # noqa: E402
 from reports.html import linked_plotly  # noqa: E402
 
 ASSETS = ("plotly-basic.min.js", "PLOTLY-LICENSE")
@@ -56,7 +57,7 @@ def _first_record(path: Path) -> dict:
 
 def page_kind(folder: Path) -> str | None:
     """The kind of report `folder`'s data makes (see the module's docstring); None when it holds none."""
-    if (folder / "run.json").is_file() and (folder / "components.csv").is_file():
+    if any((folder / name).is_file() for name in RUN_FILES) and (folder / "components.csv").is_file():
         return "distributed" if (folder / "communication.csv").is_file() else "layer"
     if (folder / "advice.json").is_file():
         return "advisor"
@@ -101,7 +102,7 @@ def render(folder: Path, kind: str, asset: Path) -> Path:
     with linked_plotly(plotly_src(folder, asset)):
         if kind == "layer":
             from reports.layer_report import write_layer_report
-            run = json.loads((folder / "run.json").read_text())
+            run = read_run(next(folder / n for n in RUN_FILES if (folder / n).is_file()))
             return write_layer_report(run, pd.read_csv(folder / "components.csv"), folder / "report.html")
         if kind == "distributed":
             from reports.distributed_report import load_run, write_distributed_report
