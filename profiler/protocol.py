@@ -20,7 +20,8 @@ whose figures are compared are interleaved in the same rounds so that they share
   latency, i.e. its instances' GPU span, its per-component kernel times and each call alone, the floor, all
   from the same rounds) alternate with untraced blocks, the profiler's collection switched off, of CUDA
   events around a round graph's replay (compared with the traced rounds' span). The compared figures thus
-  sample one stretch of the clock in alternation, not two phases one after the other;
+  sample one stretch of the clock in alternation, not two phases one after the other; the session goes on until
+  the timed rounds' mean is precise (`Extension`: a power-capped clock's levels are averaged over, not sampled);
 - NVML clock and power are sampled in every block, tagged by what runs (profiler.telemetry), and compared.
 
 A CPU has no graphs and no kernels: there every unit runs eagerly and the trace's ops stand for kernels (the
@@ -77,7 +78,8 @@ MAX_ROUNDS_PER_ATTEMPT = 40
 # to PRECISION_TARGET (`relative_error`), for at most EXTENDED_WINDOW_MS or MOST_ROUNDS_PER_ATTEMPT rounds of each
 # kind. Why: three 1.2 s runs of the same power-capped layers differed by up to 3.4% (gpt3-2.7b eager: rounds at
 # 1575-1845 MHz, a level held ~200 ms, so a window saw about six of them; layer-runs/three-runs-ee894d8), which is
-# the spread a mean of six such levels has. A layer at a steady clock is precise at once and stops at the window.
+# the spread a mean of six such levels has. A layer at a steady clock is precise as soon as its error can be
+# judged (MIN_BATCHES x BATCH_MS, 2.4 s), and stops there.
 # The error is judged by batch means over batches of at least BATCH_MS (longer than the ~200 ms a level holds, so
 # batches are roughly independent), from MIN_BATCHES batches on. With 200 ms batches and 6 of them, pythia-12b
 # stopped at 1.4 s with its error estimated at 0.37% and read 2243 us, against 2181 us from 8 s in the next run
