@@ -453,9 +453,8 @@ def interleaved_rounds(rounds: Rounds, maps: KernelMaps, layer: Unit, *, device:
     gpu = bool(rounds.graphs)
     tag("eager")
     eager = eager_rounds(rounds, layer, device=device, n=n, eager_steps=eager_steps)
-    marks: list[list[float]] = [[] for _ in rounds.plans]
-    series: list[float] = []  # every timed round in order, and its plan: what the extension judges
-    plan_of: list[int] = []
+    plans = len(rounds.plans)
+    series: list[float] = []  # every timed round in order (round r ran plan r % plans): what the extension judges
     outcome: dict = {"stopped": None, "error": None}
 
     windows: list[list[float]] = []  # per traced round: perf_counter() from its launch to its end (synchronised)
@@ -471,9 +470,7 @@ def interleaved_rounds(rounds: Rounds, maps: KernelMaps, layer: Unit, *, device:
         windows[r][1] = time.perf_counter()  # _record synchronised after the traced round
         tag("latency")
         ms = _read([_timed(lambda: rounds.run(r), device)], device)[0]  # synchronised: the next entry may judge it
-        marks[r % len(rounds.plans)].append(ms)
         series.append(ms)
-        plan_of.append(r % len(rounds.plans))
 
     def entries():
         yield "warm-up", (lambda: rounds.run(0)), ""
@@ -483,7 +480,8 @@ def interleaved_rounds(rounds: Rounds, maps: KernelMaps, layer: Unit, *, device:
                 if extension is None:
                     return
                 span_ms = (time.perf_counter() - windows[0][0]) * 1e3
-                error = relative_error(series, plan_of, extension.batch_rounds(span_ms, r), extension.min_batches)
+                error = relative_error(series, [i % plans for i in range(r)], extension.batch_rounds(span_ms, r),
+                                       extension.min_batches)
                 outcome.update(stopped=extension.stop(r, n, span_ms, error), error=error)
                 if outcome["stopped"]:
                     return
@@ -496,7 +494,8 @@ def interleaved_rounds(rounds: Rounds, maps: KernelMaps, layer: Unit, *, device:
     tag(None)
     traced_rounds_ = _traced_from(path, rounds, maps)
     traced_rounds_.windows = [(a, b) for a, b in windows]
-    return TimedRounds(marks, eager, outcome["stopped"], outcome["error"]), traced_rounds_
+    per_plan = [series[p::plans] for p in range(plans)]
+    return TimedRounds(per_plan, eager, outcome["stopped"], outcome["error"]), traced_rounds_
 
 
 # ---- traced rounds: the round graphs under one profiler session -----------------------------------------------
